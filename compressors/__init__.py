@@ -1,0 +1,20 @@
+"""tersegate's compression library: usable without the proxy (no server imports)."""
+
+from compressors.base import Compressed, Compressor, CompressorError, Decision, OptionsError, Target
+from compressors.preserve import PreserveSpec
+from compressors.registry import create, names
+from compressors.tokenizer import Tokenizer, tokenizer_for
+
+__all__ = [
+    "Compressed",
+    "Compressor",
+    "CompressorError",
+    "Decision",
+    "OptionsError",
+    "PreserveSpec",
+    "Target",
+    "Tokenizer",
+    "create",
+    "names",
+    "tokenizer_for",
+]

@@ -1,0 +1,172 @@
+"""The one interface every compressor implements, and the values it speaks.
+
+A compressor is constructed once from validated options (``Compressor.__init__``
+raises :class:`OptionsError` for anything unknown or out of range) and then
+called many times with :meth:`Compressor.compress`. Compressors are pure and
+deterministic: the same text, target, query, preserve spec and model give
+byte-identical output. Provider prompt caches depend on it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from compressors.preserve import PreserveSpec
+from compressors.tokenizer import Tokenizer, tokenizer_for
+
+
+class CompressorError(Exception):
+    """A compressor failed on an input. Callers (the proxy) fail open on it."""
+
+
+class OptionsError(ValueError):
+    """An option given to a compressor is unknown or invalid. Raised at construction."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """How much to keep: ``rate`` (kept/original tokens) or ``max_tokens``; one of them.
+
+    When both are given, the smaller resulting budget wins.
+    """
+
+    rate: float | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is None and self.max_tokens is None:
+            raise OptionsError("target needs rate or max_tokens")
+        if self.rate is not None and not 0.0 < self.rate <= 1.0:
+            raise OptionsError(f"rate must be in (0, 1], got {self.rate}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise OptionsError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def budget(self, tokens_before: int) -> int:
+        """The token budget for an input of ``tokens_before`` tokens."""
+        budgets: list[int] = []
+        if self.rate is not None:
+            budgets.append(max(1, round(tokens_before * self.rate)))
+        if self.max_tokens is not None:
+            budgets.append(self.max_tokens)
+        return min(budgets)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a compressor did with one unit (document, line, word, span) of the input.
+
+    ``index`` is the unit's position in the input; ``kind`` names the unit type
+    (``document``, ``paragraph``, ``line``, ``word``, ``preserved``...);
+    ``score`` is the relevance/information score used for ranking, if any.
+    ``preview`` is at most 40 characters of the unit, for ``--explain`` output only.
+    """
+
+    index: int
+    kind: str
+    tokens: int
+    kept: bool
+    score: float | None = None
+    reason: str = ""
+    preview: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    """The result of one compression."""
+
+    text: str
+    tokens_before: int
+    tokens_after: int
+    compressor: str
+    target_tokens: int | None = None
+    # False when preserved spans (or a compressor that cannot cut further) made
+    # the target unreachable; ``note`` then says why. Never a silent overshoot.
+    target_met: bool = True
+    note: str = ""
+    decisions: tuple[Decision, ...] = field(default=())
+
+    @property
+    def saved_tokens(self) -> int:
+        return self.tokens_before - self.tokens_after
+
+    @property
+    def ratio(self) -> float:
+        """Kept/original tokens (1.0 for empty input)."""
+        return self.tokens_after / self.tokens_before if self.tokens_before else 1.0
+
+
+class Compressor(abc.ABC):
+    """Base class of every compressor.
+
+    Subclasses set ``name`` and ``option_types``, and implement :meth:`_compress`.
+    Options are validated once, here; ``self.options`` holds the parsed values
+    (defaults filled in). Heavy models load lazily on first use, once per
+    process, behind a lock (see :mod:`compressors.models`).
+    """
+
+    name: ClassVar[str]
+    # option name -> (type or tuple of types, default). Subclasses may add
+    # semantic checks in ``_validate``.
+    option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        given = dict(options or {})
+        unknown = sorted(set(given) - set(self.option_types))
+        if unknown:
+            known = ", ".join(sorted(self.option_types)) or "none"
+            raise OptionsError(f"{self.name}: unknown option(s) {', '.join(unknown)} (known: {known})")
+        parsed: dict[str, Any] = {}
+        for key, (types, default) in self.option_types.items():
+            value = given.get(key, default)
+            allowed = types if isinstance(types, tuple) else (types,)
+            if value is not None and (
+                not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+            ):
+                raise OptionsError(f"{self.name}: option {key} has the wrong type ({type(value).__name__})")
+            parsed[key] = value
+        self.options: Mapping[str, Any] = parsed
+        self._validate()
+
+    def _validate(self) -> None:
+        """Semantic checks on ``self.options``; raise :class:`OptionsError`."""
+
+    def compress(
+        self,
+        text: str,
+        *,
+        target: Target,
+        query: str | None = None,
+        preserve: PreserveSpec | None = None,
+        model: str | None = None,
+    ) -> Compressed:
+        """Compress ``text`` towards ``target`` tokens of ``model``'s tokenizer.
+
+        ``query`` makes question-aware compressors keep what answers it.
+        ``preserve`` names spans that must survive byte for byte (inline
+        ``<keep>`` / ``<llmlingua ...>`` tags are always honoured).
+        Raises :class:`CompressorError` on failure.
+        """
+        tokenizer = tokenizer_for(model)
+        try:
+            return self._compress(
+                text, target=target, query=query, preserve=preserve or PreserveSpec.default(), tokenizer=tokenizer
+            )
+        except CompressorError:
+            raise
+        except Exception as exc:  # contained: the caller fails open on CompressorError
+            raise CompressorError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    @abc.abstractmethod
+    def _compress(
+        self,
+        text: str,
+        *,
+        target: Target,
+        query: str | None,
+        preserve: PreserveSpec,
+        tokenizer: Tokenizer,
+    ) -> Compressed:
+        """Do the work. ``tokenizer`` counts tokens for the target model."""
