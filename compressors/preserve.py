@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["CATEGORIES", "PreserveSpec", "Span"]
+__all__ = ["CATEGORIES", "PreserveSpec", "Region", "Span", "find_spans", "split_tags"]
 
 # Names are the contract used by policies (`preserve: [code, urls, numbers]`).
 CATEGORIES: tuple[str, ...] = (
@@ -69,3 +70,33 @@ class PreserveSpec:
             else:
                 raise ValueError(f"unknown preserve category {item!r} (known: {', '.join(CATEGORIES)}, all, none)")
         return cls(frozenset(categories), tuple(patterns))
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A stretch of input between inline tags, the tags themselves removed.
+
+    ``mode`` is ``compress`` (normal text), ``keep`` (``<keep>`` or
+    ``<llmlingua, compress=False>``: verbatim) or ``rate`` (``<llmlingua, rate=R>``:
+    compressed at its own ``rate``).
+    """
+
+    text: str
+    mode: Literal["compress", "keep", "rate"]
+    rate: float | None = None
+
+
+def split_tags(text: str) -> list[Region]:
+    """Split ``text`` at inline tags. Text without tags is one ``compress`` region.
+
+    PLACEHOLDER: the real engine lands with the compressors issue.
+    """
+    return [Region(text, "compress")]
+
+
+def find_spans(text: str, spec: PreserveSpec) -> list[Span]:
+    """Spans of ``text`` that ``spec`` preserves: sorted, non-overlapping.
+
+    PLACEHOLDER: the real engine lands with the compressors issue.
+    """
+    return []
