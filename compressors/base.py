@@ -152,7 +152,11 @@ class Compressor(abc.ABC):
         tokenizer = tokenizer_for(model)
         try:
             return self._compress(
-                text, target=target, query=query, preserve=preserve or PreserveSpec.default(), tokenizer=tokenizer
+                text,
+                target=target,
+                query=query,
+                preserve=preserve or PreserveSpec.default(),
+                tokenizer=tokenizer,
             )
         except CompressorError:
             raise

@@ -21,7 +21,7 @@ import importlib.util
 import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import tiktoken
@@ -164,7 +164,7 @@ def _local_bpe_file(spec: _EncodingSpec) -> Path:
 _load_lock = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _encoding(name: str) -> tiktoken.Encoding:
     with _load_lock:
         spec = _SPECS[name]

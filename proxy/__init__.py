@@ -1,0 +1,1 @@
+"""tersegate's proxy: the server, forwarding, the policy engine and the audit."""

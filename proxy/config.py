@@ -1,0 +1,300 @@
+"""config.yaml: parsed and validated once, at load time, into frozen dataclasses.
+
+Every problem is reported as ``file:line: message`` (see :mod:`proxy.yamlsource`).
+Relative paths (``policies_dir``, ``audit.path``) are resolved against the
+config file's folder, so ``tersegate serve --config /etc/tersegate/config.yaml``
+works from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from proxy.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+
+__all__ = [
+    "AuditConfig",
+    "CompressionConfig",
+    "Config",
+    "ConfigError",
+    "ConfigErrors",
+    "ListenConfig",
+    "TeamConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    base_url: str  # no trailing slash, e.g. https://api.openai.com/v1
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = 600.0  # total time for a non-streaming response
+    connect_timeout_s: float = 10.0
+    stream_idle_timeout_s: float = 300.0  # max silence between stream chunks
+    max_connections: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TeamConfig:
+    name: str
+    policy: str | None = None
+    upstream: str | None = None
+    # SHA-256 hex digests of the team's proxy keys (from keys_sha256 and keys_env).
+    key_hashes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    path: Path | None = None  # None: no audit
+    all_routes: bool = False
+    include_text: bool = False
+    on_error: Literal["fail-open", "fail-closed"] = "fail-open"
+    rotate_bytes: int | None = None
+    rotate_daily: bool = False
+    sqlite: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    memo_bytes: int = 256 * 1024 * 1024
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    listen: ListenConfig = ListenConfig()
+    auth: Literal["keys", "passthrough"] = "passthrough"
+    default_team: str = "default"
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    default_upstream: str = "openai"
+    policies_dir: Path = Path("policies")
+    max_body_bytes: int = 32 * 1024 * 1024
+    audit: AuditConfig = AuditConfig()
+    compression: CompressionConfig = CompressionConfig()
+    teams: dict[str, TeamConfig] = field(default_factory=dict)
+    log_level: str = "info"
+    # Positions of team policy references, for policy errors that point into config.yaml.
+    team_lines: dict[str, int] = field(default_factory=dict)
+
+    def upstream_for(self, team: str) -> UpstreamConfig:
+        team_cfg = self.teams.get(team)
+        name = team_cfg.upstream if team_cfg and team_cfg.upstream else self.default_upstream
+        return self.upstreams[name]
+
+    def team_for_key_hash(self, key_hash: str) -> str | None:
+        for team in self.teams.values():
+            if key_hash in team.key_hashes:
+                return team.name
+        return None
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> UpstreamConfig:
+    f = Fields(node, errors, what=f"upstreams.{name}")
+    base_url = f.get("base_url", str, "", required=True).rstrip("/")
+    f.check(
+        "base_url",
+        lambda v: urlsplit(str(v)).scheme in ("http", "https") and bool(urlsplit(str(v)).netloc),
+        "must be an http(s) URL",
+    )
+    api_key_env = f.get("api_key_env", str, "OPENAI_API_KEY")
+    f.check("api_key_env", lambda v: bool(_ENV_NAME.match(str(v))), "must be an environment variable name")
+    for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections"):
+        f.check(key, _positive, "must be a positive number")
+    upstream = UpstreamConfig(
+        name=name,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        timeout_s=f.get("timeout_s", float, 600.0),
+        connect_timeout_s=f.get("connect_timeout_s", float, 10.0),
+        stream_idle_timeout_s=f.get("stream_idle_timeout_s", float, 300.0),
+        max_connections=f.get("max_connections", int, 1000),
+    )
+    f.finish()
+    return upstream
+
+
+def _parse_team(name: str, node: Node, errors: list[ConfigError], auth: str) -> TeamConfig:
+    f = Fields(node, errors, what=f"teams.{name}")
+    hashes: set[str] = set()
+    for i, digest in enumerate(f.get("keys_sha256", list, [])):
+        if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
+            child = f.node_of("keys_sha256")
+            at = child.value[i] if child is not None else node
+            errors.append(
+                at.error(f"teams.{name}.keys_sha256[{i}] must be 64 hex characters (a SHA-256 digest)")
+            )
+        else:
+            hashes.add(digest.lower())
+    keys_env = f.get("keys_env", str, None)
+    if keys_env is not None:
+        raw = os.environ.get(keys_env)
+        if raw is None and auth == "keys":
+            at = f.node_of("keys_env") or node
+            errors.append(at.error(f"teams.{name}.keys_env: environment variable {keys_env} is not set"))
+        for key in (raw or "").split(","):
+            if key.strip():
+                hashes.add(hashlib.sha256(key.strip().encode()).hexdigest())
+    team = TeamConfig(
+        name=name,
+        policy=f.get("policy", str, None),
+        upstream=f.get("upstream", str, None),
+        key_hashes=frozenset(hashes),
+    )
+    f.finish()
+    return team
+
+
+def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> AuditConfig:
+    if node is None or node.value is None:
+        return AuditConfig()
+    f = Fields(node, errors, what="audit")
+    path = f.get("path", str, None)
+    on_error = f.get("on_error", str, "fail-open")
+    f.check("on_error", lambda v: v in ("fail-open", "fail-closed"), "must be fail-open or fail-closed")
+    f.check("rotate_bytes", _positive, "must be a positive integer")
+    sqlite = f.get("sqlite", str, None)
+    audit = AuditConfig(
+        path=_resolve(base, path) if path else None,
+        all_routes=f.get("all_routes", bool, False),
+        include_text=f.get("include_text", bool, False),
+        on_error=on_error if on_error in ("fail-open", "fail-closed") else "fail-open",
+        rotate_bytes=f.get("rotate_bytes", int, None),
+        rotate_daily=f.get("rotate_daily", bool, False),
+        sqlite=_resolve(base, sqlite) if sqlite else None,
+    )
+    f.finish()
+    return audit
+
+
+def _parse_compression(node: Node | None, errors: list[ConfigError]) -> CompressionConfig:
+    if node is None or node.value is None:
+        return CompressionConfig()
+    f = Fields(node, errors, what="compression")
+    f.check("memo_bytes", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
+    f.check("workers", _positive, "must be a positive integer")
+    result = CompressionConfig(
+        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024), workers=f.get("workers", int, 2)
+    )
+    f.finish()
+    return result
+
+
+def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
+    if node is None or node.value is None:
+        return ListenConfig()
+    f = Fields(node, errors, what="listen")
+    f.check("port", lambda v: isinstance(v, int) and 0 <= v <= 65535, "must be a port number 0-65535")
+    listen = ListenConfig(host=f.get("host", str, "127.0.0.1"), port=f.get("port", int, 8080))
+    f.finish()
+    return listen
+
+
+def _parse_mapping_of(node: Node | None, what: str, errors: list[ConfigError]) -> list[tuple[str, Node]]:
+    if node is None or node.value is None:
+        return []
+    if not isinstance(node.value, dict):
+        errors.append(node.error(f"{what} must be a mapping of names"))
+        return []
+    return list(node.value.items())
+
+
+def _cross_check(config: Config, root: Node, errors: list[ConfigError]) -> None:
+    if config.default_upstream not in config.upstreams:
+        errors.append(
+            root.error(
+                f"default_upstream {config.default_upstream!r} is not in upstreams", key="default_upstream"
+            )
+        )
+    teams_node = root.value.get("teams") if isinstance(root.value, dict) else None
+    for team in config.teams.values():
+        line = teams_node.key_lines.get(team.name, teams_node.line) if teams_node else root.line
+        if team.upstream and team.upstream not in config.upstreams:
+            errors.append(
+                ConfigError(
+                    root.file, line, f"teams.{team.name}.upstream {team.upstream!r} is not in upstreams"
+                )
+            )
+    if config.auth == "keys":
+        for upstream in config.upstreams.values():
+            if upstream.api_key_env and not os.environ.get(upstream.api_key_env):
+                errors.append(
+                    root.error(
+                        f"upstreams.{upstream.name}.api_key_env: {upstream.api_key_env} is not set "
+                        "(auth: keys sends the upstream's key instead of the client's)",
+                        key="upstreams",
+                    )
+                )
+    if config.default_team not in config.teams:
+        errors.append(root.error(f"default_team {config.default_team!r} is not in teams", key="default_team"))
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate ``path``; raise :class:`ConfigErrors` listing every problem."""
+    root = load_yaml(path)
+    errors: list[ConfigError] = []
+    f = Fields(root, errors, what="config")
+    base = path.resolve().parent
+    auth = f.get("auth", str, "passthrough")
+    f.check("auth", lambda v: v in ("keys", "passthrough"), "must be keys or passthrough")
+    f.check("max_body_bytes", _positive, "must be a positive integer")
+    f.check(
+        "log_level",
+        lambda v: str(v).lower() in ("debug", "info", "warning", "error"),
+        "must be debug, info, warning or error",
+    )
+    upstreams = {
+        name: _parse_upstream(name, node, errors)
+        for name, node in _parse_mapping_of(f.node_of("upstreams"), "upstreams", errors)
+    }
+    teams = {
+        name: _parse_team(name, node, errors, auth)
+        for name, node in _parse_mapping_of(f.node_of("teams"), "teams", errors)
+    }
+    teams_node = f.node_of("teams")
+    config = Config(
+        path=path,
+        listen=_parse_listen(f.node_of("listen"), errors),
+        auth="keys" if auth == "keys" else "passthrough",
+        default_team=f.get("default_team", str, "default"),
+        upstreams=upstreams,
+        default_upstream=f.get("default_upstream", str, "openai"),
+        policies_dir=_resolve(base, f.get("policies_dir", str, "policies")),
+        max_body_bytes=f.get("max_body_bytes", int, 32 * 1024 * 1024),
+        audit=_parse_audit(f.node_of("audit"), base, errors),
+        compression=_parse_compression(f.node_of("compression"), errors),
+        teams=teams,
+        log_level=str(f.get("log_level", str, "info")).lower(),
+        team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
+    )
+    f.finish()
+    _cross_check(config, root, errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return config

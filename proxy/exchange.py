@@ -1,0 +1,89 @@
+"""The shared vocabulary of one proxied request, passed between forwarding,
+the rewrite hook (policy engine) and the audit.
+
+The forwarding core creates an :class:`Exchange` per request and fills it as
+the request passes; the rewrite hook returns a :class:`Rewrite`; the audit
+sink turns a finished exchange into a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["UNCHANGED", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+
+
+@dataclass(slots=True)
+class Rewrite:
+    """What the rewrite hook did with a request body.
+
+    ``body`` is the new parsed body to forward, or None: forward the original
+    bytes untouched. Token counts are of the compressible text (prompt parts),
+    with the model's tokenizer; equal when nothing changed.
+    """
+
+    body: dict[str, Any] | None = None
+    policy: str | None = None
+    mode: str = "off"  # enforce | shadow | off
+    rules: tuple[str, ...] = ()
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    compress_ms: float = 0.0
+    fail_open: str | None = None  # why the original was forwarded after an error / budget overrun
+    skipped: str | None = None  # why the hook did not look (e.g. "body is not valid JSON")
+    # Per-part details for `tersegate compress --explain` (never written to logs).
+    parts: tuple[Mapping[str, Any], ...] = ()
+
+
+UNCHANGED = Rewrite()
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Facts about one request, filled in as it passes through the proxy."""
+
+    request_id: str
+    method: str
+    route: str  # the path with any /v1 prefix normalised: "/v1/chat/completions"
+    team: str
+    key_id: str | None  # first 12 hex of the proxy key's SHA-256; never the key
+    upstream: str
+    started: float  # time.time() at arrival
+    compressible: bool = False
+    model: str | None = None
+    stream: bool = False
+    status: int | None = None
+    rewrite: Rewrite = field(default_factory=Rewrite)
+    upstream_request_id: str | None = None
+    usage: dict[str, Any] | None = None  # the upstream's `usage` object as reported
+    upstream_ms: float | None = None
+    # Only kept when audit.include_text is on: the original and forwarded bodies.
+    request_body: dict[str, Any] | None = None
+    error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
+    client_disconnected: bool = False
+
+
+class Rewriter(Protocol):
+    """The rewrite hook: (request, team, policy) -> new body or unchanged.
+
+    The forwarding core calls it for compressible routes with the parsed JSON
+    body; the policy engine implements it. It must never raise: failures are
+    reported as ``Rewrite(fail_open=...)``.
+    """
+
+    async def __call__(
+        self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> Rewrite: ...
+
+
+class AuditSink(Protocol):
+    """Receives each finished exchange. ``commit`` returns once the record is
+    durably handed to the OS (written), so a response can finish after it."""
+
+    async def commit(self, exchange: Exchange) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    async def aclose(self) -> None: ...

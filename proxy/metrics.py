@@ -1,0 +1,69 @@
+"""Prometheus metrics, one registry per running app (tests run several apps in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # Forwarding core.
+        self.requests = Counter(
+            "tersegate_requests_total",
+            "Requests by team, route and status",
+            ["team", "route", "status"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "tersegate_upstream_latency_seconds",
+            "Upstream time to response headers",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("tersegate_requests_in_flight", "Requests being served", registry=r)
+        self.upstream_errors = Counter(
+            "tersegate_upstream_errors_total",
+            "Proxy-side upstream failures",
+            ["upstream", "kind"],
+            registry=r,
+        )
+        # Policy engine.
+        self.compress_seconds = Histogram(
+            "tersegate_compress_seconds", "Time spent compressing a request", ["team"], registry=r
+        )
+        self.fail_open = Counter(
+            "tersegate_fail_open_total",
+            "Requests forwarded uncompressed after an error",
+            ["team", "reason"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "tersegate_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=r
+        )
+        # Audit.
+        self.tokens_before = Counter(
+            "tersegate_tokens_before_total", "Prompt tokens before compression", ["team"], registry=r
+        )
+        self.tokens_after = Counter(
+            "tersegate_tokens_after_total", "Prompt tokens after compression", ["team"], registry=r
+        )
+        self.saved_usd = Counter(
+            "tersegate_saved_usd_total", "Dollars saved by compression", ["team"], registry=r
+        )
+        self.audit_write_errors = Counter(
+            "tersegate_audit_write_errors_total",
+            "Audit records that could not be written",
+            ["team"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
