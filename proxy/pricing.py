@@ -1,0 +1,180 @@
+"""Dollar costs from litellm's model cost map, read from the copy bundled in the package.
+
+litellm fetches the map from GitHub on import unless ``LITELLM_LOCAL_MODEL_COST_MAP``
+is set, which stalls start-up without network, and importing litellm takes
+seconds. We need only its JSON, so we locate the package with importlib (no
+import) and read ``model_prices_and_context_window_backup.json`` once, lazily.
+
+Lookups are exact: a model name maps to a price only when the map holds that
+name, the name without a provider prefix the map attributes to that provider,
+or the name without a date suffix when that shorter key exists. Anything else
+is "price missing", never a guess.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["Costs", "Price", "PriceBook", "PricingError", "costs_for", "request_cost_usd"]
+
+_MAP_FILE = "model_prices_and_context_window_backup.json"
+# Snapshot suffixes OpenAI-style names carry: -2024-08-06, -0613, -1106.
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+_DIGITS = 10  # dollars rounded to 1e-10: whole-token prices are >= 1e-9, float noise is not
+
+
+class PricingError(RuntimeError):
+    """The bundled cost map could not be found or read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    key: str  # the cost-map entry the model resolved to
+    input: float  # dollars per prompt token
+    output: float  # dollars per completion token
+    cached_input: float  # dollars per cached prompt token (the input price when the map has none)
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    before_usd: float | None
+    after_usd: float | None
+    saved_usd: float | None
+    price_missing: bool
+
+
+def _litellm_dir() -> Path:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        raise PricingError("litellm is not installed: no model cost map")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
+    given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+    if not isinstance(given_in, (int, float)) or not isinstance(given_out, (int, float)):
+        return None
+    cached = entry.get("cache_read_input_token_cost")
+    return Price(
+        key=key,
+        input=float(given_in),
+        output=float(given_out),
+        cached_input=float(cached) if isinstance(cached, (int, float)) else float(given_in),
+    )
+
+
+class PriceBook:
+    """Model name -> :class:`Price`, from a cost map loaded on first use (thread-safe)."""
+
+    def __init__(self, *, map_path: Path | None = None) -> None:
+        self._map_path = map_path
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._resolved: dict[str, Price | None] = {}
+        self._source: str | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        entries = self._entries
+        if entries is not None:
+            return entries
+        with self._lock:
+            if self._entries is None:
+                path = self._map_path or _litellm_dir() / _MAP_FILE
+                try:
+                    raw = orjson.loads(path.read_bytes())
+                except (OSError, orjson.JSONDecodeError) as exc:
+                    raise PricingError(f"cannot read the model cost map {path}: {exc}") from exc
+                self._entries = {k: v for k, v in raw.items() if isinstance(v, dict)}
+            return self._entries
+
+    @property
+    def source(self) -> str:
+        """``"litellm <version>"``: which cost map the prices came from."""
+        if self._source is None:
+            try:
+                version = importlib.metadata.version("litellm")
+            except importlib.metadata.PackageNotFoundError:
+                version = "unknown"
+            self._source = f"litellm {version}" if self._map_path is None else str(self._map_path)
+        return self._source
+
+    def price_for(self, model: str | None) -> Price | None:
+        if not model:
+            return None
+        if model in self._resolved:
+            return self._resolved[model]
+        price = self._resolve(model)
+        with self._lock:
+            if len(self._resolved) < 10_000:  # model names come from clients: bound the cache
+                self._resolved[model] = price
+        return price
+
+    def _resolve(self, model: str) -> Price | None:
+        entries = self._load()
+        for key in self._candidates(model, entries):
+            price = _price_of(key, entries[key])
+            if price is not None:
+                return price
+        return None
+
+    @staticmethod
+    def _candidates(model: str, entries: dict[str, dict[str, Any]]) -> list[str]:
+        names = [model]
+        provider, sep, bare = model.partition("/")
+        # "openai/gpt-4o" is litellm's spelling; the map keys OpenAI models bare.
+        if sep and bare in entries and entries[bare].get("litellm_provider") == provider:
+            names.append(bare)
+        for name in list(names):
+            undated = _DATE_SUFFIX.sub("", name)
+            if undated != name:
+                names.append(undated)
+        return [name for name in names if name in entries]
+
+
+def request_cost_usd(
+    price: Price, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+) -> float:
+    """What the upstream bills. Reasoning tokens are part of completion tokens, so not added."""
+    cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+    uncached = max(prompt_tokens, 0) - cached
+    return uncached * price.input + cached * price.cached_input + max(completion_tokens, 0) * price.output
+
+
+def costs_for(
+    price: Price | None,
+    usage: dict[str, int | None] | None,
+    *,
+    prompt_delta: int,
+) -> Costs:
+    """Costs of a request from its normalised usage.
+
+    ``prompt_delta`` is how many prompt tokens compression removed from what was
+    forwarded; the uncompressed request is priced with that many more prompt
+    tokens and the same cached tokens the upstream reported (which are
+    unknowable for a request that was never sent). No usage: no costs.
+    """
+    if price is None:
+        return Costs(None, None, None, price_missing=True)
+    if not usage or usage.get("prompt_tokens") is None:
+        return Costs(None, None, None, price_missing=False)
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    cached = usage.get("cached_tokens") or 0
+    after = request_cost_usd(price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+    before = request_cost_usd(
+        price, prompt_tokens=prompt + prompt_delta, completion_tokens=completion, cached_tokens=cached
+    )
+    return Costs(
+        before_usd=round(before, _DIGITS),
+        after_usd=round(after, _DIGITS),
+        saved_usd=round(before - after, _DIGITS),
+        price_missing=False,
+    )

@@ -1,0 +1,141 @@
+"""Token usage of streamed responses, so every streamed request is audited with real usage.
+
+Chat and completions streams carry usage only when the client sets
+``stream_options.include_usage``. When it did not, :func:`prepare_stream` asks
+the upstream for it and :class:`UsageTap` removes what the client did not ask
+for: the usage-only chunk (``choices: []``) and the ``"usage": null`` field the
+upstream then adds to every other chunk. Clients that asked get the stream
+unchanged. Responses-API streams always report usage in ``response.completed``.
+
+The tap is on the hot path of every chunk: a frame is parsed only when its
+bytes contain ``"usage"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["UsageTap", "normalize_usage", "prepare_stream"]
+
+# Routes whose streams honour stream_options.include_usage.
+_INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+# `"usage": null` as a key of a chunk. In valid JSON an unescaped quote followed by
+# `usage":` can only open a key, so this never matches inside a string value.
+_NULL_USAGE = re.compile(rb'(,\s*"usage"\s*:\s*null(?=\s*[,}]))|("usage"\s*:\s*null\s*,\s*)')
+_USAGE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _detail(usage: Mapping[str, Any], key: str, field: str) -> int | None:
+    details = usage.get(key)
+    return _int(details.get(field)) if isinstance(details, Mapping) else None
+
+
+def normalize_usage(raw: Mapping[str, Any] | None) -> dict[str, int | None] | None:
+    """The upstream's usage object in the audit record's names, for chat, completions,
+    embeddings (prompt tokens only) and the Responses API (input/output tokens)."""
+    if not isinstance(raw, Mapping):
+        return None
+    if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
+        return {
+            "prompt_tokens": _int(raw.get("input_tokens")),
+            "completion_tokens": _int(raw.get("output_tokens")),
+            "cached_tokens": _detail(raw, "input_tokens_details", "cached_tokens"),
+            "reasoning_tokens": _detail(raw, "output_tokens_details", "reasoning_tokens"),
+        }
+    return {
+        "prompt_tokens": _int(raw.get("prompt_tokens")),
+        "completion_tokens": _int(raw.get("completion_tokens")),
+        "cached_tokens": _detail(raw, "prompt_tokens_details", "cached_tokens"),
+        "reasoning_tokens": _detail(raw, "completion_tokens_details", "reasoning_tokens"),
+    }
+
+
+def _wants_usage_injection(body: Mapping[str, Any], route: str | None) -> bool:
+    if route is not None:
+        return route in _INCLUDE_USAGE_ROUTES
+    # No route given: the Responses API is the one whose prompt is `input`.
+    return "messages" in body or "prompt" in body
+
+
+def prepare_stream(body: dict[str, Any], *, route: str | None = None) -> tuple[dict[str, Any], bool]:
+    """``(body to forward, injected)``: ask for stream usage if the client did not.
+
+    The client's body is not mutated; ``injected`` tells the tap to strip what
+    the client did not ask for.
+    """
+    if body.get("stream") is not True or not _wants_usage_injection(body, route):
+        return body, False
+    options = body.get("stream_options")
+    if isinstance(options, Mapping) and options.get("include_usage") is True:
+        return body, False
+    new_options = dict(options) if isinstance(options, Mapping) else {}
+    new_options["include_usage"] = True
+    return {**body, "stream_options": new_options}, True
+
+
+def _event_data(frame: bytes) -> bytes | None:
+    """The data of one SSE event (``data:`` lines joined), or None for a non-data frame."""
+    parts = []
+    for line in frame.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+class UsageTap:
+    """Per stream: watches each SSE frame for usage, strips what was injected.
+
+    ``frame`` returns the bytes to send to the client, or None to drop the frame.
+    ``usage`` holds the upstream's usage object once seen (as reported, not normalised).
+    """
+
+    __slots__ = ("injected", "usage")
+
+    def __init__(self, injected: bool) -> None:
+        self.injected = injected
+        self.usage: dict[str, Any] | None = None
+
+    def frame(self, data: bytes) -> bytes | None:
+        if b'"usage"' not in data:
+            return data
+        payload = _event_data(data)
+        if payload is None or payload == b"[DONE]":
+            return data
+        if any(event in data for event in _USAGE_EVENTS):
+            self._take_responses_usage(payload)
+            return data
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(chunk, dict):
+            return data
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        if not self.injected:
+            return data
+        if isinstance(usage, dict) and chunk.get("choices") == []:
+            return None  # the usage-only chunk the client did not ask for
+        if "usage" in chunk and usage is None:
+            return _NULL_USAGE.sub(b"", data, count=1)
+        return data
+
+    def _take_responses_usage(self, payload: bytes) -> None:
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        response = event.get("response") if isinstance(event, dict) else None
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if isinstance(usage, dict):
+            self.usage = usage
