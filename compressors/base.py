@@ -10,11 +10,12 @@ byte-identical output. Provider prompt caches depend on it.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from compressors.preserve import PreserveSpec
+from compressors.preserve import PreserveSpec, Region, split_tags
 from compressors.tokenizer import Tokenizer, tokenizer_for
 
 
@@ -150,18 +151,113 @@ class Compressor(abc.ABC):
         Raises :class:`CompressorError` on failure.
         """
         tokenizer = tokenizer_for(model)
+        spec = preserve or PreserveSpec.default()
         try:
-            return self._compress(
-                text,
-                target=target,
-                query=query,
-                preserve=preserve or PreserveSpec.default(),
-                tokenizer=tokenizer,
+            regions = split_tags(text)
+            if len(regions) == 1 and regions[0].mode == "compress" and regions[0].text == text:
+                # hot path: no tags, no extra tokenization
+                return self._compress(text, target=target, query=query, preserve=spec, tokenizer=tokenizer)
+            return self._compress_regions(
+                text, regions, target=target, query=query, preserve=spec, tokenizer=tokenizer
             )
         except CompressorError:
             raise
         except Exception as exc:  # contained: the caller fails open on CompressorError
             raise CompressorError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def _compress_regions(
+        self,
+        text: str,
+        regions: list[Region],
+        *,
+        target: Target,
+        query: str | None,
+        preserve: PreserveSpec,
+        tokenizer: Tokenizer,
+    ) -> Compressed:
+        """Inline tags: ``keep`` regions verbatim, ``rate`` regions at their own rate,
+        the plain regions sharing what is left of the budget; joined in order."""
+        tokens_before = tokenizer.count(text)
+        budget = target.budget(tokens_before)
+        counts = tokenizer.count_many([region.text for region in regions])
+        results: dict[int, Compressed] = {}
+        fixed = 0  # tokens held by keep regions and rate regions
+        for i, region in enumerate(regions):
+            if region.mode == "rate":
+                results[i] = self._compress(
+                    region.text,
+                    target=Target(rate=region.rate),
+                    query=query,
+                    preserve=preserve,
+                    tokenizer=tokenizer,
+                )
+                fixed += results[i].tokens_after
+            elif region.mode == "keep":
+                fixed += counts[i]
+        plain = [i for i, region in enumerate(regions) if region.mode == "compress"]
+        plain_tokens = sum(counts[i] for i in plain)
+        remaining = budget - fixed
+        for i in plain:
+            share = counts[i] if remaining >= plain_tokens else remaining * counts[i] // plain_tokens
+            results[i] = self._compress(
+                regions[i].text,
+                target=Target(max_tokens=max(1, share)),
+                query=query,
+                preserve=preserve,
+                tokenizer=tokenizer,
+            )
+        return self._join_regions(regions, counts, results, tokens_before, budget, fixed, tokenizer)
+
+    def _join_regions(
+        self,
+        regions: list[Region],
+        counts: list[int],
+        results: dict[int, Compressed],
+        tokens_before: int,
+        budget: int,
+        fixed: int,
+        tokenizer: Tokenizer,
+    ) -> Compressed:
+        parts: list[str] = []
+        decisions: list[Decision] = []
+        notes: list[str] = []
+        offset = 0  # unit indices continue across regions
+        for i, region in enumerate(regions):
+            result = results.get(i)
+            if result is None:  # a keep region
+                parts.append(region.text)
+                decisions.append(
+                    Decision(
+                        offset,
+                        "keep-tag",
+                        counts[i],
+                        True,
+                        reason="inline keep tag",
+                        preview=region.text[:40],
+                    )
+                )
+                offset += 1
+                continue
+            parts.append(result.text)
+            decisions.extend(dataclasses.replace(d, index=d.index + offset) for d in result.decisions)
+            offset += max((d.index + 1 for d in result.decisions), default=0)
+            if result.note and result.note not in notes:
+                notes.append(result.note)
+        joined = "".join(parts)
+        tokens_after = tokenizer.count(joined)
+        met = tokens_after <= budget * 1.05
+        if not met:
+            notes.insert(0, f"inline keep/rate regions hold {fixed} tokens of a {budget}-token budget")
+        return Compressed(
+            text=joined,
+            tokens_before=tokens_before,
+            tokens_after=tokens_after,
+            compressor=self.name,
+            target_tokens=budget,
+            target_met=met,
+            note="; ".join(notes),
+            decisions=tuple(decisions),
+        )
 
     @abc.abstractmethod
     def _compress(
