@@ -1,0 +1,404 @@
+"""The cost audit: one tamper-evident JSON line per request, written off the event loop.
+
+Each record carries ``prev_hash`` (the previous record's ``hash``) and ``hash``
+(SHA-256 over its canonical JSON without ``hash``), so editing, dropping or
+reordering lines breaks the chain (``tersegate audit verify``). Rotation renames
+the active file to ``<stem>.<UTC timestamp><suffix>`` and the chain continues
+into the new file.
+
+:class:`JsonlAuditSink` hands records to one writer thread through a queue;
+the thread writes every record waiting at that moment in one ``write()``
+(group commit) and then resolves each caller's future, so ``commit`` returns
+once its line is in the OS: a SIGKILL after that loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.config import AuditConfig
+from proxy.errors import unavailable
+from proxy.exchange import Exchange
+from proxy.metrics import Metrics
+from proxy.pricing import PriceBook, PricingError, costs_for
+from proxy.routes import COMPRESSIBLE
+from proxy.usage import normalize_usage
+
+__all__ = [
+    "GENESIS",
+    "JsonlAuditSink",
+    "audit_files",
+    "build_record",
+    "iter_records",
+    "record_hash",
+    "rotated_name",
+]
+
+log = logging.getLogger("tersegate.audit")
+
+GENESIS = "0" * 64  # prev_hash of the first record ever written
+_BATCH = 4096  # records per group commit at most
+_PROBE_EVERY_S = 1.0  # how often an unhealthy sink retries opening its file
+_TAIL_BYTES = 1 << 20  # the last record is found within this many bytes of a file's end
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """SHA-256 hex of the record's canonical JSON (sorted keys, compact), without ``hash``."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -> dict[str, Any]:
+    """The audit record of a finished exchange, without ``prev_hash`` and ``hash``."""
+    rw = exchange.rewrite
+    usage = normalize_usage(exchange.usage)
+    applied = rw.mode == "enforce" and rw.fail_open is None
+    counted = rw.tokens_before is not None and rw.tokens_after is not None
+    delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    try:
+        price = prices.price_for(exchange.model)
+        costs = costs_for(price, usage, prompt_delta=delta)
+        source: str | None = prices.source
+    except PricingError as exc:
+        log.error("audit: %s", exc)
+        costs = costs_for(None, usage, prompt_delta=delta)
+        source = None
+    record: dict[str, Any] = {
+        "ts": _rfc3339(exchange.started),
+        "request_id": exchange.request_id,
+        "upstream_request_id": exchange.upstream_request_id,
+        "team": exchange.team,
+        "key_id": exchange.key_id,
+        "policy": rw.policy,
+        "rules": list(rw.rules),
+        "mode": rw.mode,
+        "route": exchange.route,
+        "model": exchange.model,
+        "stream": exchange.stream,
+        "status": exchange.status,
+        "tokens_before": rw.tokens_before,
+        "tokens_after": rw.tokens_after,
+        "usage": usage,
+        "cost_before_usd": costs.before_usd,
+        "cost_after_usd": costs.after_usd,
+        "saved_usd": costs.saved_usd,
+        "price_missing": costs.price_missing,
+        "price_source": source,
+        "compress_ms": round(rw.compress_ms, 3),
+        "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
+        "fail_open": rw.fail_open,
+    }
+    if exchange.error is not None:
+        record["error"] = exchange.error
+    if exchange.client_disconnected:
+        record["client_disconnected"] = True
+    if include_text:
+        record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
+    return record
+
+
+def rotated_name(path: Path, when: float) -> Path:
+    """``audit.jsonl`` -> ``audit.20250102T030405123456Z.jsonl``: sorts before the active file, in time order."""
+    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+
+
+def audit_files(path: Path) -> list[Path]:
+    """The rotated files of ``path`` in chain order, then ``path`` itself (if present)."""
+    pattern = f"{path.stem}.[0-9]*T*Z{path.suffix}"
+    rotated = sorted(p for p in path.parent.glob(pattern) if p.is_file())
+    return rotated + ([path] if path.is_file() else [])
+
+
+def _last_line(path: Path) -> tuple[bytes | None, int]:
+    """``(last complete line, size up to and including it)``; a torn tail after it is not counted."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        window = _TAIL_BYTES
+        while True:
+            start = max(0, size - window)
+            f.seek(start)
+            tail = f.read()
+            end = tail.rfind(b"\n")
+            prev = tail.rfind(b"\n", 0, end) if end >= 0 else -1
+            if start == 0 or prev >= 0:
+                break
+            window *= 4  # a record longer than the window (include_text): look further back
+    if end < 0:
+        return None, 0
+    return tail[prev + 1 : end], start + end + 1
+
+
+def _last_hash(path: Path) -> str | None:
+    for candidate in reversed(audit_files(path)):
+        line, _ = _last_line(candidate)
+        if line:
+            value = orjson.loads(line).get("hash")
+            return str(value) if value else None
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass(slots=True)
+class _Item:
+    record: dict[str, Any]
+    future: asyncio.Future[bool] | None
+    loop: asyncio.AbstractEventLoop | None
+
+
+_PROBE = object()  # queue message: try to reopen the file
+_STOP = object()
+
+
+def _settle(futures: list[asyncio.Future[bool]], ok: bool) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(ok)
+
+
+class _ChainFile:
+    """The active audit file and the chain's head; used by the writer thread only."""
+
+    def __init__(self, config: AuditConfig, path: Path) -> None:
+        self.path = path
+        self.rotate_bytes = config.rotate_bytes
+        self.rotate_daily = config.rotate_daily
+        self.fd: int | None = None
+        self.size = 0
+        self.day = ""
+        self.last_hash = GENESIS
+
+    def open(self) -> None:
+        """Open for append, resuming the chain from the last record on disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            line, good = _last_line(self.path)
+            size = os.fstat(fd).st_size
+            if good < size:  # a record torn by a crash mid-write: drop the fragment
+                log.warning(
+                    "audit: dropping %d bytes of a torn record at the end of %s", size - good, self.path
+                )
+                os.ftruncate(fd, good)
+                size = good
+            self.last_hash = (
+                (_last_hash(self.path) or GENESIS) if line is None else orjson.loads(line)["hash"]
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.size = fd, size
+        self.day = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC).strftime("%Y-%m-%d") if size else ""
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def needs_rotation(self, extra: int, day: str) -> bool:
+        if self.size == 0:
+            return False
+        if self.rotate_daily and self.day and day != self.day:
+            return True
+        return self.rotate_bytes is not None and self.size + extra > self.rotate_bytes
+
+    def rotate(self) -> None:
+        self.close()
+        target = rotated_name(self.path, time.time())
+        while target.exists():  # two rotations in one microsecond
+            time.sleep(1e-6)
+            target = rotated_name(self.path, time.time())
+        os.rename(self.path, target)
+        self.open()
+
+    def write(self, data: bytes, day: str) -> None:
+        if self.fd is None:
+            self.open()
+        assert self.fd is not None
+        _write_all(self.fd, data)
+        self.size += len(data)
+        self.day = day
+
+
+class JsonlAuditSink:
+    """The :class:`~proxy.exchange.AuditSink` writing the JSONL audit file (see module docs)."""
+
+    def __init__(self, config: AuditConfig, *, metrics: Metrics, prices: PriceBook | None = None) -> None:
+        if config.path is None:
+            raise ValueError("JsonlAuditSink needs audit.path")
+        self._config = config
+        self._metrics = metrics
+        self._prices = prices or PriceBook()
+        self._file = _ChainFile(config, config.path)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._healthy = True
+        self._last_probe = 0.0
+        try:
+            self._file.open()  # at start-up, so fail-closed refuses from the first request
+        except OSError as exc:
+            self._fail(f"cannot open {config.path}: {exc}")
+        self._thread = threading.Thread(target=self._run, name="tersegate-audit", daemon=True)
+        self._thread.start()
+
+    # Event-loop side.
+
+    def audits(self, exchange: Exchange) -> bool:
+        return self._config.all_routes or exchange.route in COMPRESSIBLE
+
+    async def commit(self, exchange: Exchange) -> None:
+        if not self.audits(exchange):
+            return
+        record = build_record(exchange, prices=self._prices, include_text=self._config.include_text)
+        self._count(exchange.team, record)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queue.put(_Item(record, future, loop))
+        # Shielded: a cancelled request still gets its record, and the future stays valid.
+        if await asyncio.shield(future):
+            return
+        self._metrics.audit_write_errors.labels(team=exchange.team).inc()
+        if self._config.on_error == "fail-closed":
+            raise unavailable("The audit log cannot be written (audit.on_error: fail-closed).")
+
+    def healthy(self) -> bool:
+        if not self._healthy:
+            now = time.monotonic()
+            if now - self._last_probe >= _PROBE_EVERY_S:
+                self._last_probe = now
+                self._queue.put(_PROBE)
+        return self._healthy
+
+    async def aclose(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    def _count(self, team: str, record: dict[str, Any]) -> None:
+        before, after = record["tokens_before"], record["tokens_after"]
+        if before is not None and after is not None:
+            self._metrics.tokens_before.labels(team=team).inc(before)
+            self._metrics.tokens_after.labels(team=team).inc(after)
+        saved = record["saved_usd"]
+        if saved is not None and saved > 0:  # counters only go up; compression never adds tokens
+            self._metrics.saved_usd.labels(team=team).inc(saved)
+
+    def _fail(self, why: str) -> None:
+        if self._healthy:
+            log.error("audit: %s; records are being lost (audit.on_error: %s)", why, self._config.on_error)
+        self._healthy = False
+        self._last_probe = time.monotonic()
+
+    # Writer thread.
+
+    def _run(self) -> None:
+        try:
+            self._prices.price_for("gpt-4o")  # load the cost map here, not on the first request
+        except PricingError as exc:
+            log.error("audit: %s", exc)
+        stop = False
+        while not stop:
+            batch: list[_Item] = []
+            message = self._queue.get()
+            while True:
+                if message is _STOP:
+                    stop = True
+                elif message is _PROBE:
+                    self._probe()
+                elif isinstance(message, _Item):
+                    batch.append(message)
+                if len(batch) >= _BATCH:
+                    break
+                try:
+                    message = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write_batch(batch)
+        self._file.close()
+
+    def _probe(self) -> None:
+        if self._file.fd is not None:
+            return
+        try:
+            self._file.open()
+        except OSError:
+            return
+        log.warning("audit: %s is writable again", self._file.path)
+        self._healthy = True
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        done: list[_Item] = []
+        pending: list[bytes] = []
+        pending_size = 0
+        start_hash = self._file.last_hash
+        try:
+            for item in batch:
+                item.record["prev_hash"] = self._file.last_hash
+                item.record["hash"] = record_hash(item.record)
+                line = orjson.dumps(item.record) + b"\n"
+                if pending and self._file.needs_rotation(pending_size + len(line), day):
+                    self._file.write(b"".join(pending), day)
+                    pending, pending_size, start_hash = [], 0, self._file.last_hash
+                    self._resolve(done, ok=True)
+                    done = []
+                if self._file.needs_rotation(len(line), day):
+                    self._file.rotate()
+                pending.append(line)
+                pending_size += len(line)
+                done.append(item)
+                self._file.last_hash = item.record["hash"]
+            self._file.write(b"".join(pending), day)
+        except OSError as exc:
+            self._file.last_hash = start_hash
+            self._file.close()
+            self._fail(f"cannot write {self._file.path}: {exc}")
+            failed = done + batch[batch.index(done[-1]) + 1 :] if done else batch
+            self._resolve(failed, ok=False)
+            return
+        self._healthy = True
+        self._resolve(done, ok=True)
+
+    @staticmethod
+    def _resolve(items: list[_Item], *, ok: bool) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[bool]]] = {}
+        for item in items:
+            if item.future is not None and item.loop is not None:
+                by_loop.setdefault(item.loop, []).append(item.future)
+        for loop, futures in by_loop.items():
+            # RuntimeError: the loop closed while we wrote; nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, futures, ok)
+
+
+def iter_records(paths: list[Path]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """``(file, line number, record)`` for every line of ``paths`` in order."""
+    for path in paths:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield path, number, orjson.loads(line)
