@@ -154,10 +154,11 @@ class Normalize(Compressor):
         if not (self.options["collapse_repeats"] or self.options["collapse_logs"]):
             return text
         lines = text.split("\n")
+        origin = list(range(first_line, first_line + len(lines)))  # input line of each line, for decisions
         if self.options["collapse_repeats"]:
-            lines = _collapse_repeats(lines, self.options["min_repeat"], dropped, first_line)
+            lines, origin = _collapse_repeats(lines, origin, self.options["min_repeat"], dropped)
         if self.options["collapse_logs"]:
-            lines = _collapse_logs(lines, self.options["min_log_run"], dropped, first_line)
+            lines = _collapse_logs(lines, origin, self.options["min_log_run"], dropped)
         return "\n".join(lines)
 
 
@@ -201,9 +202,10 @@ def _block_repeats(lines: list[str], i: int, size: int) -> int:
 
 
 def _collapse_repeats(
-    lines: list[str], min_repeat: int, dropped: list[_Dropped], first_line: int
-) -> list[str]:
+    lines: list[str], origin: list[int], min_repeat: int, dropped: list[_Dropped]
+) -> tuple[list[str], list[int]]:
     out: list[str] = []
+    out_origin: list[int] = []
     i = 0
     while i < len(lines):
         best_size, best_count = 1, 1
@@ -216,17 +218,19 @@ def _collapse_repeats(
                 if count >= needed and (count - 1) * size > (best_count - 1) * best_size:
                     best_size, best_count = size, count
         out.extend(lines[i : i + best_size])
+        out_origin.extend(origin[i : i + best_size])
         if best_count > 1:
             what = "previous line" if best_size == 1 else f"previous {best_size} lines"
             reason = f"{what} repeated {best_count - 1} more times"
             out.append(f"[{reason}]")
+            out_origin.append(origin[i + best_size])
             gone = lines[i + best_size : i + best_size * best_count]
-            dropped.append(_Dropped(first_line + i + best_size, "\n".join(gone), reason))
+            dropped.append(_Dropped(origin[i + best_size], "\n".join(gone), reason))
         i += best_size * best_count
-    return out
+    return out, out_origin
 
 
-def _collapse_logs(lines: list[str], min_run: int, dropped: list[_Dropped], first_line: int) -> list[str]:
+def _collapse_logs(lines: list[str], origin: list[int], min_run: int, dropped: list[_Dropped]) -> list[str]:
     masks = [_LOG_MASK.sub("#", line) if line.strip() else "" for line in lines]
     out: list[str] = []
     i = 0
@@ -239,7 +243,7 @@ def _collapse_logs(lines: list[str], min_run: int, dropped: list[_Dropped], firs
         if j - i >= min_run:
             reason = f"{j - i - 2} similar lines omitted"
             out.extend((lines[i], f"[... {reason} ...]", lines[j - 1]))
-            dropped.append(_Dropped(first_line + i + 1, "\n".join(lines[i + 1 : j - 1]), reason))
+            dropped.append(_Dropped(origin[i + 1], "\n".join(lines[i + 1 : j - 1]), reason))
         else:
             out.extend(lines[i:j])
         i = j
