@@ -35,7 +35,6 @@ from proxy.errors import unavailable
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.pricing import PriceBook, PricingError, costs_for
-from proxy.routes import COMPRESSIBLE
 from proxy.usage import normalize_usage
 
 __all__ = [
@@ -267,7 +266,7 @@ class JsonlAuditSink:
     # Event-loop side.
 
     def audits(self, exchange: Exchange) -> bool:
-        return self._config.all_routes or exchange.route in COMPRESSIBLE
+        return self._config.all_routes or exchange.compressible
 
     async def commit(self, exchange: Exchange) -> None:
         if not self.audits(exchange):
@@ -280,9 +279,10 @@ class JsonlAuditSink:
         # Shielded: a cancelled request still gets its record, and the future stays valid.
         if await asyncio.shield(future):
             return
-        self._metrics.audit_write_errors.labels(team=exchange.team).inc()
-        if self._config.on_error == "fail-closed":
+        if self._config.on_error == "fail-closed":  # the caller counts it and answers 503
             raise unavailable("The audit log cannot be written (audit.on_error: fail-closed).")
+        self._metrics.audit_write_errors.labels(team=exchange.team).inc()
+        log.warning("audit: record lost request_id=%s team=%s", exchange.request_id, exchange.team)
 
     def healthy(self) -> bool:
         if not self._healthy:

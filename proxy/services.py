@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.audit import JsonlAuditSink
 from proxy.config import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
 from proxy.metrics import Metrics
@@ -40,4 +41,7 @@ class Services:
 def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
     # Policy engine and audit sink are plugged in here as they land.
-    return Services(config=config, metrics=metrics, rewriter=NoRewrite(), audit=None)
+    audit: AuditSink | None = None
+    if config.audit.path is not None:
+        audit = JsonlAuditSink(config.audit, metrics=metrics)
+    return Services(config=config, metrics=metrics, rewriter=NoRewrite(), audit=audit)
