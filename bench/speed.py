@@ -1,0 +1,116 @@
+"""Compression speed: milliseconds per 1,000 input tokens, median over repeats.
+
+Input: a ~20k-token prompt from ../shared/evaldata: a 20-document NQ prompt in
+the lost-in-the-middle ``qa.prompt`` format (oracle passages, one question),
+then the tool outputs of a SWE-agent trace (what normalize is for).
+
+    python bench/speed.py [--repeats N] [--only NAME ...]
+
+Prints a table; writes nothing. One warm-up call per row loads models and
+encodings first, so rows measure steady-state compression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
+MODEL = "gpt-4o"
+TARGET_TOKENS = 20_000
+
+# row name -> (registry name, options, bar in ms per 1k tokens)
+ROWS: dict[str, tuple[str, Mapping[str, Any], float]] = {
+    "normalize": ("normalize", {}, 5.0),
+    "truncate": ("truncate", {"mode": "middle"}, 5.0),
+    "relevance/bm25": ("relevance", {"scorer": "bm25"}, 5.0),
+    "tokens/selfinfo": ("tokens", {"scorer": "selfinfo"}, 5.0),
+    "relevance/embedding": ("relevance", {"scorer": "embedding"}, 60.0),
+}
+
+
+def build_prompt() -> tuple[str, str]:
+    """``(prompt, question)``: NQ documents in qa.prompt format, then SWE-agent tool output."""
+    from compressors.tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(MODEL)
+    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
+    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as fh:
+        rows = [json.loads(fh.readline()) for _ in range(20)]
+    docs = "\n".join(
+        f"Document [{i}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}"
+        for i, row in enumerate(rows, 1)
+    )
+    question = rows[7]["question"]
+    qa = template.replace("{search_results}", docs).replace("{question}", question)
+    tool_outputs: list[str] = []
+    for traj_path in sorted((EVALDATA / "swe-agent-traces").glob("*.traj")):
+        history = json.loads(traj_path.read_text())["history"]
+        tool_outputs += [str(m["content"]) for m in history if m["role"] in ("tool", "user")]
+    prompt = qa
+    for output in tool_outputs:
+        if tokenizer.count(prompt) >= TARGET_TOKENS:
+            break
+        prompt += "\n\n" + output
+    return prompt, question
+
+
+def time_row(
+    registry_name: str, options: Mapping[str, Any], prompt: str, question: str, repeats: int
+) -> float:
+    from compressors.base import Target
+    from compressors.registry import create
+
+    compressor = create(registry_name, options)
+    target = Target(rate=0.5)
+    compressor.compress(prompt, target=target, query=question, model=MODEL)  # warm-up: loads models
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        compressor.compress(prompt, target=target, query=question, model=MODEL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", nargs="+", choices=sorted(ROWS), metavar="NAME")
+    args = parser.parse_args(argv)
+    if not EVALDATA.is_dir():
+        print(f"evaldata not found at {EVALDATA}", file=sys.stderr)
+        return 2
+    from compressors.tokenizer import tokenizer_for
+
+    prompt, question = build_prompt()
+    tokens = tokenizer_for(MODEL).count(prompt)
+    print(
+        f"input: {tokens} tokens ({len(prompt)} chars), model {MODEL}, target rate 0.5, {args.repeats} repeats"
+    )
+    print(f"{'compressor':<22}{'ms total':>10}{'ms/1k tok':>11}{'bar':>7}  verdict")
+    for name in args.only or list(ROWS):
+        registry_name, options, bar = ROWS[name]
+        try:
+            total = time_row(registry_name, options, prompt, question, args.repeats)
+        except Exception as exc:  # others' compressors may be missing or broken: report, go on
+            print(f"{name:<22}{'not available':>21}  ({type(exc).__name__}: {str(exc)[:60]})")
+            continue
+        per_k = total / tokens * 1000
+        print(f"{name:<22}{total:>10.1f}{per_k:>11.2f}{bar:>7.0f}  {'ok' if per_k <= bar else 'OVER'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
