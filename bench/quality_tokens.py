@@ -1,0 +1,130 @@
+"""Quality of the ``tokens`` compressor on real data: do answers and numbers survive?
+
+NQ-open oracle (2655 rows): ``Passage: <ctx>\\nQuestion: <q>`` compressed with the
+question as query; a case survives when a gold answer is found in the output
+after NQ-open answer normalization of both. GSM8K ``prompt_hardest.txt``: every
+``The answer is N`` number survives and the share of all numbers (as a multiset)
+that survive. The achieved rate (mean tokens_after/tokens_before) is reported so
+that nobody can cheat the rate.
+
+    python bench/quality_tokens.py [--rates 0.5 0.33] [--scorer selfinfo] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import statistics
+import string
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from compressors.base import Target
+from compressors.tokens import Tokens
+
+EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
+NQ = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
+GSM8K = EVALDATA / "gsm8k" / "prompt_hardest.txt"
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_ANSWER_LINE = re.compile(r"The answer is (\S+)")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """NQ-open normalization: lowercase, punctuation and articles removed, whitespace collapsed."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+def nq_rows(limit: int | None = None) -> list[dict[str, Any]]:
+    with gzip.open(NQ, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    return rows[:limit] if limit else rows
+
+
+def nq_case(compressor: Tokens, row: dict[str, Any], rate: float) -> tuple[bool, bool, int, int]:
+    question = row["question"]
+    prompt = f"Passage: {row['ctxs'][0]['text']}\nQuestion: {question}"
+    result = compressor.compress(prompt, target=Target(rate=rate), query=question, model="gpt-4o")
+    output = normalize_answer(result.text)
+    golds = [g for g in (normalize_answer(a) for a in row["answers"]) if g]
+    survived = any(g in output for g in golds)
+    # Stricter: whole words only, so that "18" does not count inside "1860".
+    whole = any(f" {g} " in f" {output} " for g in golds)
+    return survived, whole, result.tokens_before, result.tokens_after
+
+
+def run_nq(compressor: Tokens, rows: list[dict[str, Any]], rate: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    survived = whole_words = 0
+    ratios: list[float] = []
+    over = 0
+    for row in rows:
+        ok, whole, before, after = nq_case(compressor, row, rate)
+        survived += ok
+        whole_words += whole
+        ratios.append(after / before)
+        over += after > round(before * rate) * 1.05
+    return {
+        "bench": "nq-oracle answer survival",
+        "rate": rate,
+        "cases": len(rows),
+        "survival": round(survived / len(rows), 4),
+        "survival_whole_words": round(whole_words / len(rows), 4),
+        "achieved_rate": round(statistics.fmean(ratios), 4),
+        "over_budget_cases": over,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_gsm8k(compressor: Tokens, rate: float) -> dict[str, Any]:
+    text = GSM8K.read_text(encoding="utf-8")
+    result = compressor.compress(text, target=Target(rate=rate), model="gpt-4o")
+    numbers_in = Counter(_NUMBER.findall(text))
+    numbers_out = Counter(_NUMBER.findall(result.text))
+    answers = _ANSWER_LINE.findall(text)
+    output_numbers = set(numbers_out)
+    # Each answer's number must survive on the line that closes its example.
+    answer_lines = [line for line in result.text.splitlines() if line.strip()]
+    answers_kept = sum(
+        1 for a in answers if a in output_numbers and any(line.endswith(a) for line in answer_lines)
+    )
+    return {
+        "bench": "gsm8k prompt_hardest numbers",
+        "rate": rate,
+        "answers_kept": f"{answers_kept}/{len(answers)}",
+        "numbers_kept": round(sum((numbers_in & numbers_out).values()) / sum(numbers_in.values()), 4),
+        "achieved_rate": round(result.ratio, 4),
+        "tokens": f"{result.tokens_after}/{result.tokens_before}",
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    compressor = Tokens({"scorer": args.scorer})
+    rows = nq_rows(args.limit)
+    results = [run_nq(compressor, rows, rate) for rate in args.rates]
+    results.append(run_gsm8k(compressor, 0.5))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.33])
+    parser.add_argument("--scorer", default="selfinfo")
+    parser.add_argument("--limit", type=int, default=None, help="first N NQ rows only")
+    args = parser.parse_args(argv)
+    if not NQ.exists():
+        print(f"evaldata missing: {NQ}", file=sys.stderr)
+        return 2
+    for row in run(args):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
