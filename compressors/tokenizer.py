@@ -16,6 +16,7 @@ with ``exact = False``. Never a crash.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import os
@@ -25,7 +26,6 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 __all__ = ["EncodingUnavailable", "Tokenizer", "encoding_name_for", "tokenizer_for"]
 
@@ -150,15 +150,26 @@ def _candidate_dirs() -> list[Path]:
     return dirs
 
 
-def _local_bpe_file(spec: _EncodingSpec) -> Path:
+def _local_bpe_bytes(spec: _EncodingSpec) -> bytes:
     cache_key = hashlib.sha1(spec.url.encode()).hexdigest()
     tried: list[str] = []
     for directory in _candidate_dirs():
         path = directory / cache_key
         tried.append(str(path))
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256:
-            return path
+        if path.is_file():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == spec.sha256:
+                return data
     raise EncodingUnavailable(f"no verified local copy of {spec.url}; looked in: {', '.join(tried)}")
+
+
+def _parse_bpe(data: bytes) -> dict[bytes, int]:
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 _load_lock = threading.Lock()
@@ -168,7 +179,9 @@ _load_lock = threading.Lock()
 def _encoding(name: str) -> tiktoken.Encoding:
     with _load_lock:
         spec = _SPECS[name]
-        ranks = load_tiktoken_bpe(str(_local_bpe_file(spec)), expected_hash=spec.sha256)
+        # Parsed here, not with tiktoken's load_tiktoken_bpe: that one copies the file into
+        # TIKTOKEN_CACHE_DIR (and raises if that directory is read-only).
+        ranks = _parse_bpe(_local_bpe_bytes(spec))
         return tiktoken.Encoding(
             name=name,
             pat_str=spec.pat_str,
