@@ -1,0 +1,471 @@
+"""The proxy as a raw ASGI app: own endpoints, and everything else forwarded to an upstream.
+
+No framework routing on the hot path. Per request: authenticate, read the body
+(bounded), run the rewrite hook on compressible routes, send upstream through
+aiohttp, then either buffer the response (usage read, audit committed, then the
+body sent) or relay it as SSE frame by frame. Bytes nobody rewrote are sent as
+they came; the proxy never answers 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
+from proxy.config import Config, UpstreamConfig
+from proxy.errors import ProxyError, error_body, internal, too_large, unavailable
+from proxy.exchange import Exchange, Rewrite
+from proxy.forward import UpstreamPool, read_failure
+from proxy.metrics import CONTENT_TYPE_LATEST
+from proxy.relay import relay_stream
+from proxy.routes import COMPRESSIBLE, metric_route, split_path
+from proxy.services import Services
+from proxy.usage import UsageTap, prepare_stream
+
+__all__ = ["ProxyApp", "create_app"]
+
+log = logging.getLogger("tersegate.app")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Request headers never forwarded (hop-by-hop, or recomputed by the client library).
+_HOP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+    }
+)
+# Response headers never relayed (hop-by-hop; framing is the proxy's own).
+_HOP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"content-length",
+        b"trailer",
+        b"upgrade",
+        b"te",
+    }
+)
+_TERSEGATE_PREFIX = b"x-tersegate-"
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+@dataclass(slots=True)
+class _Bound:
+    """Per-config state, rebuilt when hot reload swaps ``services.config``."""
+
+    config: Config
+    auth: Authenticator
+
+
+class _Ctx:
+    """What the outer handler needs to know about a request in progress."""
+
+    __slots__ = ("audited", "committed", "exchange", "started", "status", "team")
+
+    def __init__(self) -> None:
+        self.exchange: Exchange | None = None
+        self.started = False
+        self.status = 0
+        self.team = "-"
+        self.audited = False
+        self.committed = False
+
+
+def _request_headers(
+    raw: list[tuple[bytes, bytes]], *, strip_keys: bool
+) -> tuple[list[tuple[str, str]], Credentials, int | None]:
+    """One pass over the client's headers: what to forward, credentials, declared length."""
+    forward: list[tuple[str, str]] = []
+    creds = Credentials()
+    length: int | None = None
+    for name, value in raw:
+        if name in _HOP_REQUEST:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+            continue
+        if name in KEY_HEADERS:
+            if name == b"authorization":
+                creds.authorization = value
+            else:
+                creds.api_key = value
+            if strip_keys:
+                continue
+        elif name.startswith(_TERSEGATE_PREFIX):
+            if name == TEAM_HEADER:
+                creds.team = value
+            continue
+        forward.append((name.decode("latin-1"), value.decode("latin-1")))
+    return forward, creds, length
+
+
+async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in raw if name.lower() not in _HOP_RESPONSE]
+
+
+def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
+    out = [(b"x-tersegate-request-id", exchange.request_id.encode())]
+    if not exchange.compressible:
+        return out
+    rw = exchange.rewrite
+    if rw.tokens_before is not None:
+        out.append((b"x-tersegate-tokens-before", str(rw.tokens_before).encode()))
+    if rw.tokens_after is not None:
+        out.append((b"x-tersegate-tokens-after", str(rw.tokens_after).encode()))
+    if rw.policy is not None:
+        out.append((b"x-tersegate-policy", rw.policy.encode("utf-8", "replace")))
+        out.append((b"x-tersegate-mode", rw.mode.encode()))
+    return out
+
+
+def _usage_of(body: bytes, encoding: str | None) -> dict[str, Any] | None:
+    """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
+    if encoding:
+        import zlib
+
+        if encoding not in ("gzip", "deflate"):
+            return None
+        try:
+            body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
+        except zlib.error:
+            return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+class ProxyApp:
+    """The ASGI application. ``services.config`` is read per request (hot reload swaps it)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.pool = UpstreamPool()
+        self._bound: _Bound | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if scope["method"] == "GET" and path in ("/healthz", "/metrics"):
+                await (self._healthz(send) if path == "/healthz" else self._metrics(send))
+                return
+            await self._handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- own endpoints -------------------------------------------------------------------------
+
+    async def _healthz(self, send: Send) -> None:
+        audit = self.services.audit
+        config = self.services.config
+        audit_state = "off" if audit is None else "ok" if audit.healthy() else "failing"
+        failing_closed = audit_state == "failing" and config.audit.on_error == "fail-closed"
+        body = orjson.dumps({"status": "unavailable" if failing_closed else "ok", "audit": audit_state})
+        await _send_simple(send, 503 if failing_closed else 200, body, _JSON_HEADERS)
+
+    async def _metrics(self, send: Send) -> None:
+        body = self.services.metrics.render()
+        await _send_simple(send, 200, body, [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.services.start()  # hot reload of config and policies
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.pool.aclose()
+                await self.services.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- forwarding ----------------------------------------------------------------------------
+
+    def _bind(self) -> _Bound:
+        config = self.services.config
+        bound = self._bound
+        if bound is None or bound.config is not config:
+            bound = self._bound = _Bound(config, Authenticator(config))
+        return bound
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self.services.metrics
+        ctx = _Ctx()
+        route = split_path(scope["path"])[0]
+        metrics.in_flight.inc()
+        try:
+            await self._forward(scope, receive, send, ctx)
+        except ProxyError as exc:
+            await self._fail(send, ctx, exc)
+        except _ClientGone:
+            ctx.status = 499
+        except Exception as exc:
+            request_id = ctx.exchange.request_id if ctx.exchange else "-"
+            # Type and place only: messages may quote request data.
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+            log.error("proxy error request_id=%s error=%s at=%s", request_id, type(exc).__name__, where)
+            await self._fail(send, ctx, internal(request_id))
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(ctx.team, metric_route(route), str(ctx.status)).inc()
+
+    async def _fail(self, send: Send, ctx: _Ctx, exc: ProxyError) -> None:
+        exchange = ctx.exchange
+        if exchange is not None:
+            exchange.error = exc.kind
+            exchange.status = exc.status
+            if exc.kind.startswith("upstream"):
+                self.services.metrics.upstream_errors.labels(exchange.upstream, exc.kind).inc()
+        if ctx.started:
+            return  # mid-stream failures are reported in the stream itself
+        ctx.status = exc.status
+        if exchange is not None:
+            await self._commit(ctx, fail_closed_raises=False)
+        headers = list(_JSON_HEADERS)
+        if exchange is not None:
+            headers.append((b"x-tersegate-request-id", exchange.request_id.encode()))
+        ctx.started = True
+        await _send_simple(send, exc.status, exc.body(), headers)
+
+    async def _commit(self, ctx: _Ctx, *, fail_closed_raises: bool = True) -> None:
+        """Hand the exchange to the audit once; fail-closed audits turn a failed write into a 503."""
+        audit = self.services.audit
+        if ctx.committed or not ctx.audited or audit is None or ctx.exchange is None:
+            return
+        ctx.committed = True
+        try:
+            await audit.commit(ctx.exchange)
+        except Exception as exc:
+            self.services.metrics.audit_write_errors.labels(ctx.team).inc()
+            log.error(
+                "audit write failed request_id=%s error=%s", ctx.exchange.request_id, type(exc).__name__
+            )
+            if fail_closed_raises and self.services.config.audit.on_error == "fail-closed":
+                raise unavailable("The audit log cannot be written; the proxy is failing closed.") from None
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, ctx: _Ctx) -> None:
+        bound = self._bind()
+        config = bound.config
+        method: str = scope["method"]
+        route, _ = split_path(scope["path"])
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        headers, creds, declared = _request_headers(
+            scope["headers"], strip_keys=bound.auth.strips_client_keys
+        )
+        identity = bound.auth.identify(creds)
+        ctx.team = identity.team
+        upstream = config.upstream_for(identity.team)
+        exchange = ctx.exchange = Exchange(
+            request_id=os.urandom(12).hex(),
+            method=method,
+            route=route,
+            team=identity.team,
+            key_id=identity.key_id,
+            upstream=upstream.name,
+            started=time.time(),
+            compressible=method == "POST" and route in COMPRESSIBLE,
+        )
+        audit = self.services.audit
+        ctx.audited = audit is not None and (exchange.compressible or config.audit.all_routes)
+        if (
+            ctx.audited
+            and audit is not None
+            and not audit.healthy()
+            and config.audit.on_error == "fail-closed"
+        ):
+            raise unavailable("The audit log cannot be written; the proxy is failing closed.")
+        body = await _read_body(receive, config.max_body_bytes, declared)
+        body, streaming, tap = await self._prepare(exchange, body, scope["headers"])
+        headers.extend(identity.upstream_auth)
+        path_qs = split_path(raw_path.decode("latin-1"))[1]
+        if scope["query_string"]:
+            path_qs += "?" + scope["query_string"].decode("latin-1")
+        t0 = time.perf_counter()
+        response = await self.pool.send(
+            upstream, method=method, path_qs=path_qs, headers=headers, body=body, streaming=streaming
+        )
+        try:
+            await self._respond(response, upstream, t0, receive, send, ctx, tap)
+        finally:
+            response.release()
+
+    async def _prepare(
+        self, exchange: Exchange, body: bytes, raw_headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, bool, UsageTap | None]:
+        """The rewrite hook: ``(bytes to send, streaming, usage tap)``."""
+        if not exchange.compressible:
+            return body, b'"stream"' in body and _STREAM_TRUE.search(body) is not None, None
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            exchange.rewrite = Rewrite(skipped="body is not valid JSON")
+            return body, _STREAM_TRUE.search(body) is not None, None
+        if not isinstance(parsed, dict):
+            exchange.rewrite = Rewrite(skipped="body is not a JSON object")
+            return body, False, None
+        model = parsed.get("model")
+        exchange.model = model if isinstance(model, str) else None
+        exchange.stream = parsed.get("stream") is True
+        if self.services.config.audit.include_text:
+            exchange.request_body = parsed
+        client_headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in raw_headers
+            if name not in KEY_HEADERS
+        }
+        rewrite = exchange.rewrite = await self.services.rewriter(exchange, parsed, client_headers)
+        new = rewrite.body
+        tap = None
+        if exchange.stream:
+            prepared, injected = prepare_stream(new if new is not None else parsed, route=exchange.route)
+            tap = UsageTap(injected)
+            if injected:
+                new = prepared
+        return (orjson.dumps(new) if new is not None else body), exchange.stream, tap
+
+    async def _respond(
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: UpstreamConfig,
+        t0: float,
+        receive: Receive,
+        send: Send,
+        ctx: _Ctx,
+        tap: UsageTap | None,
+    ) -> None:
+        exchange = ctx.exchange
+        assert exchange is not None
+        self.services.metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - t0)
+        exchange.status = ctx.status = response.status
+        exchange.upstream_request_id = response.headers.get("x-request-id")
+        headers = _response_headers(response.raw_headers)
+        headers.extend(_tersegate_headers(exchange))
+        if response.content_type == "text/event-stream":
+            await self._stream(response, upstream, t0, headers, receive, send, ctx, tap)
+            return
+        try:
+            body = await response.read()
+        except Exception as exc:
+            raise read_failure(upstream, exc, streaming=False) from None
+        exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+        if ctx.audited and response.status < 400:
+            exchange.usage = _usage_of(body, response.headers.get("content-encoding"))
+        await self._commit(ctx)
+        headers.append((b"content-length", str(len(body)).encode()))
+        ctx.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _stream(
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: UpstreamConfig,
+        t0: float,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        send: Send,
+        ctx: _Ctx,
+        tap: UsageTap | None,
+    ) -> None:
+        exchange = ctx.exchange
+        assert exchange is not None
+        headers.append((b"x-accel-buffering", b"no"))
+        ctx.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+
+        async def commit() -> None:
+            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+            if tap is not None:
+                exchange.usage = tap.usage
+            await self._commit(ctx)
+
+        try:
+            await relay_stream(
+                response,
+                send=send,
+                receive=receive,
+                exchange=exchange,
+                tap=tap,
+                split_frames="content-encoding" not in response.headers,
+                commit=commit,
+            )
+        except Exception as exc:
+            failure = exc if isinstance(exc, ProxyError) else read_failure(upstream, exc, streaming=True)
+            exchange.error = failure.kind
+            self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
+            await commit()
+            # OpenAI's SDKs raise an APIError for a data frame holding an "error" object.
+            frame = b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
+            await send({"type": "http.response.body", "body": frame, "more_body": False})
+        if exchange.client_disconnected:
+            ctx.status = 499
+
+
+async def _send_simple(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def create_app(services: Services) -> ProxyApp:
+    """The ASGI app serving ``services``; the lifespan closes upstream sessions and the audit."""
+    return ProxyApp(services)

@@ -1,0 +1,101 @@
+"""Who is calling: the team and key id of a request, and the Authorization the upstream gets.
+
+``auth: keys``: the client's proxy key (``Authorization: Bearer``, ``api-key``
+or ``x-api-key``) is hashed with SHA-256 and looked up in the config; the
+upstream receives the key from the upstream's ``api_key_env`` instead.
+``auth: passthrough``: the client's own credentials go upstream; the team comes
+from ``X-Tersegate-Team`` or ``default_team``.
+
+Keys are never stored, logged or echoed: only their SHA-256 and a 12-hex key id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from proxy.config import Config
+from proxy.errors import unauthorized
+
+__all__ = ["Authenticator", "Credentials", "Identity", "key_id_of"]
+
+# Request headers that carry a client key.
+KEY_HEADERS = frozenset({b"authorization", b"api-key", b"x-api-key"})
+TEAM_HEADER = b"x-tersegate-team"
+
+
+def key_id_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@dataclass(slots=True)
+class Credentials:
+    """The key-bearing headers of one request, collected during the header pass."""
+
+    authorization: bytes | None = None
+    api_key: bytes | None = None  # api-key or x-api-key
+    team: bytes | None = None
+
+    def key(self) -> str | None:
+        if self.authorization is not None:
+            scheme, _, token = self.authorization.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+        if self.api_key is not None and self.api_key.strip():
+            return self.api_key.decode("latin-1").strip()
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    team: str
+    key_id: str | None
+    # (name, value) headers carrying credentials to the upstream.
+    upstream_auth: tuple[tuple[str, str], ...]
+
+
+class Authenticator:
+    """Built once per config (and on reload); ``identify`` is called per request."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._keys_mode = config.auth == "keys"
+        # Upstream keys are read here, at load/reload, not per request.
+        self._upstream_keys: dict[str, str | None] = {
+            name: os.environ.get(up.api_key_env) if up.api_key_env else None
+            for name, up in config.upstreams.items()
+        }
+
+    @property
+    def strips_client_keys(self) -> bool:
+        """In keys mode the client's key headers must not reach the upstream."""
+        return self._keys_mode
+
+    def identify(self, creds: Credentials) -> Identity:
+        """Raise :class:`ProxyError` (401) when the request may not pass."""
+        return self._by_key(creds) if self._keys_mode else self._passthrough(creds)
+
+    def _by_key(self, creds: Credentials) -> Identity:
+        key = creds.key()
+        if key is None:
+            raise unauthorized("Missing API key: send your tersegate key as 'Authorization: Bearer <key>'.")
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        team = self._config.team_for_key_hash(digest)
+        if team is None:
+            raise unauthorized(f"Incorrect API key provided (key id {digest[:12]}).")
+        upstream = self._config.upstream_for(team)
+        upstream_key = self._upstream_keys.get(upstream.name)
+        auth = (("Authorization", f"Bearer {upstream_key}"),) if upstream_key else ()
+        return Identity(team=team, key_id=digest[:12], upstream_auth=auth)
+
+    def _passthrough(self, creds: Credentials) -> Identity:
+        team = self._config.default_team
+        if creds.team is not None:
+            team = creds.team.decode("latin-1").strip()
+            if team not in self._config.teams:
+                shown = team[:64]
+                raise unauthorized(f"Unknown team {shown!r} in X-Tersegate-Team.")
+        key = creds.key()
+        return Identity(team=team, key_id=key_id_of(key) if key else None, upstream_auth=())

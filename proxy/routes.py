@@ -1,0 +1,53 @@
+"""Request paths: the ``/v1`` prefix is optional for clients, routes are normalised to ``/v1/...``.
+
+The upstream's ``base_url`` already ends in ``/v1``, so the forwarded path is
+the part after the prefix.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COMPRESSIBLE", "KNOWN", "metric_route", "split_path"]
+
+# Endpoints whose request bodies carry prompts the rewrite hook may compress.
+COMPRESSIBLE = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/completions"})
+
+# Routes reported as themselves in metrics; anything else is folded (ids in paths
+# would give metrics unbounded cardinality).
+KNOWN = COMPRESSIBLE | frozenset(
+    {
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/audio/speech",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/files",
+        "/v1/batches",
+        "/v1/uploads",
+        "/v1/fine_tuning/jobs",
+        "/v1/vector_stores",
+        "/v1/assistants",
+        "/v1/threads",
+    }
+)
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``(route, upstream_path)``: ``/v1/models`` and ``/models`` both give ``("/v1/models", "/models")``."""
+    if path == "/v1" or path.startswith("/v1/"):
+        rest = path[3:] or "/"
+        return path, rest
+    return "/v1" + path, path
+
+
+def metric_route(route: str) -> str:
+    """A bounded label: known routes as themselves, others as ``/v1/<first segment>/*``."""
+    if route in KNOWN:
+        return route
+    parts = route.split("/", 3)  # "", "v1", first, rest
+    if len(parts) >= 3 and parts[2]:
+        head = "/v1/" + parts[2]
+        if head in KNOWN:
+            return head + "/*" if len(parts) == 4 else head
+    return "other"
