@@ -32,7 +32,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,8 +124,8 @@ def _headers(call: _Call, content_type: bytes) -> list[tuple[bytes, bytes]]:
 
 
 async def _json(
-    send: Send, call: _Call, status: int, payload: Any, extra: list[tuple[bytes, bytes]] = []
-) -> None:  # noqa: B006
+    send: Send, call: _Call, status: int, payload: Any, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = orjson.dumps(payload)
     headers = [*_headers(call, b"application/json"), *extra, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
