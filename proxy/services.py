@@ -13,8 +13,11 @@ from typing import Any
 
 from proxy.audit import JsonlAuditSink
 from proxy.config import Config
+from proxy.engine import PolicyRewriter
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
 from proxy.metrics import Metrics
+from proxy.policy import PolicySet, load_policies
+from proxy.reload import PolicyReloader
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -32,8 +35,18 @@ class Services:
     metrics: Metrics
     rewriter: Rewriter
     audit: AuditSink | None = None
+    reloader: PolicyReloader | None = None
+
+    async def start(self) -> None:
+        """Start background work (hot reload); the app's lifespan calls it at startup."""
+        if self.reloader is not None:
+            await self.reloader.start()
 
     async def aclose(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.aclose()
+        if isinstance(self.rewriter, PolicyRewriter):
+            self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
 
@@ -41,7 +54,21 @@ class Services:
 def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
     # Policy engine and audit sink are plugged in here as they land.
+    policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
     if config.audit.path is not None:
         audit = JsonlAuditSink(config.audit, metrics=metrics)
-    return Services(config=config, metrics=metrics, rewriter=NoRewrite(), audit=audit)
+    rewriter = PolicyRewriter(
+        policies,
+        memo_bytes=config.compression.memo_bytes,
+        workers=config.compression.workers,
+        metrics=metrics,
+    )
+    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit)
+
+    def apply(new_config: Config, policies: PolicySet) -> None:
+        services.config = new_config
+        rewriter.policies = policies
+
+    services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
+    return services

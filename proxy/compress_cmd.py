@@ -1,0 +1,132 @@
+"""``tersegate compress --team T [--route R] [--explain] < request.json``.
+
+Prints the exact body the proxy would forward for that team: the same rewrite
+hook (``build_services(config).rewriter``), the same serialization (orjson for
+a rewritten body, the original bytes when nothing changed). ``--explain``
+prints a table per text part on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from proxy.config import AuditConfig, ConfigErrors, load_config
+from proxy.exchange import Exchange, Rewrite
+from proxy.services import build_services
+from proxy.usage import prepare_stream
+
+__all__ = ["register", "rewrite_request"]
+
+
+async def rewrite_request(
+    config_path: Path, *, team: str, route: str, body: bytes, headers: Mapping[str, str] | None = None
+) -> tuple[bytes, Rewrite]:
+    """``(bytes the proxy would forward, what the rewrite hook did)``."""
+    config = load_config(config_path)
+    if team not in config.teams:
+        raise ValueError(f"team {team!r} is not in {config_path} (teams: {', '.join(config.teams)})")
+    # The audit sink is not needed to rewrite, and must not open the audit log here.
+    services = build_services(dataclasses.replace(config, audit=AuditConfig()))
+    try:
+        parsed = orjson.loads(body)
+        if not isinstance(parsed, dict):
+            raise ValueError("the request body must be a JSON object")
+        exchange = Exchange(
+            request_id="compress-cmd",
+            method="POST",
+            route=route,
+            team=team,
+            key_id=None,
+            upstream=config.upstream_for(team).name,
+            started=time.time(),
+            compressible=True,
+            model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
+            stream=parsed.get("stream") is True,
+        )
+        rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
+        new = rewrite.body
+        if exchange.stream:  # as the server does: ask the upstream for stream usage
+            prepared, injected = prepare_stream(new if new is not None else parsed, route=route)
+            if injected:
+                new = prepared
+        return (orjson.dumps(new) if new is not None else body), rewrite
+    finally:
+        await services.aclose()
+
+
+def _explain(rewrite: Rewrite, console: Console) -> None:
+    table = Table(title=f"policy {rewrite.policy or '-'} ({rewrite.mode})", title_justify="left")
+    for name in ("msg", "role", "rule", "compressor", "before", "after", "ms", "note"):
+        table.add_column(name, justify="right" if name in ("msg", "before", "after", "ms") else "left")
+    for part in rewrite.parts:
+        role = part["role"] + (f" ({part['tool']})" if part.get("tool") else "")
+        note = part.get("note") or ("reused" if part.get("source") == "memo" else "")
+        table.add_row(
+            str(part["message"]),
+            role,
+            part["rule"] or "-",
+            part["compressor"] or "-",
+            str(part["tokens_before"]),
+            str(part["tokens_after"]),
+            f"{part['ms']:.1f}" if part["rule"] else "",
+            note,
+        )
+    console.print(table)
+    before, after = rewrite.tokens_before or 0, rewrite.tokens_after or 0
+    saved = f"{100 * (before - after) / before:.1f}%" if before else "0%"
+    line = (
+        f"tokens {before} -> {after} (saved {before - after}, {saved}); compress {rewrite.compress_ms:.0f} ms"
+    )
+    if rewrite.fail_open:
+        line += f"; fail-open: {rewrite.fail_open}"
+    if rewrite.skipped:
+        line += f"; skipped: {rewrite.skipped}"
+    console.print(line, highlight=False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    route = args.route if args.route.startswith("/v1/") else "/v1/" + args.route.lstrip("/")
+    headers = {"x-tersegate-mode": args.mode} if args.mode else {}
+    try:
+        out, rewrite = asyncio.run(
+            rewrite_request(
+                Path(args.config), team=args.team, route=route, body=sys.stdin.buffer.read(), headers=headers
+            )
+        )
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        print(f"tersegate compress: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+    if args.explain:
+        _explain(rewrite, Console(stderr=True, width=max(100, Console(stderr=True).width)))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compress", help="print the body the proxy would forward for a request on stdin"
+    )
+    parser.add_argument("--config", default="config.yaml", help="path to config.yaml (default: %(default)s)")
+    parser.add_argument("--team", required=True, help="team whose policy applies")
+    parser.add_argument("--route", default="/v1/chat/completions", help="API route (default: %(default)s)")
+    parser.add_argument("--explain", action="store_true", help="print a per-part table on stderr")
+    parser.add_argument(
+        "--mode", choices=("off", "shadow"), help="as the X-Tersegate-Mode header (if the policy allows it)"
+    )
+    parser.set_defaults(func=_run)

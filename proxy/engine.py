@@ -1,0 +1,318 @@
+"""The policy engine: the proxy's rewrite hook (:class:`PolicyRewriter`).
+
+Per request: pick the team's policy (routes, models, mode, client override),
+find the text parts, give each to the first rule that matches it, compress the
+selected parts in a worker pool under the policy's latency budget, and return
+the body to forward.
+
+Cache stability shapes everything here. Providers bill a cached prompt prefix
+at 10-50% of the price, and the cache matches exact bytes, so a part must be
+forwarded in the same form on every turn. The form a part is first forwarded
+in (compressed, or unchanged after an error, a budget overrun or a too-small
+saving) is memoized by (rule, model encoding, sha256 of the text), without the
+query: later turns re-send it byte-identical even after the query changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from compressors.base import CompressorError
+from compressors.tokenizer import Tokenizer, tokenizer_for
+from proxy.exchange import Exchange, Rewrite
+from proxy.memo import Memo
+from proxy.metrics import Metrics
+from proxy.parts import Part, extract_parts, rewrite_body
+from proxy.policy import Policy, PolicySet, Rule
+from proxy.query import QueryPlan, compress_around, plan_query
+
+__all__ = ["PolicyRewriter"]
+
+log = logging.getLogger("tersegate.policy")
+
+_MODE_HEADER = "x-tersegate-mode"
+_COUNTS_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Form:
+    """How a part is forwarded: ``text`` None means as it came."""
+
+    text: str | None
+    tokens_after: int
+    ms: float = 0.0
+    note: str = ""
+
+
+@dataclass(slots=True)
+class _Selected:
+    part: Part
+    rule: Rule
+    tokens: int
+    key: tuple[str, str, str]
+    form: _Form | None = None
+    source: str = "new"  # new | memo | drop
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The rewrite being built for one request."""
+
+    selected: list[_Selected] = field(default_factory=list)
+    fail_open: str | None = None
+    compress_ms: float = 0.0
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value.strip().lower()
+    return None
+
+
+def _matches(rule: Rule, part: Part, tokens: int) -> bool:
+    m = rule.match
+    if m.roles is not None and not (m.roles & part.roles):
+        return False
+    if tokens < m.min_tokens or (m.max_tokens is not None and tokens > m.max_tokens):
+        return False
+    if m.tool_names is not None and not any(
+        fnmatch.fnmatchcase(part.tool_name or "", glob) for glob in m.tool_names
+    ):
+        return False
+    if m.skip_last_user and part.last_user:
+        return False
+    return m.older_than_turns is None or part.age >= m.older_than_turns
+
+
+class PolicyRewriter:
+    """Implements :class:`proxy.exchange.Rewriter`. ``policies`` is swapped whole on reload."""
+
+    def __init__(
+        self, policies: PolicySet, *, memo_bytes: int, workers: int, metrics: Metrics | None = None
+    ) -> None:
+        self.policies = policies
+        self.metrics = metrics
+        self.forms: Memo[_Form] = Memo(max_bytes=memo_bytes)
+        self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tersegate-compress")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
+        policy = self.policies.for_team(exchange.team)
+        if policy is None:
+            return Rewrite(skipped="no policy for team")
+        try:
+            return await self._rewrite(policy, exchange, body, headers)
+        except Exception as exc:  # the hook never raises: forward the original
+            log.exception("policy %s failed on request %s", policy.name, exchange.request_id)
+            self._count_fail_open(exchange.team, "internal_error")
+            return Rewrite(policy=policy.name, mode=policy.mode, fail_open=f"internal_error: {exc!r}"[:300])
+
+    def _mode(self, policy: Policy, headers: Mapping[str, str]) -> str:
+        asked = _header(headers, _MODE_HEADER)
+        if policy.allow_client_override and asked in ("off", "shadow"):
+            return asked
+        return policy.mode
+
+    async def _rewrite(
+        self, policy: Policy, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> Rewrite:
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
+        if not policy.applies(exchange.route, model):
+            return Rewrite(policy=policy.name, mode="off", skipped="route or model not in policy")
+        mode = self._mode(policy, headers)
+        if mode == "off":
+            return Rewrite(policy=policy.name, mode="off")
+        parts = extract_parts(exchange.route, body)
+        tokenizer = tokenizer_for(model)
+        counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
+        outcome = self._select(policy, parts, counts, tokenizer)
+        await self._compress_new(policy, outcome, parts, model)
+        self._settle(policy, outcome)
+        if outcome.fail_open is not None:
+            self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
+        if self.metrics is not None:
+            self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
+        return self._result(policy, mode, body, parts, counts, outcome)
+
+    def _count_fail_open(self, team: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.fail_open.labels(team=team, reason=reason).inc()
+
+    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part]) -> list[int]:
+        counts: list[int] = []
+        for part in parts:
+            key = (tokenizer.encoding, _digest(part.text))
+            count = self._counts.get(key)
+            if count is None:
+                count = self._counts.setdefault(key, tokenizer.count(part.text), size=100)
+            counts.append(count)
+        return counts
+
+    def _select(
+        self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer
+    ) -> _Outcome:
+        outcome = _Outcome()
+        for part, tokens in zip(parts, counts, strict=True):
+            rule = next((r for r in policy.rules if _matches(r, part, tokens)), None)
+            if rule is None:
+                continue
+            key = (rule.identity, tokenizer.encoding, _digest(part.text))
+            chosen = _Selected(part, rule, tokens, key)
+            if rule.action == "drop":
+                chosen.form, chosen.source = _Form(None, 0, note="dropped"), "drop"
+            elif tokens == 0:
+                chosen.form, chosen.source = _Form(None, 0), "memo"
+            else:
+                memo = self.forms.get(key)
+                if memo is not None:
+                    chosen.form, chosen.source = memo, "memo"
+            outcome.selected.append(chosen)
+        return outcome
+
+    async def _compress_new(
+        self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None
+    ) -> None:
+        jobs: dict[tuple[str, str, str], asyncio.Future[_Form]] = {}
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        for chosen in outcome.selected:
+            if chosen.form is not None or chosen.key in jobs:
+                continue
+            plan = plan_query(policy.query, parts, chosen.part)
+            jobs[chosen.key] = loop.run_in_executor(
+                self._pool, _compress_part, chosen.rule, chosen.part.text, chosen.tokens, plan, model
+            )
+        if not jobs:
+            return
+        _, pending = await asyncio.wait(jobs.values(), timeout=policy.latency_budget_ms / 1000)
+        outcome.compress_ms = (time.perf_counter() - started) * 1000
+        results: dict[tuple[str, str, str], _Form] = {}
+        for key, job in jobs.items():
+            if job in pending:
+                outcome.fail_open = outcome.fail_open or "latency_budget"
+                job.cancel()  # a queued job never starts; a running one finishes unused
+                continue
+            error = job.exception()
+            if error is not None:
+                reason = str(error) if isinstance(error, CompressorError) else repr(error)
+                outcome.fail_open = outcome.fail_open or f"compressor_error: {reason}"[:300]
+                continue
+            results[key] = job.result()
+        for chosen in outcome.selected:
+            if chosen.source == "new":
+                chosen.form = results.get(chosen.key)
+
+    def _settle(self, policy: Policy, outcome: _Outcome) -> None:
+        """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize
+        the form each new part is forwarded in (first writer wins)."""
+        saving = sum(
+            c.tokens - c.form.tokens_after for c in outcome.selected if c.form and c.form.text is not None
+        )
+        saving += sum(c.tokens for c in outcome.selected if c.source == "drop")
+        keep_new = outcome.fail_open is None and saving >= policy.min_saving_tokens
+        for chosen in outcome.selected:
+            if chosen.source == "drop" and not keep_new:
+                chosen.form, chosen.source = None, "new"
+            if chosen.source != "new":
+                continue
+            form = chosen.form if keep_new and chosen.form is not None else None
+            if form is None:
+                note = outcome.fail_open or ("below min_saving_tokens" if chosen.form else "")
+                form = _Form(None, chosen.tokens, chosen.form.ms if chosen.form else 0.0, note)
+            size = len(form.text or "") * 2 + 64
+            chosen.form = self.forms.setdefault(chosen.key, form, size=size)
+
+    def _result(
+        self,
+        policy: Policy,
+        mode: str,
+        body: dict[str, Any],
+        parts: Sequence[Part],
+        counts: Sequence[int],
+        outcome: _Outcome,
+    ) -> Rewrite:
+        texts: dict[tuple[str | int, ...], str] = {}
+        drops: list[tuple[str | int, ...]] = []
+        after = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        by_path = {c.part.path: c for c in outcome.selected}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                self._apply_drop(chosen.part, texts, drops)
+                after[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                texts[chosen.part.path] = form.text
+                after[index[chosen.part.path]] = form.tokens_after
+        details = tuple(
+            _detail(p, by_path.get(p.path), b, a) for p, b, a in zip(parts, counts, after, strict=True)
+        )
+        changed = bool(texts or drops)
+        return Rewrite(
+            body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
+            policy=policy.name,
+            mode=mode,
+            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected)),
+            tokens_before=sum(counts),
+            tokens_after=sum(after),
+            compress_ms=outcome.compress_ms,
+            fail_open=outcome.fail_open,
+            parts=details,
+        )
+
+    @staticmethod
+    def _apply_drop(
+        part: Part, texts: dict[tuple[str | int, ...], str], drops: list[tuple[str | int, ...]]
+    ) -> None:
+        if part.droppable and part.message_path is not None and isinstance(part.message_path[-1], int):
+            if part.message_path not in drops:
+                drops.append(part.message_path)
+        else:
+            texts[part.path] = ""  # tool results must stay paired with their call
+
+
+def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> dict[str, Any]:
+    return {
+        "message": part.message,
+        "role": part.role,
+        "tool": part.tool_name,
+        "rule": chosen.rule.name if chosen else None,
+        "compressor": (chosen.rule.compressor_name if chosen.rule.action == "compress" else "drop")
+        if chosen
+        else None,
+        "tokens_before": before,
+        "tokens_after": after,
+        "ms": round(chosen.form.ms, 2) if chosen and chosen.form else 0.0,
+        "source": chosen.source if chosen else None,
+        "note": chosen.form.note if chosen and chosen.form else "",
+    }
+
+
+def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: str | None) -> _Form:
+    """Runs in a worker thread. Raises CompressorError on failure."""
+    assert rule.compressor is not None
+    started = time.perf_counter()
+    new_text, note = compress_around(
+        rule.compressor, text, target=rule.target, plan=plan, preserve=rule.preserve, model=model
+    )
+    after = tokenizer_for(model).count(new_text)
+    ms = (time.perf_counter() - started) * 1000
+    if after >= tokens:
+        return _Form(None, tokens, ms, "no saving")
+    return _Form(new_text, after, ms, note)

@@ -1,0 +1,358 @@
+"""Per-team policies: ``policies/<name>.yaml``, parsed and validated once, at load.
+
+A policy says which requests it applies to (``routes``, ``models``), how it runs
+(``mode``, ``latency_budget_ms``, ``min_saving_tokens``), where question-aware
+compressors get their query, and an ordered list of rules; the first rule that
+matches a text part wins. Every problem is a ``file:line: message``; rules whose
+selection depends on a part's age are loaded with a warning, because a part that
+changes form as it ages breaks the provider's prompt cache from that part on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from compressors.base import Compressor, OptionsError, Target
+from compressors.preserve import PreserveSpec
+from compressors.registry import create, names
+from proxy.config import Config
+from proxy.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+
+__all__ = [
+    "COMPRESSIBLE_ROUTES",
+    "ROLES",
+    "Match",
+    "Policy",
+    "PolicySet",
+    "QuerySpec",
+    "Rule",
+    "load_policies",
+    "load_policy",
+]
+
+COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "function")
+MODES: tuple[str, ...] = ("enforce", "shadow", "off")
+_CACHE_WARNING = (
+    "{key} changes a part's form as it ages, which breaks provider prompt caching "
+    "from that part on (cached input costs 10-50% of the normal price)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which parts a rule selects. ``roles=None`` means any role."""
+
+    roles: frozenset[str] | None = None
+    min_tokens: int = 0
+    max_tokens: int | None = None
+    tool_names: tuple[str, ...] | None = None  # globs
+    skip_last_user: bool = False
+    older_than_turns: int | None = None  # at least N assistant turns followed the part
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    action: Literal["compress", "drop"]
+    compressor_name: str
+    compressor: Compressor | None  # None for drop rules
+    target: Target
+    preserve: PreserveSpec | None
+    # Stable hash of everything that shapes the output (compressor, options, target,
+    # preserve): the memo key, so an edited rule never reuses old results.
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    kind: Literal["last_user", "pattern"] = "last_user"
+    pattern: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    file: str
+    mode: Literal["enforce", "shadow", "off"] = "enforce"
+    routes: tuple[str, ...] = COMPRESSIBLE_ROUTES
+    models: tuple[str, ...] = ("*",)
+    min_saving_tokens: int = 50
+    latency_budget_ms: float = 300.0
+    allow_client_override: bool = False
+    query: QuerySpec = QuerySpec()
+    rules: tuple[Rule, ...] = ()
+
+    def applies(self, route: str, model: str | None) -> bool:
+        if not any(fnmatch.fnmatchcase(route, glob) for glob in self.routes):
+            return False
+        return any(fnmatch.fnmatchcase(model or "", glob) for glob in self.models)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The policies of every team, swapped as a whole on reload."""
+
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+    team_policy: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[ConfigError, ...] = ()
+
+    def for_team(self, team: str) -> Policy | None:
+        name = self.team_policy.get(team)
+        return self.policies.get(name) if name is not None else None
+
+
+def _str_list(f: Fields, key: str, default: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    value = f.get(key, list, None)
+    if value is None:
+        return default
+    if not all(isinstance(item, str) for item in value):
+        node = f.node_of(key)
+        f.errors.append((node or f.node).error(f"{f.what}.{key} must be a list of strings"))
+        return default
+    return tuple(value)
+
+
+def _parse_match(node: Node | None, what: str, errors: list[ConfigError]) -> Match:
+    if node is None or node.value is None:
+        return Match()
+    f = Fields(node, errors, what=what)
+    roles = _str_list(f, "roles", None)
+    if roles is not None:
+        for role in roles:
+            if role not in ROLES:
+                at = f.node_of("roles") or node
+                errors.append(at.error(f"{what}.roles: unknown role {role!r} (known: {', '.join(ROLES)})"))
+    for key in ("min_tokens", "max_tokens"):
+        f.check(key, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "must be >= 0")
+    f.check("older_than_turns", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
+    match = Match(
+        roles=frozenset(roles) if roles is not None else None,
+        min_tokens=f.get("min_tokens", int, 0),
+        max_tokens=f.get("max_tokens", int, None),
+        tool_names=_str_list(f, "tool_names", None),
+        skip_last_user=f.get("skip_last_user", bool, False),
+        older_than_turns=f.get("older_than_turns", int, None),
+    )
+    for key in ("older_than_turns", "skip_last_user"):
+        child = f.node_of(key)
+        if child is not None and child.value not in (None, False):
+            errors.append(
+                ConfigError(child.file, child.line, f"{what}.{key}: " + _CACHE_WARNING.format(key=key), True)
+            )
+    f.finish()
+    return match
+
+
+def _build_compressor(f: Fields, name: str, options: dict[str, Any], what: str) -> Compressor | None:
+    if name not in names():
+        at = f.node_of("compressor") or f.node
+        f.errors.append(
+            at.error(f"{what}.compressor: unknown compressor {name!r} (known: {', '.join(names())})")
+        )
+        return None
+    try:
+        return create(name, options)
+    except OptionsError as exc:
+        at = f.node_of("options") or f.node_of("compressor") or f.node
+        f.errors.append(at.error(f"{what}.options: {exc}"))
+    except ImportError as exc:
+        at = f.node_of("compressor") or f.node
+        f.errors.append(at.error(f"{what}.compressor: {name} is not available ({exc})"))
+    return None
+
+
+def _parse_target(f: Fields, compressor: str) -> Target:
+    rate = f.get("rate", float, None)
+    max_tokens = f.get("max_tokens", int, None)
+    if rate is not None and not 0 < rate <= 1:
+        f.check("rate", lambda _: False, "must be in (0, 1]")
+        rate = None
+    if max_tokens is not None and max_tokens < 1:
+        f.check("max_tokens", lambda _: False, "must be an integer >= 1")
+        max_tokens = None
+    if rate is None and max_tokens is None:
+        # normalize is a clean-up that ignores the budget; lossy compressors halve by default.
+        rate = 1.0 if compressor == "normalize" else 0.5
+    return Target(rate=rate, max_tokens=max_tokens)
+
+
+def _parse_preserve(f: Fields, what: str) -> tuple[PreserveSpec | None, list[Any] | None]:
+    items = f.get("preserve", list, None)
+    if items is None:
+        return None, None
+    try:
+        return PreserveSpec.parse(items), items
+    except ValueError as exc:
+        at = f.node_of("preserve") or f.node
+        f.errors.append(at.error(f"{what}.preserve: {exc}"))
+        return None, None
+
+
+def _parse_rule(node: Node, index: int, errors: list[ConfigError]) -> Rule | None:
+    f = Fields(node, errors, what=f"rules[{index}]")
+    name = f.get("name", str, "", required=True)
+    what = f"rules[{index}] ({name})" if name else f"rules[{index}]"
+    f.what = what
+    before = len([e for e in errors if not e.warning])
+    action = f.get("action", str, "compress")
+    f.check("action", lambda v: v in ("compress", "drop"), "must be compress or drop")
+    match = _parse_match(f.node_of("match"), f"{what}.match", errors)
+    compressor_name = f.get("compressor", str, "normalize")
+    options = f.get("options", dict, {})
+    target = _parse_target(f, compressor_name)
+    preserve, preserve_items = _parse_preserve(f, what)
+    compressor = None
+    if action == "drop":
+        if match.older_than_turns is None:
+            errors.append(node.error(f"{what}: action drop is only allowed with match.older_than_turns"))
+    else:
+        compressor = _build_compressor(f, compressor_name, options, what)
+    f.finish()
+    if len([e for e in errors if not e.warning]) > before:
+        return None
+    shape = [action, compressor_name, options, target.rate, target.max_tokens, preserve_items]
+    identity = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+    return Rule(
+        name=name,
+        match=match,
+        action="drop" if action == "drop" else "compress",
+        compressor_name=compressor_name,
+        compressor=compressor,
+        target=target,
+        preserve=preserve,
+        identity=identity[:32],
+    )
+
+
+def _parse_query(f: Fields) -> QuerySpec:
+    node = f.node_of("query")
+    if node is None or node.value is None or node.value == "last_user":
+        return QuerySpec()
+    if not isinstance(node.value, dict):
+        f.errors.append(node.error('query must be last_user or {pattern: "<regex with one group>"}'))
+        return QuerySpec()
+    q = Fields(node, f.errors, what="query")
+    source = q.get("pattern", str, "", required=True)
+    q.finish()
+    if not source:
+        return QuerySpec()
+    try:
+        pattern = re.compile(source, re.MULTILINE)
+    except re.error as exc:
+        f.errors.append(node.error(f"query.pattern: invalid regex: {exc}"))
+        return QuerySpec()
+    if pattern.groups != 1:
+        f.errors.append(node.error(f"query.pattern must have exactly one group, has {pattern.groups}"))
+        return QuerySpec()
+    return QuerySpec(kind="pattern", pattern=pattern)
+
+
+def _parse_rules(f: Fields) -> tuple[Rule, ...]:
+    node = f.node_of("rules")
+    if node is None or node.value is None:
+        f.errors.append(f.node.error("policy: missing required key 'rules' (use rules: [] for none)"))
+        return ()
+    if not isinstance(node.value, list):
+        f.errors.append(node.error("rules must be a list"))
+        return ()
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for i, item in enumerate(node.value):
+        rule = _parse_rule(item, i, f.errors)
+        if rule is None:
+            continue
+        if rule.name in seen:
+            f.errors.append(item.error(f"rules[{i}]: duplicate rule name {rule.name!r}"))
+        seen.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str | None) -> Policy:
+    f = Fields(root, errors, what="policy")
+    name = f.get("name", str, "", required=True)
+    if expected_name is not None and name and name != expected_name:
+        errors.append(
+            root.error(f"policy name {name!r} must match its file name {expected_name!r}", key="name")
+        )
+    mode = f.get("mode", str, "enforce")
+    f.check("mode", lambda v: v in MODES, "must be enforce, shadow or off")
+    f.check("min_saving_tokens", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
+    f.check("latency_budget_ms", lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0")
+    routes = _str_list(f, "routes", COMPRESSIBLE_ROUTES) or ()
+    for route in routes:
+        if not any(fnmatch.fnmatchcase(r, route) for r in COMPRESSIBLE_ROUTES):
+            at = f.node_of("routes") or root
+            errors.append(
+                ConfigError(at.file, at.line, f"policy.routes: {route!r} matches no compressible route", True)
+            )
+    policy = Policy(
+        name=name,
+        file=root.file,
+        mode=mode if mode in MODES else "enforce",
+        routes=routes,
+        models=_str_list(f, "models", ("*",)) or (),
+        min_saving_tokens=f.get("min_saving_tokens", int, 50),
+        latency_budget_ms=f.get("latency_budget_ms", float, 300.0),
+        allow_client_override=f.get("allow_client_override", bool, False),
+        query=_parse_query(f),
+        rules=_parse_rules(f),
+    )
+    f.finish()
+    return policy
+
+
+def load_policy(path: Path, *, expected_name: str | None = None) -> tuple[Policy, list[ConfigError]]:
+    """Load one policy file; return it with its warnings, raise :class:`ConfigErrors` on errors."""
+    root = load_yaml(path)
+    errors: list[ConfigError] = []
+    policy = _parse_policy(root, errors, expected_name=expected_name)
+    if any(not e.warning for e in errors):
+        raise ConfigErrors(errors)
+    return policy, errors
+
+
+def load_policies(config: Config, *, all_files: bool = False) -> PolicySet:
+    """Load every policy referenced by ``teams.<team>.policy`` (and, with
+    ``all_files``, every ``*.yaml`` in ``policies_dir``, as ``tersegate check`` does).
+
+    Raises :class:`ConfigErrors` with every error (warnings included) if any."""
+    errors: list[ConfigError] = []
+    policies: dict[str, Policy] = {}
+    wanted: dict[str, Path] = {}
+    for team in config.teams.values():
+        if team.policy is None:
+            continue
+        path = config.policies_dir / f"{team.policy}.yaml"
+        if not path.is_file():
+            line = config.team_lines.get(team.name, 0)
+            errors.append(
+                ConfigError(str(config.path), line, f"teams.{team.name}.policy: policy file {path} not found")
+            )
+            continue
+        wanted[team.policy] = path
+    if all_files and config.policies_dir.is_dir():
+        for path in sorted(config.policies_dir.glob("*.yaml")):
+            wanted.setdefault(path.stem, path)
+    for name, path in wanted.items():
+        try:
+            policy, found = load_policy(path, expected_name=name)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        errors.extend(found)
+        policies[name] = policy
+    if any(not e.warning for e in errors):
+        raise ConfigErrors(errors)
+    team_policy = {t.name: t.policy for t in config.teams.values() if t.policy is not None}
+    return PolicySet(policies=policies, team_policy=team_policy, warnings=tuple(errors))

@@ -1,0 +1,173 @@
+"""Where question-aware compressors get their query, and what around it is kept.
+
+``query: last_user`` (the default) uses the last user message. When the part
+being compressed is that message itself, the query is its final question (a
+trailing ``Question: ...`` / ``Key: ...`` line, else its last sentence ending
+in ``?``), and that question, what follows it, and a short leading instruction
+paragraph are kept verbatim: only the text between them is compressed.
+``query: {pattern: ...}`` takes the regex's group from the newest part it
+matches, with the same keep rule when the match sits in the compressed part.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from compressors.base import Compressor, Target
+from compressors.preserve import PreserveSpec
+from compressors.tokenizer import Tokenizer, tokenizer_for
+from proxy.parts import Part
+from proxy.policy import QuerySpec
+
+__all__ = ["QueryPlan", "compress_around", "final_question", "plan_query"]
+
+_KEY_LINE = re.compile(
+    r"^[ \t]*(?:question|query|key)[ \t]*:[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE
+)
+_QUESTION = re.compile(r"[^\n.!?]*[^\s.!?][^\n.!?]*\?")
+# A question is "final" when at most this much follows it (e.g. "Answer:").
+_TRAILING_LINES = 4
+_MAX_TRAILING_CHARS = 600
+_MAX_QUERY_CHARS = 4000  # a whole message as the query: its end, where the question usually is
+_MAX_INSTRUCTION_CHARS = 1200
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPlan:
+    """The query for one part, and the spans of that part kept verbatim (sorted offsets)."""
+
+    query: str | None
+    keep: tuple[tuple[int, int], ...] = ()
+
+
+def _trailing(text: str, end: int) -> bool:
+    rest = text[end:].strip()
+    return rest.count("\n") < _TRAILING_LINES and len(rest) <= _MAX_TRAILING_CHARS
+
+
+def final_question(text: str) -> tuple[str, int, int] | None:
+    """The final question of ``text`` and the span kept with it: from its line
+    (or sentence) start to the end of the text when only a few lines follow
+    (``Answer:``), else to the end of its line."""
+    matches = list(_KEY_LINE.finditer(text))
+    if matches and _trailing(text, matches[-1].end()):
+        last = matches[-1]
+        return last.group(1), last.start(), len(text)
+    found = None
+    for found in _QUESTION.finditer(text):  # noqa: B007 - the last one is wanted
+        pass
+    if found is None:
+        return None
+    start = found.start() + (len(found.group(0)) - len(found.group(0).lstrip()))
+    line_end = text.find("\n", found.end())
+    end = len(text) if line_end < 0 or _trailing(text, found.end()) else line_end
+    return found.group(0).strip(), start, end
+
+
+def _with_instruction(text: str, start: int, end: int) -> tuple[tuple[int, int], ...]:
+    """The kept question span, plus a short leading instruction paragraph before it."""
+    cut = text.find("\n\n")
+    if cut <= 0 or cut >= start or cut > _MAX_INSTRUCTION_CHARS or cut * 4 > start:
+        return ((start, end),)
+    return ((0, cut + 2), (start, end))
+
+
+def _joined(parts: Sequence[Part]) -> str:
+    return "\n".join(p.text for p in parts)
+
+
+def _pattern_plan(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPlan:
+    assert spec.pattern is not None
+    inside = None
+    for match in spec.pattern.finditer(part.text):
+        inside = match
+    if inside is not None:
+        start = part.text.rfind("\n", 0, inside.start()) + 1
+        line_end = part.text.find("\n", inside.end())
+        end = len(part.text) if line_end < 0 or _trailing(part.text, inside.end()) else line_end
+        return QueryPlan(inside.group(1), _with_instruction(part.text, start, end))
+    for other in reversed(parts):
+        last = None
+        for last in spec.pattern.finditer(other.text):  # noqa: B007 - the last one is wanted
+            pass
+        if last is not None:
+            return QueryPlan(last.group(1))
+    return QueryPlan(None)
+
+
+def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPlan:
+    """The query to compress ``part`` with, given every part of the request."""
+    if spec.kind == "pattern":
+        return _pattern_plan(spec, parts, part)
+    user = [p for p in parts if p.last_user]
+    if not user:
+        return QueryPlan(None)
+    if part.last_user:
+        found = final_question(part.text)
+        if found is None:
+            return QueryPlan(None)
+        question, start, end = found
+        return QueryPlan(question, _with_instruction(part.text, start, end))
+    text = _joined(user)
+    return QueryPlan(text[-_MAX_QUERY_CHARS:] if text.strip() else None)
+
+
+def _split_target(
+    target: Target, pieces: Sequence[str], kept_tokens: int, tokenizer: Tokenizer
+) -> list[Target]:
+    """One target per compressed piece: the same rate, or a share of ``max_tokens``
+    (after the kept spans) in proportion to each piece's size."""
+    if target.max_tokens is None:
+        return [target for _ in pieces]
+    sizes = [max(1, tokenizer.count(p)) for p in pieces]
+    room = max(len(pieces), target.max_tokens - kept_tokens)
+    return [Target(rate=target.rate, max_tokens=max(1, room * s // sum(sizes))) for s in sizes]
+
+
+def compress_around(
+    compressor: Compressor,
+    text: str,
+    *,
+    target: Target,
+    plan: QueryPlan,
+    preserve: PreserveSpec | None,
+    model: str | None,
+) -> tuple[str, str]:
+    """Compress ``text`` except the plan's kept spans (and the whitespace at the
+    edges of each compressed stretch, so paragraphs stay apart). Returns the new
+    text and the compressors' notes."""
+    if not plan.keep:
+        done = compressor.compress(text, target=target, query=plan.query, preserve=preserve, model=model)
+        return done.text, done.note
+    stretches: list[tuple[int, int, bool]] = []  # (start, end, compress?)
+    pos = 0
+    for start, end in plan.keep:
+        if start > pos:
+            stretches.append((pos, start, True))
+        stretches.append((max(start, pos), end, False))
+        pos = max(pos, end)
+    if pos < len(text):
+        stretches.append((pos, len(text), True))
+    cores = [text[s:e].strip() for s, e, c in stretches if c and text[s:e].strip()]
+    tokenizer = tokenizer_for(model)
+    kept = sum(tokenizer.count(text[s:e]) for s, e, c in stretches if not c)
+    targets = iter(_split_target(target, cores, kept, tokenizer))
+    out: list[str] = []
+    notes: list[str] = []
+    for start, end, compress in stretches:
+        piece = text[start:end]
+        core = piece.strip()
+        if not compress or not core:
+            out.append(piece)
+            continue
+        lead = piece[: len(piece) - len(piece.lstrip())]
+        trail = piece[len(piece.rstrip()) :]
+        done = compressor.compress(
+            core, target=next(targets), query=plan.query, preserve=preserve, model=model
+        )
+        out.append(lead + done.text + trail)
+        if done.note:
+            notes.append(done.note)
+    return "".join(out), "; ".join(notes)
