@@ -11,23 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config, ConfigError, ConfigErrors, load_config
+from proxy.policy import load_policies
 
 __all__ = ["problems", "register"]
-
-
-def _policy_files(config: Config) -> list[ConfigError]:
-    """Every team's policy must exist as ``<policies_dir>/<name>.yaml``."""
-    errors: list[ConfigError] = []
-    for team in config.teams.values():
-        if team.policy is None:
-            continue
-        path = config.policies_dir / f"{team.policy}.yaml"
-        if not path.is_file():
-            line = config.team_lines.get(team.name, 0)
-            errors.append(
-                ConfigError(str(config.path), line, f"teams.{team.name}.policy: policy file {path} not found")
-            )
-    return errors
 
 
 def problems(path: Path) -> tuple[Config | None, list[ConfigError]]:
@@ -36,7 +22,12 @@ def problems(path: Path) -> tuple[Config | None, list[ConfigError]]:
         config = load_config(path)
     except ConfigErrors as exc:
         return None, list(exc.errors)
-    return config, _policy_files(config)
+    try:
+        # Every policy file in policies_dir, referenced or not, so a typo is caught before use.
+        policies = load_policies(config, all_files=True)
+    except ConfigErrors as exc:
+        return config, list(exc.errors)
+    return config, list(policies.warnings)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: tuple[str, ...] = (
     "proxy.serve_cmd",
     "proxy.check_cmd",
+    "proxy.compress_cmd",
     "proxy.audit_cmd",
     "proxy.report_cmd",
 )
