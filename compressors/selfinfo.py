@@ -78,7 +78,7 @@ class SelfInfo:
         ]
         terms = _query_terms(query)
         if terms:
-            self._add_query_boost(text, units, words, terms, scores)
+            self._add_query_boost(text, units, words, terms, scores, query)
         return scores
 
     def _base(self, text: str, unit: Unit, words: list[str], wanted: str) -> float:
@@ -112,6 +112,7 @@ class SelfInfo:
         words: list[list[str]],
         terms: dict[str, float],
         scores: list[float],
+        query: str | None,
     ) -> None:
         """Add closeness to the query's words, each weighted by its information.
 
@@ -120,6 +121,9 @@ class SelfInfo:
         already says it). Distances grow across sentence ends.
         """
         total = sum(terms.values())
+        # The query's own words (a "Question: ..." line inside the text) say nothing about where the answer is.
+        asked_at = text.rfind(query.strip()) if query and query.strip() else -1
+        asked = range(asked_at, asked_at + len(query.strip())) if query and asked_at >= 0 else range(0)
         position: list[float] = []
         sentence_of: list[int] = []
         matched: list[frozenset[str]] = []
@@ -127,7 +131,8 @@ class SelfInfo:
         for index in range(len(units)):
             position.append(index + sentence * self.sentence_gap)
             sentence_of.append(sentence)
-            matched.append(frozenset(s for w in words[index] if (s := _stem(w.lower())) in terms))
+            found = frozenset(s for w in words[index] if (s := _stem(w.lower())) in terms)
+            matched.append(frozenset() if units[index].start in asked else found)
             if _ends_sentence(text, units, index):
                 sentence += 1
         closeness = [0.0] * len(units)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Protocol
 
 from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
@@ -65,7 +66,7 @@ class Tokens(Compressor):
         "chunk_tokens": (int, 510),
         "segment_tokens": (int, 512),
         "batch_size": (int, 8),
-        "preserve_boost": ((int, float), 0.15),
+        "preserve_boost": ((int, float), 0.0),
     }
 
     def _validate(self) -> None:
@@ -142,7 +143,7 @@ class Tokens(Compressor):
                 kind=u.kind if not plan.forced[i] else "preserved",
                 tokens=plan.costs[i],
                 kept=kept[i],
-                score=round(scores[i], 4),
+                score=scores[i],
                 reason="preserved" if plan.forced[i] else ("score" if kept[i] else "below cut"),
                 preview=plan.text[u.start : u.end][:40],
             )
@@ -224,9 +225,13 @@ def _unit_costs(text: str, units: Sequence[Unit], tokenizer: Tokenizer) -> list[
         lead = " " if gap and "\n" not in gap else ("\n" if "\n" in gap else "")
         keys.append(lead + text[unit.start : unit.end])
         previous_end = unit.end
-    distinct = sorted(set(keys))
-    counts = dict(zip(distinct, tokenizer.count_many(distinct), strict=True))
-    return [counts[k] for k in keys]
+    return [_cost(tokenizer, key) for key in keys]
+
+
+@lru_cache(maxsize=100_000)
+def _cost(tokenizer: Tokenizer, key: str) -> int:
+    # Words repeat across calls: one cached count per (encoding, " word") beats a batch per call.
+    return tokenizer.count(key)
 
 
 def _select(plan: _Plan, order: Sequence[int], budget: float) -> list[bool]:

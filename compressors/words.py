@@ -20,7 +20,7 @@ __all__ = ["Unit", "assemble", "atomic_spans", "segment", "zipf"]
 
 # Numbers first (1,234.5 / 3.75 / 2/5 / 10%), then words with inner hyphens and
 # apostrophes, then runs of one punctuation character.
-_PIECE = re.compile(r"\$?\d+(?:[.,:/]\d+)*%?|\w+(?:[-'’]\w+)*|([^\w\s])\1*")
+_PIECE = re.compile(r"\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?|\w+(?:[-'’]\w+)*|([^\w\s])\1*")
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
@@ -40,7 +40,7 @@ _QUANTITY = re.compile(
 )
 # Arithmetic stays whole: "25*2= 50", "120 / 60 = 2", "$1.5 x 4".
 _EXPRESSION = re.compile(
-    r"\$?\d+(?:[.,]\d+)*%?(?:\s?[-+*/x×÷=]\s?\$?\d+(?:[.,]\d+)*%?)+(?:\s?=\s?\$?\d+(?:[.,]\d+)*)?"
+    r"\$?\d+(?:[.,]\d+)*%?(?:\s?[-–+*/x×÷=]\s?\$?\d+(?:[.,]\d+)*%?)+(?:\s?=\s?\$?\d+(?:[.,]\d+)*)?"
 )
 # Capitalized words joined by at most these lowercase particles make one name.
 _PARTICLES = frozenset(
@@ -182,6 +182,10 @@ def assemble(text: str, units: Sequence[Unit], kept: Sequence[bool]) -> str:
     for unit, keep in zip(units, kept, strict=True):
         pending.append(text[position : unit.start])
         position = unit.end
+        if not keep and "\n" in text[unit.start : unit.end]:
+            pending.append(
+                "\n" * text.count("\n", unit.start, unit.end)
+            )  # a dropped span keeps its line breaks
         if keep:
             separator = _join_gaps(pending, leading=leading)
             if (
