@@ -36,6 +36,7 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn
         log_level=log_level,
         timeout_graceful_shutdown=5,
         server_header=False,
+        proxy_headers=False,
         date_header=False,
     )
 

@@ -190,7 +190,7 @@ def response_object(call: _Call, *, status: str = "completed") -> dict[str, Any]
                 "id": "msg_" + call.request_id[4:],
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": REPLY, "annotations": []}],
+                "content": [{"type": "output_text", "text": REPLY, "annotations": [], "logprobs": []}],
             }
         ],
         "parallel_tool_calls": True,
@@ -204,7 +204,10 @@ def response_object(call: _Call, *, status: str = "completed") -> dict[str, Any]
         "top_p": 1.0,
         "usage": {
             "input_tokens": usage["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+            "input_tokens_details": {
+                "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+                "cache_write_tokens": 0,
+            },
             "output_tokens": usage["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage["total_tokens"],

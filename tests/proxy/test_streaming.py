@@ -1,0 +1,121 @@
+"""Streaming: SSE relayed frame by frame as it arrives; disconnects and idle timeouts handled."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import MakeProxy, Upstream
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True}
+
+
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="sk-client-key", max_retries=0)
+
+
+def test_chat_stream_with_and_without_usage(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    c = client(proxy.base_url)
+    chunks = list(c.chat.completions.create(**CHAT))  # type: ignore[call-overload]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "Hello from the fake upstream."
+    assert all(ch.choices for ch in chunks) and all(ch.usage is None for ch in chunks)
+    chunks = list(c.chat.completions.create(**CHAT, stream_options={"include_usage": True}))  # type: ignore[call-overload]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == 2
+
+
+async def test_async_streams_of_chat_completions_and_responses(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    aclient = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-client-key", max_retries=0)
+    text = ""
+    async for chunk in await aclient.chat.completions.create(**CHAT):  # type: ignore[call-overload]
+        text += chunk.choices[0].delta.content or ""
+    assert text == "Hello from the fake upstream."
+    events = [event async for event in await aclient.responses.create(model="m", input="hi", stream=True)]
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage is not None and events[-1].response.usage.input_tokens == 1
+    prompt = await aclient.completions.create(model="m", prompt="hi", stream=True)
+    assert "".join([c.choices[0].text async for c in prompt]) == "Hello from the fake upstream."
+    await aclient.close()
+
+
+def test_stream_headers_disable_buffering(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy()
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json=CHAT) as r:
+        body = r.read()
+    assert r.headers["x-accel-buffering"] == "no"
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["openai-version"] == "2020-10-01"
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_heartbeat_frame_arrives_at_once(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = make_proxy()
+    body = {**CHAT, "model": "heartbeat"}
+    with httpx.stream(
+        "POST", proxy.base_url + "/chat/completions", json=body, headers={"x-fake-gap": "1.5"}
+    ) as r:
+        raw = r.iter_raw()
+        first = next(raw)
+        arrived = time.monotonic()
+        rest = b"".join(raw)
+    sent = upstream.last().first_frame_at
+    assert first == b": heartbeat\n\n"
+    assert sent is not None and arrived - sent < 0.3  # the next frame comes 1.5 s later
+    assert rest.endswith(b"data: [DONE]\n\n")
+
+
+def test_client_disconnect_cancels_the_upstream_within_a_second(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = make_proxy()
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "forever"}) as r:
+        received = 0
+        for chunk in r.iter_raw():
+            received += chunk.count(b"data: ")
+            if received >= 3:
+                break
+        closed = time.monotonic()
+    record = upstream.last()
+    deadline = closed + 2
+    while record.disconnected_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert record.disconnected_at is not None, "the upstream never saw the client go away"
+    assert record.disconnected_at - closed < 1.0
+    # The proxy still serves (its upstream connection was released, not leaked).
+    assert client(proxy.base_url).chat.completions.create(**{**CHAT, "stream": False}).choices  # type: ignore[call-overload]
+
+
+def test_idle_stream_times_out_but_total_time_does_not_apply(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = make_proxy(
+        {"upstreams": {"fake": {"base_url": "{upstream}", "timeout_s": 0.3, "stream_idle_timeout_s": 0.6}}}
+    )
+    started = time.monotonic()
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "forever"}) as r:
+        frames = 0
+        for chunk in r.iter_raw():  # a stream that keeps talking outlives timeout_s
+            frames += chunk.count(b"data: ")
+            if time.monotonic() - started > 1.0:
+                break
+    assert frames > 10
+    c = client(proxy.base_url)
+    with pytest.raises(openai.APIError) as caught:
+        for _ in c.chat.completions.create(**{**CHAT, "model": "stall"}):  # type: ignore[call-overload]
+            pass
+    assert "timed out" in caught.value.message
+
+
+def test_unreachable_upstream_on_a_stream_is_502(make_proxy: MakeProxy) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    proxy = make_proxy({"upstreams": {"fake": {"base_url": f"http://127.0.0.1:{dead}/v1"}}})
+    r = httpx.post(proxy.base_url + "/chat/completions", json=CHAT)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
