@@ -218,12 +218,14 @@ class _ChainFile:
             fd, self.fd = self.fd, None
             os.close(fd)
 
-    def needs_rotation(self, extra: int, day: str) -> bool:
-        if self.size == 0:
+    def needs_rotation(self, pending: int, extra: int, day: str) -> bool:
+        """Whether a record of ``extra`` bytes must start a new file, ``pending`` bytes not yet written."""
+        current = self.size + pending
+        if current == 0:
             return False
         if self.rotate_daily and self.day and day != self.day:
             return True
-        return self.rotate_bytes is not None and self.size + extra > self.rotate_bytes
+        return self.rotate_bytes is not None and current + extra > self.rotate_bytes
 
     def rotate(self) -> None:
         self.close()
@@ -236,8 +238,7 @@ class _ChainFile:
 
     def write(self, data: bytes, day: str) -> None:
         if self.fd is None:
-            self.open()
-        assert self.fd is not None
+            raise OSError(f"{self.path} is not open")
         _write_all(self.fd, data)
         self.size += len(data)
         self.day = day
@@ -352,36 +353,34 @@ class JsonlAuditSink:
 
     def _write_batch(self, batch: list[_Item]) -> None:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
-        done: list[_Item] = []
+        chain = self._file
+        written = 0  # batch[:written] are on disk
         pending: list[bytes] = []
         pending_size = 0
-        start_hash = self._file.last_hash
         try:
-            for item in batch:
-                item.record["prev_hash"] = self._file.last_hash
+            if chain.fd is None:
+                chain.open()  # before hashing: opening resumes the chain from disk
+            for i, item in enumerate(batch):
+                item.record["prev_hash"] = chain.last_hash
                 item.record["hash"] = record_hash(item.record)
                 line = orjson.dumps(item.record) + b"\n"
-                if pending and self._file.needs_rotation(pending_size + len(line), day):
-                    self._file.write(b"".join(pending), day)
-                    pending, pending_size, start_hash = [], 0, self._file.last_hash
-                    self._resolve(done, ok=True)
-                    done = []
-                if self._file.needs_rotation(len(line), day):
-                    self._file.rotate()
+                if chain.needs_rotation(pending_size, len(line), day):
+                    if pending:
+                        chain.write(b"".join(pending), day)
+                        self._resolve(batch[written:i], ok=True)
+                        pending, pending_size, written = [], 0, i
+                    chain.rotate()
                 pending.append(line)
                 pending_size += len(line)
-                done.append(item)
-                self._file.last_hash = item.record["hash"]
-            self._file.write(b"".join(pending), day)
+                chain.last_hash = item.record["hash"]
+            chain.write(b"".join(pending), day)
         except OSError as exc:
-            self._file.last_hash = start_hash
-            self._file.close()
-            self._fail(f"cannot write {self._file.path}: {exc}")
-            failed = done + batch[batch.index(done[-1]) + 1 :] if done else batch
-            self._resolve(failed, ok=False)
+            chain.close()  # reopening re-reads the chain head from disk
+            self._fail(f"cannot write {chain.path}: {exc}")
+            self._resolve(batch[written:], ok=False)
             return
         self._healthy = True
-        self._resolve(done, ok=True)
+        self._resolve(batch[written:], ok=True)
 
     @staticmethod
     def _resolve(items: list[_Item], *, ok: bool) -> None:
