@@ -19,13 +19,15 @@ import asyncio
 import fnmatch
 import hashlib
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressors.base import CompressorError
+from compressors.base import Compressor, CompressorError
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.exchange import Exchange, Rewrite
 from proxy.memo import Memo
@@ -40,6 +42,11 @@ log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
+_WARM_TEXT = (
+    "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
+    "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
+    "Question: what does the proxy load first?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +115,34 @@ class PolicyRewriter:
         self.forms: Memo[_Form] = Memo(max_bytes=memo_bytes)
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tersegate-compress")
+        self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
+        self._warming: asyncio.Task[None] | None = None
+        self.warmed = threading.Event()  # set once a warm-up pass has finished
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_warm_up(self) -> None:
+        """Load the policies' models in the background (at start and after a reload),
+        so the first requests do not spend their latency budget on loading."""
+        self.warmed.clear()
+        self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
+
+    async def warm_up(self) -> None:
+        """Run each rule's compressor once on a small text, in the worker pool."""
+        loop = asyncio.get_running_loop()
+        jobs: list[asyncio.Future[None]] = []
+        for policy in self.policies.policies.values():
+            for rule in policy.rules:
+                if rule.compressor is not None and rule.compressor not in self._warmed:
+                    self._warmed.add(rule.compressor)
+                    jobs.append(loop.run_in_executor(self._pool, _warm, rule))
+        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+            if isinstance(outcome, BaseException):  # it will fail open, and say why, at first use
+                log.warning("warm-up failed: %s", outcome)
+        self.warmed.set()
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         policy = self.policies.for_team(exchange.team)
@@ -316,3 +348,8 @@ def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: s
     if after >= tokens:
         return _Form(None, tokens, ms, "no saving")
     return _Form(new_text, after, ms, note)
+
+
+def _warm(rule: Rule) -> None:
+    assert rule.compressor is not None
+    rule.compressor.compress(_WARM_TEXT, target=rule.target, query="warm-up", preserve=rule.preserve)

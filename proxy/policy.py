@@ -268,13 +268,14 @@ def _parse_rules(f: Fields) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     seen: set[str] = set()
     for i, item in enumerate(node.value):
+        name_node = item.value.get("name") if isinstance(item.value, dict) else None
+        if name_node is not None and name_node.value in seen:
+            f.errors.append(name_node.error(f"rules[{i}]: duplicate rule name {name_node.value!r}"))
+        elif name_node is not None:
+            seen.add(name_node.value)
         rule = _parse_rule(item, i, f.errors)
-        if rule is None:
-            continue
-        if rule.name in seen:
-            f.errors.append(item.error(f"rules[{i}]: duplicate rule name {rule.name!r}"))
-        seen.add(rule.name)
-        rules.append(rule)
+        if rule is not None:
+            rules.append(rule)
     return tuple(rules)
 
 

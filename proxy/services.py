@@ -41,6 +41,8 @@ class Services:
         """Start background work (hot reload); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
+        if isinstance(self.rewriter, PolicyRewriter):
+            self.rewriter.start_warm_up()
 
     async def aclose(self) -> None:
         if self.reloader is not None:
@@ -69,6 +71,7 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config
         rewriter.policies = policies
+        rewriter.start_warm_up()
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services
