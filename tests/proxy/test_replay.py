@@ -1,0 +1,107 @@
+"""SWE-agent traces replayed turn by turn through a real proxy with the shipped policies.
+
+Cache stability: each forwarded request must start with the previous forwarded
+request's messages, byte for byte, so the provider's prompt cache keeps
+hitting. And the selected parts must shrink as the policy says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import MakeProxy, Upstream
+
+from compressors.tokenizer import tokenizer_for
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = REPO.parent / "shared" / "evaldata" / "swe-agent-traces"
+TRACE_FILES = sorted(TRACES.glob("*.traj")) if TRACES.is_dir() else []
+COUNT = tokenizer_for("gpt-4o").count
+
+
+def agent_messages(path: Path) -> list[dict[str, Any]]:
+    """The trace's history as the agent sent it to an OpenAI-compatible API."""
+    messages = []
+    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if m.get("tool_call_ids"):
+            msg["tool_call_id"] = m["tool_call_ids"][0]
+        messages.append(msg)
+    return messages
+
+
+def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The request of each turn: the history up to each assistant reply."""
+    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
+
+
+def replay(proxy: Any, upstream: Upstream, path: Path, team: str) -> list[tuple[list[Any], list[Any]]]:
+    """``(sent messages, forwarded messages)`` per turn."""
+    out = []
+    with httpx.Client(timeout=120) as client:
+        for messages in turns(agent_messages(path)):
+            response = client.post(
+                proxy.base_url + "/chat/completions",
+                content=orjson.dumps({"model": "gpt-4o", "messages": messages}),
+                headers={"Authorization": "Bearer sk-client", "X-Tersegate-Team": team},
+            )
+            assert response.status_code == 200, response.text
+            out.append((messages, upstream.last().json()["messages"]))
+    return out
+
+
+def shipped(*names: str) -> dict[str, str]:
+    return {n: (REPO / "policies" / f"{n}.yaml").read_text(encoding="utf-8") for n in names}
+
+
+@pytest.fixture
+def proxy(make_proxy: MakeProxy) -> Any:
+    teams = {name: {"policy": name} for name in ("default", "agents", "support")}
+    running = make_proxy({"teams": teams}, policies=shipped("default", "agents", "support"))
+    assert running.services is not None
+    assert running.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
+    return running
+
+
+@pytest.mark.skipif(not TRACE_FILES, reason="../shared/evaldata is absent")
+@pytest.mark.parametrize("team", ["agents", "default", "support"])
+@pytest.mark.parametrize("trace", TRACE_FILES, ids=lambda p: p.stem)
+def test_each_turn_resends_the_previous_turn_byte_identical(
+    proxy: Any, upstream: Upstream, trace: Path, team: str
+) -> None:
+    previous: list[bytes] = []
+    for sent, forwarded in replay(proxy, upstream, trace, team):
+        assert len(forwarded) == len(sent)  # nothing dropped or reordered
+        encoded = [orjson.dumps(m) for m in forwarded]
+        assert encoded[: len(previous)] == previous
+        previous = encoded
+
+
+@pytest.mark.skipif(not TRACE_FILES, reason="../shared/evaldata is absent")
+def test_agents_policy_shrinks_tool_outputs_and_nothing_else(proxy: Any, upstream: Upstream) -> None:
+    saved = 0
+    for trace in TRACE_FILES:
+        sent, forwarded = replay(proxy, upstream, trace, "agents")[-1]
+        for original, out in zip(sent, forwarded, strict=True):
+            selected = original["role"] in ("tool", "function") or (
+                original["role"] == "user" and COUNT(original["content"]) >= 200
+            )
+            if not selected:  # system prompt, assistant turns and their tool calls
+                assert orjson.dumps(out) == orjson.dumps(original)
+                continue
+            assert {k: v for k, v in out.items() if k != "content"} == {
+                k: v for k, v in original.items() if k != "content"
+            }
+            before, after = COUNT(original["content"]), COUNT(out["content"])
+            assert after <= before
+            if original["role"] == "tool" and before >= 2000:
+                assert after <= 0.5 * before * 1.05  # truncate middle-out at rate 0.5 (max 2,000)
+            saved += before - after
+    assert saved > 1000
