@@ -39,7 +39,7 @@ def generate(folder: Path, count: int) -> list[Path]:
     source = book.source
     path = folder / "audit.jsonl"
     out = path.open("wb")
-    size, prev, written = 0, GENESIS, 0
+    size, prev = 0, GENESIS
     for i in range(count):
         model = MODELS[i % len(MODELS)]
         before = rng.randint(200, 20_000)
@@ -82,11 +82,10 @@ def generate(folder: Path, count: int) -> list[Path]:
         line = orjson.dumps(record) + b"\n"
         if size + len(line) > ROTATE_BYTES:
             out.close()
-            path.rename(rotated_name(path, START + written))
+            path.rename(rotated_name(path, START + i))
             out, size = path.open("wb"), 0
         out.write(line)
         size += len(line)
-        written += 1
     out.close()
     return sorted(folder.glob("*.jsonl"))
 
@@ -104,14 +103,18 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/tersegate-report-bench"))
+    parser.add_argument("--reuse", action="store_true", help="keep the records already in --dir")
     args = parser.parse_args()
-    shutil.rmtree(args.dir, ignore_errors=True)
-    args.dir.mkdir(parents=True)
     t0 = time.perf_counter()
-    files = generate(args.dir, args.records)
+    if args.reuse and any(args.dir.glob("*.jsonl")):
+        files = sorted(args.dir.glob("*.jsonl"))
+    else:
+        shutil.rmtree(args.dir, ignore_errors=True)
+        args.dir.mkdir(parents=True)
+        files = generate(args.dir, args.records)
     total_mb = sum(f.stat().st_size for f in files) / 1e6
     print(
-        f"generated {args.records:,} records in {len(files)} files ({total_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s"
+        f"{args.records:,} records in {len(files)} files ({total_mb:.0f} MB) in {time.perf_counter() - t0:.1f} s"
     )
     exe = [
         sys.executable,

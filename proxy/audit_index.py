@@ -3,8 +3,12 @@
 The JSONL files stay the source of truth. The index knows each file by the
 ``hash`` of its first record (a rotated file keeps its identity when renamed)
 and how many bytes of it were ingested; each report first ingests the lines
-appended since, then aggregates with ``GROUP BY``. A file that shrank or
-changed its first record is ingested again from the start.
+appended since, then aggregates with ``GROUP BY``. A file that shrank is
+ingested again from the start.
+
+Records are stored summed per file, hour, team, model, route and policy: every
+report grouping (and ``--since`` to the hour) is answered from those sums, so a
+report over millions of records reads thousands of rows.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any
 
 import orjson
 
-from proxy.report import GROUP_KEYS, Row, usd
+from proxy.report import Row, usd
 
-__all__ = ["AuditIndex"]
+__all__ = ["AuditIndex", "covers"]
 
+_VERSION = 2  # PRAGMA user_version: an index of another layout is rebuilt
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -27,18 +32,27 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL,
     ingested_bytes INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS sums (
     file_id INTEGER NOT NULL,
-    ts TEXT, day TEXT, team TEXT, model TEXT, route TEXT, policy TEXT,
-    tokens_before INTEGER, tokens_after INTEGER,
-    cost_before REAL, cost_after REAL, saved REAL,
+    hour TEXT, team TEXT, model TEXT, route TEXT, policy TEXT,
+    requests INTEGER NOT NULL, tokens_before INTEGER NOT NULL, tokens_after INTEGER NOT NULL,
+    cost_before REAL NOT NULL, cost_after REAL NOT NULL, saved REAL NOT NULL, priced INTEGER NOT NULL,
     fail_open INTEGER NOT NULL, price_missing INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_file ON records (file_id);
+CREATE INDEX IF NOT EXISTS sums_file ON sums (file_id);
 """
-_INSERT = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_BATCH = 50_000
+_INSERT = "INSERT INTO sums VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _READ_CHUNK = 16 << 20
+# How report groupings map onto the stored columns.
+_COLUMNS = {
+    "day": "substr(hour, 1, 10)",
+    "team": "team",
+    "model": "model",
+    "route": "route",
+    "policy": "policy",
+}
+
+Key = tuple[str | None, str | None, str | None, str | None, str | None]
 
 
 def _first_hash(path: Path) -> str | None:
@@ -50,24 +64,29 @@ def _first_hash(path: Path) -> str | None:
     return str(value) if value else None
 
 
-def _row(file_id: int, record: dict[str, Any]) -> tuple[Any, ...]:
+def _add(sums: dict[Key, list[Any]], record: dict[str, Any]) -> None:
     ts = record.get("ts")
-    return (
-        file_id,
-        ts,
-        ts[:10] if isinstance(ts, str) else None,
+    key = (
+        ts[:13] if isinstance(ts, str) else None,
         record.get("team"),
         record.get("model"),
         record.get("route"),
         record.get("policy"),
-        record.get("tokens_before"),
-        record.get("tokens_after"),
-        record.get("cost_before_usd"),
-        record.get("cost_after_usd"),
-        record.get("saved_usd"),
-        record.get("fail_open") is not None,
-        record.get("price_missing") is True,
     )
+    acc = sums.get(key)
+    if acc is None:
+        acc = sums[key] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0]
+    acc[0] += 1
+    acc[1] += record.get("tokens_before") or 0
+    acc[2] += record.get("tokens_after") or 0
+    after = record.get("cost_after_usd")
+    if after is not None:
+        acc[3] += record.get("cost_before_usd") or 0.0
+        acc[4] += after
+        acc[5] += record.get("saved_usd") or 0.0
+        acc[6] += 1
+    acc[7] += record.get("fail_open") is not None
+    acc[8] += record.get("price_missing") is True
 
 
 def _complete_lines(path: Path, start: int) -> Iterator[tuple[bytes, int]]:
@@ -95,6 +114,11 @@ class AuditIndex:
         self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != _VERSION:
+            self._db.executescript(
+                "DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS sums; DROP TABLE IF EXISTS files;"
+            )
+            self._db.execute(f"PRAGMA user_version = {_VERSION}")
         self._db.executescript(_SCHEMA)
 
     def __enter__(self) -> AuditIndex:
@@ -109,7 +133,7 @@ class AuditIndex:
     def reset(self) -> None:
         """Forget everything (``tersegate report --reindex``)."""
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM records")
+        self._db.execute("DELETE FROM sums")
         self._db.execute("DELETE FROM files")
         self._db.execute("COMMIT")
         self._db.execute("VACUUM")
@@ -143,43 +167,49 @@ class AuditIndex:
         else:
             file_id, start = int(found[0]), int(found[1])
             if size < start:  # rewritten in place: start over
-                self._db.execute("DELETE FROM records WHERE file_id = ?", (file_id,))
+                self._db.execute("DELETE FROM sums WHERE file_id = ?", (file_id,))
                 start = 0
         ingested = start
-        rows: list[tuple[Any, ...]] = []
+        sums: dict[Key, list[Any]] = {}
         for block, ingested in _complete_lines(path, start):  # noqa: B007 - the last offset is stored
-            rows.extend(_row(file_id, orjson.loads(line)) for line in block.splitlines() if line.strip())
-            if len(rows) >= _BATCH:
-                self._db.executemany(_INSERT, rows)
-                rows = []
-        self._db.executemany(_INSERT, rows)
+            for line in block.splitlines():
+                if line:
+                    _add(sums, orjson.loads(line))
+        self._db.executemany(_INSERT, [(file_id, *key, *acc) for key, acc in sums.items()])
         self._db.execute(
             "UPDATE files SET path = ?, ingested_bytes = ? WHERE id = ?", (str(path), ingested, file_id)
         )
         return file_id
 
     def report(self, file_ids: Sequence[int], *, by: Sequence[str], since: str | None) -> list[Row]:
-        """Rows over the records of ``file_ids``, grouped by ``by`` (names from ``GROUP_KEYS``)."""
+        """Rows over the records of ``file_ids``, grouped by ``by`` (names from ``GROUP_KEYS``).
+
+        ``since`` is compared by hour: pass whole hours (see :func:`covers`).
+        """
         if not file_ids:
             return []
-        if any(key not in GROUP_KEYS for key in by):  # they become SQL column names
+        if any(key not in _COLUMNS for key in by):  # they become SQL expressions
             raise ValueError(f"cannot group by {by}")
         where = f"file_id IN ({','.join('?' * len(file_ids))})"
         params: list[Any] = list(file_ids)
         if since is not None:
-            where += " AND ts >= ?"
-            params.append(since)
-        columns = ", ".join(by)
-        group = f"GROUP BY {columns} ORDER BY " + ", ".join(f"{k} IS NULL, {k}" for k in by) if by else ""
+            where += " AND hour >= ?"
+            params.append(since[:13])
+        columns = [_COLUMNS[key] for key in by]
+        group = ""
+        if by:
+            group = f"GROUP BY {', '.join(columns)} ORDER BY " + ", ".join(
+                f"{c} IS NULL, {c}" for c in columns
+            )
         sql = (
-            f"SELECT {columns + ', ' if by else ''}count(*), total(tokens_before), total(tokens_after), "
-            "total(cost_before), total(cost_after), total(saved), count(cost_after), "
-            f"total(fail_open), total(price_missing) FROM records WHERE {where} {group}"
+            f"SELECT {''.join(c + ', ' for c in columns)}sum(requests), sum(tokens_before), sum(tokens_after), "
+            "total(cost_before), total(cost_after), total(saved), sum(priced), sum(fail_open), "
+            f"sum(price_missing) FROM sums WHERE {where} {group}"
         )
         rows = []
         for found in self._db.execute(sql, params):
             values, sums = found[: len(by)], found[len(by) :]
-            if sums[0] == 0:
+            if not sums[0]:
                 continue  # no records at all (an aggregate without GROUP BY still returns a row)
             priced = int(sums[6])
             rows.append(
@@ -196,3 +226,8 @@ class AuditIndex:
                 )
             )
         return rows
+
+
+def covers(since: str | None) -> bool:
+    """Whether the index can answer ``--since`` exactly: its sums are per hour."""
+    return since is None or since[13:] in ("", ":00:00.000Z")

@@ -14,7 +14,7 @@ from typing import Any
 
 from proxy.audit import audit_files
 from proxy.audit_cmd import expand_paths
-from proxy.audit_index import AuditIndex
+from proxy.audit_index import AuditIndex, covers
 from proxy.config import ConfigErrors, load_config
 from proxy.report import ReportError, Row, aggregate_files, parse_by, parse_since, render
 
@@ -48,7 +48,7 @@ def _rows(args: argparse.Namespace) -> list[Row]:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise ReportError(f"no such audit file: {missing[0]}")
-    if index_path is None:
+    if index_path is None or not covers(since):  # the index sums per hour; finer --since scans
         return aggregate_files(paths, by=by, since=since)
     with AuditIndex(index_path) as index:
         if args.reindex:
