@@ -1,0 +1,93 @@
+"""``tersegate compress`` prints exactly the bytes the server forwards, and explains each part."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import MakeProxy, Upstream, tersegate_command
+
+REPO = Path(__file__).resolve().parents[2]
+TRACE = (
+    REPO.parent
+    / "shared"
+    / "evaldata"
+    / "swe-agent-traces"
+    / "marshmallow-1867__function_calling_replace_from_source.traj"
+)
+
+
+def agent_request(turn: int) -> bytes:
+    messages = []
+    for m in json.loads(TRACE.read_text(encoding="utf-8"))["history"][:turn]:
+        msg = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if m.get("tool_call_ids"):
+            msg["tool_call_id"] = m["tool_call_ids"][0]
+        messages.append(msg)
+    return json.dumps({"model": "gpt-4o", "messages": messages}, indent=1).encode()
+
+
+def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*tersegate_command(), "compress", "--config", str(config), *args],
+        input=request,
+        capture_output=True,
+        timeout=120,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
+def test_compress_prints_what_the_server_forwards(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
+    proxy = make_proxy(
+        {"teams": {"default": {}, "agents": {"policy": "agents"}}}, policies={"agents": agents}
+    )
+    assert proxy.services is not None and proxy.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
+    request = agent_request(20)
+    response = httpx.post(
+        proxy.base_url + "/chat/completions",
+        content=request,
+        headers={"Authorization": "Bearer k", "X-Tersegate-Team": "agents"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    run = compress(proxy.config_path, request, "--team", "agents", "--explain")
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout == upstream.last().body + b"\n"
+    assert len(run.stdout) < len(request)
+    table = run.stderr.decode()
+    for column in ("msg", "role", "rule", "compressor", "before", "after", "ms"):
+        assert column in table
+    assert "tool (open)" in table and "tool-output" in table and "normalize" in table
+    before, after = (
+        response.headers["x-tersegate-tokens-before"],
+        response.headers["x-tersegate-tokens-after"],
+    )
+    assert f"tokens {before} -> {after}" in table
+
+
+@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
+def test_unchanged_requests_come_back_as_the_original_bytes(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'upstreams:\n  openai: {base_url: "http://127.0.0.1:9/v1"}\nteams:\n  default: {}\n', encoding="utf-8"
+    )
+    request = agent_request(6)
+    run = compress(config, request, "--team", "default")
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout == request + b"\n"
+
+
+def test_unknown_team_and_bad_json_are_errors(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text('upstreams:\n  openai: {base_url: "http://127.0.0.1:9/v1"}\nteams:\n  default: {}\n')
+    run = compress(config, b"{}", "--team", "nobody")
+    assert run.returncode == 1 and b"team 'nobody' is not in" in run.stderr
+    run = compress(config, b"{not json", "--team", "default")
+    assert run.returncode == 1 and b"tersegate compress:" in run.stderr
