@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -128,3 +129,21 @@ def test_torn_tail_is_dropped_when_the_sink_reopens(tmp_path: Path) -> None:
     write(path, 2)
     assert len(path.read_bytes().splitlines()) == 5
     assert verify(str(path)).returncode == 0
+
+
+def test_daily_rotation_starts_a_new_file_on_a_new_utc_day(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    yesterday = time.time() - 86_400
+    os.utime(path, (yesterday, yesterday))  # the file was last written yesterday
+    asyncio.run(_write_daily(path))
+    rotated = sorted(tmp_path.glob("audit.*Z.jsonl"))
+    assert len(rotated) == 1 and len(rotated[0].read_bytes().splitlines()) == 2
+    assert len(path.read_bytes().splitlines()) == 1
+    assert verify(str(tmp_path)).returncode == 0
+
+
+async def _write_daily(path: Path) -> None:
+    sink = JsonlAuditSink(AuditConfig(path=path, rotate_daily=True), metrics=Metrics())
+    await sink.commit(_exchange(99))
+    await sink.aclose()
