@@ -2,7 +2,7 @@
 
 No framework routing on the hot path. Per request: authenticate, read the body
 (bounded), run the rewrite hook on compressible routes, send upstream through
-aiohttp, then either buffer the response (usage read, audit committed, then the
+proxy.forward's lean HTTP/1.1 client, then either buffer the response (usage read, audit committed, then the
 body sent) or relay it as SSE frame by frame. Bytes nobody rewrote are sent as
 they came; the proxy never answers 500.
 """
@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from proxy.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
 from proxy.config import Config, UpstreamConfig
 from proxy.errors import ProxyError, error_body, internal, too_large, unavailable
 from proxy.exchange import Exchange, Rewrite
-from proxy.forward import UpstreamPool, read_failure
+from proxy.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.relay import relay_stream
 from proxy.routes import COMPRESSIBLE, metric_route, split_path
@@ -104,9 +103,9 @@ class _Ctx:
 
 def _request_headers(
     raw: list[tuple[bytes, bytes]], *, strip_keys: bool
-) -> tuple[list[tuple[str, str]], Credentials, int | None]:
+) -> tuple[list[tuple[bytes, bytes]], Credentials, int | None]:
     """One pass over the client's headers: what to forward, credentials, declared length."""
-    forward: list[tuple[str, str]] = []
+    forward: list[tuple[bytes, bytes]] = []
     creds = Credentials()
     length: int | None = None
     for name, value in raw:
@@ -125,7 +124,7 @@ def _request_headers(
             if name == TEAM_HEADER:
                 creds.team = value
             continue
-        forward.append((name.decode("latin-1"), value.decode("latin-1")))
+        forward.append((name, value))
     return forward, creds, length
 
 
@@ -147,7 +146,7 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in raw if name.lower() not in _HOP_RESPONSE]
 
 
@@ -166,12 +165,12 @@ def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _usage_of(body: bytes, encoding: str | None) -> dict[str, Any] | None:
+def _usage_of(body: bytes, encoding: bytes | None) -> dict[str, Any] | None:
     """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
     if encoding:
         import zlib
 
-        if encoding not in ("gzip", "deflate"):
+        if encoding.strip().lower() not in (b"gzip", b"deflate"):
             return None
         try:
             body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
@@ -331,15 +330,15 @@ class ProxyApp:
         body = await _read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, body, scope["headers"])
         headers.extend(identity.upstream_auth)
-        path_qs = split_path(raw_path.decode("latin-1"))[1]
+        path_qs = raw_path[3:] if raw_path.startswith(b"/v1/") or raw_path == b"/v1" else raw_path
         if scope["query_string"]:
-            path_qs += "?" + scope["query_string"].decode("latin-1")
+            path_qs += b"?" + scope["query_string"]
         t0 = time.perf_counter()
-        response = await self.pool.send(
+        response, deadline = await self.pool.send(
             upstream, method=method, path_qs=path_qs, headers=headers, body=body, streaming=streaming
         )
         try:
-            await self._respond(response, upstream, t0, receive, send, ctx, tap)
+            await self._respond(response, deadline, upstream, t0, receive, send, ctx, tap)
         finally:
             response.release()
 
@@ -379,7 +378,8 @@ class ProxyApp:
 
     async def _respond(
         self,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
+        deadline: float,
         upstream: UpstreamConfig,
         t0: float,
         receive: Receive,
@@ -391,19 +391,21 @@ class ProxyApp:
         assert exchange is not None
         self.services.metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - t0)
         exchange.status = ctx.status = response.status
-        exchange.upstream_request_id = response.headers.get("x-request-id")
+        request_id = response.header(b"x-request-id")
+        exchange.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
         headers = _response_headers(response.raw_headers)
         headers.extend(_tersegate_headers(exchange))
-        if response.content_type == "text/event-stream":
+        content_type = response.header(b"content-type")
+        if content_type is not None and content_type[:17].lower() == b"text/event-stream":
             await self._stream(response, upstream, t0, headers, receive, send, ctx, tap)
             return
         try:
-            body = await response.read()
+            body = await response.read(deadline=deadline)
         except Exception as exc:
             raise read_failure(upstream, exc, streaming=False) from None
         exchange.upstream_ms = (time.perf_counter() - t0) * 1000
         if ctx.audited and response.status < 400:
-            exchange.usage = _usage_of(body, response.headers.get("content-encoding"))
+            exchange.usage = _usage_of(body, response.header(b"content-encoding"))
         await self._commit(ctx)
         headers.append((b"content-length", str(len(body)).encode()))
         ctx.started = True
@@ -412,7 +414,7 @@ class ProxyApp:
 
     async def _stream(
         self,
-        response: aiohttp.ClientResponse,
+        response: UpstreamResponse,
         upstream: UpstreamConfig,
         t0: float,
         headers: list[tuple[bytes, bytes]],
@@ -440,7 +442,8 @@ class ProxyApp:
                 receive=receive,
                 exchange=exchange,
                 tap=tap,
-                split_frames="content-encoding" not in response.headers,
+                idle_timeout=upstream.stream_idle_timeout_s,
+                split_frames=response.header(b"content-encoding") is None,
                 commit=commit,
             )
         except Exception as exc:

@@ -53,7 +53,14 @@ class Identity:
     team: str
     key_id: str | None
     # (name, value) headers carrying credentials to the upstream.
-    upstream_auth: tuple[tuple[str, str], ...]
+    upstream_auth: tuple[tuple[bytes, bytes], ...]
+
+
+def _bearer(key: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    # A key with line breaks would inject headers; it is not used (config check reports unset keys).
+    if not key or any(c in key for c in "\r\n\0"):
+        return ()
+    return ((b"authorization", b"Bearer " + key.strip().encode("latin-1", "replace")),)
 
 
 class Authenticator:
@@ -63,8 +70,8 @@ class Authenticator:
         self._config = config
         self._keys_mode = config.auth == "keys"
         # Upstream keys are read here, at load/reload, not per request.
-        self._upstream_keys: dict[str, str | None] = {
-            name: os.environ.get(up.api_key_env) if up.api_key_env else None
+        self._upstream_auth: dict[str, tuple[tuple[bytes, bytes], ...]] = {
+            name: _bearer(os.environ.get(up.api_key_env) if up.api_key_env else None)
             for name, up in config.upstreams.items()
         }
 
@@ -86,9 +93,7 @@ class Authenticator:
         if team is None:
             raise unauthorized(f"Incorrect API key provided (key id {digest[:12]}).")
         upstream = self._config.upstream_for(team)
-        upstream_key = self._upstream_keys.get(upstream.name)
-        auth = (("Authorization", f"Bearer {upstream_key}"),) if upstream_key else ()
-        return Identity(team=team, key_id=digest[:12], upstream_auth=auth)
+        return Identity(team=team, key_id=digest[:12], upstream_auth=self._upstream_auth[upstream.name])
 
     def _passthrough(self, creds: Credentials) -> Identity:
         team = self._config.default_team

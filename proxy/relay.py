@@ -15,9 +15,8 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
-
 from proxy.exchange import Exchange
+from proxy.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
 __all__ = ["relay_stream"]
@@ -59,9 +58,12 @@ class _Frames:
         return b"".join(out), done
 
 
-async def _pump(response: aiohttp.ClientResponse, send: Send, frames: _Frames | None, commit: Commit) -> None:
+async def _pump(
+    response: UpstreamResponse, idle_timeout: float, send: Send, frames: _Frames | None, commit: Commit
+) -> None:
     """Copy the upstream body to the client; commit the audit before [DONE] / the end."""
-    async for chunk in response.content.iter_any():
+    chunks = response.chunks(idle_timeout=idle_timeout)
+    async for chunk in chunks:
         if frames is None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             continue
@@ -70,7 +72,7 @@ async def _pump(response: aiohttp.ClientResponse, send: Send, frames: _Frames | 
             await send({"type": "http.response.body", "body": ready, "more_body": True})
         if done:
             # The rest ([DONE] and anything after it) is read to the end, then sent after the commit.
-            async for rest in response.content.iter_any():
+            async for rest in chunks:
                 frames.tail += rest
             break
     tail = frames.tail if frames is not None else b""
@@ -86,12 +88,13 @@ async def _watch_disconnect(receive: Receive) -> None:
 
 
 async def relay_stream(
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     *,
     send: Send,
     receive: Receive,
     exchange: Exchange,
     tap: UsageTap | None,
+    idle_timeout: float,
     split_frames: bool,
     commit: Commit,
 ) -> None:
@@ -102,7 +105,7 @@ async def relay_stream(
     """
     # An encoded (e.g. gzip) body cannot be split into frames: it is copied as is.
     frames = _Frames(tap) if split_frames else None
-    pump = asyncio.ensure_future(_pump(response, send, frames, commit))
+    pump = asyncio.ensure_future(_pump(response, idle_timeout, send, frames, commit))
     watcher = asyncio.ensure_future(_watch_disconnect(receive))
     try:
         await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)

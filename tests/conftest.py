@@ -44,6 +44,8 @@ from proxy.config import load_config
 from proxy.serve_cmd import uvicorn_config
 from proxy.services import Services, build_services
 
+__all__ = ["MakeProxy", "RunningProxy", "ServerThread", "Upstream", "make_proxy", "spawn_proxy", "upstream"]
+
 UPSTREAM_KEY = "sk-upstream-test-0123456789"  # what the fake upstream should receive in auth: keys mode
 
 

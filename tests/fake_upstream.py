@@ -57,6 +57,7 @@ class Recorded:
     raw_headers: list[tuple[str, str]]
     body: bytes
     received_at: float  # time.monotonic()
+    client_port: int  # tells connections apart (keep-alive reuse)
     first_frame_at: float | None = None  # streams: when the first frame was sent
     frames_sent: int = 0
     disconnected_at: float | None = None  # streams: when the client went away
@@ -367,6 +368,7 @@ class FakeUpstream:
                 raw_headers=raw_headers,
                 body=body,
                 received_at=time.monotonic(),
+                client_port=scope["client"][1] if scope.get("client") else 0,
             )
             self.requests.append(record)
         try:
@@ -469,14 +471,23 @@ async def _until_disconnect(receive: Receive) -> None:
 class ServerThread:
     """Serves an ASGI app with uvicorn (uvloop + httptools) on a loopback port, in a thread."""
 
-    def __init__(self, app: Any, *, port: int = 0, config: uvicorn.Config | None = None) -> None:
+    def __init__(
+        self, app: Any, *, port: int = 0, config: uvicorn.Config | None = None, keep_alive_s: float = 5
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = config or uvicorn.Config(
-            app, loop="uvloop", http="httptools", ws="none", lifespan="on", access_log=False, log_config=None
+            app,
+            loop="uvloop",
+            http="httptools",
+            ws="none",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)

@@ -282,3 +282,30 @@ def test_audit_gets_usage_before_the_client_gets_the_body(make_proxy: MakeProxy,
     assert exchange.upstream_request_id == raw.headers["x-request-id"]
     assert exchange.request_id == raw.headers["x-tersegate-request-id"]
     assert exchange.key_id is not None and len(exchange.key_id) == 12
+
+
+def test_connections_to_the_upstream_are_kept_alive_and_renewed(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    import time
+
+    from conftest import ServerThread
+    from fake_upstream import FakeUpstream
+
+    proxy = make_proxy()
+    c = client(proxy.base_url)
+    for _ in range(10):
+        c.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    assert len({r.client_port for r in upstream.requests}) == 1
+    # An upstream that drops idle connections quickly: the next request opens a new one.
+    short = FakeUpstream()
+    server = ServerThread(short, keep_alive_s=0.2).start()
+    try:
+        proxy = make_proxy({"upstreams": {"fake": {"base_url": server.url + "/v1"}}})
+        c = client(proxy.base_url)
+        c.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        time.sleep(0.5)
+        assert c.chat.completions.create(**CHAT).choices  # type: ignore[call-overload]
+        assert len({r.client_port for r in short.requests}) == 2
+    finally:
+        server.stop()
