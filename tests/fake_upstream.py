@@ -15,7 +15,8 @@ Behaviour is chosen by the request's ``model`` (or header ``x-fake-model``):
 small frame, waits ``x-fake-gap`` seconds (default 1), then the rest;
 ``forever`` streams a chunk every 50 ms until the client goes away; ``stall``
 streams one chunk and then nothing. ``x-fake-cached-tokens`` sets
-``prompt_tokens_details.cached_tokens``.
+``prompt_tokens_details.cached_tokens``; ``x-fake-gzip`` gzips JSON bodies;
+``x-fake-chunked`` sends them chunked, in two parts.
 
 Every request is recorded (:class:`Recorded`: method, path, query, headers, raw
 body bytes, and for streams when the first frame was sent and when the client
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import os
 import socket
 import threading
@@ -128,7 +130,18 @@ async def _json(
     send: Send, call: _Call, status: int, payload: Any, extra: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     body = orjson.dumps(payload)
-    headers = [*_headers(call, b"application/json"), *extra, (b"content-length", str(len(body)).encode())]
+    headers = [*_headers(call, b"application/json"), *extra]
+    if call.headers.get("x-fake-gzip"):
+        body = gzip.compress(body)
+        headers.append((b"content-encoding", b"gzip"))
+    if call.headers.get("x-fake-chunked"):  # no content-length: uvicorn sends it chunked
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        half = len(body) // 2
+        await send({"type": "http.response.body", "body": body[:half], "more_body": True})
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": body[half:]})
+        return
+    headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

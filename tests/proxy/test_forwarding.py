@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -307,5 +308,78 @@ def test_connections_to_the_upstream_are_kept_alive_and_renewed(
         time.sleep(0.5)
         assert c.chat.completions.create(**CHAT).choices  # type: ignore[call-overload]
         assert len({r.client_port for r in short.requests}) == 2
+    finally:
+        server.stop()
+
+
+def test_chunked_gzip_and_head_responses(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = make_proxy()
+    audit = RecordingAudit()
+    assert proxy.services is not None
+    proxy.services.audit = audit
+    for headers in (
+        {"x-fake-chunked": "1"},
+        {"x-fake-gzip": "1"},
+        {"x-fake-gzip": "1", "x-fake-chunked": "1"},
+    ):
+        direct = httpx.post(upstream.base_url + "/chat/completions", json=CHAT, headers=headers)
+        through = httpx.post(proxy.base_url + "/chat/completions", json=CHAT, headers=headers)
+        assert through.status_code == 200
+        assert through.headers.get("content-encoding") == direct.headers.get("content-encoding")
+        assert through.json()["choices"] == direct.json()["choices"]
+        assert audit.exchanges[-1].usage is not None and audit.exchanges[-1].usage["prompt_tokens"] == 2
+    # A HEAD response announces a body it does not carry; the connection stays usable.
+    head = httpx.head(proxy.base_url + "/models")
+    assert head.status_code == 404 and head.content == b""
+    assert upstream.last().method == "HEAD"
+    assert httpx.get(proxy.base_url + "/models").status_code == 200
+
+
+def test_tls_upstream(make_proxy: MakeProxy, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import uvicorn
+    from conftest import ServerThread
+    from fake_upstream import FakeUpstream
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    app = FakeUpstream()
+    config = uvicorn.Config(
+        app, http="httptools", ws="none", log_config=None, ssl_certfile=str(cert), ssl_keyfile=str(key)
+    )
+    server = ServerThread(app, config=config).start()
+    try:
+        url = server.url.replace("http://", "https://")
+        proxy = make_proxy(
+            {"upstreams": {"fake": {"base_url": url + "/v1"}}}, env={"SSL_CERT_FILE": str(cert)}
+        )
+        reply = client(proxy.base_url).chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        assert reply.choices[0].message.content == "Hello from the fake upstream."
+        assert app.requests[-1].headers["host"] == url.removeprefix("https://")
     finally:
         server.stop()
