@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from proxy.config import AuditConfig, ConfigErrors, load_config
+from proxy.engine import PolicyRewriter
 from proxy.exchange import Exchange, Rewrite
 from proxy.services import build_services
 from proxy.usage import prepare_stream
@@ -54,6 +55,8 @@ async def rewrite_request(
             model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
             stream=parsed.get("stream") is True,
         )
+        if isinstance(services.rewriter, PolicyRewriter):
+            await services.rewriter.warm_up()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
         new = rewrite.body
         if exchange.stream:  # as the server does: ask the upstream for stream usage
