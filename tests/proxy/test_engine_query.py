@@ -1,0 +1,89 @@
+"""The query question-aware compressors get, and the spans kept verbatim around it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from compressors.base import Target
+from compressors.registry import create
+from proxy.parts import extract_parts
+from proxy.policy import QuerySpec
+from proxy.query import compress_around, final_question, plan_query
+
+EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "lost-in-the-middle"
+needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")
+
+
+def kv_prompt() -> tuple[str, str, str]:
+    with gzip.open(EVALDATA / "kv-retrieval-75_keys.jsonl.gz", "rt") as lines:
+        row = json.loads(next(lines))
+    records = "{" + ", ".join(f'"{k}": "{v}"' for k, v in row["ordered_kv_records"]) + "}"
+    template = (EVALDATA / "kv_retrieval.prompt").read_text()
+    return template.format(formatted_kv_records=records, key=row["key"]), row["key"], row["value"]
+
+
+@needs_evaldata
+def test_key_line_of_the_kv_retrieval_prompt_is_the_query() -> None:
+    prompt, key, _ = kv_prompt()
+    question, start, end = final_question(prompt) or ("", 0, 0)
+    assert question == f'"{key}"'
+    assert prompt[start:end].rstrip() == f'Key: "{key}"\nCorresponding value:'
+
+
+def test_last_sentence_with_a_question_mark_and_its_line() -> None:
+    text = "Here is the log.\n\n" + "error line\n" * 50 + "\nCan you tell me why it fails? Thanks."
+    question, start, end = final_question(text) or ("", 0, 0)
+    assert question == "Can you tell me why it fails?"
+    assert text[start:end] == "Can you tell me why it fails? Thanks."
+
+
+def test_other_parts_use_the_last_user_message_as_query() -> None:
+    body = {
+        "messages": [
+            {"role": "user", "content": "First question?"},
+            {"role": "tool", "content": "a long tool output"},
+            {"role": "user", "content": "Which file holds the bug?"},
+        ]
+    }
+    parts = extract_parts("/v1/chat/completions", body)
+    assert plan_query(QuerySpec(), parts, parts[1]).query == "Which file holds the bug?"
+    assert plan_query(QuerySpec(), parts, parts[1]).keep == ()
+    own = plan_query(QuerySpec(), parts, parts[2])
+    assert own.query == "Which file holds the bug?" and own.keep == ((0, len("Which file holds the bug?")),)
+
+
+def test_pattern_query_from_the_newest_matching_part() -> None:
+    spec = QuerySpec(kind="pattern", pattern=re.compile(r"^Topic: (.*)$", re.MULTILINE))
+    body = {
+        "messages": [{"role": "system", "content": "Topic: billing"}, {"role": "user", "content": "docs"}]
+    }
+    parts = extract_parts("/v1/chat/completions", body)
+    assert plan_query(spec, parts, parts[1]).query == "billing"
+
+
+@needs_evaldata
+def test_kept_spans_survive_byte_for_byte_around_compression() -> None:
+    with gzip.open(EVALDATA / "nq-open-oracle.jsonl.gz", "rt") as lines:
+        rows = [json.loads(line) for _, line in zip(range(20), lines, strict=False)]
+    docs = "\n".join(
+        f"Document [{i}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}" for i, r in enumerate(rows)
+    )
+    prompt = (EVALDATA / "qa.prompt").read_text().format(search_results=docs, question=rows[3]["question"])
+    parts = extract_parts("/v1/completions", {"prompt": prompt})
+    plan = plan_query(QuerySpec(), parts, parts[0])
+    out, _ = compress_around(
+        create("truncate", {"mode": "head"}),
+        prompt,
+        target=Target(rate=0.3),
+        plan=plan,
+        preserve=None,
+        model=None,
+    )
+    head = prompt.split("\n\n")[0] + "\n\n"
+    assert out.startswith(head) and out.endswith(f"Question: {rows[3]['question']}\nAnswer:")
+    assert len(out) < 0.5 * len(prompt)
