@@ -66,7 +66,7 @@ class _Selected:
     tokens: int
     key: tuple[str, str, str]
     form: _Form | None = None
-    source: str = "new"  # new | memo | drop
+    source: str = "new"  # new | memo | drop | kept (a drop called off)
 
 
 @dataclass(slots=True)
@@ -260,7 +260,8 @@ class PolicyRewriter:
         keep_new = outcome.fail_open is None and saving >= policy.min_saving_tokens
         for chosen in outcome.selected:
             if chosen.source == "drop" and not keep_new:
-                chosen.form, chosen.source = None, "new"
+                note = outcome.fail_open or "below min_saving_tokens"
+                chosen.form, chosen.source = _Form(None, chosen.tokens, note=note), "kept"
             if chosen.source != "new":
                 continue
             form = chosen.form if keep_new and chosen.form is not None else None
