@@ -1,30 +1,41 @@
-"""The ``selfinfo`` scorer: word self-information from a frequency table, made query-aware.
+"""The ``selfinfo`` scorer: coarse-to-fine, query-aware self-information, no model.
 
-No model: -log p(word) comes from ``wordfreq`` (unknown words carry the most
-information). Around the query, answers usually sit next to the question's
-words and in the sentence that shares most of them, so units there are
-boosted; numbers and names are boosted as the facts a reader needs.
+Coarse: the text is cut into sentences and each is rated against the query
+(information-weighted overlap with the query's words, adjacent query word pairs,
+and whether it holds a unit of the kind the question asks for). Sentences get a
+bonus by rank, so the best one is kept nearly whole, the next ones are pruned
+harder and the worst go first. Fine: inside a sentence a unit is worth its
+self-information (``-log p(word)`` from ``wordfreq``), more when it is a number
+or a name or the kind of unit the question asks for, and more when it sits next
+to the query's words, where answers usually are ("X is Y"). Articles, repeats
+and parenthetical asides go first. Scores are smoothed so that a function word
+between two kept words ("points *or* health points") outranks one among dropped
+words, which keeps phrases contiguous.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+import numpy.typing as npt
+
 from compressors.words import Unit, zipf
 
-__all__ = ["SelfInfo"]
+__all__ = ["SelfInfo", "derive_query"]
 
+_Floats = npt.NDArray[np.float64]
 _WORD = re.compile(r"\w+")
 # Zipf 8 is about the most frequent English word; 0 means unknown.
 _MAX_ZIPF = 8.0
 # Query words this common carry no topic ("what", "who", "is").
 _QUERY_STOP_ZIPF = 5.6
-_SENTENCE_END = frozenset(".!?")
 _RARE_ZIPF = 4.0
+_ARTICLES = frozenset({"a", "an", "the"})
 # What kind of unit answers a question, from its wording: the classic answer-type cue.
 _ANSWER_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
@@ -35,137 +46,388 @@ _ANSWER_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(who|whom|whose|where|which (country|city|state|team|company))\b"), "name"),
 )
 _YEAR = re.compile(r"\b1\d{3}\b|\b20\d{2}\b")
-_PUNCT_SCORE = {".": 1.5, "?": 1.5, "!": 1.5, ":": 1.2, ";": 1.0}
-
-
-@lru_cache(maxsize=200_000)
-def _info(word: str) -> float:
-    """Self-information of one lowercase word, in log10 units (0..8)."""
-    return _MAX_ZIPF - min(_MAX_ZIPF, zipf(word))
+_PUNCT_SCORE = {".": 0.3, "?": 0.3, "!": 0.3, ":": 0.25, ";": 0.2}
+# A sentence ends after . ! ? (and closing quotes/brackets) before a capital or digit, and at newlines.
+_SENTENCE_BREAK = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n")
+_TRAILING_QUESTION = re.compile(r"(?:^|\n)[ \t]*Question:[ \t]*([^\n]+)\s*\Z")
+_LAST_SENTENCE = re.compile(r"([^.!?\n]+\?)\s*\Z")
+# Closed-class words: they glue phrases but carry no content of their own.
+_FUNCTION_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "as",
+        "into",
+        "onto",
+        "upon",
+        "about",
+        "over",
+        "under",
+        "between",
+        "through",
+        "during",
+        "before",
+        "after",
+        "above",
+        "below",
+        "up",
+        "down",
+        "out",
+        "off",
+        "than",
+        "then",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "so",
+        "yet",
+        "if",
+        "because",
+        "while",
+        "although",
+        "though",
+        "whereas",
+        "since",
+        "until",
+        "unless",
+        "whether",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "has",
+        "have",
+        "had",
+        "having",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "can",
+        "could",
+        "may",
+        "might",
+        "must",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "it",
+        "its",
+        "it's",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "hers",
+        "they",
+        "them",
+        "their",
+        "theirs",
+        "we",
+        "us",
+        "our",
+        "you",
+        "your",
+        "i",
+        "me",
+        "my",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "not",
+        "no",
+        "also",
+        "very",
+        "such",
+        "each",
+        "every",
+        "all",
+        "any",
+        "both",
+        "either",
+        "neither",
+        "some",
+        "most",
+        "more",
+        "many",
+        "much",
+        "other",
+        "another",
+        "one",
+        "only",
+        "just",
+        "own",
+        "same",
+        "too",
+    ]
+)
+_OPEN = frozenset("([")
+_CLOSE = frozenset(")]")
 
 
 @lru_cache(maxsize=200_000)
 def _stem(word: str) -> str:
-    """A crude English stem, enough to match "released" with "release"."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
+    """A crude English stem, enough to match "released" with "release" and "owner" with "owned"."""
+    for suffix in ("ing", "ed", "er", "es", "s"):
+        if len(word) >= len(suffix) + 3 and word.endswith(suffix):
             return word[: -len(suffix)]
     return word
 
 
+@lru_cache(maxsize=200_000)
+def _profile(unit: str) -> tuple[float, tuple[str, ...], bool]:
+    """``(self-information 0..1, stems, rare)`` of one unit's text; information -1 for punctuation."""
+    words = _WORD.findall(unit.lower())
+    if not words:
+        return -1.0, (), False
+    zipfs = [zipf(w) for w in words]
+    info = sum(_MAX_ZIPF - min(_MAX_ZIPF, z) for z in zipfs) / len(words) / _MAX_ZIPF
+    return info, tuple(_stem(w) for w in words), zipfs[0] < _RARE_ZIPF
+
+
+def derive_query(text: str) -> str | None:
+    """The question a text ends with: a trailing ``Question:`` line, else a final ``?`` sentence."""
+    tail = text[-2000:]
+    match = _TRAILING_QUESTION.search(tail) or _LAST_SENTENCE.search(tail)
+    return match.group(1).strip() if match else None
+
+
 @dataclass(frozen=True, slots=True)
 class SelfInfo:
-    """Scores units by self-information plus query, number and name boosts."""
+    """Scores units by sentence rank against the query plus in-sentence information."""
 
-    query_boost: float = 3.0
-    window: int = 8
-    number_boost: float = 4.0
-    name_boost: float = 2.0
-    answer_boost: float = 3.0
-    # Query words are already in the question: their own boost is smaller than their neighbours'.
-    hit_weight: float = -0.5
-    sentence_weight: float = 1.0
-    sentence_gap: float = 6.0
+    query_boost: float = 1.0
+    window: int = 10
+    number_boost: float = 0.5
+    name_boost: float = 0.25
+    answer_boost: float = 0.5
+    closeness_weight: float = 0.6
+    sentence_weight: float = 0.0
+    rank_bonus: float = 0.0
+    rank_decay: float = 0.5
+    bigram_weight: float = 0.5
+    type_weight: float = 0.15
+    hit_weight: float = 0.3
+    repeat_penalty: float = 0.3
+    aside_penalty: float = 0.2
+    bridge: float = 0.0
+    compound: float = 0.9
 
     def scores(
         self, text: str, units: Sequence[Unit], query: str | None, *, keep_ratio: float
     ) -> list[float]:
         del keep_ratio  # one pass: the score of a unit does not depend on what else is kept
-        words = [_WORD.findall(text[u.start : u.end]) for u in units]
+        if not units:
+            return []
+        strings = [text[u.start : u.end] for u in units]
+        profiles = [_profile(s) for s in strings]
+        starts = np.fromiter((u.start for u in units), np.int64, len(units))
+        breaks = np.fromiter((m.end() for m in _SENTENCE_BREAK.finditer(text)), np.int64)
+        sentence = np.searchsorted(breaks, starts, side="right")
+        if query is None:
+            query = derive_query(text)
         wanted = _answer_type(query)
-        scores = [
-            self._base(text, unit, unit_words, wanted) for unit, unit_words in zip(units, words, strict=True)
-        ]
+        fine = self._fine(text, units, strings, profiles, sentence, wanted)
+        atomic = np.fromiter((u.kind == "atomic" for u in units), bool, len(units))
         terms = _query_terms(query)
-        if terms:
-            self._add_query_boost(text, units, words, terms, scores, query)
-        return scores
+        if terms and query:
+            part, hit_unit = self._query_part(text, units, profiles, sentence, terms, query, wanted)
+            fine[hit_unit & ~atomic] *= self.hit_weight
+            fine += self.query_boost * part
+        return [float(x) for x in fine]
 
-    def _base(self, text: str, unit: Unit, words: list[str], wanted: str) -> float:
-        if unit.kind == "punct":
-            return _PUNCT_SCORE.get(text[unit.start], 0.5)
-        if not words:
-            return 1.0
-        info = sum(_info(w.lower()) for w in words) / len(words)
-        numeric = any(w[0].isdigit() for w in words)
-        # A capital marks a name mid-sentence, or anywhere when the word is rare in lowercase.
-        named = unit.kind == "atomic" or (
-            words[0][0].isupper() and (_mid_sentence(text, unit.start) or zipf(words[0].lower()) < _RARE_ZIPF)
-        )
-        if numeric:
-            info += self.number_boost
-        if named and not numeric:
-            info += self.name_boost
-        # The unit looks like what the question asks for.
-        if (
-            (wanted == "number" and numeric)
-            or (wanted == "date" and _YEAR.search(text, unit.start, unit.end))
-            or (wanted == "name" and named and not numeric)
-        ):
-            info += self.answer_boost
-        return info
-
-    def _add_query_boost(
+    def _fine(
         self,
         text: str,
         units: Sequence[Unit],
-        words: list[list[str]],
+        strings: list[str],
+        profiles: list[tuple[float, tuple[str, ...], bool]],
+        sentence: npt.NDArray[np.int64],
+        wanted: str,
+    ) -> _Floats:
+        """In-sentence worth of each unit: information, numbers, names, minus articles, repeats, asides."""
+        n = len(units)
+        info = np.fromiter((p[0] for p in profiles), np.float64, n)
+        punct = info < 0
+        info[punct] = [_PUNCT_SCORE.get(strings[i][0], 0.05) for i in np.flatnonzero(punct)]
+        numeric = np.fromiter((s[0].isdigit() or (s[0] in "$€£¥" and len(s) > 1) for s in strings), bool, n)
+        opens_sentence = np.empty(n, bool)
+        opens_sentence[0] = True
+        opens_sentence[1:] = sentence[1:] != sentence[:-1]
+        capital = np.fromiter((s[0].isupper() for s in strings), bool, n)
+        rare = np.fromiter((p[2] for p in profiles), bool, n)
+        kinds = [u.kind for u in units]
+        atomic = np.fromiter((k == "atomic" for k in kinds), bool, n)
+        named = ~numeric & ~punct & (atomic | (capital & (~opens_sentence | rare)))
+        score = info + self.number_boost * numeric + self.name_boost * named
+        if wanted == "number":
+            score += self.answer_boost * numeric
+        elif wanted == "name":
+            score += self.answer_boost * named
+        elif wanted == "date":
+            dated = np.fromiter((bool(_YEAR.search(s)) for s in strings), bool, n)
+            score += self.answer_boost * dated
+        article = np.fromiter((s.lower() in _ARTICLES for s in strings), bool, n)
+        score[article] = 0.0
+        seen: dict[str, int] = {}
+        lowered = [s.lower() for s in strings]
+        repeat = np.fromiter((seen.setdefault(s, i) != i for i, s in enumerate(lowered)), bool, n)
+        score[repeat & ~numeric & ~punct] *= self.repeat_penalty
+        score -= self.aside_penalty * _inside_brackets(strings, punct)
+        content = ~punct & ~np.fromiter((s.lower() in _FUNCTION_WORDS for s in lowered), bool, n)
+        return _compounds(_bridged(score, self.bridge), content, self.compound)
+
+    def _query_part(
+        self,
+        text: str,
+        units: Sequence[Unit],
+        profiles: list[tuple[float, tuple[str, ...], bool]],
+        sentence: npt.NDArray[np.int64],
         terms: dict[str, float],
-        scores: list[float],
-        query: str | None,
-    ) -> None:
-        """Add closeness to the query's words, each weighted by its information.
-
-        A unit near several distinct query words is where an answer usually sits;
-        a query word itself counts only the *other* words near it (the question
-        already says it). Distances grow across sentence ends.
-        """
+        query: str,
+        wanted: str,
+    ) -> tuple[_Floats, npt.NDArray[np.bool_]]:
+        """Closeness to the query's words and the rank of the unit's sentence against the query."""
+        n = len(units)
+        asked_at = text.rfind(query.strip())
+        asked_end = asked_at + len(query.strip()) if asked_at >= 0 else -1
+        hits: list[tuple[int, str]] = []
+        for index, profile in enumerate(profiles):
+            for stem in profile[1]:
+                if stem in terms and not asked_at <= units[index].start < asked_end:
+                    hits.append((index, stem))
         total = sum(terms.values())
-        # The query's own words (a "Question: ..." line inside the text) say nothing about where the answer is.
-        asked_at = text.rfind(query.strip()) if query and query.strip() else -1
-        asked = range(asked_at, asked_at + len(query.strip())) if query and asked_at >= 0 else range(0)
-        position: list[float] = []
-        sentence_of: list[int] = []
-        matched: list[frozenset[str]] = []
-        sentence = 0
-        for index in range(len(units)):
-            position.append(index + sentence * self.sentence_gap)
-            sentence_of.append(sentence)
-            found = frozenset(s for w in words[index] if (s := _stem(w.lower())) in terms)
-            matched.append(frozenset() if units[index].start in asked else found)
-            if _ends_sentence(text, units, index):
-                sentence += 1
-        closeness = [0.0] * len(units)
-        for term, weight in terms.items():
-            near = _nearest(position, [term in m for m in matched])
-            share = weight / total
-            for index, distance in enumerate(near):
-                if term not in matched[index]:
-                    closeness[index] += share * math.exp(-distance / self.window)
-        sentence_hits: dict[int, set[str]] = {}
-        for index, found in enumerate(matched):
-            sentence_hits.setdefault(sentence_of[index], set()).update(found)
-        relevance = {s: sum(terms[t] for t in found) / total for s, found in sentence_hits.items()}
-        for index in range(len(units)):
-            penalty = self.hit_weight if matched[index] else 0.0
-            boost = closeness[index] + self.sentence_weight * relevance[sentence_of[index]] + penalty
-            scores[index] += self.query_boost * boost
+        sentences = int(sentence[-1]) + 1
+        relevance = np.zeros(sentences)
+        closeness = np.zeros(n)
+        hit_unit = np.zeros(n, bool)
+        if hits:
+            position = np.arange(n, dtype=np.float64) + sentence * float(self.window * 2)
+            by_term: dict[str, list[int]] = {}
+            for index, stem in hits:
+                by_term.setdefault(stem, []).append(index)
+                hit_unit[index] = True
+            for stem, indices in by_term.items():
+                share = terms[stem] / total
+                closeness += share * np.exp(-_distance(position, position[indices]) / self.window)
+                relevance[np.unique(sentence[indices])] += share
+            relevance += self.bigram_weight * _bigrams(hits, query, terms, sentence, sentences) / total
+        relevance += self.type_weight * _typed_sentences(profiles, sentence, sentences, wanted, hit_unit)
+        order = np.argsort(-relevance, kind="stable")
+        rank = np.empty(sentences, np.int64)
+        rank[order] = np.arange(sentences)
+        bonus = self.sentence_weight * relevance + self.rank_bonus * self.rank_decay ** rank.astype(
+            np.float64
+        )
+        bonus[relevance <= 0] = 0.0
+        near = self.closeness_weight * closeness
+        near[hit_unit] = 0.0
+        return bonus[sentence] + near, hit_unit
 
 
-def _nearest(position: Sequence[float], is_hit: Sequence[bool]) -> list[float]:
-    """Distance from each unit to the nearest hit (infinity when there is none)."""
-    inf = math.inf
-    out = [inf] * len(position)
-    last = -inf
-    for i, hit in enumerate(is_hit):
-        if hit:
-            last = position[i]
-        out[i] = position[i] - last
-    last = inf
-    for i in range(len(position) - 1, -1, -1):
-        if is_hit[i]:
-            last = position[i]
-        out[i] = min(out[i], last - position[i])
+def _bridged(score: _Floats, bridge: float) -> _Floats:
+    """Lift a unit between two better ones towards the weaker of them (keeps phrases whole)."""
+    if len(score) < 3 or bridge <= 0:
+        return score
+    between = np.minimum(score[:-2], score[2:])
+    lifted = score.copy()
+    lifted[1:-1] = np.maximum(score[1:-1], bridge * between)
+    return lifted
+
+
+def _compounds(score: _Floats, content: npt.NDArray[np.bool_], lift: float) -> _Floats:
+    """Lift a content word next to a better content word: "thylakoid *membrane*", "36 *passengers*"."""
+    if len(score) < 2 or lift <= 0:
+        return score
+    pair = content[:-1] & content[1:]
+    lifted = score.copy()
+    lifted[1:] = np.where(pair, np.maximum(lifted[1:], lift * score[:-1]), lifted[1:])
+    lifted[:-1] = np.where(pair, np.maximum(lifted[:-1], lift * score[1:]), lifted[:-1])
+    return lifted
+
+
+def _inside_brackets(strings: list[str], punct: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Units inside ( ) or [ ] asides (citations, glosses), brackets included."""
+    depth = np.zeros(len(strings), np.int64)
+    for index in np.flatnonzero(punct):
+        first = strings[index][0]
+        if first in _OPEN:
+            depth[index] += 1
+        elif first in _CLOSE:
+            depth[index] -= 1
+    level = np.cumsum(depth)
+    inside = (level > 0) | (depth < 0)
+    return inside
+
+
+def _distance(position: _Floats, hits: _Floats) -> _Floats:
+    """Distance from each position to the nearest of ``hits`` (sorted)."""
+    at = np.searchsorted(hits, position)
+    left = hits[np.clip(at - 1, 0, len(hits) - 1)]
+    right = hits[np.clip(at, 0, len(hits) - 1)]
+    return np.minimum(np.abs(position - left), np.abs(right - position))
+
+
+def _bigrams(
+    hits: list[tuple[int, str]],
+    query: str,
+    terms: dict[str, float],
+    sentence: npt.NDArray[np.int64],
+    sentences: int,
+) -> _Floats:
+    """Per sentence, the weight of query word pairs that appear next to each other, as in the query."""
+    stems = [_stem(w) for w in _WORD.findall(query.lower())]
+    pairs = {(a, b) for a, b in itertools.pairwise(stems) if a in terms and b in terms}
+    out = np.zeros(sentences)
+    if not pairs:
+        return out
+    for (i, a), (j, b) in itertools.pairwise(hits):
+        if j - i <= 2 and (a, b) in pairs and sentence[i] == sentence[j]:
+            out[sentence[i]] += terms[a] + terms[b]
+    return out
+
+
+def _typed_sentences(
+    profiles: list[tuple[float, tuple[str, ...], bool]],
+    sentence: npt.NDArray[np.int64],
+    sentences: int,
+    wanted: str,
+    hit_unit: npt.NDArray[np.bool_],
+) -> _Floats:
+    """1 for sentences holding a unit of the wanted answer type (not one of the query's words)."""
+    out = np.zeros(sentences)
+    if wanted in ("number", "date"):
+        typed = np.fromiter((bool(p[1]) and p[1][0][:1].isdigit() for p in profiles), bool, len(profiles))
+        out[np.unique(sentence[typed & ~hit_unit])] = 1.0
     return out
 
 
@@ -182,20 +444,7 @@ def _query_terms(query: str | None) -> dict[str, float]:
         return {}
     terms: dict[str, float] = {}
     for word in _WORD.findall(query.lower()):
-        if zipf(word) < _QUERY_STOP_ZIPF:
-            terms[_stem(word)] = max(0.5, _info(word))
+        z = zipf(word)
+        if z < _QUERY_STOP_ZIPF:
+            terms[_stem(word)] = max(0.1, (_MAX_ZIPF - z) / _MAX_ZIPF)
     return terms
-
-
-def _mid_sentence(text: str, start: int) -> bool:
-    """True when the word at ``start`` does not open a sentence (so its capital marks a name)."""
-    before = text[max(0, start - 3) : start].rstrip()
-    return bool(before) and before[-1] not in _SENTENCE_END and before[-1] != ":"
-
-
-def _ends_sentence(text: str, units: Sequence[Unit], index: int) -> bool:
-    unit = units[index]
-    if unit.kind == "punct" and text[unit.end - 1] in _SENTENCE_END:
-        return True
-    following = units[index + 1].start if index + 1 < len(units) else len(text)
-    return "\n" in text[unit.end : following]
