@@ -383,3 +383,80 @@ def test_tls_upstream(make_proxy: MakeProxy, tmp_path: Path) -> None:
         assert app.requests[-1].headers["host"] == url.removeprefix("https://")
     finally:
         server.stop()
+
+
+class DroppingServer:
+    """A raw HTTP/1.1 server that answers the first request of each connection and closes the
+    connection, unanswered, on the second: the race of a keep-alive timeout on the server side."""
+
+    RESPONSE = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+    def __init__(self, *, answer_first: bool = True) -> None:
+        import asyncio
+        import threading
+
+        self.answer_first = answer_first
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _serve(self, reader: Any, writer: Any) -> None:
+        import asyncio
+        import contextlib
+
+        self.connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
+            await self._answer(reader, writer)
+        writer.close()
+
+    async def _answer(self, reader: Any, writer: Any) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
+        )
+        await reader.readexactly(length)
+        if self.answer_first:
+            writer.write(self.RESPONSE)
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # the second request: dropped
+
+    async def _shutdown(self) -> None:
+        import asyncio
+
+        self.server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_request_on_a_stale_keep_alive_connection_is_retried_once(make_proxy: MakeProxy) -> None:
+    server = DroppingServer()
+    try:
+        proxy = make_proxy({"upstreams": {"fake": {"base_url": f"http://127.0.0.1:{server.port}/v1"}}})
+        for _ in range(3):
+            r = httpx.post(proxy.base_url + "/embeddings", json={"model": "e", "input": "x"})
+            assert (r.status_code, r.json()) == (200, {"ok": True})
+        assert server.connections >= 2
+    finally:
+        server.stop()
+    # A fresh connection closed without an answer is not retried: the client gets a 502.
+    server = DroppingServer(answer_first=False)
+    try:
+        proxy = make_proxy({"upstreams": {"fake": {"base_url": f"http://127.0.0.1:{server.port}/v1"}}})
+        r = httpx.post(proxy.base_url + "/embeddings", json={"model": "e", "input": "x"})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+        assert server.connections == 1
+    finally:
+        server.stop()
