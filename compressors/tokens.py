@@ -10,10 +10,13 @@ position. Scorers: ``selfinfo`` (word frequencies, no model), ``llmlingua2``
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
 from compressors.preserve import PreserveSpec, find_spans
@@ -31,7 +34,13 @@ _DEFAULT_MODELS = {
 # Tokens after may exceed the budget by this much (merges across dropped units
 # make the estimate drift); beyond it the target counts as missed.
 _TOLERANCE = 0.05
-_MAX_ROUNDS = 4
+# Above this many units, decisions are grouped per line: ``--explain`` stays readable and cheap.
+_PER_UNIT_LIMIT = 2000
+_GROUP = 64
+_NEWLINE = re.compile("\n")
+_Bools = npt.NDArray[np.bool_]
+_Ints = npt.NDArray[np.int64]
+_Floats = npt.NDArray[np.float64]
 
 
 class UnitScorer(Protocol):
@@ -48,9 +57,9 @@ class _Plan:
 
     text: str
     units: list[Unit]
-    forced: list[bool]
-    preserved: list[bool]
-    costs: list[int]
+    forced: _Bools
+    preserved: _Bools
+    costs: _Ints
 
 
 class Tokens(Compressor):
@@ -129,26 +138,14 @@ class Tokens(Compressor):
         raw = self._scorer.scores(plan.text, plan.units, query, keep_ratio=budget / tokens_before)
         scores = _ranked(raw, plan.preserved, float(self.options["preserve_boost"]))
         kept, output, tokens_after = _fit(plan, scores, budget, tokenizer)
-        forced_cost = sum(c for c, f in zip(plan.costs, plan.forced, strict=True) if f)
         met = tokens_after <= budget * (1 + _TOLERANCE)
         note = ""
         if not met:
+            forced_cost = int(plan.costs[plan.forced].sum())
             note = (
                 f"kept {tokens_after} tokens for a budget of {budget}: preserved units alone need about "
                 f"{forced_cost} tokens and are kept whole"
             )
-        decisions = tuple(
-            Decision(
-                index=i,
-                kind=u.kind if not plan.forced[i] else "preserved",
-                tokens=plan.costs[i],
-                kept=kept[i],
-                score=scores[i],
-                reason="preserved" if plan.forced[i] else ("score" if kept[i] else "below cut"),
-                preview=plan.text[u.start : u.end][:40],
-            )
-            for i, u in enumerate(plan.units)
-        )
         return Compressed(
             output,
             tokens_before,
@@ -157,7 +154,7 @@ class Tokens(Compressor):
             target_tokens=budget,
             target_met=met,
             note=note,
-            decisions=decisions,
+            decisions=_decisions(plan, kept, scores),
         )
 
     def _plan(self, text: str, query: str | None, preserve: PreserveSpec, tokenizer: Tokenizer) -> _Plan:
@@ -166,21 +163,26 @@ class Tokens(Compressor):
         # Preserved spans stay whole (byte for byte when kept) and rank higher, but may go as a whole.
         preserved_spans = [(s.start, s.end) for s in find_spans(text, preserve)]
         units = segment(text, atomic_spans(text, forced_spans + preserved_spans))
-        forced = _covered(units, atomic_spans(text, forced_spans, detect=False))
-        forced = [
-            f or text[u.start : u.end] in self._force_tokens for f, u in zip(forced, units, strict=True)
-        ]
-        preserved = _covered(units, atomic_spans(text, preserved_spans, detect=False))
-        return _Plan(text, units, forced, preserved, _unit_costs(text, units, tokenizer))
+        starts = np.fromiter((u.start for u in units), np.int64, len(units))
+        ends = np.fromiter((u.end for u in units), np.int64, len(units))
+        forced = _covered(starts, ends, forced_spans)
+        if self._force_tokens:
+            forced |= np.fromiter(
+                (text[u.start : u.end] in self._force_tokens for u in units), bool, len(units)
+            )
+        preserved = _covered(starts, ends, atomic_spans(text, preserved_spans, detect=False))
+        return _Plan(text, units, forced, preserved, _unit_costs(text, units, starts, ends, tokenizer))
 
 
-def _ranked(raw: Sequence[float], preserved: Sequence[bool], boost: float) -> list[float]:
+def _ranked(raw: Sequence[float], preserved: _Bools, boost: float) -> _Floats:
     """Scores as rank fractions in [0, 1] (scorer-independent), preserved units lifted by ``boost``."""
-    order = sorted(range(len(raw)), key=lambda i: (raw[i], -i))
-    ranked = [0.0] * len(raw)
-    scale = 1.0 / max(1, len(raw) - 1)
-    for rank, index in enumerate(order):
-        ranked[index] = rank * scale + (boost if preserved[index] else 0.0)
+    values = np.asarray(raw, dtype=np.float64)
+    # ascending score; at a tie the later unit ranks lower, so the earlier one is kept first
+    order = np.lexsort((-np.arange(len(values)), values))
+    ranked = np.empty(len(values))
+    ranked[order] = np.arange(len(values)) / max(1, len(values) - 1)
+    if boost:
+        ranked[preserved] += boost
     return ranked
 
 
@@ -204,73 +206,68 @@ def _query_line(text: str, query: str | None) -> list[tuple[int, int]]:
     return [(start, len(text) if end < 0 else end)]
 
 
-def _covered(units: Sequence[Unit], spans: Sequence[tuple[int, int]]) -> list[bool]:
+def _covered(starts: _Ints, ends: _Ints, spans: Sequence[tuple[int, int]]) -> _Bools:
     """Which units overlap any of ``spans`` (sorted, disjoint)."""
-    flags: list[bool] = []
-    index = 0
-    for unit in units:
-        while index < len(spans) and spans[index][1] <= unit.start:
-            index += 1
-        flags.append(index < len(spans) and spans[index][0] < unit.end)
-    return flags
+    if not spans:
+        return np.zeros(len(starts), bool)
+    span_starts = np.fromiter((s for s, _ in spans), np.int64, len(spans))
+    span_ends = np.fromiter((e for _, e in spans), np.int64, len(spans))
+    index = np.searchsorted(span_ends, starts, side="right")  # first span ending after the unit starts
+    inside = index < len(spans)
+    inside[inside] = span_starts[index[inside]] < ends[inside]
+    return inside
 
 
-def _unit_costs(text: str, units: Sequence[Unit], tokenizer: Tokenizer) -> list[int]:
-    """Target-model tokens per unit, counted once per distinct (separator, unit) string."""
-    keys: list[str] = []
-    previous_end = 0
-    for unit in units:
-        gap = text[previous_end : unit.start]
-        # A unit after a space costs what " word" costs; newlines are counted as their own tokens.
-        lead = " " if gap and "\n" not in gap else ("\n" if "\n" in gap else "")
-        keys.append(lead + text[unit.start : unit.end])
-        previous_end = unit.end
-    return [_cost(tokenizer, key) for key in keys]
+def _unit_costs(text: str, units: Sequence[Unit], starts: _Ints, ends: _Ints, tokenizer: Tokenizer) -> _Ints:
+    """Target-model tokens per unit with its separator, counted once per distinct string."""
+    newlines = np.fromiter((m.start() for m in _NEWLINE.finditer(text)), np.int64)
+    previous_end = np.concatenate(([0], ends[:-1]))
+    # A unit after a space costs what " word" costs; after a newline what "\nword" costs.
+    broken = np.searchsorted(newlines, previous_end) < np.searchsorted(newlines, starts)
+    spaced = starts > previous_end
+    leads = np.where(broken, "\n", np.where(spaced, " ", "")).tolist()
+    cost = _cost_function(tokenizer)
+    return np.fromiter(
+        (cost(lead + text[u.start : u.end]) for lead, u in zip(leads, units, strict=True)),
+        np.int64,
+        len(units),
+    )
 
 
-@lru_cache(maxsize=100_000)
-def _cost(tokenizer: Tokenizer, key: str) -> int:
-    # Words repeat across calls: one cached count per (encoding, " word") beats a batch per call.
-    return tokenizer.count(key)
+@lru_cache(maxsize=16)
+def _cost_function(tokenizer: Tokenizer) -> Callable[[str], int]:
+    """A cached counter per tokenizer: words repeat across calls, so each is counted once."""
+    return lru_cache(maxsize=200_000)(tokenizer.count)
 
 
-def _select(plan: _Plan, order: Sequence[int], budget: float) -> list[bool]:
+def _select(plan: _Plan, order: list[int], budget: float) -> list[bool]:
     """Forced units, then the best-scored units (``order``) that still fit the budget."""
-    kept = list(plan.forced)
-    room = budget - sum(c for c, f in zip(plan.costs, plan.forced, strict=True) if f)
+    kept: list[bool] = plan.forced.tolist()
+    costs: list[int] = plan.costs.tolist()
+    room = budget - float(plan.costs[plan.forced].sum())
     for i in order:
-        if not kept[i] and plan.costs[i] <= room:
+        if room < 1:
+            break
+        if not kept[i] and costs[i] <= room:
             kept[i] = True
-            room -= plan.costs[i]
+            room -= costs[i]
     return kept
 
 
-def _fit(
-    plan: _Plan, scores: Sequence[float], budget: int, tokenizer: Tokenizer
-) -> tuple[list[bool], str, int]:
-    """Select, count the real output once, and correct the estimate a few rounds if it drifted."""
-    aim = float(budget)
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # ties go to the earlier unit
-    best: tuple[list[bool], str, int] | None = None
-    for _ in range(_MAX_ROUNDS):
-        kept = _select(plan, order, aim)
-        output = assemble(plan.text, plan.units, kept)
-        count = tokenizer.count(output)
-        if best is None or _better(count, best[2], budget):
-            best = (kept, output, count)
-        fits = count <= budget * (1 + _TOLERANCE)
-        if fits and count >= budget * (1 - _TOLERANCE):
-            break
-        aim *= budget / max(count, 1)
-    assert best is not None
-    if best[2] > budget * (1 + _TOLERANCE):
-        # Still over: aim lower until it fits (the units left are forced or the estimate is far off).
-        kept = _select(plan, order, aim * 0.9)
-        output = assemble(plan.text, plan.units, kept)
-        count = tokenizer.count(output)
-        if count < best[2]:
-            best = (kept, output, count)
-    return best
+def _fit(plan: _Plan, scores: _Floats, budget: int, tokenizer: Tokenizer) -> tuple[list[bool], str, int]:
+    """Select on the unit costs, count the real output once, and correct once if it drifted."""
+    order: list[int] = np.argsort(-scores, kind="stable").tolist()  # ties go to the earlier unit
+    kept = _select(plan, order, budget)
+    output = assemble(plan.text, plan.units, kept)
+    best = (kept, output, tokenizer.count(output))
+    count = best[2]
+    if budget * (1 - _TOLERANCE) <= count <= budget * (1 + _TOLERANCE) or all(kept):
+        return best
+    # Merges across dropped units made the estimate drift: aim once more, scaled by the error.
+    kept = _select(plan, order, budget * budget / max(count, 1) * (0.99 if count > budget else 1.0))
+    output = assemble(plan.text, plan.units, kept)
+    second = (kept, output, tokenizer.count(output))
+    return second if _better(second[2], count, budget) else best
 
 
 def _better(count: int, than: int, budget: int) -> bool:
@@ -279,3 +276,45 @@ def _better(count: int, than: int, budget: int) -> bool:
     if (count <= limit) != (than <= limit):
         return count <= limit
     return count > than if count <= limit else count < than
+
+
+def _decisions(plan: _Plan, kept: list[bool], scores: _Floats) -> tuple[Decision, ...]:
+    """One decision per unit; on long inputs one per line (at most ``_GROUP`` units), to stay cheap."""
+    units, text = plan.units, plan.text
+    forced: list[bool] = plan.forced.tolist()
+    costs: list[int] = plan.costs.tolist()
+    values: list[float] = scores.tolist()
+    if len(units) <= _PER_UNIT_LIMIT:
+        return tuple(
+            Decision(
+                i,
+                "preserved" if forced[i] else u.kind,
+                costs[i],
+                kept[i],
+                values[i],
+                "preserved" if forced[i] else ("score" if kept[i] else "below cut"),
+                text[u.start : u.end][:40],
+            )
+            for i, u in enumerate(units)
+        )
+    decisions: list[Decision] = []
+    first = 0
+    for index, unit in enumerate(units):
+        last = index + 1 == len(units)
+        if not last and index - first + 1 < _GROUP and "\n" not in text[unit.end : units[index + 1].start]:
+            continue
+        stop = index + 1
+        held = sum(kept[first:stop])
+        decisions.append(
+            Decision(
+                len(decisions),
+                "words",
+                sum(costs[first:stop]),
+                held > 0,
+                max(values[first:stop]),
+                f"kept {held} of {stop - first} units",
+                text[units[first].start : unit.end][:40],
+            )
+        )
+        first = stop
+    return tuple(decisions)

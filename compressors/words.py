@@ -9,10 +9,11 @@ regions, the query line) become single units: kept or dropped whole.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from wordfreq import zipf_frequency
 
@@ -20,7 +21,9 @@ __all__ = ["Unit", "assemble", "atomic_spans", "segment", "zipf"]
 
 # Numbers first (1,234.5 / 3.75 / 2/5 / 10%), then words with inner hyphens and
 # apostrophes, then runs of one punctuation character.
-_PIECE = re.compile(r"\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?|\w+(?:[-'’]\w+)*|([^\w\s])\1*")
+_PIECE = re.compile(
+    r"(?P<number>\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?)|(?P<word>\w+(?:[-'’]\w+)*)|(?P<punct>([^\w\s])\4*)"
+)
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
@@ -60,9 +63,8 @@ def zipf(word: str) -> float:
     return zipf_frequency(word, "en")
 
 
-@dataclass(frozen=True, slots=True)
-class Unit:
-    """One unit of text: ``text[start:end]``; ``kind`` is word, number, punct, entity or atomic."""
+class Unit(NamedTuple):
+    """One unit of text: ``text[start:end]``; ``kind`` is word, number, punct or atomic."""
 
     start: int
     end: int
@@ -106,101 +108,81 @@ def atomic_spans(
     return merged
 
 
-def _kind(piece: str) -> str:
-    first = piece[0]
-    if first.isdigit() or (first == "$" and len(piece) > 1):
-        return "number"
-    if first.isalnum() or first == "_":
-        return "word"
-    return "punct"
-
-
 def segment(text: str, spans: Sequence[tuple[int, int]] = ()) -> list[Unit]:
     """Cut ``text`` into units; each of ``spans`` (sorted, disjoint) becomes one ``atomic`` unit.
 
     A span that cuts a word is widened to the whole word, so no word is ever halved.
     The text between consecutive units is whitespace only.
     """
+    # One C-level regex pass; the group that matched names the kind.
+    pieces = [(m.start(), m.end(), m.lastgroup or "punct") for m in _PIECE.finditer(text)]
+    if not spans:
+        return list(map(Unit._make, pieces))
+    starts = [p[0] for p in pieces]
+    ends = [p[1] for p in pieces]
     units: list[Unit] = []
-    pieces = _PIECE.finditer(text)
-    span_index = 0
-    pending: tuple[int, int] | None = None  # an atomic unit being grown over its pieces
-    for match in pieces:
-        start, end = match.span()
-        while span_index < len(spans) and spans[span_index][1] <= start:
-            span_index += 1
-        inside = span_index < len(spans) and spans[span_index][0] < end
-        if inside:
-            span_start, span_end = spans[span_index]
-            if pending is None:
-                pending = (min(start, span_start), max(end, span_end))
-            else:
-                pending = (pending[0], max(pending[1], end, span_end))
-            continue
-        if pending is not None:
-            units.append(Unit(pending[0], pending[1], "atomic"))
-            pending = None
-        units.append(Unit(start, end, _kind(match.group())))
-    if pending is not None:
-        units.append(Unit(pending[0], pending[1], "atomic"))
-    return _absorb_stray(text, units)
+    cursor = 0
+    for span_start, span_end in spans:
+        first = bisect.bisect_right(ends, span_start, cursor)  # first piece ending inside or after
+        stop = bisect.bisect_left(starts, span_end, first)  # first piece starting at or after the end
+        if first >= stop:
+            continue  # whitespace only: nothing to hold together
+        units.extend(map(Unit._make, pieces[cursor:first]))
+        start = min(span_start, pieces[first][0])
+        end = max(span_end, pieces[stop - 1][1])
+        if units and units[-1].end > start:  # a widened span reached into this one: one unit
+            start = units.pop().start
+        units.append(Unit(start, end, "atomic"))
+        cursor = stop
+    units.extend(map(Unit._make, pieces[cursor:]))
+    return units
 
 
-def _absorb_stray(text: str, units: list[Unit]) -> list[Unit]:
-    """Merge units that a widened atomic span now overlaps, keeping gaps whitespace-only."""
-    out: list[Unit] = []
-    for unit in units:
-        if out and unit.start < out[-1].end:
-            last = out[-1]
-            out[-1] = Unit(last.start, max(last.end, unit.end), "atomic")
-        else:
-            out.append(unit)
-    return out
-
-
-def _join_gaps(gaps: Sequence[str], *, leading: bool) -> str:
-    """One separator for the gaps around dropped units: their newlines, else one space."""
-    if len(gaps) == 1:
-        return gaps[0]
-    newlines = sum(gap.count("\n") for gap in gaps)
+def _separator(text: str, end: int, start: int, *, leading: bool, trailing: bool) -> str:
+    """What replaces ``text[end:start]`` (dropped units and their gaps): its newlines, else one space."""
+    region = text[end:start]
+    newlines = region.count("\n")
     if newlines:
-        last = next(gap for gap in reversed(gaps) if "\n" in gap)
-        return "\n" * newlines + last.rsplit("\n", 1)[1]
-    return "" if leading or not any(gaps) else " "
+        tail = region[region.rfind("\n") + 1 :]
+        return "\n" * newlines + ("" if trailing or not tail.isspace() else tail)
+    if leading or trailing:
+        return ""
+    if any(c.isspace() for c in region):
+        return " "
+    # A dropped "-" or "*" must not glue "25" and "2" into "252".
+    return " " if text[end - 1 : end].isalnum() and text[start : start + 1].isalnum() else ""
 
 
 def assemble(text: str, units: Sequence[Unit], kept: Sequence[bool]) -> str:
     """Kept units joined with their original separators; newlines always survive.
 
-    Dropped units leave a single space (never a double one) and never take a
-    newline with them.
+    A run of kept units is copied verbatim; dropped units leave a single space
+    (never a double one) and never take a newline with them.
     """
+    if not units:
+        return text
     parts: list[str] = []
-    pending: list[str] = []  # gaps since the last kept unit
-    position = 0
+    previous_end = 0  # end of the last kept run
     leading = True
-    for unit, keep in zip(units, kept, strict=True):
-        pending.append(text[position : unit.start])
-        position = unit.end
-        if not keep and "\n" in text[unit.start : unit.end]:
-            pending.append(
-                "\n" * text.count("\n", unit.start, unit.end)
-            )  # a dropped span keeps its line breaks
-        if keep:
-            separator = _join_gaps(pending, leading=leading)
-            if (
-                not separator
-                and len(pending) > 1
-                and parts
-                and parts[-1][-1:].isalnum()
-                and text[unit.start].isalnum()
-            ):
-                separator = " "  # a dropped "-" or "*" must not glue "25" and "2" into "252"
-            parts.append(separator)
-            parts.append(text[unit.start : unit.end])
-            pending = []
-            leading = False
-    pending.append(text[position:])
-    tail = _join_gaps(pending, leading=True)
-    parts.append(tail if len(pending) == 1 else "\n" * tail.count("\n"))
+    index = 0
+    count = len(units)
+    while index < count:
+        if not kept[index]:
+            index += 1
+            continue
+        run_start = index
+        while index < count and kept[index]:
+            index += 1
+        start, end = units[run_start].start, units[index - 1].end
+        if run_start == 0:
+            parts.append(text[:start])
+        else:
+            parts.append(_separator(text, previous_end, start, leading=leading, trailing=False))
+        parts.append(text[start:end])
+        previous_end = end
+        leading = False
+    if kept[-1]:
+        parts.append(text[previous_end:])
+    else:
+        parts.append(_separator(text, previous_end, len(text), leading=leading, trailing=True))
     return "".join(parts)
