@@ -96,8 +96,11 @@ def _load(model: str, sha256: str | None, cache_size: int) -> _Loaded:
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a server must not draw progress bars on stderr
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
+    # Leave a core to the proxy's event loop: on 2 busy cores, 1 intra-op thread encoded
+    # 20 NQ passages in 4.0 s against 8.5 s with 2 (spinning threads fight for the CPU).
+    threads = max(1, cores - 1)
+    if torch.get_num_threads() > threads:
+        torch.set_num_threads(threads)
     loaded = SentenceTransformer(model, device="cpu", local_files_only=True)
     loaded.eval()
     return _Loaded(loaded, cache_size=cache_size)

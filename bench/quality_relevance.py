@@ -1,0 +1,191 @@
+"""Quality of the ``relevance`` compressor on lost-in-the-middle data: does the answer survive?
+
+NQ multi-document QA: each of the 2655 NQ-open oracle questions gets 20 documents in
+the paper's ``qa.prompt`` format: its gold passage and the 19 other questions'
+passages most similar to it by BM25 (title + text, over all 2655 passages) that
+contain none of its answer strings, the gold at a seeded random position. A case
+passes when the gold's full ``Document [i](Title: ...) text`` line survives.
+
+KV retrieval: ``kv-retrieval-75_keys`` prompts (``kv_retrieval.prompt``); a case
+passes when the gold ``"key": "value"`` pair survives at rate 0.1.
+
+    python bench/quality_relevance.py [--limit N] [--scorers bm25,embedding,hybrid] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressors.base import Target
+from compressors.bm25 import Bm25Index, terms
+from compressors.preserve import CATEGORIES, PreserveSpec
+from compressors.relevance import Relevance
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata" / "lost-in-the-middle"
+RESULTS = Path(__file__).resolve().parent / "results" / "quality_relevance.md"
+SEED = 20240103
+DOCUMENTS = 20
+NQ_RATES = (0.25, 0.125)
+KV_RATE = 0.1
+# The KV prompt is one JSON object; the `json` category would keep it whole (no selection).
+KV_PRESERVE = PreserveSpec.parse([c for c in CATEGORIES if c != "json"])
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    prompt: str
+    gold: str  # text that must survive
+
+
+def _rows(name: str) -> list[dict[str, Any]]:
+    with gzip.open(DATA / name, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
+    """The 20-document NQ cases (first ``limit`` questions), built deterministically."""
+    rows = _rows("nq-open-oracle.jsonl.gz")
+    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
+    passages = [(row["ctxs"][0]["title"], row["ctxs"][0]["text"]) for row in rows]
+    index = Bm25Index([terms(f"{title} {text}") for title, text in passages])
+    rng = random.Random(seed)
+    cases: list[Case] = []
+    for number, row in enumerate(rows[:limit] if limit else rows):
+        answers = [answer.lower() for answer in row["answers"] if answer.strip()]
+        scores = index.scores(terms(row["question"]))
+        ranked = sorted(range(len(passages)), key=lambda i: (-scores[i], i))
+        gold = passages[number]
+        chosen: list[tuple[str, str]] = []
+        seen = {gold[1]}
+        for i in ranked:
+            title, text = passages[i]
+            if text in seen or any(answer in text.lower() for answer in answers):
+                continue
+            seen.add(text)
+            chosen.append((title, text))
+            if len(chosen) == DOCUMENTS - 1:
+                break
+        chosen.insert(rng.randrange(DOCUMENTS), gold)
+        lines = [f"Document [{i + 1}](Title: {title}) {text}" for i, (title, text) in enumerate(chosen)]
+        gold_line = lines[chosen.index(gold)]
+        prompt = template.format(question=row["question"], search_results="\n".join(lines))
+        cases.append(Case(prompt, gold_line))
+    return cases
+
+
+def kv_cases(limit: int | None) -> list[Case]:
+    """KV retrieval prompts formatted exactly as lost-in-the-middle formats them."""
+    template = (DATA / "kv_retrieval.prompt").read_text(encoding="utf-8")
+    cases: list[Case] = []
+    for row in _rows("kv-retrieval-75_keys.jsonl.gz")[:limit]:
+        records = row["ordered_kv_records"]
+        parts = []
+        for i, (key, value) in enumerate(records):
+            start = "{" if i == 0 else " "
+            end = ",\n" if i != len(records) - 1 else "}"
+            parts.append(f'{start}"{key}": "{value}"{end}')
+        prompt = template.format(formatted_kv_records="".join(parts), key=row["key"])
+        cases.append(Case(prompt, f'"{row["key"]}": "{row["value"]}"'))
+    return cases
+
+
+def _measure(
+    task: str, scorer: str, rate: float, cases: list[Case], preserve: PreserveSpec | None
+) -> dict[str, Any]:
+    compressor = Relevance({"scorer": scorer})
+    target = Target(rate=rate)
+    kept = 0
+    met = 0
+    ratios: list[float] = []
+    millis: list[float] = []
+    for case in cases:
+        started = time.perf_counter()
+        result = compressor.compress(case.prompt, target=target, preserve=preserve, model="gpt-4o")
+        millis.append((time.perf_counter() - started) * 1000)
+        kept += case.gold in result.text
+        met += result.target_met
+        ratios.append(result.ratio)
+    return {
+        "task": task,
+        "scorer": scorer,
+        "rate": rate,
+        "cases": len(cases),
+        "gold_kept": kept,
+        "share": round(kept / len(cases), 4),
+        "target_met": round(met / len(cases), 4),
+        "mean_ratio": round(statistics.fmean(ratios), 4),
+        "median_ms": round(statistics.median(millis), 2),
+    }
+
+
+def _warm(scorers: list[str]) -> None:
+    """Load the model before timing (first call loads it once per process)."""
+    for scorer in scorers:
+        Relevance({"scorer": scorer}).compress("a\nb\nc?", target=Target(rate=0.5))
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of results: one per task, scorer and rate."""
+    scorers = [s for s in args.scorers.split(",") if s]
+    _warm(scorers)
+    nq = nq_cases(args.limit, args.seed)
+    kv = kv_cases(args.kv_limit)
+    rows: list[dict[str, Any]] = []
+    for scorer in scorers:
+        for rate in NQ_RATES:
+            rows.append(_measure("nq-20docs", scorer, rate, nq, None))
+            print(_format_row(rows[-1]), file=sys.stderr, flush=True)
+        rows.append(_measure("kv-75keys", scorer, KV_RATE, kv, KV_PRESERVE))
+        print(_format_row(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    keys = ("task", "scorer", "rate", "cases", "gold_kept", "share", "target_met", "mean_ratio", "median_ms")
+    return "| " + " | ".join(str(row[key]) for key in keys) + " |"
+
+
+def table(rows: list[dict[str, Any]]) -> Iterator[str]:
+    yield "| task | scorer | rate | cases | gold kept | share | target met | mean kept/orig | median ms |"
+    yield "|---|---|---|---|---|---|---|---|---|"
+    for row in rows:
+        yield _format_row(row)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--limit", type=int, default=None, help="NQ questions to use (default: all 2655)")
+    parser.add_argument("--kv-limit", type=int, default=None, help="KV prompts to use (default: all 500)")
+    parser.add_argument("--scorers", default="hybrid,embedding,bm25")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the gold positions")
+    parser.add_argument("--write", action="store_true", help=f"write the table to {RESULTS}")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        raise SystemExit(f"evaluation data not found at {DATA}")
+    rows = run(args)
+    lines = list(table(rows))
+    print("\n".join(lines))
+    if args.write:
+        command = "python bench/quality_relevance.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(
+            f"# relevance: answer survival on lost-in-the-middle data\n\nCommand: `{command}` "
+            f"(seed {args.seed})\n\n" + "\n".join(lines) + "\n",
+            encoding="utf-8",
+        )
+
+
+if __name__ == "__main__":
+    main()
