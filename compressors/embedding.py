@@ -63,7 +63,10 @@ def file_sha256(path: Path) -> str:
 
 def _verify(model: str, expected: str) -> None:
     weights = Path(model) / _WEIGHTS
-    if not weights.is_file():
+    if Path(model).is_dir():
+        if not weights.is_file():
+            raise ModelIntegrityError(f"{model}: no local {_WEIGHTS} to verify against sha256 {expected}")
+    else:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(model, _WEIGHTS)
