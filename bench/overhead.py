@@ -56,6 +56,7 @@ class Cell:
     rps: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # CPU time of the target process per request
     errors: int = 0
 
     def median(self, values: list[float]) -> float:
@@ -176,14 +177,27 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def run_wrk(url: str, script: Path, *, conc: int, duration: int, cell: Cell) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, script: Path, *, conc: int, duration: int, cell: Cell, pid: int) -> None:
     argv = pinned(
         LOAD_CPU, ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "-s", str(script), url]
     )
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     for line in out.splitlines():
         parts = line.split()
-        if line.startswith("Requests/sec:"):
+        if "requests in" in line and cpu > 0:
+            cell.cpu_us.append(cpu * 1e6 / max(1, int(parts[0])))
+        elif line.startswith("Requests/sec:"):
             cell.rps.append(float(parts[1]))
         elif parts[:1] == ["50%"]:
             cell.p50_ms.append(_ms(parts[1]))
@@ -266,12 +280,21 @@ def main() -> int:
             if t in urls
         ]
         cells = {(t, c): Cell() for t in targets for c in (1, 32)}
+        # taskset execs the command, so the pid is the server's; direct: the upstream's own cost.
+        pids = {name: procs["upstream" if name == "direct" else name].pid for name in targets}
         for name in targets:  # warm-up
-            run_wrk(urls[name], script, conc=8, duration=2, cell=Cell())
+            run_wrk(urls[name], script, conc=8, duration=2, cell=Cell(), pid=pids[name])
         for _ in range(args.repeats):
             for conc in (1, 32):
                 for name in targets:
-                    run_wrk(urls[name], script, conc=conc, duration=args.duration, cell=cells[(name, conc)])
+                    run_wrk(
+                        urls[name],
+                        script,
+                        conc=conc,
+                        duration=args.duration,
+                        cell=cells[(name, conc)],
+                        pid=pids[name],
+                    )
         ttfc = {name: first_chunk_ms(urls[name], args.stream_n) for name in targets}
     finally:
         for proc in procs.values():
@@ -305,18 +328,19 @@ def render(
         "(other engineers' jobs share the machine). Pinning: proxy under test on CPU 0; fake upstream, "
         "wrk and the streaming client on CPU 1. Figures are medians over the repeats; non-streaming "
         "chat completions via `wrk -t1 --latency` with a POST body; time to first chunk is the median "
-        "over sequential streamed requests.",
+        "over sequential streamed requests. CPU us/request is the target process's CPU time (user + "
+        "system) per request at c=32, a figure background load hardly moves (for direct: the upstream's).",
         "",
         "| target | c=1 req/s | c=1 p50 ms | c=1 p99 ms | c=32 req/s | c=32 p50 ms | c=32 p99 ms | "
-        "stream first chunk ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "stream first chunk ms | CPU us/request (c=32) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in targets:
         errors = cells[(name, 1)].errors + cells[(name, 32)].errors
         lines.append(
             f"| {name} | {m(name, 1, 'rps'):,.0f} | {m(name, 1, 'p50_ms'):.3f} | {m(name, 1, 'p99_ms'):.3f} | "
             f"{m(name, 32, 'rps'):,.0f} | {m(name, 32, 'p50_ms'):.2f} | {m(name, 32, 'p99_ms'):.2f} | "
-            f"{ttfc[name]:.2f} | {errors} |"
+            f"{ttfc[name]:.2f} | {m(name, 32, 'cpu_us'):.0f} | {errors} |"
         )
     lines += ["", "Bars:"]
     direct_p50 = m("direct", 1, "p50_ms")

@@ -9,6 +9,7 @@ they came; the proxy never answers 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -267,6 +268,17 @@ class ProxyApp:
         finally:
             metrics.in_flight.dec()
             self._count(ctx.team, route, ctx.status)
+            if log.isEnabledFor(logging.DEBUG):
+                exchange = ctx.exchange
+                log.debug(
+                    "request id=%s team=%s route=%s status=%s upstream_ms=%s error=%s",
+                    exchange.request_id if exchange else "-",
+                    ctx.team,
+                    metric_route(route),
+                    ctx.status,
+                    f"{exchange.upstream_ms:.1f}" if exchange and exchange.upstream_ms is not None else "-",
+                    exchange.error if exchange else None,
+                )
 
     def _count(self, team: str, route: str, status: int) -> None:
         key = (team, route, status)
@@ -286,7 +298,10 @@ class ProxyApp:
             if exc.kind.startswith("upstream"):
                 self.services.metrics.upstream_errors.labels(exchange.upstream, exc.kind).inc()
         if ctx.started:
-            return  # mid-stream failures are reported in the stream itself
+            # Headers are out: end the body so the client is not left waiting (it sees a short body).
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         ctx.status = exc.status
         if exchange is not None:
             await self._commit(ctx, fail_closed_raises=False)

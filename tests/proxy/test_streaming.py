@@ -9,6 +9,31 @@ import openai
 import pytest
 from conftest import MakeProxy, Upstream
 
+from proxy.exchange import Exchange
+
+
+class RecordingAudit:
+    """An audit sink that keeps each exchange with the moment it was committed."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[Exchange, float]] = []
+
+    async def commit(self, exchange: Exchange) -> None:
+        self.commits.append((exchange, time.monotonic()))
+
+    def healthy(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def audited(proxy: object) -> RecordingAudit:
+    audit = RecordingAudit()
+    proxy.services.audit = audit  # type: ignore[attr-defined]
+    return audit
+
+
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}], "stream": True}
 
 
@@ -119,3 +144,37 @@ def test_unreachable_upstream_on_a_stream_is_502(make_proxy: MakeProxy) -> None:
     proxy = make_proxy({"upstreams": {"fake": {"base_url": f"http://127.0.0.1:{dead}/v1"}}})
     r = httpx.post(proxy.base_url + "/chat/completions", json=CHAT)
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unreachable"
+
+
+def test_stream_usage_reaches_the_audit_before_done_even_when_the_client_did_not_ask(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = make_proxy()
+    audit = audited(proxy)
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json=CHAT) as r:
+        body = b""
+        for chunk in r.iter_raw():
+            body += chunk
+            if b"data: [DONE]" in body:
+                done_at = time.monotonic()
+    [(exchange, committed_at)] = audit.commits
+    assert committed_at < done_at
+    assert upstream.last().json()["stream_options"] == {"include_usage": True}  # asked on the client's behalf
+    assert b'"usage"' not in body  # ...and hidden from the client, who did not ask
+    assert exchange.usage is not None and exchange.usage["prompt_tokens"] == 2
+    assert (exchange.stream, exchange.status, exchange.error) == (True, 200, None)
+
+
+def test_disconnect_and_mid_stream_timeout_are_audited(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = make_proxy({"upstreams": {"fake": {"base_url": "{upstream}", "stream_idle_timeout_s": 0.5}}})
+    audit = audited(proxy)
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "forever"}) as r:
+        next(r.iter_raw())
+    deadline = time.monotonic() + 2
+    while not audit.commits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert audit.commits[0][0].client_disconnected
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "stall"}) as r:
+        body = r.read()
+    assert body.endswith(b"\n\n") and b'"code":"upstream_timeout"' in body
+    assert audit.commits[1][0].error == "upstream_timeout"
