@@ -20,15 +20,18 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from compressors.words import Unit, zipf
+from compressors.words import Unit, Units, zipf
 
 __all__ = ["SelfInfo", "derive_query"]
 
 _Floats = npt.NDArray[np.float64]
+_Ints = npt.NDArray[np.int64]
+_Bools = npt.NDArray[np.bool_]
 _WORD = re.compile(r"\w+")
 # Zipf 8 is about the most frequent English word; 0 means unknown.
 _MAX_ZIPF = 8.0
@@ -203,15 +206,50 @@ def _stem(word: str) -> str:
     return word
 
 
+class _Features(NamedTuple):
+    """What the scorer needs from one unit's text alone (cached per distinct string)."""
+
+    info: float  # self-information 0..1; for punctuation its fixed worth
+    stems: tuple[str, ...]
+    lower: str
+    punct: bool
+    numeric: bool
+    capital: bool
+    rare: bool
+    article: bool
+    content: bool
+    dated: bool
+    opens: bool  # "(" or "["
+    closes: bool
+
+
 @lru_cache(maxsize=200_000)
-def _profile(unit: str) -> tuple[float, tuple[str, ...], bool]:
-    """``(self-information 0..1, stems, rare)`` of one unit's text; information -1 for punctuation."""
-    words = _WORD.findall(unit.lower())
+def _features(unit: str) -> _Features:
+    lower = unit.lower()
+    words = _WORD.findall(lower)
+    first = unit[0]
     if not words:
-        return -1.0, (), False
+        info = _PUNCT_SCORE.get(first, 0.05)
+        return _Features(
+            info, (), lower, True, False, False, False, False, False, False, first in _OPEN, first in _CLOSE
+        )
     zipfs = [zipf(w) for w in words]
     info = sum(_MAX_ZIPF - min(_MAX_ZIPF, z) for z in zipfs) / len(words) / _MAX_ZIPF
-    return info, tuple(_stem(w) for w in words), zipfs[0] < _RARE_ZIPF
+    numeric = first.isdigit() or (first in "$€£¥" and len(unit) > 1)
+    return _Features(
+        info,
+        tuple(_stem(w) for w in words),
+        lower,
+        False,
+        numeric,
+        first.isupper(),
+        zipfs[0] < _RARE_ZIPF,
+        lower in _ARTICLES,
+        lower not in _FUNCTION_WORDS,
+        bool(_YEAR.search(unit)),
+        False,
+        False,
+    )
 
 
 def derive_query(text: str) -> str | None:
@@ -248,83 +286,82 @@ class SelfInfo:
         del keep_ratio  # one pass: the score of a unit does not depend on what else is kept
         if not units:
             return []
-        strings = [text[u.start : u.end] for u in units]
-        profiles = [_profile(s) for s in strings]
-        starts = np.fromiter((u.start for u in units), np.int64, len(units))
+        if isinstance(units, Units):
+            starts, ends, atomic = units.starts, units.ends, units.atomic
+        else:
+            starts = np.array([u.start for u in units], np.int64)
+            ends = np.array([u.end for u in units], np.int64)
+            atomic = np.array([u.kind == "atomic" for u in units], bool)
+        features = [
+            _features(text[start:end]) for start, end in zip(starts.tolist(), ends.tolist(), strict=False)
+        ]
         breaks = np.fromiter((m.end() for m in _SENTENCE_BREAK.finditer(text)), np.int64)
         sentence = np.searchsorted(breaks, starts, side="right")
         if query is None:
             query = derive_query(text)
         wanted = _answer_type(query)
-        fine = self._fine(text, units, strings, profiles, sentence, wanted)
-        atomic = np.fromiter((u.kind == "atomic" for u in units), bool, len(units))
+        fine = self._fine(features, sentence, atomic, wanted)
         terms = _query_terms(query)
         if terms and query:
-            part, hit_unit = self._query_part(text, units, profiles, sentence, terms, query, wanted)
+            part, hit_unit = self._query_part(text, starts, features, sentence, terms, query, wanted)
             fine[hit_unit & ~atomic] *= self.hit_weight
             fine += self.query_boost * part
-        return [float(x) for x in fine]
+        result: list[float] = fine.tolist()
+        return result
 
     def _fine(
         self,
-        text: str,
-        units: Sequence[Unit],
-        strings: list[str],
-        profiles: list[tuple[float, tuple[str, ...], bool]],
-        sentence: npt.NDArray[np.int64],
+        features: list[_Features],
+        sentence: _Ints,
+        atomic: _Bools,
         wanted: str,
     ) -> _Floats:
         """In-sentence worth of each unit: information, numbers, names, minus articles, repeats, asides."""
-        n = len(units)
-        info = np.fromiter((p[0] for p in profiles), np.float64, n)
-        punct = info < 0
-        info[punct] = [_PUNCT_SCORE.get(strings[i][0], 0.05) for i in np.flatnonzero(punct)]
-        numeric = np.fromiter((s[0].isdigit() or (s[0] in "$€£¥" and len(s) > 1) for s in strings), bool, n)
+        n = len(features)
+        columns = list(zip(*features, strict=True))
+        score = np.array(columns[0], np.float64)
+        punct, numeric, capital, rare, article, content, dated, opens, closes = (
+            np.array(column, bool) for column in columns[3:]
+        )
         opens_sentence = np.empty(n, bool)
         opens_sentence[0] = True
         opens_sentence[1:] = sentence[1:] != sentence[:-1]
-        capital = np.fromiter((s[0].isupper() for s in strings), bool, n)
-        rare = np.fromiter((p[2] for p in profiles), bool, n)
-        kinds = [u.kind for u in units]
-        atomic = np.fromiter((k == "atomic" for k in kinds), bool, n)
         named = ~numeric & ~punct & (atomic | (capital & (~opens_sentence | rare)))
-        score = info + self.number_boost * numeric + self.name_boost * named
-        if wanted == "number":
-            score += self.answer_boost * numeric
-        elif wanted == "name":
-            score += self.answer_boost * named
-        elif wanted == "date":
-            dated = np.fromiter((bool(_YEAR.search(s)) for s in strings), bool, n)
-            score += self.answer_boost * dated
-        article = np.fromiter((s.lower() in _ARTICLES for s in strings), bool, n)
+        score += self.number_boost * numeric + self.name_boost * named
+        typed = {"number": numeric, "name": named, "date": dated}.get(wanted)
+        if typed is not None:
+            score += self.answer_boost * typed
         score[article] = 0.0
-        seen: dict[str, int] = {}
-        lowered = [s.lower() for s in strings]
-        repeat = np.fromiter((seen.setdefault(s, i) != i for i, s in enumerate(lowered)), bool, n)
+        first: dict[str, int] = {}
+        seen_at = np.array([first.setdefault(lower, i) for i, lower in enumerate(columns[2])], np.int64)
+        repeat = seen_at != np.arange(n)
         score[repeat & ~numeric & ~punct] *= self.repeat_penalty
-        score -= self.aside_penalty * _inside_brackets(strings, punct)
-        content = ~punct & ~np.fromiter((s.lower() in _FUNCTION_WORDS for s in lowered), bool, n)
+        depth = np.cumsum(opens.astype(np.int64) - closes)
+        score -= self.aside_penalty * ((depth > 0) | closes)
         return _compounds(_bridged(score, self.bridge), content, self.compound)
 
     def _query_part(
         self,
         text: str,
-        units: Sequence[Unit],
-        profiles: list[tuple[float, tuple[str, ...], bool]],
-        sentence: npt.NDArray[np.int64],
+        starts: _Ints,
+        features: list[_Features],
+        sentence: _Ints,
         terms: dict[str, float],
         query: str,
         wanted: str,
     ) -> tuple[_Floats, npt.NDArray[np.bool_]]:
         """Closeness to the query's words and the rank of the unit's sentence against the query."""
-        n = len(units)
+        n = len(features)
         asked_at = text.rfind(query.strip())
         asked_end = asked_at + len(query.strip()) if asked_at >= 0 else -1
-        hits: list[tuple[int, str]] = []
-        for index, profile in enumerate(profiles):
-            for stem in profile[1]:
-                if stem in terms and not asked_at <= units[index].start < asked_end:
-                    hits.append((index, stem))
+        keys = terms.keys()
+        hits = [
+            (index, stem)
+            for index, unit in enumerate(features)
+            if not keys.isdisjoint(unit.stems)
+            for stem in unit.stems
+            if stem in terms and not asked_at <= starts[index] < asked_end
+        ]
         total = sum(terms.values())
         sentences = int(sentence[-1]) + 1
         relevance = np.zeros(sentences)
@@ -341,7 +378,7 @@ class SelfInfo:
                 closeness += share * np.exp(-_distance(position, position[indices]) / self.window)
                 relevance[np.unique(sentence[indices])] += share
             relevance += self.bigram_weight * _bigrams(hits, query, terms, sentence, sentences) / total
-        relevance += self.type_weight * _typed_sentences(profiles, sentence, sentences, wanted, hit_unit)
+        relevance += self.type_weight * _typed_sentences(features, sentence, sentences, wanted, hit_unit)
         order = np.argsort(-relevance, kind="stable")
         rank = np.empty(sentences, np.int64)
         rank[order] = np.arange(sentences)
@@ -375,20 +412,6 @@ def _compounds(score: _Floats, content: npt.NDArray[np.bool_], lift: float) -> _
     return lifted
 
 
-def _inside_brackets(strings: list[str], punct: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Units inside ( ) or [ ] asides (citations, glosses), brackets included."""
-    depth = np.zeros(len(strings), np.int64)
-    for index in np.flatnonzero(punct):
-        first = strings[index][0]
-        if first in _OPEN:
-            depth[index] += 1
-        elif first in _CLOSE:
-            depth[index] -= 1
-    level = np.cumsum(depth)
-    inside = (level > 0) | (depth < 0)
-    return inside
-
-
 def _distance(position: _Floats, hits: _Floats) -> _Floats:
     """Distance from each position to the nearest of ``hits`` (sorted)."""
     at = np.searchsorted(hits, position)
@@ -417,7 +440,7 @@ def _bigrams(
 
 
 def _typed_sentences(
-    profiles: list[tuple[float, tuple[str, ...], bool]],
+    features: list[_Features],
     sentence: npt.NDArray[np.int64],
     sentences: int,
     wanted: str,
@@ -426,7 +449,7 @@ def _typed_sentences(
     """1 for sentences holding a unit of the wanted answer type (not one of the query's words)."""
     out = np.zeros(sentences)
     if wanted in ("number", "date"):
-        typed = np.fromiter((bool(p[1]) and p[1][0][:1].isdigit() for p in profiles), bool, len(profiles))
+        typed = np.array([unit.numeric for unit in features], bool)
         out[np.unique(sentence[typed & ~hit_unit])] = 1.0
     return out
 

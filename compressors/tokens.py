@@ -22,7 +22,7 @@ from compressors.base import Compressed, Compressor, Decision, OptionsError, Tar
 from compressors.preserve import PreserveSpec, find_spans
 from compressors.selfinfo import SelfInfo
 from compressors.tokenizer import Tokenizer
-from compressors.words import Unit, assemble, atomic_spans, segment
+from compressors.words import Unit, Units, assemble, atomic_spans, segment
 
 __all__ = ["SCORERS", "Tokens", "UnitScorer"]
 
@@ -56,10 +56,11 @@ class _Plan:
     """The units of one input and what selection needs to know about them."""
 
     text: str
-    units: list[Unit]
+    units: Units
     forced: _Bools
     preserved: _Bools
     costs: _Ints
+    broken: _Bools  # a newline comes before the unit
 
 
 class Tokens(Compressor):
@@ -163,15 +164,17 @@ class Tokens(Compressor):
         # Preserved spans stay whole (byte for byte when kept) and rank higher, but may go as a whole.
         preserved_spans = [(s.start, s.end) for s in find_spans(text, preserve)]
         units = segment(text, atomic_spans(text, forced_spans + preserved_spans))
-        starts = np.fromiter((u.start for u in units), np.int64, len(units))
-        ends = np.fromiter((u.end for u in units), np.int64, len(units))
+        starts, ends = units.starts, units.ends
         forced = _covered(starts, ends, forced_spans)
         if self._force_tokens:
-            forced |= np.fromiter(
-                (text[u.start : u.end] in self._force_tokens for u in units), bool, len(units)
-            )
+            pairs = zip(starts.tolist(), ends.tolist(), strict=True)
+            forced |= np.array([text[a:b] in self._force_tokens for a, b in pairs], bool)
         preserved = _covered(starts, ends, atomic_spans(text, preserved_spans, detect=False))
-        return _Plan(text, units, forced, preserved, _unit_costs(text, units, starts, ends, tokenizer))
+        previous_end = np.concatenate(([0], ends[:-1]))
+        costs = _unit_costs(text, previous_end, ends, tokenizer)
+        newlines = np.fromiter((m.start() for m in _NEWLINE.finditer(text)), np.int64)
+        broken = np.searchsorted(newlines, previous_end) < np.searchsorted(newlines, starts)
+        return _Plan(text, units, forced, preserved, costs, broken)
 
 
 def _ranked(raw: Sequence[float], preserved: _Bools, boost: float) -> _Floats:
@@ -218,19 +221,11 @@ def _covered(starts: _Ints, ends: _Ints, spans: Sequence[tuple[int, int]]) -> _B
     return inside
 
 
-def _unit_costs(text: str, units: Sequence[Unit], starts: _Ints, ends: _Ints, tokenizer: Tokenizer) -> _Ints:
-    """Target-model tokens per unit with its separator, counted once per distinct string."""
-    newlines = np.fromiter((m.start() for m in _NEWLINE.finditer(text)), np.int64)
-    previous_end = np.concatenate(([0], ends[:-1]))
-    # A unit after a space costs what " word" costs; after a newline what "\nword" costs.
-    broken = np.searchsorted(newlines, previous_end) < np.searchsorted(newlines, starts)
-    spaced = starts > previous_end
-    leads = np.where(broken, "\n", np.where(spaced, " ", "")).tolist()
+def _unit_costs(text: str, previous_end: _Ints, ends: _Ints, tokenizer: Tokenizer) -> _Ints:
+    """Target-model tokens per unit with the whitespace before it, counted once per distinct string."""
     cost = _cost_function(tokenizer)
-    return np.fromiter(
-        (cost(lead + text[u.start : u.end]) for lead, u in zip(leads, units, strict=True)),
-        np.int64,
-        len(units),
+    return np.array(
+        [cost(text[a:b]) for a, b in zip(previous_end.tolist(), ends.tolist(), strict=False)], np.int64
     )
 
 
@@ -297,24 +292,23 @@ def _decisions(plan: _Plan, kept: list[bool], scores: _Floats) -> tuple[Decision
             )
             for i, u in enumerate(units)
         )
-    decisions: list[Decision] = []
-    first = 0
-    for index, unit in enumerate(units):
-        last = index + 1 == len(units)
-        if not last and index - first + 1 < _GROUP and "\n" not in text[unit.end : units[index + 1].start]:
-            continue
-        stop = index + 1
-        held = sum(kept[first:stop])
-        decisions.append(
-            Decision(
-                len(decisions),
-                "words",
-                sum(costs[first:stop]),
-                held > 0,
-                max(values[first:stop]),
-                f"kept {held} of {stop - first} units",
-                text[units[first].start : unit.end][:40],
-            )
+    # Groups: each line, cut every _GROUP units.
+    index = np.arange(len(units))
+    line_start = np.maximum.accumulate(np.where(plan.broken, index, 0))
+    firsts = np.flatnonzero(plan.broken | ((index - line_start) % _GROUP == 0))
+    stops = np.append(firsts[1:], len(units))
+    held = np.add.reduceat(np.asarray(kept, np.int64), firsts).tolist()
+    tokens = np.add.reduceat(plan.costs, firsts).tolist()
+    best = np.maximum.reduceat(scores, firsts).tolist()
+    return tuple(
+        Decision(
+            number,
+            "words",
+            tokens[number],
+            held[number] > 0,
+            best[number],
+            f"kept {held[number]} of {stop - first} units",
+            text[units[first].start : units[stop - 1].end][:40],
         )
-        first = stop
-    return tuple(decisions)
+        for number, (first, stop) in enumerate(zip(firsts.tolist(), stops.tolist(), strict=True))
+    )

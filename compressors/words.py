@@ -9,21 +9,23 @@ regions, the query line) become single units: kept or dropped whole.
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
+import numpy as np
+import numpy.typing as npt
 from wordfreq import zipf_frequency
 
-__all__ = ["Unit", "assemble", "atomic_spans", "segment", "zipf"]
+__all__ = ["Unit", "Units", "assemble", "atomic_spans", "segment", "zipf"]
+
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
 
 # Numbers first (1,234.5 / 3.75 / 2/5 / 10%), then words with inner hyphens and
 # apostrophes, then runs of one punctuation character.
-_PIECE = re.compile(
-    r"(?P<number>\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?)|(?P<word>\w+(?:[-'’]\w+)*)|(?P<punct>([^\w\s])\4*)"
-)
+_PIECE = re.compile(r"(\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?|\w+(?:[-'’]\w+)*|([^\w\s])\2*)")
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
@@ -108,34 +110,82 @@ def atomic_spans(
     return merged
 
 
-def segment(text: str, spans: Sequence[tuple[int, int]] = ()) -> list[Unit]:
+class Units(Sequence[Unit]):
+    """The units of one text as arrays (``starts``, ``ends``, ``atomic``); a :class:`Unit` on access.
+
+    Hot paths read the arrays; building one object per word would cost more than the scoring.
+    """
+
+    __slots__ = ("atomic", "ends", "starts", "text")
+
+    def __init__(self, text: str, starts: Ints, ends: Ints, atomic: Bools) -> None:
+        self.text = text
+        self.starts = starts
+        self.ends = ends
+        self.atomic = atomic
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> Unit: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Unit]: ...
+
+    def __getitem__(self, index: int | slice) -> Unit | list[Unit]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = int(self.starts[index]), int(self.ends[index])
+        return Unit(start, end, "atomic" if self.atomic[index] else _kind(self.text[start:end]))
+
+    def __iter__(self) -> Iterator[Unit]:
+        return (self[i] for i in range(len(self)))
+
+
+def _kind(piece: str) -> str:
+    first = piece[0]
+    if first.isdigit() or (first == "$" and len(piece) > 1):
+        return "number"
+    return "word" if first.isalnum() or first == "_" else "punct"
+
+
+def segment(text: str, spans: Sequence[tuple[int, int]] = ()) -> Units:
     """Cut ``text`` into units; each of ``spans`` (sorted, disjoint) becomes one ``atomic`` unit.
 
     A span that cuts a word is widened to the whole word, so no word is ever halved.
     The text between consecutive units is whitespace only.
     """
-    # One C-level regex pass; the group that matched names the kind.
-    pieces = [(m.start(), m.end(), m.lastgroup or "punct") for m in _PIECE.finditer(text)]
-    if not spans:
-        return list(map(Unit._make, pieces))
-    starts = [p[0] for p in pieces]
-    ends = [p[1] for p in pieces]
-    units: list[Unit] = []
-    cursor = 0
-    for span_start, span_end in spans:
-        first = bisect.bisect_right(ends, span_start, cursor)  # first piece ending inside or after
-        stop = bisect.bisect_left(starts, span_end, first)  # first piece starting at or after the end
+    # One C-level split: [gap, piece, inner group, gap, piece, ...]; offsets from cumulative lengths.
+    parts = _PIECE.split(text)
+    lengths = np.zeros(len(parts) // 3 * 2, np.int64)
+    lengths[0::2] = list(map(len, parts[0:-1:3]))
+    lengths[1::2] = list(map(len, parts[1::3]))
+    bounds = np.cumsum(lengths)
+    starts, ends = bounds[0::2], bounds[1::2]
+    atomic = np.zeros(len(starts), bool)
+    if not spans or not len(starts):
+        return Units(text, starts, ends, atomic)
+    span_starts = np.array([s for s, _ in spans], np.int64)
+    span_ends = np.array([e for _, e in spans], np.int64)
+    firsts = np.searchsorted(ends, span_starts, side="right").tolist()  # first piece ending after the start
+    stops = np.searchsorted(starts, span_ends, side="left").tolist()  # first piece at or after the end
+    removed = np.zeros(len(starts), bool)
+    previous = -1  # the piece holding the last atomic unit
+    for first, stop, span_start, span_end in zip(
+        firsts, stops, span_starts.tolist(), span_ends.tolist(), strict=False
+    ):
         if first >= stop:
             continue  # whitespace only: nothing to hold together
-        units.extend(map(Unit._make, pieces[cursor:first]))
-        start = min(span_start, pieces[first][0])
-        end = max(span_end, pieces[stop - 1][1])
-        if units and units[-1].end > start:  # a widened span reached into this one: one unit
-            start = units.pop().start
-        units.append(Unit(start, end, "atomic"))
-        cursor = stop
-    units.extend(map(Unit._make, pieces[cursor:]))
-    return units
+        start = min(span_start, int(starts[first]))
+        end = max(span_end, int(ends[stop - 1]))
+        if previous >= 0 and ends[previous] > start:  # a widened span reached into this one: one unit
+            first, start = previous, int(starts[previous])
+        removed[first + 1 : stop] = True
+        starts[first], ends[first], atomic[first] = start, max(end, int(ends[first])), True
+        previous = first
+    keep = ~removed
+    return Units(text, starts[keep], ends[keep], atomic[keep])
 
 
 def _separator(text: str, end: int, start: int, *, leading: bool, trailing: bool) -> str:
@@ -161,28 +211,31 @@ def assemble(text: str, units: Sequence[Unit], kept: Sequence[bool]) -> str:
     """
     if not units:
         return text
+    if isinstance(units, Units):
+        starts, ends = units.starts, units.ends
+    else:
+        starts = np.array([u.start for u in units], np.int64)
+        ends = np.array([u.end for u in units], np.int64)
+    flags = np.zeros(len(units) + 2, np.int8)
+    flags[1:-1] = np.asarray(kept, bool)
+    change = np.diff(flags)
+    run_firsts = np.flatnonzero(change == 1)  # unit index where a kept run begins
+    run_stops = np.flatnonzero(change == -1)  # one past its last unit
+    if not len(run_firsts):
+        return _separator(text, 0, len(text), leading=True, trailing=True)
+    run_starts = starts[run_firsts].tolist()
+    run_ends = ends[run_stops - 1].tolist()
     parts: list[str] = []
-    previous_end = 0  # end of the last kept run
-    leading = True
-    index = 0
-    count = len(units)
-    while index < count:
-        if not kept[index]:
-            index += 1
-            continue
-        run_start = index
-        while index < count and kept[index]:
-            index += 1
-        start, end = units[run_start].start, units[index - 1].end
-        if run_start == 0:
+    previous_end = 0
+    for number, (start, end) in enumerate(zip(run_starts, run_ends, strict=True)):
+        if number == 0 and run_firsts[0] == 0:
             parts.append(text[:start])
         else:
-            parts.append(_separator(text, previous_end, start, leading=leading, trailing=False))
+            parts.append(_separator(text, previous_end, start, leading=number == 0, trailing=False))
         parts.append(text[start:end])
         previous_end = end
-        leading = False
-    if kept[-1]:
+    if run_stops[-1] == len(units):
         parts.append(text[previous_end:])
     else:
-        parts.append(_separator(text, previous_end, len(text), leading=leading, trailing=True))
+        parts.append(_separator(text, previous_end, len(text), leading=False, trailing=True))
     return "".join(parts)
