@@ -32,6 +32,14 @@ _QUESTION = re.compile(r"[^\s.!?][^.!?\n]*\?")
 _IDENTIFIER = re.compile(r"[\w][\w.\-/:]{4,}[\w]")
 _QUOTED = re.compile(r"[\"'`]([^\"'`\n]{4,200})[\"'`]")
 _MAX_REFITS = 8
+_UNIT_NAMES = {
+    "documents": "document",
+    "json": "json-element",
+    "sections": "section",
+    "paragraphs": "paragraph",
+    "lines": "line",
+    "sentences": "sentence",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +168,20 @@ class Relevance(Compressor):
                 forced_ranges.append((offset, offset + len(region.text)))
             offset += len(region.text)
         spans = [(span.start, span.end) for span in find_spans(joined, preserve)]
-        layout = split_units(joined, self.options["units"]).merged(spans)
+        split = split_units(joined, self.options["units"])
+        layout = split.merged(spans)
+        notes: list[str] = []
+        if not split.spans:
+            notes.append("no units to select from")
+        elif len(layout.spans) < len(split.spans):
+            notes.append(
+                f"preserved spans joined {len(split.spans)} {split.kind} into {len(layout.spans)} units"
+            )
         # A preserved span that reaches into the fixed text keeps its unit whole.
         forced_ranges += [(s, e) for s, e in spans if s < layout.prefix_end or e > layout.suffix_start]
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
-        plan = _Plan.build(self, joined, layout, query, forced_ranges, tokenizer)
+        plan = _Plan.build(self, joined, layout, query, forced_ranges, tokenizer, notes)
         return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
 
 
@@ -192,15 +208,15 @@ class _Plan:
         query: str | None,
         forced_ranges: list[tuple[int, int]],
         tokenizer: Tokenizer,
+        notes: list[str],
     ) -> _Plan:
         units = layout.units()
         found = QueryMatch(query) if query else derive_query(text, layout)
-        note = ""
         if found is not None and found.start is not None and found.end is not None:
             forced_ranges = [*forced_ranges, (found.start, found.end)]  # the question itself survives
         if found is None or not found.text.strip():
             scores = [float(len(units) - i) for i in range(len(units))]
-            note = "no query given or found in the text; kept the first units"
+            notes = [*notes, "no query given or found in the text; kept the first units"]
         else:
             scores = compressor.scores(found.text, units)
         forced = {
@@ -220,7 +236,7 @@ class _Plan:
             unit_tokens=counts[2 : 2 + len(units)],
             sep_tokens=[sep_count[sep] for sep in seps],
             fixed_tokens=counts[0] + counts[1],
-            note=note,
+            note="; ".join(notes),
         )
 
     def _greedy(self, budget: int, min_units: int, excluded: set[int]) -> tuple[list[int], bool]:
@@ -264,14 +280,17 @@ class _Plan:
         met = tokens_after <= budget
         note = self.note
         if not met:
-            why = "fixed text, forced units and the minimum units alone exceed the budget"
+            why = (
+                f"fixed text, forced units and min_units alone take {tokens_after} tokens,"
+                f" over the budget of {budget}"
+            )
             note = f"{note}; {why}" if note else why
         kept_set = set(kept)
         rank_of = {unit: rank for rank, unit in enumerate(self.ranking)}
         decisions = tuple(
             Decision(
                 index=i,
-                kind=layout.kind,
+                kind=_UNIT_NAMES[layout.kind],
                 tokens=self.unit_tokens[i],
                 kept=i in kept_set,
                 score=round(self.scores[i], 6),

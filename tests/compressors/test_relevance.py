@@ -140,7 +140,7 @@ def test_preserved_json_block_is_never_cut_and_the_miss_is_reported() -> None:
     result = Relevance().compress(prompt, target=Target(rate=0.1))  # default preserve includes json
     assert result.text == prompt
     assert not result.target_met
-    assert "exceed the budget" in result.note
+    assert "over the budget" in result.note and "joined 75 json into 1 units" in result.note
 
 
 def test_query_line_survives_when_it_is_a_unit() -> None:
