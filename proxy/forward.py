@@ -180,6 +180,10 @@ class UpstreamResponse:
             raise self._error
         return self._take() if self._chunks else b""
 
+    def buffered(self) -> bytes:
+        """Body bytes that arrived and were not taken yet, without waiting."""
+        return self._take() if self._chunks else b""
+
     def chunks(self, *, idle_timeout: float) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises after ``idle_timeout`` seconds of silence."""
         return _Chunks(self, idle_timeout)
@@ -419,7 +423,7 @@ class UpstreamPool:
         wait = upstream.stream_idle_timeout_s if streaming else upstream.timeout_s
         length = len(body) if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
         request = host.head(method, path_qs, headers, length) + body
-        await host.slots.acquire()  # held until the response is released or closed
+        await _acquire(host)  # a slot, held until the response is released or closed
         retried = False
         while True:
             conn = None if retried else host.take_idle()
@@ -439,7 +443,7 @@ class UpstreamPool:
                 response.close()
                 if reused and not got_bytes and not retried:
                     retried = True  # a stale keep-alive connection: retry once on a fresh one
-                    await host.slots.acquire()
+                    await _acquire(host)
                     continue
                 raise unreachable(upstream.name, "the server closed the connection") from None
             except _Timeout:
@@ -457,6 +461,21 @@ class UpstreamPool:
         for host in self._hosts.values():
             host.close()
         self._hosts.clear()
+
+
+async def _acquire(host: _Host) -> None:
+    """A connection slot; waiting for one counts as connecting (``connect_timeout_s``)."""
+    if not host.slots.locked():
+        await host.slots.acquire()
+        return
+    try:
+        async with asyncio.timeout(host.upstream.connect_timeout_s):
+            await host.slots.acquire()
+    except TimeoutError:
+        what = (
+            f"all {host.upstream.max_connections} connections busy for {host.upstream.connect_timeout_s:g}s"
+        )
+        raise timed_out(host.upstream.name, what) from None
 
 
 async def _wait_headers(response: UpstreamResponse, loop: asyncio.AbstractEventLoop, timeout: float) -> None:

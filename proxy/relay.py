@@ -71,9 +71,9 @@ async def _pump(
         if ready:
             await send({"type": "http.response.body", "body": ready, "more_body": True})
         if done:
-            # The rest ([DONE] and anything after it) is read to the end, then sent after the commit.
-            async for rest in chunks:
-                frames.tail += rest
+            # [DONE] and whatever already arrived after it go out after the commit; nothing follows
+            # [DONE], so the client is not kept waiting for the upstream to end its body.
+            frames.tail += response.buffered()
             break
     tail = frames.tail if frames is not None else b""
     await commit()

@@ -169,7 +169,8 @@ def test_disconnect_and_mid_stream_timeout_are_audited(make_proxy: MakeProxy, up
     proxy = make_proxy({"upstreams": {"fake": {"base_url": "{upstream}", "stream_idle_timeout_s": 0.5}}})
     audit = audited(proxy)
     with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "forever"}) as r:
-        next(r.iter_raw())
+        raw = r.iter_raw()
+        next(raw)
     deadline = time.monotonic() + 2
     while not audit.commits and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -178,3 +179,23 @@ def test_disconnect_and_mid_stream_timeout_are_audited(make_proxy: MakeProxy, up
         body = r.read()
     assert body.endswith(b"\n\n") and b'"code":"upstream_timeout"' in body
     assert audit.commits[1][0].error == "upstream_timeout"
+
+
+def test_a_disconnected_stream_frees_its_upstream_connection(make_proxy: MakeProxy) -> None:
+    proxy = make_proxy(
+        {"upstreams": {"fake": {"base_url": "{upstream}", "max_connections": 1, "connect_timeout_s": 0.3}}}
+    )
+    plain = {**CHAT, "stream": False}
+    with httpx.stream("POST", proxy.base_url + "/chat/completions", json={**CHAT, "model": "forever"}) as r:
+        raw = r.iter_raw()  # kept referenced: a dropped iterator closes the response
+        next(raw)
+        # The only connection is streaming: another request waits for it, then gives up.
+        busy = httpx.post(proxy.base_url + "/chat/completions", json=plain)
+        assert busy.status_code == 504 and "connections busy" in busy.json()["error"]["message"]
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if httpx.post(proxy.base_url + "/chat/completions", json=plain).status_code == 200:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the streaming request's connection was never freed")
