@@ -1,21 +1,25 @@
-"""The ``selfinfo`` scorer: coarse-to-fine, query-aware self-information, no model.
+"""The ``selfinfo`` scorer: query-aware self-information with a small fitted linear model, no LM.
 
-Coarse: the text is cut into sentences and each is rated against the query
-(information-weighted overlap with the query's words, adjacent query word pairs,
-and whether it holds a unit of the kind the question asks for). Sentences get a
-bonus by rank, so the best one is kept nearly whole, the next ones are pruned
-harder and the worst go first. Fine: inside a sentence a unit is worth its
-self-information (``-log p(word)`` from ``wordfreq``), more when it is a number
-or a name or the kind of unit the question asks for, and more when it sits next
-to the query's words, where answers usually are ("X is Y"). Articles, repeats
-and parenthetical asides go first. Scores are smoothed so that a function word
-between two kept words ("points *or* health points") outranks one among dropped
-words, which keeps phrases contiguous.
+Each unit is described by cheap features: its self-information (``-log p(word)``
+from ``wordfreq``), whether it is a number, a name, an article or a function word,
+a repeat, inside a parenthetical aside, of the kind the question asks for (who ->
+names, when -> dates, how many -> numbers), and where it sits against the query's
+words: closeness to them (answers usually follow them: "X is Y"), the rank of its
+sentence by query overlap, whether its sentence leads a paragraph. A linear model
+turns the features into a keep score; its weights (``WEIGHTS``) were fitted once by
+logistic regression on the first 600 NQ-open oracle rows (``bench/fit_selfinfo.py``
+reproduces them) and are constants here: no model is loaded at run time. Content
+words next to a better content word are then lifted towards it, so compounds stay
+whole ("thylakoid *membrane*", "36 *passengers*").
+
+Without a query (and none derivable from a trailing question), the query features
+are zero and numbers count as the facts of the text.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,11 +31,12 @@ import numpy.typing as npt
 
 from compressors.words import Unit, Units, zipf
 
-__all__ = ["SelfInfo", "derive_query"]
+__all__ = ["FEATURES", "WEIGHTS", "SelfInfo", "derive_query", "unit_matrix"]
 
 _Floats = npt.NDArray[np.float64]
 _Ints = npt.NDArray[np.int64]
 _Bools = npt.NDArray[np.bool_]
+
 _WORD = re.compile(r"\w+")
 # Zipf 8 is about the most frequent English word; 0 means unknown.
 _MAX_ZIPF = 8.0
@@ -49,152 +54,86 @@ _ANSWER_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(who|whom|whose|where|which (country|city|state|team|company))\b"), "name"),
 )
 _YEAR = re.compile(r"\b1\d{3}\b|\b20\d{2}\b")
-_PUNCT_SCORE = {".": 0.3, "?": 0.3, "!": 0.3, ":": 0.25, ";": 0.2}
+_PUNCT_INFO = {".": 0.3, "?": 0.3, "!": 0.3, ":": 0.25, ";": 0.2}
 # A sentence ends after . ! ? (and closing quotes/brackets) before a capital or digit, and at newlines.
 _SENTENCE_BREAK = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n")
 _TRAILING_QUESTION = re.compile(r"(?:^|\n)[ \t]*Question:[ \t]*([^\n]+)\s*\Z")
 _LAST_SENTENCE = re.compile(r"([^.!?\n]+\?)\s*\Z")
 # Closed-class words: they glue phrases but carry no content of their own.
 _FUNCTION_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "for",
-        "from",
-        "by",
-        "with",
-        "as",
-        "into",
-        "onto",
-        "upon",
-        "about",
-        "over",
-        "under",
-        "between",
-        "through",
-        "during",
-        "before",
-        "after",
-        "above",
-        "below",
-        "up",
-        "down",
-        "out",
-        "off",
-        "than",
-        "then",
-        "and",
-        "or",
-        "but",
-        "nor",
-        "so",
-        "yet",
-        "if",
-        "because",
-        "while",
-        "although",
-        "though",
-        "whereas",
-        "since",
-        "until",
-        "unless",
-        "whether",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "has",
-        "have",
-        "had",
-        "having",
-        "do",
-        "does",
-        "did",
-        "doing",
-        "will",
-        "would",
-        "shall",
-        "should",
-        "can",
-        "could",
-        "may",
-        "might",
-        "must",
-        "this",
-        "that",
-        "these",
-        "those",
-        "there",
-        "here",
-        "it",
-        "its",
-        "it's",
-        "he",
-        "him",
-        "his",
-        "she",
-        "her",
-        "hers",
-        "they",
-        "them",
-        "their",
-        "theirs",
-        "we",
-        "us",
-        "our",
-        "you",
-        "your",
-        "i",
-        "me",
-        "my",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "what",
-        "when",
-        "where",
-        "why",
-        "how",
-        "not",
-        "no",
-        "also",
-        "very",
-        "such",
-        "each",
-        "every",
-        "all",
-        "any",
-        "both",
-        "either",
-        "neither",
-        "some",
-        "most",
-        "more",
-        "many",
-        "much",
-        "other",
-        "another",
-        "one",
-        "only",
-        "just",
-        "own",
-        "same",
-        "too",
-    ]
+    """a an the of in on at to for from by with as into onto upon about over under between through during
+    before after above below up down out off than then and or but nor so yet if because while although though
+    whereas since until unless whether is are was were be been being am has have had having do does did doing
+    will would shall should can could may might must this that these those there here it its it's he him his
+    she her hers they them their theirs we us our you your i me my which who whom whose what when where why
+    how not no also very such each every all any both either neither some most more many much other another
+    one only just own same too""".split()  # noqa: SIM905 (a word list reads better as text)
 )
 _OPEN = frozenset("([")
 _CLOSE = frozenset(")]")
+
+FEATURES: tuple[str, ...] = (
+    "bias",
+    "info",  # self-information 0..1 (punctuation: a small fixed worth)
+    "punct",
+    "numeric",
+    "named",  # capitalised mid-sentence, rare when capitalised, or a detected entity/atomic unit
+    "typed",  # the kind of unit the question asks for
+    "article",
+    "function",
+    "repeat",  # the same word already occurred
+    "hit",  # one of the query's words (the question already says it)
+    "close",  # closeness to the query's words, slow decay (window)
+    "close_tight",  # closeness, fast decay: right next to a query word is not where answers sit
+    "top_sentence",  # in the sentence sharing most query-word information
+    "second_sentence",
+    "lead",  # in a sentence that opens the text or a line
+    "aside",  # inside ( ) or [ ]
+    "typed_close",
+    "after_hit",  # the unit right after a query word
+    "before_hit",  # the unit right before a query word
+    "atomic",
+    "untyped_named",  # a name, for a question without an answer type
+    "typed_sentence",  # its sentence holds a unit of the wanted kind
+    "capital",
+    "typed_number",  # a number, for a when/how-many question
+    "follows_query",  # closeness to query words before it (the answer follows them)
+    "unqueried_number",  # a number in a text without a question
+)
+# Fitted by bench/fit_selfinfo.py (logistic regression, first 600 NQ-open oracle rows, label: the unit
+# is part of a gold answer, articles excluded). "unqueried_number" is set by hand: NQ always has a query.
+WEIGHTS: dict[str, float] = {
+    "bias": -5.065,
+    "info": 2.368,
+    "punct": -0.211,
+    "numeric": -0.067,
+    "named": 0.389,
+    "typed": 2.228,
+    "article": -3.195,
+    "function": -0.866,
+    "repeat": 0.68,
+    "hit": -0.449,
+    "close": 0.809,
+    "close_tight": -1.702,
+    "top_sentence": 0.165,
+    "second_sentence": 0.255,
+    "lead": 0.964,
+    "aside": -1.321,
+    "typed_close": -0.691,
+    "after_hit": -0.451,
+    "before_hit": 0.301,
+    "atomic": 0.494,
+    "untyped_named": 1.036,
+    "typed_sentence": -0.758,
+    "capital": -0.233,
+    "typed_number": 0.951,
+    "follows_query": 2.627,
+    "unqueried_number": 3.0,
+}
+_QUERY_FEATURES = frozenset(
+    {"hit", "close", "close_tight", "top_sentence", "second_sentence", "typed_close", "after_hit"}
+    | {"before_hit", "follows_query"}
+)
 
 
 @lru_cache(maxsize=200_000)
@@ -209,7 +148,7 @@ def _stem(word: str) -> str:
 class _Features(NamedTuple):
     """What the scorer needs from one unit's text alone (cached per distinct string)."""
 
-    info: float  # self-information 0..1; for punctuation its fixed worth
+    info: float
     stems: tuple[str, ...]
     lower: str
     punct: bool
@@ -229,19 +168,18 @@ def _features(unit: str) -> _Features:
     words = _WORD.findall(lower)
     first = unit[0]
     if not words:
-        info = _PUNCT_SCORE.get(first, 0.05)
+        info = _PUNCT_INFO.get(first, 0.05)
         return _Features(
             info, (), lower, True, False, False, False, False, False, False, first in _OPEN, first in _CLOSE
         )
     zipfs = [zipf(w) for w in words]
     info = sum(_MAX_ZIPF - min(_MAX_ZIPF, z) for z in zipfs) / len(words) / _MAX_ZIPF
-    numeric = first.isdigit() or (first in "$€£¥" and len(unit) > 1)
     return _Features(
         info,
         tuple(_stem(w) for w in words),
         lower,
         False,
-        numeric,
+        first.isdigit() or (first in "$€£¥" and len(unit) > 1),
         first.isupper(),
         zipfs[0] < _RARE_ZIPF,
         lower in _ARTICLES,
@@ -261,23 +199,14 @@ def derive_query(text: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SelfInfo:
-    """Scores units by sentence rank against the query plus in-sentence information."""
+    """Scores units with the fitted linear model over :data:`FEATURES`.
+
+    ``query_boost`` scales the weights of the query features (0 ignores the
+    query); ``window`` is the closeness decay, in units.
+    """
 
     query_boost: float = 1.0
     window: int = 10
-    number_boost: float = 0.5
-    name_boost: float = 0.25
-    answer_boost: float = 0.5
-    closeness_weight: float = 0.6
-    sentence_weight: float = 0.0
-    rank_bonus: float = 0.0
-    rank_decay: float = 0.5
-    bigram_weight: float = 0.5
-    type_weight: float = 0.15
-    hit_weight: float = 0.3
-    repeat_penalty: float = 0.3
-    aside_penalty: float = 0.2
-    bridge: float = 0.0
     compound: float = 0.9
 
     def scores(
@@ -286,61 +215,96 @@ class SelfInfo:
         del keep_ratio  # one pass: the score of a unit does not depend on what else is kept
         if not units:
             return []
-        if isinstance(units, Units):
-            starts, ends, atomic = units.starts, units.ends, units.atomic
-        else:
-            starts = np.array([u.start for u in units], np.int64)
-            ends = np.array([u.end for u in units], np.int64)
-            atomic = np.array([u.kind == "atomic" for u in units], bool)
-        features = [
-            _features(text[start:end]) for start, end in zip(starts.tolist(), ends.tolist(), strict=False)
-        ]
-        breaks = np.fromiter((m.end() for m in _SENTENCE_BREAK.finditer(text)), np.int64)
-        sentence = np.searchsorted(breaks, starts, side="right")
-        if query is None:
-            query = derive_query(text)
-        wanted = _answer_type(query)
-        fine = self._fine(features, sentence, atomic, wanted)
-        terms = _query_terms(query)
-        if terms and query:
-            part, hit_unit = self._query_part(text, starts, features, sentence, terms, query, wanted)
-            fine[hit_unit & ~atomic] *= self.hit_weight
-            fine += self.query_boost * part
-        result: list[float] = fine.tolist()
+        matrix, content = unit_matrix(text, units, query, window=self.window)
+        weights = np.array(
+            [WEIGHTS[name] * (self.query_boost if name in _QUERY_FEATURES else 1.0) for name in FEATURES]
+        )
+        logits = matrix @ weights
+        score = 1.0 / (1.0 + np.exp(-logits))
+        result: list[float] = _compounds(score, content, self.compound).tolist()
         return result
 
-    def _fine(
-        self,
-        features: list[_Features],
-        sentence: _Ints,
-        atomic: _Bools,
-        wanted: str,
-    ) -> _Floats:
-        """In-sentence worth of each unit: information, numbers, names, minus articles, repeats, asides."""
-        n = len(features)
-        columns = list(zip(*features, strict=True))
-        score = np.array(columns[0], np.float64)
-        punct, numeric, capital, rare, article, content, dated, opens, closes = (
-            np.array(column, bool) for column in columns[3:]
-        )
-        opens_sentence = np.empty(n, bool)
-        opens_sentence[0] = True
-        opens_sentence[1:] = sentence[1:] != sentence[:-1]
-        named = ~numeric & ~punct & (atomic | (capital & (~opens_sentence | rare)))
-        score += self.number_boost * numeric + self.name_boost * named
-        typed = {"number": numeric, "name": named, "date": dated}.get(wanted)
-        if typed is not None:
-            score += self.answer_boost * typed
-        score[article] = 0.0
-        first: dict[str, int] = {}
-        seen_at = np.array([first.setdefault(lower, i) for i, lower in enumerate(columns[2])], np.int64)
-        repeat = seen_at != np.arange(n)
-        score[repeat & ~numeric & ~punct] *= self.repeat_penalty
-        depth = np.cumsum(opens.astype(np.int64) - closes)
-        score -= self.aside_penalty * ((depth > 0) | closes)
-        return _compounds(_bridged(score, self.bridge), content, self.compound)
 
-    def _query_part(
+def unit_matrix(
+    text: str, units: Sequence[Unit], query: str | None, *, window: int = 10
+) -> tuple[_Floats, _Bools]:
+    """The :data:`FEATURES` of every unit (one row each) and which units are content words."""
+    if isinstance(units, Units):
+        starts, ends, atomic = units.starts, units.ends, units.atomic
+    else:
+        starts = np.array([u.start for u in units], np.int64)
+        ends = np.array([u.end for u in units], np.int64)
+        atomic = np.array([u.kind == "atomic" for u in units], bool)
+    n = len(starts)
+    features = [_features(text[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    columns = list(zip(*features, strict=True))
+    punct, numeric, capital, rare, article, content, dated, opens, closes = (
+        np.array(column, bool) for column in columns[3:]
+    )
+    matches = list(_SENTENCE_BREAK.finditer(text))
+    sentence = np.searchsorted(np.array([m.end() for m in matches], np.int64), starts, side="right")
+    lead = np.array([True] + ["\n" in m.group() for m in matches], bool)
+    if query is None:
+        query = derive_query(text)
+    wanted = _answer_type(query)
+    opens_sentence = np.ones(n, bool)
+    opens_sentence[1:] = sentence[1:] != sentence[:-1]
+    named = ~numeric & ~punct & (atomic | (capital & (~opens_sentence | rare)))
+    typed = {"number": numeric, "name": named, "date": dated}.get(wanted, np.zeros(n, bool))
+    first: dict[str, int] = {}
+    seen_at = np.array([first.setdefault(lower, i) for i, lower in enumerate(columns[2])], np.int64)
+    depth = np.cumsum(opens.astype(np.int64) - closes)
+    terms = _query_terms(query)
+    near = _Nearness(n, int(sentence[-1]) + 1)
+    if terms and query:
+        near.measure(text, starts, features, sentence, terms, query, window)
+    sentence_typed = np.zeros(near.sentences, bool)
+    sentence_typed[np.unique(sentence[typed & ~near.hit])] = True
+    columns_out: dict[str, npt.ArrayLike] = {
+        "bias": np.ones(n),
+        "info": np.array(columns[0], np.float64),
+        "punct": punct,
+        "numeric": numeric,
+        "named": named,
+        "typed": typed,
+        "article": article,
+        "function": ~content & ~punct,
+        "repeat": (seen_at != np.arange(n)) & ~numeric & ~punct,
+        "hit": near.hit,
+        "close": near.close,
+        "close_tight": near.close_tight,
+        "top_sentence": near.top[sentence],
+        "second_sentence": near.second[sentence],
+        "lead": lead[sentence],
+        "aside": (depth > 0) | closes,
+        "typed_close": typed * near.close,
+        "after_hit": np.concatenate(([False], near.hit[:-1])),
+        "before_hit": np.concatenate((near.hit[1:], [False])),
+        "atomic": atomic,
+        "untyped_named": named & (wanted == ""),
+        "typed_sentence": sentence_typed[sentence],
+        "capital": capital,
+        "typed_number": numeric & (wanted in ("number", "date")),
+        "follows_query": near.follows,
+        "unqueried_number": numeric & (not terms),
+    }
+    matrix = np.column_stack([np.asarray(columns_out[name], np.float64) for name in FEATURES])
+    return matrix, content & ~punct
+
+
+class _Nearness:
+    """Where units sit against the query's words (all zeros when there are none)."""
+
+    def __init__(self, n: int, sentences: int) -> None:
+        self.sentences = sentences
+        self.hit = np.zeros(n, bool)
+        self.close = np.zeros(n)
+        self.close_tight = np.zeros(n)
+        self.follows = np.zeros(n)
+        self.top = np.zeros(sentences, bool)
+        self.second = np.zeros(sentences, bool)
+
+    def measure(
         self,
         text: str,
         starts: _Ints,
@@ -348,13 +312,13 @@ class SelfInfo:
         sentence: _Ints,
         terms: dict[str, float],
         query: str,
-        wanted: str,
-    ) -> tuple[_Floats, npt.NDArray[np.bool_]]:
-        """Closeness to the query's words and the rank of the unit's sentence against the query."""
-        n = len(features)
-        asked_at = text.rfind(query.strip())
-        asked_end = asked_at + len(query.strip()) if asked_at >= 0 else -1
+        window: int,
+    ) -> None:
+        asked = query.strip()
+        asked_at = text.rfind(asked)
+        asked_end = asked_at + len(asked) if asked_at >= 0 else -1
         keys = terms.keys()
+        # The query's own line (a "Question: ..." inside the text) says nothing about where the answer is.
         hits = [
             (index, stem)
             for index, unit in enumerate(features)
@@ -362,46 +326,33 @@ class SelfInfo:
             for stem in unit.stems
             if stem in terms and not asked_at <= starts[index] < asked_end
         ]
+        if not hits:
+            return
         total = sum(terms.values())
-        sentences = int(sentence[-1]) + 1
-        relevance = np.zeros(sentences)
-        closeness = np.zeros(n)
-        hit_unit = np.zeros(n, bool)
-        if hits:
-            position = np.arange(n, dtype=np.float64) + sentence * float(self.window * 2)
-            by_term: dict[str, list[int]] = {}
-            for index, stem in hits:
-                by_term.setdefault(stem, []).append(index)
-                hit_unit[index] = True
-            for stem, indices in by_term.items():
-                share = terms[stem] / total
-                closeness += share * np.exp(-_distance(position, position[indices]) / self.window)
-                relevance[np.unique(sentence[indices])] += share
-            relevance += self.bigram_weight * _bigrams(hits, query, terms, sentence, sentences) / total
-        relevance += self.type_weight * _typed_sentences(features, sentence, sentences, wanted, hit_unit)
+        position = np.arange(len(features), dtype=np.float64) + sentence * float(2 * window)
+        relevance = np.zeros(self.sentences)
+        by_term: dict[str, list[int]] = {}
+        for index, stem in hits:
+            by_term.setdefault(stem, []).append(index)
+            self.hit[index] = True
+        for stem, indices in by_term.items():
+            share = terms[stem] / total
+            at = position[indices]
+            distance = _distance(position, at)
+            self.close += share * np.exp(-distance / window)
+            self.close_tight += share * np.exp(-distance / 3.0)
+            before = np.searchsorted(at, position) - 1  # the nearest hit at or before each unit
+            behind = np.where(before >= 0, position - at[np.clip(before, 0, None)], math.inf)
+            self.follows += share * np.exp(-behind / 5.0)
+            relevance[np.unique(sentence[indices])] += share
+        relevance += 0.5 * _bigrams(hits, query, terms, sentence, self.sentences) / total
         order = np.argsort(-relevance, kind="stable")
-        rank = np.empty(sentences, np.int64)
-        rank[order] = np.arange(sentences)
-        bonus = self.sentence_weight * relevance + self.rank_bonus * self.rank_decay ** rank.astype(
-            np.float64
-        )
-        bonus[relevance <= 0] = 0.0
-        near = self.closeness_weight * closeness
-        near[hit_unit] = 0.0
-        return bonus[sentence] + near, hit_unit
+        self.top[order[0]] = relevance[order[0]] > 0
+        if len(order) > 1:
+            self.second[order[1]] = relevance[order[1]] > 0
 
 
-def _bridged(score: _Floats, bridge: float) -> _Floats:
-    """Lift a unit between two better ones towards the weaker of them (keeps phrases whole)."""
-    if len(score) < 3 or bridge <= 0:
-        return score
-    between = np.minimum(score[:-2], score[2:])
-    lifted = score.copy()
-    lifted[1:-1] = np.maximum(score[1:-1], bridge * between)
-    return lifted
-
-
-def _compounds(score: _Floats, content: npt.NDArray[np.bool_], lift: float) -> _Floats:
+def _compounds(score: _Floats, content: _Bools, lift: float) -> _Floats:
     """Lift a content word next to a better content word: "thylakoid *membrane*", "36 *passengers*"."""
     if len(score) < 2 or lift <= 0:
         return score
@@ -424,7 +375,7 @@ def _bigrams(
     hits: list[tuple[int, str]],
     query: str,
     terms: dict[str, float],
-    sentence: npt.NDArray[np.int64],
+    sentence: _Ints,
     sentences: int,
 ) -> _Floats:
     """Per sentence, the weight of query word pairs that appear next to each other, as in the query."""
@@ -436,21 +387,6 @@ def _bigrams(
     for (i, a), (j, b) in itertools.pairwise(hits):
         if j - i <= 2 and (a, b) in pairs and sentence[i] == sentence[j]:
             out[sentence[i]] += terms[a] + terms[b]
-    return out
-
-
-def _typed_sentences(
-    features: list[_Features],
-    sentence: npt.NDArray[np.int64],
-    sentences: int,
-    wanted: str,
-    hit_unit: npt.NDArray[np.bool_],
-) -> _Floats:
-    """1 for sentences holding a unit of the wanted answer type (not one of the query's words)."""
-    out = np.zeros(sentences)
-    if wanted in ("number", "date"):
-        typed = np.array([unit.numeric for unit in features], bool)
-        out[np.unique(sentence[typed & ~hit_unit])] = 1.0
     return out
 
 
