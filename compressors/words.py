@@ -31,21 +31,25 @@ _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
     r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
 )
+# Patterns start with a character class, not \b: `re` then skips ahead fast (a leading \b makes it try
+# every position). The word boundary before a match and the month name are checked in Python.
 _DATE = re.compile(
-    rf"\b{_MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}}\b"  # May 18, 2018
-    rf"|\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH},? \d{{4}}\b"  # 18 May 2018
-    rf"|\b{_MONTH},? \d{{4}}\b"  # October 2014
-    r"|\b\d{4}-\d{2}-\d{2}\b"
+    r"[ADFJMNOS][a-z]{2,8}(?:\.? \d{1,2}(?:st|nd|rd|th)?,? \d{4}|,? \d{4})\b"  # May 18, 2018 / October 2014
+    rf"|\d(?:\d?(?:st|nd|rd|th)? {_MONTH},? \d{{4}}|\d{{3}}-\d{{2}}-\d{{2}})\b"  # 18 May 2018 / 2018-05-18
+)
+_MONTHS = frozenset(
+    "jan january feb february mar march apr april may jun june jul july aug august sep sept september "  # noqa: SIM905
+    "oct october nov november dec december".split()
 )
 # A number and the unit word that gives it meaning: "25 km", "$5 million", "3 hours".
 _QUANTITY = re.compile(
-    r"(?:[$€£¥]\s?)?\d+(?:[.,]\d+)*\s?(?:%|percent|per cent|million|billion|trillion|thousand|hundred|"
+    r"[$€£¥\d](?:(?<=[$€£¥])\s?\d+|(?<=\d)\d*)(?:[.,]\d+)*\s?(?:%|percent|per cent|million|billion|trillion|thousand|hundred|"
     r"km|kg|mg|cm|mm|m|g|lb|lbs|mph|ft|feet|miles?|meters?|metres?|kilometers?|kilometres?|"
     r"seconds?|minutes?|hours?|days?|weeks?|months?|years?|°[CF]?)(?![\w])"
 )
 # Arithmetic stays whole: "25*2= 50", "120 / 60 = 2", "$1.5 x 4".
 _EXPRESSION = re.compile(
-    r"\$?\d+(?:[.,]\d+)*%?(?:\s?[-–+*/x×÷=]\s?\$?\d+(?:[.,]\d+)*%?)+(?:\s?=\s?\$?\d+(?:[.,]\d+)*)?"
+    r"[$\d](?:(?<=\$)\d+|(?<=\d)\d*)(?:[.,]\d+)*%?(?:\s?[-–+*/x×÷=]\s?\$?\d+(?:[.,]\d+)*%?)+(?:\s?=\s?\$?\d+(?:[.,]\d+)*)?"
 )
 # Capitalized words joined by at most these lowercase particles make one name.
 _PARTICLES = frozenset(
@@ -88,6 +92,22 @@ def _name_spans(text: str) -> Iterable[tuple[int, int]]:
             yield start, end
 
 
+def _dates(text: str) -> list[tuple[int, int]]:
+    """Dates that start at a word boundary and name a real month."""
+    found: list[tuple[int, int]] = []
+    position = 0
+    while (match := _DATE.search(text, position)) is not None:
+        start, end = match.span()
+        before = text[start - 1] if start else " "
+        word = match.group().split(" ", 1)[0].rstrip(".,")
+        if before.isalnum() or before == "_" or (not word[0].isdigit() and word.lower() not in _MONTHS):
+            position = start + 1  # not a date here; one may start inside
+            continue
+        found.append((start, end))
+        position = end
+    return found
+
+
 def atomic_spans(
     text: str, extra: Iterable[tuple[int, int]] = (), *, detect: bool = True
 ) -> list[tuple[int, int]]:
@@ -95,7 +115,7 @@ def atomic_spans(
     quantities and names found in ``text``."""
     spans: list[tuple[int, int]] = []
     if detect:
-        spans += [m.span() for m in _DATE.finditer(text)]
+        spans += _dates(text)
         spans += [m.span() for m in _QUANTITY.finditer(text)]
         spans += [m.span() for m in _EXPRESSION.finditer(text)]
         spans += list(_name_spans(text))
