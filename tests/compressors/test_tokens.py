@@ -145,3 +145,34 @@ def test_wrong_kind_of_failure_is_wrapped() -> None:
         Tokens({"scorer": "llmlingua2", "model": "/nonexistent/llmlingua"}).compress(
             "some words to squeeze here", target=Target(rate=0.5)
         )
+
+
+def test_long_inputs_explain_per_line_and_short_ones_per_unit(nq_rows: list[dict[str, object]]) -> None:
+    short_text, question = _nq_prompt(nq_rows[5])
+    short = Tokens().compress(short_text, target=Target(rate=0.5), query=question, model="gpt-4o")
+    assert all(d.kind != "words" for d in short.decisions)
+    assert any(d.kept for d in short.decisions) and any(not d.kept for d in short.decisions)
+    long_text = "\n".join(_nq_prompt(row)[0] for row in nq_rows[:150])
+    result = Tokens().compress(long_text, target=Target(rate=0.5), model="gpt-4o")
+    units = segment(long_text, atomic_spans(long_text))
+    assert {d.kind for d in result.decisions} == {"words"}
+    assert len(long_text.splitlines()) <= len(result.decisions) < len(units) // 10
+    assert [d.index for d in result.decisions] == list(range(len(result.decisions)))
+    assert all(len(d.preview) <= 40 for d in result.decisions)
+    # Every line group's tokens are counted once: together they are about the whole input.
+    assert abs(sum(d.tokens for d in result.decisions) - result.tokens_before) <= 0.05 * result.tokens_before
+
+
+def test_threads_get_the_same_output_as_one_caller(nq_rows: list[dict[str, object]]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    compressor = Tokens()
+    prompts = [_nq_prompt(row) for row in nq_rows[300:340]]
+
+    def run(prompt: tuple[str, str]) -> str:
+        return compressor.compress(prompt[0], target=Target(rate=0.4), query=prompt[1], model="gpt-4o").text
+
+    alone = [run(p) for p in prompts]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(run, prompts))
+    assert together == alone

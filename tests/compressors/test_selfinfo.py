@@ -1,0 +1,104 @@
+"""The selfinfo scorer: derived queries, query awareness on held-out NQ rows, compounds kept whole."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from compressors.base import Target
+from compressors.preserve import PreserveSpec
+from compressors.selfinfo import FEATURES, WEIGHTS, SelfInfo, derive_query, unit_matrix
+from compressors.tokens import Tokens
+from compressors.words import atomic_spans, segment
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _normalized(text: str) -> str:
+    return " ".join(_ARTICLES.sub(" ", re.sub(r"[^\w\s]", "", text.lower())).split())
+
+
+def test_query_is_derived_from_a_trailing_question() -> None:
+    assert derive_query("Passage: Paris is big.\nQuestion: what is the capital of france") == (
+        "what is the capital of france"
+    )
+    assert derive_query("Some context here. Which river flows through Paris?") == (
+        "Which river flows through Paris?"
+    )
+    assert derive_query("Question: how many legs?\nLet's think step by step\nThe answer is 4") is None
+
+
+def test_gsm8k_prompt_has_no_derived_query(gsm8k_prompt: str) -> None:
+    assert derive_query(gsm8k_prompt) is None
+
+
+def test_a_derived_query_scores_like_the_given_one(nq_rows: list[dict[str, object]]) -> None:
+    row = nq_rows[2000]
+    question = str(row["question"])
+    ctxs = row["ctxs"]
+    assert isinstance(ctxs, list)
+    text = f"Passage: {ctxs[0]['text']}\nQuestion: {question}"
+    units = segment(text, atomic_spans(text))
+    scorer = SelfInfo()
+    assert scorer.scores(text, units, None, keep_ratio=0.5) == scorer.scores(
+        text, units, question, keep_ratio=0.5
+    )
+
+
+def test_every_feature_has_a_weight_and_a_column(nq_rows: list[dict[str, object]]) -> None:
+    assert set(FEATURES) == set(WEIGHTS)
+    ctxs = nq_rows[0]["ctxs"]
+    assert isinstance(ctxs, list)
+    text = str(ctxs[0]["text"])
+    units = segment(text, atomic_spans(text))
+    matrix, content = unit_matrix(text, units, str(nq_rows[0]["question"]))
+    assert matrix.shape == (len(units), len(FEATURES))
+    assert np.isfinite(matrix).all()
+    assert content.dtype == bool and content.any()
+
+
+def test_query_awareness_keeps_answers_on_rows_it_was_not_fitted_on(nq_rows: list[dict[str, object]]) -> None:
+    # Weights were fitted on rows 0-599; rows 1200-1499 are unseen.
+    aware = Tokens()
+    blind = Tokens({"query_boost": 0.0})
+    kept_aware = kept_blind = 0
+    rows = nq_rows[1200:1500]
+    for row in rows:
+        question = str(row["question"])
+        ctxs = row["ctxs"]
+        answers = row["answers"]
+        assert isinstance(ctxs, list) and isinstance(answers, list)
+        text = f"Passage: {ctxs[0]['text']}\nQuestion: {question}"
+        golds = [_normalized(str(a)) for a in answers]
+        for compressor, counter in ((aware, "aware"), (blind, "blind")):
+            result = compressor.compress(text, target=Target(rate=0.5), query=question, model="gpt-4o")
+            survived = any(g and g in _normalized(result.text) for g in golds)
+            if counter == "aware":
+                kept_aware += survived
+            else:
+                kept_blind += survived
+    assert kept_aware / len(rows) >= 0.82
+    assert kept_aware > kept_blind
+
+
+def test_compound_words_survive_together() -> None:
+    text = (
+        "In plants, ATP is synthesized in the thylakoid membrane of the chloroplast during the "
+        "light-dependent reactions of photosynthesis in a process called photophosphorylation."
+    )
+    for rate in (0.3, 0.4, 0.5, 0.6):
+        out = Tokens().compress(text, target=Target(rate=rate), preserve=PreserveSpec.none()).text
+        if "thylakoid" in out:
+            assert "thylakoid membrane" in out, out
+
+
+def test_who_question_keeps_the_person_over_rarer_words() -> None:
+    text = (
+        "Passage: The radioactive polonium and radium were discovered in 1898 by Marie Curie, "
+        "working with pitchblende samples in a converted shed in Paris.\n"
+        "Question: who discovered polonium"
+    )
+    result = Tokens().compress(text, target=Target(rate=0.5), query="who discovered polonium")
+    assert "Marie Curie" in result.text
+    assert result.text.endswith("Question: who discovered polonium")
