@@ -300,15 +300,17 @@ def _decisions(plan: _Plan, kept: list[bool], scores: _Floats) -> tuple[Decision
     held = np.add.reduceat(np.asarray(kept, np.int64), firsts).tolist()
     tokens = np.add.reduceat(plan.costs, firsts).tolist()
     best = np.maximum.reduceat(scores, firsts).tolist()
+    sizes = (stops - firsts).tolist()
+    starts = units.starts[firsts].tolist()
+    ends = np.minimum(units.ends[stops - 1], units.starts[firsts] + 40).tolist()
     return tuple(
-        Decision(
-            number,
-            "words",
-            tokens[number],
-            held[number] > 0,
-            best[number],
-            f"kept {held[number]} of {stop - first} units",
-            text[units[first].start : units[stop - 1].end][:40],
+        Decision(number, "words", tokens[number], held[number] > 0, best[number], reason, text[start:end])
+        for number, (reason, start, end) in enumerate(
+            zip(
+                (f"kept {h} of {n} units" for h, n in zip(held, sizes, strict=True)),
+                starts,
+                ends,
+                strict=True,
+            )
         )
-        for number, (first, stop) in enumerate(zip(firsts.tolist(), stops.tolist(), strict=True))
     )
