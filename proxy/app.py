@@ -152,6 +152,18 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_DECODABLE = frozenset({b"gzip", b"deflate", b"identity"})
+
+
+def _limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
+    """On audited routes, ask only for encodings the proxy can read usage from (zlib's); the
+    client advertised these itself, so it still decodes the response."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"accept-encoding":
+            kept = [p for p in value.split(b",") if p.split(b";")[0].strip().lower() in _DECODABLE]
+            headers[i] = (name, b",".join(kept).strip() or b"identity")
+
+
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in raw if name.lower() not in _HOP_RESPONSE]
 
@@ -358,6 +370,8 @@ class ProxyApp:
             and config.audit.on_error == "fail-closed"
         ):
             raise unavailable("The audit log cannot be written; the proxy is failing closed.")
+        if ctx.audited:
+            _limit_encodings(headers)
         body = await _read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, body, scope["headers"])
         headers.extend(identity.upstream_auth)

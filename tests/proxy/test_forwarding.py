@@ -328,6 +328,13 @@ def test_chunked_gzip_and_head_responses(make_proxy: MakeProxy, upstream: Upstre
         assert through.headers.get("content-encoding") == direct.headers.get("content-encoding")
         assert through.json()["choices"] == direct.json()["choices"]
         assert audit.exchanges[-1].usage is not None and audit.exchanges[-1].usage["prompt_tokens"] == 2
+    # Audited routes ask only for encodings whose usage the proxy can read.
+    httpx.post(proxy.base_url + "/chat/completions", json=CHAT, headers={"accept-encoding": "br, gzip;q=0.5"})
+    assert upstream.last().headers["accept-encoding"] == "gzip;q=0.5"
+    httpx.post(
+        proxy.base_url + "/embeddings", json={"model": "e", "input": "x"}, headers={"accept-encoding": "br"}
+    )
+    assert upstream.last().headers["accept-encoding"] == "br"
     # A HEAD response announces a body it does not carry; the connection stays usable.
     head = httpx.head(proxy.base_url + "/models")
     assert head.status_code == 404 and head.content == b""
