@@ -216,7 +216,11 @@ class ProxyApp:
         if kind == "http":
             path = scope["path"]
             if scope["method"] == "GET" and path in ("/healthz", "/metrics"):
-                await (self._healthz(send) if path == "/healthz" else self._metrics(send))
+                try:
+                    await (self._healthz(send) if path == "/healthz" else self._metrics(send))
+                except Exception as exc:  # never a 500 from the proxy, even here
+                    log.error("%s failed error=%s", path, type(exc).__name__)
+                    await _send_simple(send, 503, unavailable(f"{path} failed").body(), _JSON_HEADERS)
                 return
             await self._handle(scope, receive, send)
         elif kind == "lifespan":

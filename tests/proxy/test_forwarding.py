@@ -188,6 +188,7 @@ def test_rewrite_hook_changes_what_the_upstream_gets(make_proxy: MakeProxy, upst
     }
     raw = client(proxy.base_url).chat.completions.with_raw_response.create(**long)  # type: ignore[call-overload]
     assert upstream.last().json()["messages"] == [{"role": "user", "content": "short"}]
+    assert schema_errors(upstream.last().json(), "CreateChatCompletionRequest") == []
     assert raw.parse().usage.prompt_tokens == 1
     assert raw.headers["x-tersegate-tokens-before"] == "9"
     assert raw.headers["x-tersegate-tokens-after"] == "1"
