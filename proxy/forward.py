@@ -279,7 +279,9 @@ class _Connection(asyncio.Protocol):
         if response is None:
             self.close()  # bytes nobody asked for: the connection is unusable
             return
-        if response.head_only and response.headers_done:
+        if response.complete or (response.head_only and response.headers_done):
+            # Bytes after a complete response (or a HEAD body): the connection cannot be reused.
+            response.keep_alive = False
             return
         try:
             self.parser.feed_data(data)
