@@ -236,11 +236,20 @@ def unit_matrix(
         ends = np.array([u.end for u in units], np.int64)
         atomic = np.array([u.kind == "atomic" for u in units], bool)
     n = len(starts)
-    features = [_features(text[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    # Work per distinct string (a few thousand in 20k tokens), then spread to units by id.
+    ids: dict[str, int] = {}
+    uid = np.array(
+        [ids.setdefault(text[a:b], len(ids)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)],
+        np.int64,
+    )
+    features = [_features(unique) for unique in ids]
     columns = list(zip(*features, strict=True))
     punct, numeric, capital, rare, article, content, dated, opens, closes = (
-        np.array(column, bool) for column in columns[3:]
+        np.array(column, bool)[uid] for column in columns[3:]
     )
+    lowers: dict[str, int] = {}
+    lower_id = np.array([lowers.setdefault(lower, len(lowers)) for lower in columns[2]], np.int64)[uid]
+    _, first_at = np.unique(lower_id, return_index=True)
     matches = list(_SENTENCE_BREAK.finditer(text))
     sentence = np.searchsorted(np.array([m.end() for m in matches], np.int64), starts, side="right")
     lead = np.array([True] + ["\n" in m.group() for m in matches], bool)
@@ -251,25 +260,23 @@ def unit_matrix(
     opens_sentence[1:] = sentence[1:] != sentence[:-1]
     named = ~numeric & ~punct & (atomic | (capital & (~opens_sentence | rare)))
     typed = {"number": numeric, "name": named, "date": dated}.get(wanted, np.zeros(n, bool))
-    first: dict[str, int] = {}
-    seen_at = np.array([first.setdefault(lower, i) for i, lower in enumerate(columns[2])], np.int64)
     depth = np.cumsum(opens.astype(np.int64) - closes)
     terms = _query_terms(query)
     near = _Nearness(n, int(sentence[-1]) + 1)
     if terms and query:
-        near.measure(text, starts, features, sentence, terms, query, window)
+        near.measure(text, starts, (features, uid), sentence, terms, query, window)
     sentence_typed = np.zeros(near.sentences, bool)
     sentence_typed[np.unique(sentence[typed & ~near.hit])] = True
     columns_out: dict[str, npt.ArrayLike] = {
         "bias": np.ones(n),
-        "info": np.array(columns[0], np.float64),
+        "info": np.array(columns[0], np.float64)[uid],
         "punct": punct,
         "numeric": numeric,
         "named": named,
         "typed": typed,
         "article": article,
         "function": ~content & ~punct,
-        "repeat": (seen_at != np.arange(n)) & ~numeric & ~punct,
+        "repeat": (first_at[lower_id] != np.arange(n)) & ~numeric & ~punct,
         "hit": near.hit,
         "close": near.close,
         "close_tight": near.close_tight,
@@ -308,7 +315,7 @@ class _Nearness:
         self,
         text: str,
         starts: _Ints,
-        features: list[_Features],
+        distinct: tuple[list[_Features], _Ints],
         sentence: _Ints,
         terms: dict[str, float],
         query: str,
@@ -317,19 +324,27 @@ class _Nearness:
         asked = query.strip()
         asked_at = text.rfind(asked)
         asked_end = asked_at + len(asked) if asked_at >= 0 else -1
+        features, uid = distinct
         keys = terms.keys()
+        matched = {
+            i: [s for s in f.stems if s in terms]
+            for i, f in enumerate(features)
+            if not keys.isdisjoint(f.stems)
+        }
+        if not matched:
+            return
+        candidates = np.flatnonzero(np.isin(uid, list(matched)))
         # The query's own line (a "Question: ..." inside the text) says nothing about where the answer is.
         hits = [
             (index, stem)
-            for index, unit in enumerate(features)
-            if not keys.isdisjoint(unit.stems)
-            for stem in unit.stems
-            if stem in terms and not asked_at <= starts[index] < asked_end
+            for index, at in zip(candidates.tolist(), starts[candidates].tolist(), strict=True)
+            if not asked_at <= at < asked_end
+            for stem in matched[int(uid[index])]
         ]
         if not hits:
             return
         total = sum(terms.values())
-        position = np.arange(len(features), dtype=np.float64) + sentence * float(2 * window)
+        position = np.arange(len(uid), dtype=np.float64) + sentence * float(2 * window)
         relevance = np.zeros(self.sentences)
         by_term: dict[str, list[int]] = {}
         for index, stem in hits:
