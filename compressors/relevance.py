@@ -125,10 +125,17 @@ class Relevance(Compressor):
             )
 
     def scores(self, query: str, units: Sequence[str]) -> list[float]:
-        """Relevance of each unit to ``query`` with the configured scorer (higher is better)."""
+        """Relevance of each unit to ``query`` with the configured scorer (higher is better).
+
+        With ``exact_boost``, units that hold an identifier or quoted string of the
+        query verbatim rank above all others; when any do, the rest are ranked by
+        BM25 alone: embeddings cannot tell UUIDs apart, and encoding 75 UUID pairs
+        costs seconds on CPU.
+        """
         if not units:
             return []
-        scorer = self.options["scorer"]
+        matches = self._exact_matches(query, units)
+        scorer = "bm25" if any(matches) else self.options["scorer"]
         if scorer == "bm25":
             result = bm25_scores(query, units)
         else:
@@ -140,15 +147,16 @@ class Relevance(Compressor):
                 result = [
                     alpha * e + (1.0 - alpha) * w for e, w in zip(_minmax(result), lexical, strict=True)
                 ]
-        if self.options["exact_boost"]:
-            wanted = exact_terms(query)
-            if wanted:
-                folded = [unit.casefold() for unit in units]
-                boost = (max(result) - min(result)) + 1.0
-                result = [
-                    s + boost * any(t in f for t in wanted) for s, f in zip(result, folded, strict=True)
-                ]
+        if any(matches):
+            boost = (max(result) - min(result)) + 1.0
+            result = [score + boost * hit for score, hit in zip(result, matches, strict=True)]
         return result
+
+    def _exact_matches(self, query: str, units: Sequence[str]) -> list[bool]:
+        wanted = exact_terms(query) if self.options["exact_boost"] else []
+        if not wanted:
+            return [False] * len(units)
+        return [any(term in unit.casefold() for term in wanted) for unit in units]
 
     def _compress(
         self,
