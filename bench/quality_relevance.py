@@ -134,6 +134,37 @@ def _warm(scorers: list[str]) -> None:
         Relevance({"scorer": scorer}).compress("a\nb\nc?", target=Target(rate=0.5))
 
 
+def speed(scorer: str, repeats: int = 7) -> dict[str, Any]:
+    """Median time of one call on a ~20k-token, 150-document prompt (embeddings warm in the cache)."""
+    rows = _rows("nq-open-oracle.jsonl.gz")[:150]
+    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
+    lines = [
+        f"Document [{i + 1}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
+        for i, r in enumerate(rows)
+    ]
+    prompt = template.format(question=rows[0]["question"], search_results="\n".join(lines))
+    compressor = Relevance({"scorer": scorer})
+    millis: list[float] = []
+    tokens = 0
+    for _ in range(repeats + 1):  # the first call fills the embedding cache
+        started = time.perf_counter()
+        result = compressor.compress(prompt, target=Target(rate=0.25), model="gpt-4o")
+        millis.append((time.perf_counter() - started) * 1000)
+        tokens = result.tokens_before
+    median = statistics.median(millis[1:])
+    return {
+        "task": f"speed-{tokens // 1000}k-tokens",
+        "scorer": scorer,
+        "rate": 0.25,
+        "cases": repeats,
+        "gold_kept": "-",
+        "share": "-",
+        "target_met": "-",
+        "mean_ratio": f"{median / tokens * 1000:.2f} ms/1k tok",
+        "median_ms": round(median, 2),
+    }
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of results: one per task, scorer and rate."""
     scorers = [s for s in args.scorers.split(",") if s]
@@ -146,6 +177,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append(_measure("nq-20docs", scorer, rate, nq, None))
             print(_format_row(rows[-1]), file=sys.stderr, flush=True)
         rows.append(_measure("kv-75keys", scorer, KV_RATE, kv, KV_PRESERVE))
+        print(_format_row(rows[-1]), file=sys.stderr, flush=True)
+        rows.append(speed(scorer))
         print(_format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 

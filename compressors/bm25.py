@@ -34,7 +34,7 @@ def terms(text: str) -> list[str]:
 class Bm25Index:
     """An inverted index over ``docs`` (each a list of terms) that scores queries with BM25."""
 
-    __slots__ = ("_avg_len", "_b", "_idf", "_k1", "_lengths", "_postings")
+    __slots__ = ("_avg_len", "_b", "_k1", "_lengths", "_postings")
 
     def __init__(self, docs: Sequence[Sequence[str]], *, k1: float = 1.2, b: float = 0.75) -> None:
         self._k1 = k1
@@ -45,33 +45,52 @@ class Bm25Index:
         for index, doc in enumerate(docs):
             for term, count in Counter(doc).items():
                 self._postings.setdefault(term, []).append((index, count))
-        total = len(docs)
-        # The "plus one" idf (Lucene's) stays positive for terms in most documents.
-        self._idf = {
-            term: math.log(1.0 + (total - len(posts) + 0.5) / (len(posts) + 0.5))
-            for term, posts in self._postings.items()
-        }
 
     def __len__(self) -> int:
         return len(self._lengths)
 
     def scores(self, query: Sequence[str]) -> list[float]:
         """BM25 score of every document for ``query`` terms (repeats count once)."""
-        result = [0.0] * len(self._lengths)
-        if not self._avg_len:
-            return result
-        k1, b, avg = self._k1, self._b, self._avg_len
-        for term in dict.fromkeys(query):
-            posts = self._postings.get(term)
-            if not posts:
-                continue
-            idf = self._idf[term]
-            for index, count in posts:
-                norm = k1 * (1.0 - b + b * self._lengths[index] / avg)
-                result[index] += idf * count * (k1 + 1.0) / (count + norm)
+        return _score(query, self._postings, self._lengths, self._avg_len, self._k1, self._b)
+
+
+def _score(
+    query: Sequence[str],
+    postings: dict[str, list[tuple[int, int]]],
+    lengths: list[int],
+    avg_len: float,
+    k1: float,
+    b: float,
+) -> list[float]:
+    result = [0.0] * len(lengths)
+    if not avg_len:
         return result
+    total = len(lengths)
+    for term in dict.fromkeys(query):
+        posts = postings.get(term)
+        if not posts:
+            continue
+        # The "plus one" idf (Lucene's) stays positive for terms in most documents.
+        idf = math.log(1.0 + (total - len(posts) + 0.5) / (len(posts) + 0.5))
+        for index, count in posts:
+            norm = k1 * (1.0 - b + b * lengths[index] / avg_len)
+            result[index] += idf * count * (k1 + 1.0) / (count + norm)
+    return result
 
 
 def bm25_scores(query: str, docs: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> list[float]:
-    """BM25 scores of ``docs`` (texts) for ``query`` (text), with ``docs`` as the corpus."""
-    return Bm25Index([terms(doc) for doc in docs], k1=k1, b=b).scores(terms(query))
+    """BM25 scores of ``docs`` (texts) for ``query`` (text), with ``docs`` as the corpus.
+
+    One-shot scoring only needs counts of the query's terms, so no full index is built.
+    """
+    wanted = terms(query)
+    wanted_set = set(wanted)
+    lengths: list[int] = []
+    postings: dict[str, list[tuple[int, int]]] = {}
+    for index, doc in enumerate(docs):
+        doc_terms = terms(doc)
+        lengths.append(len(doc_terms))
+        for term, count in Counter(t for t in doc_terms if t in wanted_set).items():
+            postings.setdefault(term, []).append((index, count))
+    avg_len = sum(lengths) / len(lengths) if lengths else 0.0
+    return _score(wanted, postings, lengths, avg_len, k1, b)
