@@ -3,8 +3,10 @@
 The text is cut into word units (names, dates, numbers with units and
 preserved spans are single units), a scorer rates each unit, and the
 highest-rated units that fit the token budget are kept, ties broken by
-position. Scorers: ``selfinfo`` (word frequencies, no model), ``llmlingua2``
-(a token-classification model) and ``perplexity`` (a causal LM).
+position. Scorers: ``selfinfo`` (word frequencies and cheap cues weighed by
+fixed, fitted weights; no model), ``llmlingua2`` (a token-classification model)
+and ``perplexity`` (a causal LM). The line holding the query (given, or the
+question the text ends with) is kept verbatim and counts against the budget.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy.typing as npt
 
 from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
 from compressors.preserve import PreserveSpec, find_spans
-from compressors.selfinfo import SelfInfo
+from compressors.selfinfo import SelfInfo, derive_query
 from compressors.tokenizer import Tokenizer
 from compressors.words import Unit, Units, assemble, atomic_spans, segment
 
@@ -135,6 +137,8 @@ class Tokens(Compressor):
         budget = target.budget(tokens_before)
         if tokens_before <= budget:
             return Compressed(text, tokens_before, tokens_before, self.name, target_tokens=budget)
+        # No query given: the question the text ends with, if any, is the query (and its line is kept).
+        query = query if query and query.strip() else derive_query(text)
         plan = self._plan(text, query, preserve, tokenizer)
         raw = self._scorer.scores(plan.text, plan.units, query, keep_ratio=budget / tokens_before)
         scores = _ranked(raw, plan.preserved, float(self.options["preserve_boost"]))

@@ -176,3 +176,15 @@ def test_threads_get_the_same_output_as_one_caller(nq_rows: list[dict[str, objec
     with ThreadPoolExecutor(max_workers=4) as pool:
         together = list(pool.map(run, prompts))
     assert together == alone
+
+
+def test_without_a_query_the_trailing_question_is_the_query_and_is_kept() -> None:
+    text = (
+        "Passage: The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It was designed "
+        "by the engineering company of Gustave Eiffel, whose firm also built bridges.\n"
+        "Question: who designed the eiffel tower"
+    )
+    result = Tokens().compress(text, target=Target(rate=0.6), model="gpt-4o")
+    assert result.text.endswith("\nQuestion: who designed the eiffel tower")
+    assert "Gustave Eiffel" in result.text
+    assert result.target_met
