@@ -147,10 +147,12 @@ class Tokens(Compressor):
         note = ""
         if not met:
             forced_cost = int(plan.costs[plan.forced].sum())
-            note = (
-                f"kept {tokens_after} tokens for a budget of {budget}: preserved units alone need about "
-                f"{forced_cost} tokens and are kept whole"
+            why = (
+                f"preserved units alone need about {forced_cost} tokens and are kept whole"
+                if forced_cost
+                else "line breaks always stay and units are kept or dropped whole"
             )
+            note = f"kept {tokens_after} tokens for a budget of {budget}: {why}"
         return Compressed(
             output,
             tokens_before,

@@ -188,3 +188,21 @@ def test_without_a_query_the_trailing_question_is_the_query_and_is_kept() -> Non
     assert result.text.endswith("\nQuestion: who designed the eiffel tower")
     assert "Gustave Eiffel" in result.text
     assert result.target_met
+
+
+def test_edge_inputs_never_overshoot_silently() -> None:
+    texts = [
+        "",
+        "   \n  \n",
+        "!!!! ??? ...",
+        "supercalifragilisticexpialidocious",
+        "x" * 500,
+        "a b c d e f g h",
+    ]
+    for text in texts:
+        result = Tokens().compress(text, target=Target(rate=0.3), model="gpt-4o")
+        assert result.text.count("\n") == text.count("\n")
+        if result.tokens_after > result.target_tokens * 1.05:
+            assert not result.target_met and "budget" in result.note
+        else:
+            assert result.target_met
