@@ -15,7 +15,7 @@ import httpx
 import openai
 import orjson
 import pytest
-from conftest import MakeProxy, RunningProxy, Upstream, tersegate_command
+from harness import MakeProxy, RunningProxy, Upstream, tersegate_command
 
 TRIM_POLICY = """\
 name: trim

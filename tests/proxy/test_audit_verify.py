@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import tersegate_command
+from harness import tersegate_command
 
 from proxy.audit import GENESIS, JsonlAuditSink
 from proxy.config import AuditConfig

@@ -8,7 +8,7 @@ import logging
 import httpx
 import openai
 import pytest
-from conftest import UPSTREAM_KEY, MakeProxy, Upstream
+from harness import UPSTREAM_KEY, MakeProxy, Upstream
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 RAG_KEY = "tg-rag-secret-key-111"

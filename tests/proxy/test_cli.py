@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import openai
-from conftest import MakeProxy, Upstream, tersegate_command
+from harness import MakeProxy, Upstream, tersegate_command
 
 
 def test_serve_subprocess_forwards_and_stops_on_sigterm(spawn_proxy: MakeProxy, upstream: Upstream) -> None:

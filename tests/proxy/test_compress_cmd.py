@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MakeProxy, Upstream, tersegate_command
+from harness import MakeProxy, Upstream, tersegate_command
 
 REPO = Path(__file__).resolve().parents[2]
 TRACE = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import tersegate_command
+from harness import tersegate_command
 
 ROOT = Path(__file__).resolve().parents[2]
 

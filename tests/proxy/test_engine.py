@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import MakeProxy, Upstream
+from harness import MakeProxy, Upstream
 
 from compressors.tokenizer import tokenizer_for
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import MakeProxy, Upstream
+from harness import MakeProxy, Upstream
 from openapi_shapes import schema_errors
 
 from proxy.exchange import Exchange, Rewrite
@@ -291,8 +291,8 @@ def test_connections_to_the_upstream_are_kept_alive_and_renewed(
 ) -> None:
     import time
 
-    from conftest import ServerThread
     from fake_upstream import FakeUpstream
+    from harness import ServerThread
 
     proxy = make_proxy()
     c = client(proxy.base_url)
@@ -348,8 +348,8 @@ def test_tls_upstream(make_proxy: MakeProxy, tmp_path: Path) -> None:
     import subprocess
 
     import uvicorn
-    from conftest import ServerThread
     from fake_upstream import FakeUpstream
+    from harness import ServerThread
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")

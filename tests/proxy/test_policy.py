@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import tersegate_command
+from harness import tersegate_command
 
 from compressors.base import Target
 from proxy.config import load_config

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
-from conftest import MakeProxy, Upstream
+from harness import MakeProxy, Upstream
 
 TEXT = "A  line   with    runs   of    spaces.\n\n\n\n\n" * 200  # normalize saves plenty
 

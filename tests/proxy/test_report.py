@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import tersegate_command
+from harness import tersegate_command
 
 from proxy.audit import JsonlAuditSink
 from proxy.config import AuditConfig

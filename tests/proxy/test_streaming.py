@@ -7,7 +7,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import MakeProxy, Upstream
+from harness import MakeProxy, Upstream
 
 from proxy.exchange import Exchange
 

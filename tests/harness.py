@@ -1,0 +1,243 @@
+"""Test harness: a real fake OpenAI upstream and real proxies on loopback.
+
+Tests import the helpers from here (``from harness import MakeProxy``); ``conftest.py``
+re-exports the fixtures. (Importing from ``conftest`` by name is ambiguous: there are
+several conftest.py files.)
+
+``upstream`` (session): a :class:`fake_upstream.FakeUpstream` served by uvicorn
+in a thread. ``upstream.url`` has no ``/v1``; ``upstream.requests`` lists what
+it received (method, path, query, headers, raw body bytes, stream timings);
+``upstream.clear()`` empties it (done before every test by ``make_proxy``).
+
+``make_proxy(config, policies={name: yaml_text}, env={})``: writes
+``config.yaml`` (and ``policies/<name>.yaml``) into a fresh folder and serves the
+proxy in-process (uvicorn thread, free port). ``config`` is either YAML text, in
+which ``{upstream}`` is replaced by the fake's base URL (with ``/v1``), or a
+dict (``{upstream}`` works in its strings too) whose top-level keys replace those of :data:`BASE_CONFIG` (an upstream
+``fake`` pointing at the fake, ``auth: passthrough``, team ``default`` without
+a policy, no audit). ``env`` is set for the test (config reads keys from it).
+Returns a :class:`RunningProxy`: ``.url``, ``.base_url`` (with ``/v1``, for
+``openai.OpenAI(base_url=...)``), ``.config_path``, ``.services``, ``.stop()``.
+
+``spawn_proxy(...)``: same arguments, but runs ``tersegate serve`` as a real
+subprocess (for SIGKILL/SIGHUP tests); adds ``.proc`` and ``.log_text()``
+(its stderr), ``.stop()`` sends SIGTERM, ``.kill()`` SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fake_upstream import FakeUpstream, ServerThread
+
+from proxy.app import create_app
+from proxy.config import load_config
+from proxy.serve_cmd import uvicorn_config
+from proxy.services import Services, build_services
+
+__all__ = ["MakeProxy", "RunningProxy", "ServerThread", "Upstream", "make_proxy", "spawn_proxy", "upstream"]
+
+UPSTREAM_KEY = "sk-upstream-test-0123456789"  # what the fake upstream should receive in auth: keys mode
+
+
+class Upstream:
+    """The running fake upstream: ``url``, ``base_url`` (``url + "/v1"``), ``requests``, ``clear()``."""
+
+    def __init__(self, app: FakeUpstream, server: ServerThread) -> None:
+        self.app = app
+        self.server = server
+        self.url = server.url
+        self.base_url = server.url + "/v1"
+
+    @property
+    def requests(self) -> list[Any]:
+        return self.app.requests
+
+    def clear(self) -> None:
+        self.app.clear()
+
+    def last(self) -> Any:
+        return self.app.last()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    app = FakeUpstream()
+    server = ServerThread(app).start()
+    yield Upstream(app, server)
+    server.stop()
+
+
+def base_config(upstream_base_url: str) -> dict[str, Any]:
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "auth": "passthrough",
+        "default_team": "default",
+        "upstreams": {
+            "fake": {"base_url": upstream_base_url, "api_key_env": "FAKE_UPSTREAM_KEY", "timeout_s": 30}
+        },
+        "default_upstream": "fake",
+        "policies_dir": "policies",
+        "teams": {"default": {}},
+    }
+
+
+BASE_CONFIG = base_config("http://127.0.0.1:<fake upstream port>/v1")
+
+
+def write_config_dir(
+    folder: Path, config: str | Mapping[str, Any], upstream: Upstream, policies: Mapping[str, str] | None
+) -> Path:
+    """Write config.yaml and policies/ into ``folder``; return the config path."""
+    if not isinstance(config, str):
+        config = yaml.safe_dump({**base_config(upstream.base_url), **config}, sort_keys=False)
+    text = config.replace("{upstream}", upstream.base_url)
+    path = folder / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    (folder / "policies").mkdir(exist_ok=True)
+    for name, policy in (policies or {}).items():
+        (folder / "policies" / f"{name}.yaml").write_text(policy, encoding="utf-8")
+    return path
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    config_path: Path
+    services: Services | None = None
+    server: ServerThread | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+MakeProxy = Callable[..., RunningProxy]
+
+
+@pytest.fixture
+def make_proxy(upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeProxy]:
+    """Factory for in-process proxies; all are stopped at the end of the test."""
+    started: list[RunningProxy] = []
+    upstream.clear()
+
+    def make(
+        config: str | Mapping[str, Any] | None = None,
+        *,
+        policies: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RunningProxy:
+        monkeypatch.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        folder = tmp_path / f"proxy{len(started)}"
+        folder.mkdir()
+        path = write_config_dir(folder, config if config is not None else {}, upstream, policies)
+        services = build_services(load_config(path))
+        app = create_app(services)
+        server = ServerThread(app, config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"))
+        proxy = RunningProxy(url=server.url, config_path=path, services=services, server=server.start())
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tersegate_command() -> list[str]:
+    exe = shutil.which("tersegate", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "proxy.cli"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tersegate serve exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code in (200, 503):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("tersegate serve did not become healthy")
+
+
+@pytest.fixture
+def spawn_proxy(upstream: Upstream, tmp_path: Path) -> Iterator[MakeProxy]:
+    """Factory for ``tersegate serve`` subprocesses; all are stopped at the end of the test."""
+    started: list[RunningProxy] = []
+    upstream.clear()
+
+    def spawn(
+        config: str | Mapping[str, Any] | None = None,
+        *,
+        policies: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RunningProxy:
+        folder = tmp_path / f"spawned{len(started)}"
+        folder.mkdir()
+        path = write_config_dir(folder, config if config is not None else {}, upstream, policies)
+        port = free_port()
+        log_path = folder / "proxy.log"
+        proc_env = {**os.environ, "FAKE_UPSTREAM_KEY": UPSTREAM_KEY, **(env or {})}
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*tersegate_command(), "serve", "--config", str(path), "--port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=proc_env,
+                cwd=folder,
+            )
+        proxy = RunningProxy(url=f"http://127.0.0.1:{port}", config_path=path, proc=proc, log_path=log_path)
+        started.append(proxy)
+        wait_healthy(proxy.url, proc)
+        return proxy
+
+    yield spawn
+    for proxy in started:
+        proxy.stop()
