@@ -42,6 +42,7 @@ log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
+_INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
 _WARM_TEXT = (
     "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
     "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
@@ -146,14 +147,29 @@ class PolicyRewriter:
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         policy = self.policies.for_team(exchange.team)
-        if policy is None:
-            return Rewrite(skipped="no policy for team")
         try:
+            if policy is None:
+                return await self._measured(Rewrite(skipped="no policy for team"), exchange, body)
             return await self._rewrite(policy, exchange, body, headers)
         except Exception as exc:  # the hook never raises: forward the original
-            log.exception("policy %s failed on request %s", policy.name, exchange.request_id)
+            name = policy.name if policy else None
+            log.exception("policy %s failed on request %s", name, exchange.request_id)
             self._count_fail_open(exchange.team, "internal_error")
-            return Rewrite(policy=policy.name, mode=policy.mode, fail_open=f"internal_error: {exc!r}"[:300])
+            mode = policy.mode if policy else "off"
+            return Rewrite(policy=name, mode=mode, fail_open=f"internal_error: {type(exc).__name__}"[:300])
+
+    async def _measured(self, rewrite: Rewrite, exchange: Exchange, body: dict[str, Any]) -> Rewrite:
+        """Count the prompt text of a request no rule looks at, so the audit still has
+        its tokens (before == after). Small bodies are counted inline, large ones off the loop."""
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
+        parts = extract_parts(exchange.route, body)
+        tokenizer = tokenizer_for(model)
+        if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
+            counts = self._count_all(tokenizer, parts)
+        else:
+            counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
+        rewrite.tokens_before = rewrite.tokens_after = sum(counts)
+        return rewrite
 
     def _mode(self, policy: Policy, headers: Mapping[str, str]) -> str:
         asked = _header(headers, _MODE_HEADER)
@@ -166,10 +182,11 @@ class PolicyRewriter:
     ) -> Rewrite:
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         if not policy.applies(exchange.route, model):
-            return Rewrite(policy=policy.name, mode="off", skipped="route or model not in policy")
+            skipped = Rewrite(policy=policy.name, mode="off", skipped="route or model not in policy")
+            return await self._measured(skipped, exchange, body)
         mode = self._mode(policy, headers)
         if mode == "off":
-            return Rewrite(policy=policy.name, mode="off")
+            return await self._measured(Rewrite(policy=policy.name, mode="off"), exchange, body)
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
         counts = await asyncio.to_thread(self._count_all, tokenizer, parts)

@@ -17,6 +17,8 @@ import orjson
 import pytest
 from harness import MakeProxy, RunningProxy, Upstream, tersegate_command
 
+from compressors.tokenizer import tokenizer_for
+
 TRIM_POLICY = """\
 name: trim
 mode: enforce
@@ -350,3 +352,23 @@ def test_verify_cli_is_importable_without_litellm_import() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("team_config", [{}, {"policy": "trim"}], ids=["no-policy", "mode-off-by-header"])
+def test_requests_no_rule_touches_still_have_token_counts(
+    make_proxy: MakeProxy, team_config: dict[str, Any]
+) -> None:
+    policy = TRIM_POLICY.replace("mode: enforce", "mode: enforce\nallow_client_override: true")
+    proxy = make_proxy(
+        {"audit": {"path": "audit/audit.jsonl"}, "teams": {"default": team_config}},
+        policies={"trim": policy},
+    )
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    messages = [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "Say hello"}]
+    client.chat.completions.create(
+        model="gpt-4o", messages=messages, extra_headers={"x-tersegate-mode": "off"}
+    )  # type: ignore[arg-type]
+    [record] = records(proxy)
+    expected = sum(tokenizer_for("gpt-4o").count(str(m["content"])) for m in messages)
+    assert record["tokens_before"] == record["tokens_after"] == expected
+    assert record["cost_before_usd"] == record["cost_after_usd"]
