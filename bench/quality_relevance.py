@@ -83,6 +83,18 @@ def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
     return cases
 
 
+def long_unit_cases(limit: int, seed: int = SEED) -> list[Case]:
+    """The NQ cases regrouped into 5 paragraphs of 4 documents (~550 tokens, over MiniLM's 256 word-pieces)."""
+    cases: list[Case] = []
+    for case in nq_cases(limit, seed):
+        head, rest = case.prompt.split("\n\n", 1)
+        documents, question = rest.rsplit("\n\n", 1)
+        lines = documents.split("\n")
+        groups = [" ".join(lines[i : i + 4]) for i in range(0, len(lines), 4)]
+        cases.append(Case("\n\n".join([head, *groups, question]), case.gold))
+    return cases
+
+
 def kv_cases(limit: int | None) -> list[Case]:
     """KV retrieval prompts formatted exactly as lost-in-the-middle formats them."""
     template = (DATA / "kv_retrieval.prompt").read_text(encoding="utf-8")
@@ -100,9 +112,14 @@ def kv_cases(limit: int | None) -> list[Case]:
 
 
 def _measure(
-    task: str, scorer: str, rate: float, cases: list[Case], preserve: PreserveSpec | None
+    task: str,
+    scorer: str,
+    rate: float,
+    cases: list[Case],
+    preserve: PreserveSpec | None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    compressor = Relevance({"scorer": scorer})
+    compressor = Relevance({"scorer": scorer, **(options or {})})
     target = Target(rate=rate)
     kept = 0
     met = 0
@@ -115,9 +132,10 @@ def _measure(
         kept += case.gold in result.text
         met += result.target_met
         ratios.append(result.ratio)
+    label = "/".join([scorer, *(f"{k}={v}" for k, v in (options or {}).items())])
     return {
         "task": task,
-        "scorer": scorer,
+        "scorer": label,
         "rate": rate,
         "cases": len(cases),
         "gold_kept": kept,
@@ -172,6 +190,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     nq = nq_cases(args.limit, args.seed)
     kv = kv_cases(args.kv_limit)
     rows: list[dict[str, Any]] = []
+    if args.long_limit:
+        long_cases = long_unit_cases(args.long_limit, args.seed)
+        for long_units in ("head", "max"):
+            rows.append(
+                _measure("nq-5x4docs", "embedding", 0.4, long_cases, None, {"long_units": long_units})
+            )
+            print(_format_row(rows[-1]), file=sys.stderr, flush=True)
     for scorer in scorers:
         for rate in NQ_RATES:
             rows.append(_measure("nq-20docs", scorer, rate, nq, None))
@@ -201,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="NQ questions to use (default: all 2655)")
     parser.add_argument("--kv-limit", type=int, default=None, help="KV prompts to use (default: all 500)")
-    parser.add_argument("--scorers", default="hybrid,embedding,bm25")
+    parser.add_argument("--long-limit", type=int, default=0, help="NQ cases for the long-unit head/max rows")
+    parser.add_argument("--scorers", default="embedding,hybrid,bm25")
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the gold positions")
     parser.add_argument("--write", action="store_true", help=f"write the table to {RESULTS}")
     args = parser.parse_args(argv)
