@@ -202,12 +202,16 @@ class SelfInfo:
     """Scores units with the fitted linear model over :data:`FEATURES`.
 
     ``query_boost`` scales the weights of the query features (0 ignores the
-    query); ``window`` is the closeness decay, in units.
+    query); ``window`` is the closeness decay, in units; ``compound`` lifts a content
+    word next to a better one; ``bridge`` lifts runs of up to ``gap`` words between two
+    better units (tuned on NQ rows 0-599: 0.7 and 2).
     """
 
     query_boost: float = 1.0
     window: int = 10
     compound: float = 0.9
+    bridge: float = 0.7
+    gap: int = 2
 
     def scores(
         self, text: str, units: Sequence[Unit], query: str | None, *, keep_ratio: float
@@ -221,7 +225,9 @@ class SelfInfo:
         )
         logits = matrix @ weights
         score = 1.0 / (1.0 + np.exp(-logits))
-        result: list[float] = _compounds(score, content, self.compound).tolist()
+        score = _compounds(score, content, self.compound)
+        punct = matrix[:, FEATURES.index("punct")] > 0
+        result: list[float] = _bridges(score, ~punct, self.bridge, self.gap).tolist()
         return result
 
 
@@ -376,6 +382,28 @@ def _compounds(score: _Floats, content: _Bools, lift: float) -> _Floats:
     lifted[1:] = np.where(pair, np.maximum(lifted[1:], lift * score[:-1]), lifted[1:])
     lifted[:-1] = np.where(pair, np.maximum(lifted[:-1], lift * score[1:]), lifted[:-1])
     return lifted
+
+
+def _bridges(score: _Floats, words: _Bools, lift: float, gap: int) -> _Floats:
+    """Lift a short run of words between two better words, so phrases stay contiguous:
+    "Speaker *of* House", "Return *of the* Jedi" (a phrase missing its inner word is a different one)."""
+    n = len(score)
+    if n < 3 or lift <= 0:
+        return score
+    out = score.copy()
+    for width in range(1, gap + 1):
+        if n < width + 2:
+            break
+        left = score[: n - width - 1]
+        right = score[width + 1 :]
+        run = np.ones(n - width - 1, bool)
+        for k in range(1, width + 1):
+            run &= words[k : n - width - 1 + k]
+        bridged = lift * np.minimum(left, right)
+        for k in range(1, width + 1):
+            view = out[k : n - width - 1 + k]
+            np.maximum(view, np.where(run, bridged, view), out=view)
+    return out
 
 
 def _distance(position: _Floats, hits: _Floats) -> _Floats:

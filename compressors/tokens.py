@@ -79,6 +79,7 @@ class Tokens(Compressor):
         "segment_tokens": (int, 512),
         "batch_size": (int, 8),
         "preserve_boost": ((int, float), 0.0),
+        "bridge": ((int, float), 0.7),
     }
 
     def _validate(self) -> None:
@@ -97,6 +98,8 @@ class Tokens(Compressor):
             raise OptionsError(f"tokens: segment_tokens must be in [16, 4096], got {opts['segment_tokens']}")
         if not 0 <= opts["preserve_boost"] <= 1:
             raise OptionsError("tokens: preserve_boost must be in [0, 1]")
+        if not 0 <= opts["bridge"] <= 1:
+            raise OptionsError("tokens: bridge must be in [0, 1]")
         if opts["batch_size"] < 1:
             raise OptionsError("tokens: batch_size must be >= 1")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", opts["device"]):
@@ -128,7 +131,9 @@ class Tokens(Compressor):
                 pooling=opts["pooling"],
                 segment_tokens=opts["segment_tokens"],
             )
-        return SelfInfo(query_boost=float(opts["query_boost"]), window=opts["window"])
+        return SelfInfo(
+            query_boost=float(opts["query_boost"]), window=opts["window"], bridge=float(opts["bridge"])
+        )
 
     def _compress(
         self, text: str, *, target: Target, query: str | None, preserve: PreserveSpec, tokenizer: Tokenizer
