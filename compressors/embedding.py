@@ -196,7 +196,7 @@ class Embedder:
         step = limit * 3 // 4  # overlapping windows: an answer is not cut in two
         with loaded.lock:  # a fast tokenizer must not be used by two threads at once
             encoded = loaded.model.tokenizer(
-                list(texts), add_special_tokens=False, return_offsets_mapping=True
+                list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False
             )
         result: list[list[str]] = []
         for text, offsets in zip(texts, encoded["offset_mapping"], strict=True):
