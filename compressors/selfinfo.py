@@ -69,6 +69,8 @@ _FUNCTION_WORDS = frozenset(
     how not no also very such each every all any both either neither some most more many much other another
     one only just own same too""".split()  # noqa: SIM905 (a word list reads better as text)
 )
+# A short capitalised label opening a line: "Passage: ...", "Context: ...".
+_LABEL = re.compile(r"(?m)^[ \t]*[A-Z][\w ]{0,20}:(?=[ \t])")
 _OPEN = frozenset("([")
 _CLOSE = frozenset(")]")
 
@@ -223,11 +225,17 @@ class SelfInfo:
         weights = np.array(
             [WEIGHTS[name] * (self.query_boost if name in _QUERY_FEATURES else 1.0) for name in FEATURES]
         )
+        starts, ends = _bounds(units)
         logits = matrix @ weights
         score = 1.0 / (1.0 + np.exp(-logits))
         score = _compounds(score, content, self.compound)
         punct = matrix[:, FEATURES.index("punct")] > 0
-        result: list[float] = _bridges(score, ~punct, self.bridge, self.gap).tolist()
+        score = _bridges(score, ~punct, self.bridge, self.gap)
+        # A line's "Passage:" / "Context:" label says nothing the reader needs: it goes first.
+        # (NQ rows 0-599 at rate 0.5: 0.912 -> 0.915; held-out rows 0.886 -> 0.889.)
+        for match in _LABEL.finditer(text):
+            score[(starts >= match.start()) & (ends <= match.end())] = 0.0
+        result: list[float] = score.tolist()
         return result
 
 
@@ -235,12 +243,8 @@ def unit_matrix(
     text: str, units: Sequence[Unit], query: str | None, *, window: int = 10
 ) -> tuple[_Floats, _Bools]:
     """The :data:`FEATURES` of every unit (one row each) and which units are content words."""
-    if isinstance(units, Units):
-        starts, ends, atomic = units.starts, units.ends, units.atomic
-    else:
-        starts = np.array([u.start for u in units], np.int64)
-        ends = np.array([u.end for u in units], np.int64)
-        atomic = np.array([u.kind == "atomic" for u in units], bool)
+    starts, ends = _bounds(units)
+    atomic = units.atomic if isinstance(units, Units) else np.array([u.kind == "atomic" for u in units], bool)
     n = len(starts)
     # Work per distinct string (a few thousand in 20k tokens), then spread to units by id.
     ids: dict[str, int] = {}
@@ -303,6 +307,12 @@ def unit_matrix(
     }
     matrix = np.column_stack([np.asarray(columns_out[name], np.float64) for name in FEATURES])
     return matrix, content & ~punct
+
+
+def _bounds(units: Sequence[Unit]) -> tuple[_Ints, _Ints]:
+    if isinstance(units, Units):
+        return units.starts, units.ends
+    return np.array([u.start for u in units], np.int64), np.array([u.end for u in units], np.int64)
 
 
 class _Nearness:
