@@ -230,7 +230,8 @@ class SelfInfo:
         score = 1.0 / (1.0 + np.exp(-logits))
         score = _compounds(score, content, self.compound)
         punct = matrix[:, FEATURES.index("punct")] > 0
-        score = _bridges(score, ~punct, self.bridge, self.gap)
+        article = matrix[:, FEATURES.index("article")] > 0
+        score = _bridges(score, ~punct, self.bridge, self.gap, lifted=~article)
         # A line's "Passage:" / "Context:" label says nothing the reader needs: it goes first.
         # (NQ rows 0-599 at rate 0.5: 0.912 -> 0.915; held-out rows 0.886 -> 0.889.)
         for match in _LABEL.finditer(text):
@@ -394,9 +395,10 @@ def _compounds(score: _Floats, content: _Bools, lift: float) -> _Floats:
     return lifted
 
 
-def _bridges(score: _Floats, words: _Bools, lift: float, gap: int) -> _Floats:
+def _bridges(score: _Floats, words: _Bools, lift: float, gap: int, *, lifted: _Bools) -> _Floats:
     """Lift a short run of words between two better words, so phrases stay contiguous:
-    "Speaker *of* House", "Return *of the* Jedi" (a phrase missing its inner word is a different one)."""
+    "Speaker *of* House", "Return *of* the Jedi" (a phrase missing its inner word is a different one).
+    Only ``lifted`` units rise: an article inside the run may go (NQ rows 0-599: 0.915 -> 0.917)."""
     n = len(score)
     if n < 3 or lift <= 0:
         return score
@@ -412,7 +414,8 @@ def _bridges(score: _Floats, words: _Bools, lift: float, gap: int) -> _Floats:
         bridged = lift * np.minimum(left, right)
         for k in range(1, width + 1):
             view = out[k : n - width - 1 + k]
-            np.maximum(view, np.where(run, bridged, view), out=view)
+            lift_here = run & lifted[k : n - width - 1 + k]
+            np.maximum(view, np.where(lift_here, bridged, view), out=view)
     return out
 
 
