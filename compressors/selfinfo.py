@@ -71,6 +71,12 @@ _FUNCTION_WORDS = frozenset(
 )
 # A short capitalised label opening a line: "Passage: ...", "Context: ...".
 _LABEL = re.compile(r"(?m)^[ \t]*[A-Z][\w ]{0,20}:(?=[ \t])")
+# Numbers spelled out answer "how many" as often as digits do ("hosted the Games on two occasions").
+_NUMBER_WORDS = frozenset(
+    """two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen
+    seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand
+    million billion dozen once twice""".split()  # noqa: SIM905 (a word list reads better as text)
+)
 _OPEN = frozenset("([")
 _CLOSE = frozenset(")]")
 
@@ -105,31 +111,31 @@ FEATURES: tuple[str, ...] = (
 # Fitted by bench/fit_selfinfo.py (logistic regression, first 600 NQ-open oracle rows, label: the unit
 # is part of a gold answer, articles excluded). "unqueried_number" is set by hand: NQ always has a query.
 WEIGHTS: dict[str, float] = {
-    "bias": -5.065,
-    "info": 2.368,
-    "punct": -0.211,
-    "numeric": -0.067,
-    "named": 0.389,
-    "typed": 2.228,
-    "article": -3.195,
-    "function": -0.866,
-    "repeat": 0.68,
-    "hit": -0.449,
-    "close": 0.809,
-    "close_tight": -1.702,
-    "top_sentence": 0.165,
-    "second_sentence": 0.255,
-    "lead": 0.964,
-    "aside": -1.321,
-    "typed_close": -0.691,
-    "after_hit": -0.451,
-    "before_hit": 0.301,
-    "atomic": 0.494,
-    "untyped_named": 1.036,
-    "typed_sentence": -0.758,
-    "capital": -0.233,
-    "typed_number": 0.951,
-    "follows_query": 2.627,
+    "bias": -5.044,
+    "info": 2.336,
+    "punct": -0.203,
+    "numeric": 0.028,
+    "named": 0.407,
+    "typed": 2.225,
+    "article": -3.127,
+    "function": -0.854,
+    "repeat": 0.67,
+    "hit": -0.454,
+    "close": 0.803,
+    "close_tight": -1.679,
+    "top_sentence": 0.176,
+    "second_sentence": 0.25,
+    "lead": 0.956,
+    "aside": -1.315,
+    "typed_close": -0.666,
+    "after_hit": -0.443,
+    "before_hit": 0.282,
+    "atomic": 0.487,
+    "untyped_named": 1.031,
+    "typed_sentence": -0.756,
+    "capital": -0.243,
+    "typed_number": 0.844,
+    "follows_query": 2.581,
     "unqueried_number": 3.0,
 }
 _QUERY_FEATURES = frozenset(
@@ -181,7 +187,7 @@ def _features(unit: str) -> _Features:
         tuple(_stem(w) for w in words),
         lower,
         False,
-        first.isdigit() or (first in "$€£¥" and len(unit) > 1),
+        first.isdigit() or (first in "$€£¥" and len(unit) > 1) or lower in _NUMBER_WORDS,
         first.isupper(),
         zipfs[0] < _RARE_ZIPF,
         lower in _ARTICLES,
