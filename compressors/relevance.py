@@ -32,6 +32,7 @@ _QUESTION = re.compile(r"[^\s.!?][^.!?\n]*\?")
 _IDENTIFIER = re.compile(r"[\w][\w.\-/:]{4,}[\w]")
 _QUOTED = re.compile(r"[\"'`]([^\"'`\n]{4,200})[\"'`]")
 _MAX_REFITS = 8
+_DOC_LABEL = re.compile(r"^Document \[\d+\]")
 _UNIT_NAMES = {
     "documents": "document",
     "json": "json-element",
@@ -226,7 +227,12 @@ class _Plan:
             scores = [float(len(units) - i) for i in range(len(units))]
             notes = [*notes, "no query given or found in the text; kept the first units"]
         else:
-            scores = compressor.scores(found.text, units)
+            # "Document [7]" labels carry no relevance; without them a passage seen at another
+            # position (the next turn, another request) is an embedding-cache hit.
+            texts = (
+                [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
+            )
+            scores = compressor.scores(found.text, texts)
         forced = {
             i for i, (s, e) in enumerate(layout.spans) if any(fs < e and s < fe for fs, fe in forced_ranges)
         }
