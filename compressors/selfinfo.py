@@ -456,7 +456,9 @@ def _answer_type(query: str | None) -> str:
     if not query:
         return ""
     lowered = query.lower()
-    return next((kind for pattern, kind in _ANSWER_TYPES if pattern.search(lowered)), "")
+    # The earliest cue wins: "who is the singer of just when i needed you most" asks for a name.
+    found = [(match.start(), kind) for pattern, kind in _ANSWER_TYPES if (match := pattern.search(lowered))]
+    return min(found)[1] if found else ""
 
 
 def _query_terms(query: str | None) -> dict[str, float]:
