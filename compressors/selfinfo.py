@@ -51,7 +51,13 @@ _ANSWER_TYPES: tuple[tuple[re.Pattern[str], str], ...] = (
         "number",
     ),
     (re.compile(r"\b(when|what (year|date|time|day|month|century|decade)|which year)\b"), "date"),
-    (re.compile(r"\b(who|whom|whose|where|which (country|city|state|team|company))\b"), "name"),
+    (
+        re.compile(
+            r"\b(who|whom|whose|where|(which|what) (country|city|state|team|company|county|band|language|"
+            r"river|network|channel|station|island|province|party|club|university|school|character|actor))\b"
+        ),
+        "name",
+    ),
 )
 _YEAR = re.compile(r"\b1\d{3}\b|\b20\d{2}\b")
 _PUNCT_INFO = {".": 0.3, "?": 0.3, "!": 0.3, ":": 0.25, ";": 0.2}
