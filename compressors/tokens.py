@@ -63,6 +63,7 @@ class _Plan:
     preserved: _Bools
     costs: _Ints
     broken: _Bools  # a newline comes before the unit
+    fixed: int  # tokens of the line breaks, which stay whatever is dropped
 
 
 class Tokens(Compressor):
@@ -182,10 +183,17 @@ class Tokens(Compressor):
             forced |= np.array([text[a:b] in self._force_tokens for a, b in pairs], bool)
         preserved = _covered(starts, ends, atomic_spans(text, preserved_spans, detect=False))
         previous_end = np.concatenate(([0], ends[:-1]))
-        costs = _unit_costs(text, previous_end, ends, tokenizer)
         newlines = np.fromiter((m.start() for m in _NEWLINE.finditer(text)), np.int64)
-        broken = np.searchsorted(newlines, previous_end) < np.searchsorted(newlines, starts)
-        return _Plan(text, units, forced, preserved, costs, broken)
+        after_newline = np.searchsorted(newlines, starts)
+        broken = np.searchsorted(newlines, previous_end) < after_newline
+        # A unit after a line break costs only what follows the break: dropping it keeps the break.
+        line_start = previous_end.copy()
+        line_start[broken] = newlines[after_newline[broken] - 1] + 1
+        costs = _unit_costs(text, line_start, ends, tokenizer)
+        cost = _cost_function(tokenizer)
+        pairs = zip(previous_end[broken].tolist(), line_start[broken].tolist(), strict=True)
+        fixed = sum(cost(text[a:b]) for a, b in pairs)
+        return _Plan(text, units, forced, preserved, costs, broken, fixed)
 
 
 def _ranked(raw: Sequence[float], preserved: _Bools, boost: float) -> _Floats:
@@ -201,7 +209,7 @@ def _ranked(raw: Sequence[float], preserved: _Bools, boost: float) -> _Floats:
 
 
 def _query_line(text: str, query: str | None) -> list[tuple[int, int]]:
-    """The whole line(s) holding the query (e.g. a trailing ``Question: ...``), kept verbatim."""
+    """The query where the text holds it verbatim, else the whole line holding it; kept verbatim."""
     if not query or not query.strip():
         return []
     wanted = " ".join(query.split()).lower()
@@ -215,6 +223,9 @@ def _query_line(text: str, query: str | None) -> list[tuple[int, int]]:
                 break
     if at < 0:
         return []
+    if text.startswith(query.strip(), at):
+        # Only the question itself is protected: its line's label ("Question:") is a unit like any other.
+        return [(at, at + len(query.strip()))]
     start = text.rfind("\n", 0, at) + 1
     end = text.find("\n", at + len(query.strip()))
     return [(start, len(text) if end < 0 else end)]
@@ -250,7 +261,7 @@ def _select(plan: _Plan, order: list[int], budget: float) -> list[bool]:
     """Forced units, then the best-scored units (``order``) that still fit the budget."""
     kept: list[bool] = plan.forced.tolist()
     costs: list[int] = plan.costs.tolist()
-    room = budget - float(plan.costs[plan.forced].sum())
+    room = budget - float(plan.costs[plan.forced].sum()) - plan.fixed
     for i in order:
         if room < 1:
             break

@@ -101,7 +101,9 @@ def test_who_question_keeps_the_person_over_rarer_words() -> None:
     )
     result = Tokens().compress(text, target=Target(rate=0.5), query="who discovered polonium")
     assert "Marie Curie" in result.text
-    assert result.text.endswith("Question: who discovered polonium")
+    assert result.text.endswith("\nwho discovered polonium") or result.text.endswith(
+        "Question: who discovered polonium"
+    )
 
 
 def test_bridging_inner_words_keeps_more_answers_on_unseen_rows(nq_rows: list[dict[str, object]]) -> None:
@@ -122,7 +124,7 @@ def test_bridging_inner_words_keeps_more_answers_on_unseen_rows(nq_rows: list[di
 
 
 def test_line_labels_go_before_content(nq_rows: list[dict[str, object]]) -> None:
-    # "Passage:" costs tokens and tells the reader nothing; the question line stays whole.
+    # "Passage:" costs tokens and tells the reader nothing; the question stays whole.
     for row in nq_rows[600:700]:
         question = str(row["question"])
         ctxs = row["ctxs"]
@@ -130,4 +132,4 @@ def test_line_labels_go_before_content(nq_rows: list[dict[str, object]]) -> None
         text = f"Passage: {ctxs[0]['text']}\nQuestion: {question}"
         out = Tokens().compress(text, target=Target(rate=0.5), query=question).text
         assert not out.startswith("Passage:"), out
-        assert out.endswith(f"\nQuestion: {question}")
+        assert out.endswith(f"\n{question}") or out.endswith(f"Question: {question}")
