@@ -25,7 +25,9 @@ Bools = npt.NDArray[np.bool_]
 
 # Numbers first (1,234.5 / 3.75 / 2/5 / 10%), then words with inner hyphens and
 # apostrophes, then runs of one punctuation character.
-_PIECE = re.compile(r"(\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?|\w+(?:[-'’]\w+)*|([^\w\s])\2*)")
+_PIECE = re.compile(
+    r"(\$?\d+(?:[.,:/]\d+)*(?:%|[^\W\d_]+\b)?(?:[-/][^\W\d_]\w*)*|\w+(?:[-'’/]\w+)*|([^\w\s])\2*)"
+)
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"

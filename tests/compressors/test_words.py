@@ -108,3 +108,12 @@ def test_plain_units_carry_their_kind() -> None:
         ("!", "punct"),
     ]
     assert units[0] == Unit(0, 5, "word")
+
+
+def test_hyphen_and_slash_compounds_are_one_unit() -> None:
+    # Dropping the "-" of "3-phosphoglycerate" leaves "3 phosphoglycerate", a different string to a reader.
+    text = "It makes 3-phosphoglycerate, runs 12.9-kilometre laps at 54 Mbit/s for Road/Track but 25 - 2 stays apart."
+    pieces = [text[u.start : u.end] for u in segment(text)]
+    for whole in ("3-phosphoglycerate", "12.9-kilometre", "Mbit/s", "Road/Track"):
+        assert whole in pieces, pieces
+    assert "-" in pieces and "25" in pieces and "2" in pieces
