@@ -126,7 +126,7 @@ class Embedder:
         sha256: str | None = None,
         batch_size: int = 32,
         cache_size: int = 8192,
-        long_units: str = "head",
+        long_units: str = "max",
     ) -> None:
         if model is None:
             model = str(default_model_path())

@@ -98,7 +98,7 @@ class Relevance(Compressor):
         "batch_size": (int, 32),
         "alpha": ((int, float), 0.8),  # hybrid: weight of the embedding score (1 - alpha: bm25)
         "exact_boost": (bool, True),  # units holding the query's identifiers verbatim rank first
-        "long_units": (str, "head"),  # embedding: head (first 256 word-pieces) or max over windows
+        "long_units": (str, "max"),  # embedding: max over 256-word-piece windows, or head (the first only)
         "min_units": (int, 1),
     }
 
