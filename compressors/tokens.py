@@ -5,8 +5,9 @@ preserved spans are single units), a scorer rates each unit, and the
 highest-rated units that fit the token budget are kept, ties broken by
 position. Scorers: ``selfinfo`` (word frequencies and cheap cues weighed by
 fixed, fitted weights; no model), ``llmlingua2`` (a token-classification model)
-and ``perplexity`` (a causal LM). The line holding the query (given, or the
-question the text ends with) is kept verbatim and counts against the budget.
+and ``perplexity`` (a causal LM). The query (given, or the question the text
+ends with) is kept verbatim where the text holds it (its line's ``Question:``
+label is an ordinary unit) and counts against the budget.
 """
 
 from __future__ import annotations
