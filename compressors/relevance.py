@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
 from compressors.bm25 import bm25_scores
-from compressors.embedding import Embedder
+from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
 from compressors.preserve import PreserveSpec, find_spans, split_tags
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
@@ -100,6 +100,7 @@ class Relevance(Compressor):
         "exact_boost": (bool, True),  # units holding the query's identifiers verbatim rank first
         "long_units": (str, "max"),  # embedding: max over 256-word-piece windows, or head (the first only)
         "min_units": (int, 1),
+        "backend": (str, DEFAULT_BACKEND),  # embedding runtime: torch, onnx or onnx-int8 (fastest)
     }
 
     def _validate(self) -> None:
@@ -112,6 +113,7 @@ class Relevance(Compressor):
             (opts["batch_size"] >= 1, "batch_size must be >= 1"),
             (0.0 <= opts["alpha"] <= 1.0, "alpha must be in [0, 1]"),
             (opts["min_units"] >= 0, "min_units must be >= 0"),
+            (opts["backend"] in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}"),
         )
         for ok, message in checks:
             if not ok:
@@ -122,7 +124,11 @@ class Relevance(Compressor):
         self._embedder: Embedder | None = None
         if opts["scorer"] != "bm25":
             self._embedder = Embedder(
-                opts["model"], sha256=sha, batch_size=opts["batch_size"], long_units=opts["long_units"]
+                opts["model"],
+                sha256=sha,
+                batch_size=opts["batch_size"],
+                long_units=opts["long_units"],
+                backend=opts["backend"],
             )
 
     def scores(self, query: str, units: Sequence[str]) -> list[float]:

@@ -1,0 +1,180 @@
+"""ONNX Runtime inference for mean-pooled sentence-transformers models, exported once.
+
+The first process to need it traces the verified torch model to ONNX, fuses the
+graph with ONNX Runtime's BERT optimizer and, for ``onnx-int8``, quantizes the
+Linear weights to int8 (per channel; u8 x s8 products use AVX512-VNNI). The
+files land in ``$XDG_CACHE_HOME/tersegate/onnx/<sha256 of model.safetensors>/``,
+built in a temporary directory and renamed into place, so concurrent processes
+never see half a model and later ones load it directly. Only weights whose
+sha256 was verified are ever exported (the caller verifies first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["OnnxEncoder", "cache_root", "ensure_export", "export_dir"]
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_FP32 = "model.onnx"
+_INT8 = "model-int8.onnx"
+_META = "tersegate.json"
+# Texts in one run differ in length by at most this share: padding is wasted work.
+_PAD_SLACK = 0.9
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tersegate" / "onnx"
+
+
+def export_dir(sha256: str) -> Path:
+    return cache_root() / sha256.lower()
+
+
+def _export(model: Any, target: Path) -> None:
+    """Write fp32 and int8 ONNX graphs, tokenizer and sequence length of ``model`` into ``target``."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    modules = [type(module).__name__ for module in model]
+    pooling = getattr(model[1], "pooling_mode", None) if len(modules) > 1 else None
+    if modules[:3] != ["Transformer", "Pooling", "Normalize"] or pooling not in ("mean", ("mean",)):
+        raise ValueError(f"only mean-pooled, normalized models export to ONNX (got {modules}, {pooling})")
+    bert = model[0].auto_model
+
+    class _Hidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+            return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+
+    # A padded example, so the traced graph applies the attention mask.
+    sample = model.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt")
+    raw = target / "raw.onnx"
+    axes = {name: {0: "batch", 1: "seq"} for name in (*_INPUTS, "hidden")}
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes
+        torch.onnx.export(
+            _Hidden().eval(),
+            tuple(sample[name] for name in _INPUTS),
+            str(raw),
+            dynamo=False,
+            input_names=list(_INPUTS),
+            output_names=["hidden"],
+            dynamic_axes=axes,
+            opset_version=17,
+        )
+    config = bert.config
+    fused = optimizer.optimize_model(
+        str(raw),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+        opt_level=1,
+    )
+    fused.save_model_to_file(str(target / _FP32))
+    raw.unlink()
+    quantize_dynamic(
+        str(target / _FP32),
+        str(target / _INT8),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": 1},  # FLOAT: fused ops hide some tensor types
+    )
+    model.tokenizer.save_pretrained(str(target / "tokenizer"))
+    meta = {"max_seq_length": int(model.max_seq_length), "dim": int(config.hidden_size)}
+    (target / _META).write_text(json.dumps(meta))
+
+
+def ensure_export(sha256: str, load_torch_model: Callable[[], Any]) -> Path:
+    """The export directory for ``sha256``, exporting ``load_torch_model()`` first if absent."""
+    final = export_dir(sha256)
+    if (final / _META).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=final.parent))
+    try:
+        log.warning("exporting the embedding model to ONNX once, into %s", final)
+        _export(load_torch_model(), tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / _META).is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class OnnxEncoder:
+    """Mean-pooled, normalized vectors from an exported model; one intra-op thread."""
+
+    def __init__(self, directory: Path, *, int8: bool) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        meta = json.loads((directory / _META).read_text())
+        self.max_seq_length = int(meta["max_seq_length"])
+        self.dim = int(meta["dim"])
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(
+            str(directory / "tokenizer"), local_files_only=True
+        )
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        options = ort.SessionOptions()
+        # One thread: on 2 busy cores a second spinning thread slows everyone (see embedding.py).
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = directory / (_INT8 if int8 else _FP32)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: Sequence[str], *, batch_size: int) -> Vectors:
+        """Vectors of ``texts`` in order; texts of similar length share a run."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length, verbose=False)
+        ids: list[list[int]] = encoded["input_ids"]
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: (-len(ids[i]), i))
+        start = 0
+        while start < len(order):
+            longest = len(ids[order[start]])
+            end = start + 1
+            while (
+                end < len(order) and end - start < batch_size and len(ids[order[end]]) >= longest * _PAD_SLACK
+            ):
+                end += 1
+            batch = order[start:end]
+            result[batch] = self._run([ids[i] for i in batch], longest)
+            start = end
+        return result
+
+    def _run(self, ids: list[list[int]], length: int) -> Vectors:
+        input_ids = np.full((len(ids), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(ids), length), dtype=np.int64)
+        for row, pieces in enumerate(ids):
+            input_ids[row, : len(pieces)] = pieces
+            mask[row, : len(pieces)] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
+        hidden = self.session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        vectors: Vectors = (pooled / norms).astype(np.float32)
+        return vectors
