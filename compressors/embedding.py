@@ -217,6 +217,12 @@ class Embedder:
                 loaded.cache.popitem(last=False)
         return result
 
+    def clear_cache(self) -> None:
+        """Forget cached vectors (of this model and backend, in every Embedder sharing it)."""
+        loaded = self._loaded()
+        with loaded.lock:
+            loaded.cache.clear()
+
     def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of ``query`` to each of ``texts``."""
         if not texts:
