@@ -144,7 +144,11 @@ def _onnx(model: str, sha256: str | None, backend: str) -> OnnxEncoder | None:
     if importlib.util.find_spec("onnxruntime") is None:
         log.warning("embedding backend %s needs onnxruntime, which is not installed; using torch", backend)
         return None
-    directory = ensure_export(sha256, lambda: _torch_model(model))
+    try:
+        directory = ensure_export(sha256, lambda: _torch_model(model))
+    except OSError as exc:  # e.g. a read-only cache folder: slower, but still serving
+        log.warning("embedding backend %s: cannot write its ONNX export (%s); using torch", backend, exc)
+        return None
     return OnnxEncoder(directory, int8=backend == "onnx-int8")
 
 
