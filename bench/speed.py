@@ -71,6 +71,25 @@ def build_prompt() -> tuple[str, str]:
     return prompt, question
 
 
+def build_documents_prompt() -> tuple[str, str]:
+    """``(prompt, question)`` for the relevance rows: ~20k tokens that are ALL candidate units
+    (NQ documents in qa.prompt format), so every token is scored. The mixed prompt above puts
+    the SWE-agent text after the question, where relevance treats it as fixed suffix text."""
+    from compressors.tokenizer import tokenizer_for
+
+    tokenizer = tokenizer_for(MODEL)
+    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
+    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as fh:
+        rows = [json.loads(fh.readline()) for _ in range(400)]
+    lines: list[str] = []
+    for i, row in enumerate(rows, 1):
+        lines.append(f"Document [{i}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}")
+        if i % 20 == 0 and tokenizer.count("\n".join(lines)) >= TARGET_TOKENS:
+            break
+    question = rows[7]["question"]
+    return template.replace("{search_results}", "\n".join(lines)).replace("{question}", question), question
+
+
 def time_row(
     registry_name: str, options: Mapping[str, Any], prompt: str, question: str, repeats: int, *, cold: bool
 ) -> float:
@@ -103,16 +122,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from compressors.tokenizer import tokenizer_for
 
-    prompt, question = build_prompt()
-    tokens = tokenizer_for(MODEL).count(prompt)
+    inputs = {"mixed": build_prompt(), "documents": build_documents_prompt()}
+    counts = {kind: tokenizer_for(MODEL).count(text) for kind, (text, _) in inputs.items()}
     print(
-        f"input: {tokens} tokens ({len(prompt)} chars), model {MODEL}, target rate 0.5, {args.repeats} repeats"
+        f"inputs: mixed {counts['mixed']} tokens (NQ documents + SWE-agent output; normalize, truncate, tokens), "
+        f"documents {counts['documents']} tokens (all candidate units; relevance rows); model {MODEL}, "
+        f"target rate 0.5, {args.repeats} repeats"
     )
     print(f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'compressor':<32}{'ms total':>10}{'ms/1k tok':>11}{'bar':>7}  verdict")
     for name in args.only or list(ROWS):
         registry_name, options, bar = ROWS[name]
         embeds = registry_name == "relevance" and options.get("scorer", "embedding") != "bm25"
+        kind = "documents" if registry_name == "relevance" else "mixed"
+        (prompt, question), tokens = inputs[kind], counts[kind]
         for cold in (True, False) if embeds else (False,):
             label = f"{name} ({'cold' if cold else 'warm'})" if embeds else name
             try:

@@ -139,8 +139,10 @@ class OnnxEncoder:
         )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         options = ort.SessionOptions()
-        # One thread: on 2 busy cores a second spinning thread slows everyone (see embedding.py).
-        options.intra_op_num_threads = 1
+        # Every core, but no spin-waiting: idle, 2 threads halve a cold encode (~175 -> ~95 ms per
+        # 1k tokens here); busy, non-spinning threads yield the CPU to the proxy's event loop.
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = directory / (_INT8 if int8 else _FP32)

@@ -320,7 +320,7 @@ def test_nq_question_and_instruction_survive_relevance(make_proxy: MakeProxy, up
     rag = (Path(__file__).resolve().parents[2] / "policies" / "rag.yaml").read_text()
     proxy = make_proxy(
         team_config("rag"),
-        policies={"rag": rag.replace("latency_budget_ms: 4000", "latency_budget_ms: 60000")},
+        policies={"rag": rag.replace("latency_budget_ms: 1000", "latency_budget_ms: 60000")},
     )
     post(proxy, "/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]})
     sent = upstream.last().json()["messages"][0]["content"]
