@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = ["KINDS", "Layout", "split_units"]
@@ -252,36 +252,11 @@ def _json_block(text: str) -> tuple[int, int] | None:
     return None
 
 
-def _container_end(text: str, start: int) -> int:
-    """End (exclusive) of the JSON container opening at ``start`` (the text is valid JSON there)."""
+def _structure(text: str, start: int, end: int) -> Iterator[tuple[int, str, int]]:
+    """``(index, char, depth after it)`` for each bracket and comma of ``text[start:end]``
+    outside JSON strings (escapes honoured)."""
     depth = 0
     in_string = False
-    index = start
-    while index < len(text):
-        char = text[index]
-        if in_string:
-            if char == "\\":
-                index += 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-        index += 1
-    return len(text)
-
-
-def _elements(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Top-level elements of the container ``text[start:end]``, split at top-level commas."""
-    spans: list[tuple[int, int]] = []
-    depth = 0
-    in_string = False
-    element_start = start + 1
     index = start
     while index < end:
         char = text[index]
@@ -294,14 +269,33 @@ def _elements(text: str, start: int, end: int) -> list[tuple[int, int]]:
             in_string = True
         elif char in "[{":
             depth += 1
+            yield index, char, depth
         elif char in "]}":
             depth -= 1
-            if depth == 0:
-                spans.append((element_start, index))
+            yield index, char, depth
+        elif char == ",":
+            yield index, char, depth
+        index += 1
+
+
+def _container_end(text: str, start: int) -> int:
+    """End (exclusive) of the JSON container opening at ``start`` (the text is valid JSON there)."""
+    for index, char, depth in _structure(text, start, len(text)):
+        if char in "]}" and depth == 0:
+            return index + 1
+    return len(text)
+
+
+def _elements(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Top-level elements of the container ``text[start:end]``, split at top-level commas."""
+    spans: list[tuple[int, int]] = []
+    element_start = start + 1
+    for index, char, depth in _structure(text, start, end):
+        if char in "]}" and depth == 0:
+            spans.append((element_start, index))
         elif char == "," and depth == 1:
             spans.append((element_start, index))
             element_start = index + 1
-        index += 1
     return [span for span in spans if text[span[0] : span[1]].strip()]
 
 
