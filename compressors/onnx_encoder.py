@@ -1,12 +1,15 @@
-"""ONNX Runtime inference for mean-pooled sentence-transformers models, exported once.
+"""Exported runtimes for mean-pooled sentence-transformers models: tracing, caching, pooling.
 
-The first process to need it traces the verified torch model to ONNX, fuses the
-graph with ONNX Runtime's BERT optimizer and, for ``onnx-int8``, quantizes the
-Linear weights to int8 (per channel; u8 x s8 products use AVX512-VNNI). The
-files land in ``$XDG_CACHE_HOME/tersegate/onnx/<sha256 of model.safetensors>/``,
+An exported model is built once per machine from weights whose sha256 the caller
+verified, in ``$XDG_CACHE_HOME/tersegate/onnx/<sha256 of model.safetensors>/<recipe>/``:
 built in a temporary directory and renamed into place, so concurrent processes
-never see half a model and later ones load it directly. Only weights whose
-sha256 was verified are ever exported (the caller verifies first).
+never see half a model and later ones load it directly. A recipe name changes
+whenever the way a model is built changes, so a stale build is never reused.
+
+This module holds what every runtime shares (the ONNX trace, the atomic build,
+length-bucketed batching and mean pooling: :class:`PooledEncoder`) and the ONNX
+Runtime encoder: the traced graph fused by ONNX Runtime's BERT optimizer and, for
+``onnx-int8``, its Linear weights quantized to int8 (u8 x s8 products use AVX512-VNNI).
 """
 
 from __future__ import annotations
@@ -17,22 +20,37 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OnnxEncoder", "cache_root", "ensure_export", "export_dir"]
+__all__ = [
+    "ONNX_RECIPE",
+    "OnnxEncoder",
+    "PooledEncoder",
+    "cache_root",
+    "cpu_threads",
+    "ensure_built",
+    "ensure_export",
+    "export_dir",
+    "trace_onnx",
+]
 
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Feeds = Mapping[str, npt.NDArray[np.int64]]
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# v2: traced with eager attention, so the optimizer fuses each layer's attention into one op.
+ONNX_RECIPE = "onnx-v2"
 _FP32 = "model.onnx"
 _INT8 = "model-int8.onnx"
-_META = "tersegate.json"
+META = "tersegate.json"
+TOKENIZER = "tokenizer"
 # Texts in one run differ in length by at most this share: padding is wasted work.
 _PAD_SLACK = 0.9
 
@@ -43,20 +61,30 @@ def cache_root() -> Path:
 
 
 def export_dir(sha256: str) -> Path:
+    """The folder holding every build of the weights with this sha256."""
     return cache_root() / sha256.lower()
 
 
-def _export(model: Any, target: Path) -> None:
-    """Write fp32 and int8 ONNX graphs, tokenizer and sequence length of ``model`` into ``target``."""
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def trace_onnx(model: Any, path: Path) -> dict[str, int]:
+    """Trace the transformer of a mean-pooled, normalized ``model`` to ONNX at ``path``.
+
+    The graph outputs the last hidden state (pooling stays in numpy, where padding is
+    masked exactly). Returns the build metadata: sequence length, width, heads.
+    """
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
 
     modules = [type(module).__name__ for module in model]
     pooling = getattr(model[1], "pooling_mode", None) if len(modules) > 1 else None
     if modules[:3] != ["Transformer", "Pooling", "Normalize"] or pooling not in ("mean", ("mean",)):
-        raise ValueError(f"only mean-pooled, normalized models export to ONNX (got {modules}, {pooling})")
+        raise ValueError(f"only mean-pooled, normalized models export (got {modules}, {pooling})")
     bert = model[0].auto_model
+    if hasattr(bert, "set_attn_implementation"):
+        # Eager attention traces to the MatMul/Softmax pattern runtimes fuse into one attention op.
+        bert.set_attn_implementation("eager")
 
     class _Hidden(torch.nn.Module):
         def __init__(self) -> None:
@@ -68,27 +96,36 @@ def _export(model: Any, target: Path) -> None:
 
     # A padded example, so the traced graph applies the attention mask.
     sample = model.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt")
-    raw = target / "raw.onnx"
-    axes = {name: {0: "batch", 1: "seq"} for name in (*_INPUTS, "hidden")}
+    axes = {name: {0: "batch", 1: "seq"} for name in (*INPUTS, "hidden")}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes
         torch.onnx.export(
             _Hidden().eval(),
-            tuple(sample[name] for name in _INPUTS),
-            str(raw),
+            tuple(sample[name] for name in INPUTS),
+            str(path),
             dynamo=False,
-            input_names=list(_INPUTS),
+            input_names=list(INPUTS),
             output_names=["hidden"],
             dynamic_axes=axes,
             opset_version=17,
         )
     config = bert.config
+    return {
+        "max_seq_length": int(model.max_seq_length),
+        "dim": int(config.hidden_size),
+        "heads": int(config.num_attention_heads),
+    }
+
+
+def _export_onnx(model: Any, target: Path) -> None:
+    """Write fp32 and int8 ONNX graphs, tokenizer and metadata of ``model`` into ``target``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    raw = target / "raw.onnx"
+    meta = trace_onnx(model, raw)
     fused = optimizer.optimize_model(
-        str(raw),
-        model_type="bert",
-        num_heads=int(config.num_attention_heads),
-        hidden_size=int(config.hidden_size),
-        opt_level=1,
+        str(raw), model_type="bert", num_heads=meta["heads"], hidden_size=meta["dim"], opt_level=1
     )
     fused.save_model_to_file(str(target / _FP32))
     raw.unlink()
@@ -99,54 +136,52 @@ def _export(model: Any, target: Path) -> None:
         per_channel=True,
         extra_options={"DefaultTensorType": 1},  # FLOAT: fused ops hide some tensor types
     )
-    model.tokenizer.save_pretrained(str(target / "tokenizer"))
-    meta = {"max_seq_length": int(model.max_seq_length), "dim": int(config.hidden_size)}
-    (target / _META).write_text(json.dumps(meta))
+    model.tokenizer.save_pretrained(str(target / TOKENIZER))
+    (target / META).write_text(json.dumps(meta))
 
 
-def ensure_export(sha256: str, load_torch_model: Callable[[], Any]) -> Path:
-    """The export directory for ``sha256``, exporting ``load_torch_model()`` first if absent."""
-    final = export_dir(sha256)
-    if (final / _META).is_file():
+def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, calling ``build(tmp)`` first to fill a temporary sibling if it does not exist yet.
+
+    ``build`` must write :data:`META` last: its presence marks a complete build.
+    """
+    if (final / META).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        log.warning("exporting the embedding model to ONNX once, into %s", final)
-        _export(load_torch_model(), tmp)
+        log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
+        build(tmp)
         try:
             tmp.rename(final)
         except OSError:
-            if not (final / _META).is_file():  # not another process winning the race
+            if not (final / META).is_file():  # not another process winning the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-class OnnxEncoder:
-    """Mean-pooled, normalized vectors from an exported model; one intra-op thread."""
+def ensure_export(sha256: str, load_torch_model: Callable[[], Any]) -> Path:
+    """The ONNX build of the weights ``sha256``, exporting ``load_torch_model()`` first if absent."""
+    return ensure_built(export_dir(sha256) / ONNX_RECIPE, lambda tmp: _export_onnx(load_torch_model(), tmp))
 
-    def __init__(self, directory: Path, *, int8: bool) -> None:
-        import onnxruntime as ort
+
+class PooledEncoder(ABC):
+    """Mean-pooled, normalized vectors from a built model; subclasses run the transformer."""
+
+    def __init__(self, directory: Path) -> None:
         from transformers import AutoTokenizer
 
-        meta = json.loads((directory / _META).read_text())
+        meta = json.loads((directory / META).read_text())
         self.max_seq_length = int(meta["max_seq_length"])
         self.dim = int(meta["dim"])
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(
-            str(directory / "tokenizer"), local_files_only=True
-        )
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), local_files_only=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        options = ort.SessionOptions()
-        # Every core, but no spin-waiting: idle, 2 threads halve a cold encode (~175 -> ~95 ms per
-        # 1k tokens here); busy, non-spinning threads yield the CPU to the proxy's event loop.
-        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = directory / (_INT8 if int8 else _FP32)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @abstractmethod
+    def hidden(self, feeds: Feeds) -> npt.NDArray[np.float32]:
+        """The last hidden state, shape (batch, sequence, dim), for padded ``feeds``."""
 
     def encode(self, texts: Sequence[str], *, batch_size: int) -> Vectors:
         """Vectors of ``texts`` in order; texts of similar length share a run."""
@@ -174,9 +209,31 @@ class OnnxEncoder:
             input_ids[row, : len(pieces)] = pieces
             mask[row, : len(pieces)] = 1
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
-        hidden = self.session.run(None, feeds)[0]
+        hidden = self.hidden(feeds)
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         vectors: Vectors = (pooled / norms).astype(np.float32)
         return vectors
+
+
+class OnnxEncoder(PooledEncoder):
+    """ONNX Runtime on every core, fp32 or int8 weights."""
+
+    def __init__(self, directory: Path, *, int8: bool) -> None:
+        import onnxruntime as ort
+
+        super().__init__(directory)
+        options = ort.SessionOptions()
+        # Every core, but no spin-waiting: idle, 2 threads halve a cold encode; busy,
+        # non-spinning threads yield the CPU to the proxy's event loop.
+        options.intra_op_num_threads = cpu_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = directory / (_INT8 if int8 else _FP32)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def hidden(self, feeds: Feeds) -> npt.NDArray[np.float32]:
+        output: npt.NDArray[np.float32] = self.session.run(None, dict(feeds))[0]
+        return output
