@@ -166,7 +166,7 @@ def _exported(model: str, sha256: str | None, backend: str) -> PooledEncoder | N
                 return _runtime(model, sha256, backend)
             except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 # e.g. a read-only cache folder or a failed build: slower, but still serving
-                reason = f"cannot build its model ({exc})"
+                reason = f"cannot build or load its model ({exc})"
         log.warning("embedding backend %s %s; using %s", backend, reason, _FALLBACK[backend])
         backend = _FALLBACK[backend]
     return None

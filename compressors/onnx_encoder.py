@@ -3,7 +3,8 @@
 An exported model is built once per machine from weights whose sha256 the caller
 verified, in ``$XDG_CACHE_HOME/tersegate/onnx/<sha256 of model.safetensors>/<recipe>/``:
 built in a temporary directory and renamed into place, so concurrent processes
-never see half a model and later ones load it directly. A recipe name changes
+never see half a model and later ones load it directly; every file's sha256 is
+recorded at build time and checked again on each load. A recipe name changes
 whenever the way a model is built changes, so a stale build is never reused.
 
 This module holds what every runtime shares (the ONNX trace, the atomic build,
@@ -14,6 +15,7 @@ Runtime encoder: the traced graph fused by ONNX Runtime's BERT optimizer and, fo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ import numpy.typing as npt
 
 __all__ = [
     "ONNX_RECIPE",
+    "BuildIntegrityError",
     "OnnxEncoder",
     "PooledEncoder",
     "cache_root",
@@ -38,6 +41,7 @@ __all__ = [
     "ensure_export",
     "export_dir",
     "trace_onnx",
+    "verify_build",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ ONNX_RECIPE = "onnx-v2"
 _FP32 = "model.onnx"
 _INT8 = "model-int8.onnx"
 META = "tersegate.json"
+MANIFEST = "sha256sums.json"
 TOKENIZER = "tokenizer"
 # Texts in one run differ in length by at most this share: padding is wasted work.
 _PAD_SLACK = 0.9
@@ -140,22 +145,55 @@ def _export_onnx(model: Any, target: Path) -> None:
     (target / META).write_text(json.dumps(meta))
 
 
-def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
-    """``final``, calling ``build(tmp)`` first to fill a temporary sibling if it does not exist yet.
+class BuildIntegrityError(RuntimeError):
+    """A cached build's files are missing or differ from the hashes recorded when it was built."""
 
-    ``build`` must write :data:`META` last: its presence marks a complete build.
+
+def _file_hashes(directory: Path) -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            with path.open("rb") as handle:
+                hashes[path.relative_to(directory).as_posix()] = hashlib.file_digest(
+                    handle, "sha256"
+                ).hexdigest()
+    return hashes
+
+
+def verify_build(directory: Path) -> None:
+    """Raise :class:`BuildIntegrityError` unless every file of the build matches its recorded sha256."""
+    recorded = json.loads((directory / MANIFEST).read_text())
+    actual = _file_hashes(directory)
+    changed = sorted(
+        name for name in recorded.keys() | actual.keys() if recorded.get(name) != actual.get(name)
+    )
+    if changed:
+        raise BuildIntegrityError(
+            f"{directory}: {', '.join(changed)} changed since the build; delete the folder to rebuild it"
+        )
+
+
+def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
+    """``final``, verified; ``build(tmp)`` fills a temporary sibling first if no complete build exists.
+
+    A build is complete once its manifest (every file's sha256) is written, last, just
+    before the build is renamed into place; loading re-hashes the files against it.
     """
-    if (final / META).is_file():
+    if (final / MANIFEST).is_file():
+        verify_build(final)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
         log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
         build(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=1))
+        if final.is_dir() and not (final / MANIFEST).is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a build from before manifests, or a half-copied one
         try:
             tmp.rename(final)
         except OSError:
-            if not (final / META).is_file():  # not another process winning the race
+            if not (final / MANIFEST).is_file():  # not another process winning the race
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

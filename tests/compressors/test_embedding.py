@@ -19,7 +19,7 @@ from compressors.embedding import (
     default_model_path,
     file_sha256,
 )
-from compressors.onnx_encoder import ONNX_RECIPE, export_dir
+from compressors.onnx_encoder import MANIFEST, ONNX_RECIPE, BuildIntegrityError, ensure_built, export_dir
 from compressors.openvino_encoder import OPENVINO_RECIPE, calibration_texts
 
 
@@ -181,7 +181,7 @@ def test_a_backend_that_cannot_build_falls_back_to_the_next(
     texts = ["Moby-Dick is an 1851 novel by Herman Melville.", "The Nile flows north."]
     with caplog.at_level("WARNING"):
         vectors = Embedder(str(model), sha256=DEFAULT_MODEL_SHA256, backend="openvino-int8").encode(texts)
-    assert "embedding backend openvino-int8 cannot build its model" in caplog.text
+    assert "embedding backend openvino-int8 cannot build or load its model" in caplog.text
     assert "using onnx-int8" in caplog.text
     assert (export_dir(DEFAULT_MODEL_SHA256) / ONNX_RECIPE / "model-int8.onnx").is_file()
     reference = Embedder(backend="torch").encode(texts)
@@ -205,3 +205,35 @@ def test_tampered_weights_are_refused_by_the_exported_backends(
 def test_bad_backend_is_rejected() -> None:
     with pytest.raises(ValueError, match="backend"):
         Embedder(backend="tensorrt")
+
+
+def _write_build(directory: Path) -> None:
+    (directory / "model.bin").write_bytes(bytes(range(256)) * 64)
+    (directory / "tokenizer").mkdir()
+    (directory / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+
+
+def test_a_cached_build_is_rehashed_on_load_and_tampering_is_named(tmp_path: Path) -> None:
+    final = tmp_path / "sha" / "recipe"
+    calls: list[Path] = []
+    assert ensure_built(final, lambda tmp: (calls.append(tmp), _write_build(tmp))[-1]) == final
+    assert json.loads((final / MANIFEST).read_text()).keys() == {"model.bin", "tokenizer/vocab.txt"}
+    assert ensure_built(final, _write_build) == final and len(calls) == 1  # reused, not rebuilt
+    data = bytearray((final / "model.bin").read_bytes())
+    data[100] ^= 0x01
+    (final / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(BuildIntegrityError, match=r"model\.bin changed since the build"):
+        ensure_built(final, _write_build)
+    (final / "model.bin").unlink()
+    with pytest.raises(BuildIntegrityError, match=r"model\.bin"):
+        ensure_built(final, _write_build)
+
+
+def test_a_build_without_manifest_is_replaced(tmp_path: Path) -> None:
+    final = tmp_path / "sha" / "recipe"
+    final.mkdir(parents=True)
+    (final / "model.bin").write_bytes(b"half a model")  # e.g. from an interrupted copy
+    ensure_built(final, _write_build)
+    assert (final / "model.bin").read_bytes() == bytes(range(256)) * 64
+    assert (final / MANIFEST).is_file()
+    assert [path.name for path in final.parent.iterdir()] == ["recipe"]  # no temporary folder left
