@@ -9,7 +9,8 @@ of each figure is reported. Streaming time to first chunk is the median over
 ``--stream-n`` sequential streamed requests from this process.
 
 tersegate runs as ``tersegate serve`` with compression off (no policy), once
-with the audit on (JSONL, as a user runs it) and once with it off. LiteLLM's
+with the audit on (JSONL plus the live SQLite report index, as config.yaml
+ships it) and once with it off. LiteLLM's
 proxy runs from its own venv (``bench/.venv-litellm``, installed only for this
 benchmark: ``python -m venv bench/.venv-litellm && bench/.venv-litellm/bin/pip
 install 'litellm[proxy]'``), pointed at the fake upstream as an
@@ -126,7 +127,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def tersegate_config(folder: Path, upstream_port: int, port: int, *, audit: bool) -> Path:
     path = folder / f"tersegate-{'audit' if audit else 'noaudit'}.yaml"
-    audit_line = f"audit: {{path: {folder / 'audit' / 'bench.jsonl'}}}" if audit else "audit: {}"
+    # As config.yaml ships: the JSONL plus the SQLite report index the proxy keeps current.
+    audit_line = (
+        f"audit: {{path: {folder / 'audit' / 'bench.jsonl'}, sqlite: {folder / 'audit' / 'bench.sqlite'}}}"
+        if audit
+        else "audit: {}"
+    )
     path.write_text(
         f"""listen: {{host: 127.0.0.1, port: {port}}}
 auth: passthrough

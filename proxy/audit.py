@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from proxy.audit_index import LiveIndexer
 from proxy.config import AuditConfig
 from proxy.errors import unavailable
 from proxy.exchange import Exchange
@@ -261,6 +262,10 @@ class JsonlAuditSink:
             self._file.open()  # at start-up, so fail-closed refuses from the first request
         except OSError as exc:
             self._fail(f"cannot open {config.path}: {exc}")
+        self._indexer: LiveIndexer | None = None
+        if config.sqlite is not None:
+            path = config.path
+            self._indexer = LiveIndexer(config.sqlite, lambda: audit_files(path))
         self._thread = threading.Thread(target=self._run, name="tersegate-audit", daemon=True)
         self._thread.start()
 
@@ -297,6 +302,8 @@ class JsonlAuditSink:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
+        if self._indexer is not None:
+            await asyncio.to_thread(self._indexer.close)
 
     def _count(self, team: str, record: dict[str, Any]) -> None:
         before, after = record["tokens_before"], record["tokens_after"]
@@ -339,6 +346,8 @@ class JsonlAuditSink:
                     break
             if batch:
                 self._write_batch(batch)
+                if self._indexer is not None:
+                    self._indexer.notify()
         self._file.close()
 
     def _probe(self) -> None:

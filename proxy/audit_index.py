@@ -9,12 +9,18 @@ ingested again from the start.
 Records are stored summed per file, hour, team, model, route and policy: every
 report grouping (and ``--since`` to the hour) is answered from those sums, so a
 report over millions of records reads thousands of rows.
+
+With ``audit.sqlite`` set, the proxy keeps the index current itself
+(:class:`LiveIndexer`: a thread ingesting what the audit writer appended, at most
+once a second), so no report pays for a backlog.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,10 @@ import orjson
 
 from proxy.report import Row, usd
 
-__all__ = ["AuditIndex", "covers"]
+__all__ = ["AuditIndex", "LiveIndexer", "covers"]
+
+log = logging.getLogger(__name__)
+_LIVE_EVERY_S = 1.0  # at most one live ingest per second: one sums row per key and second at most
 
 _VERSION = 2  # PRAGMA user_version: an index of another layout is rebuilt
 _SCHEMA = """
@@ -231,3 +240,60 @@ class AuditIndex:
 def covers(since: str | None) -> bool:
     """Whether the index can answer ``--since`` exactly: its sums are per hour."""
     return since is None or since[13:] in ("", ":00:00.000Z")
+
+
+class LiveIndexer:
+    """Keeps an index current while the proxy writes: ``notify()`` after each write.
+
+    Ingesting runs on its own thread, never the audit writer's: a report holding
+    the index's lock delays indexing, never a response. Failures are logged once
+    and retried on the next write; reports ingest whatever is left anyway.
+    """
+
+    def __init__(self, index_path: Path, files: Callable[[], list[Path]]) -> None:
+        self._index_path = index_path
+        self._files = files
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="tersegate-audit-index", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ingest what is left, then stop."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        index: AuditIndex | None = None
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                index = self._ingest(index)
+                if self._stopping.is_set() or self._stopping.wait(_LIVE_EVERY_S):
+                    self._ingest(index)
+                    return
+        finally:
+            if index is not None:
+                index.close()
+
+    def _ingest(self, index: AuditIndex | None) -> AuditIndex | None:
+        try:
+            index = index or AuditIndex(self._index_path)
+            index.ingest(self._files())
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a line orjson cannot read
+            if not self._failing:
+                log.warning(
+                    "audit index %s: cannot ingest (%s); reports will catch up", self._index_path, exc
+                )
+            self._failing = True
+            return index
+        if self._failing:
+            log.warning("audit index %s: ingesting again", self._index_path)
+        self._failing = False
+        return index
