@@ -9,6 +9,7 @@ they came; the proxy never answers 500.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -26,7 +27,7 @@ from proxy.errors import ProxyError, error_body, internal, too_large, unavailabl
 from proxy.exchange import Exchange, Rewrite
 from proxy.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.metrics import CONTENT_TYPE_LATEST
-from proxy.relay import relay_stream
+from proxy.relay import relay_stream, watch_disconnect
 from proxy.routes import COMPRESSIBLE, metric_route, split_path
 from proxy.services import Services
 from proxy.usage import UsageTap, prepare_stream
@@ -82,7 +83,18 @@ def _request_id() -> str:
 
 
 class _ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+    """The client disconnected before its request body arrived or its response was ready."""
+
+
+@dataclass(slots=True, frozen=True)
+class _Request:
+    """What goes upstream."""
+
+    method: str
+    path_qs: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    streaming: bool
 
 
 @dataclass(slots=True)
@@ -382,9 +394,44 @@ class ProxyApp:
         path_qs = raw_path[3:] if raw_path.startswith(b"/v1/") or raw_path == b"/v1" else raw_path
         if scope["query_string"]:
             path_qs += b"?" + scope["query_string"]
+        request = _Request(method, path_qs, headers, body, streaming)
+        if streaming:  # the relay watches for a client that goes away itself
+            await self._exchange(upstream, request, receive, send, ctx, tap)
+            return
+        # Waiting for a whole completion can take minutes: a client that gives up cancels the wait
+        # and drops the upstream connection, so the upstream can stop generating tokens nobody reads.
+        work = asyncio.ensure_future(self._exchange(upstream, request, receive, send, ctx, tap))
+        watcher = asyncio.ensure_future(watch_disconnect(receive))
+        watcher.add_done_callback(lambda _: work.cancel())
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled from outside (shutdown), not by the client
+            exchange.client_disconnected = True
+            exchange.status = exchange.status or 499
+            await self._commit(ctx, fail_closed_raises=False)
+            raise _ClientGone from None
+        finally:
+            watcher.cancel()
+
+    async def _exchange(
+        self,
+        upstream: UpstreamConfig,
+        request: _Request,
+        receive: Receive,
+        send: Send,
+        ctx: _Ctx,
+        tap: UsageTap | None,
+    ) -> None:
         t0 = time.perf_counter()
         response, deadline = await self.pool.send(
-            upstream, method=method, path_qs=path_qs, headers=headers, body=body, streaming=streaming
+            upstream,
+            method=request.method,
+            path_qs=request.path_qs,
+            headers=request.headers,
+            body=request.body,
+            streaming=request.streaming,
         )
         try:
             await self._respond(response, deadline, upstream, t0, receive, send, ctx, tap)

@@ -19,7 +19,7 @@ from proxy.exchange import Exchange
 from proxy.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
-__all__ = ["relay_stream"]
+__all__ = ["relay_stream", "watch_disconnect"]
 
 log = logging.getLogger("tersegate.relay")
 
@@ -80,7 +80,8 @@ async def _pump(
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-async def _watch_disconnect(receive: Receive) -> None:
+async def watch_disconnect(receive: Receive) -> None:
+    """Return once the client has gone away (the request body must have been read)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -106,7 +107,7 @@ async def relay_stream(
     # An encoded (e.g. gzip) body cannot be split into frames: it is copied as is.
     frames = _Frames(tap) if split_frames else None
     pump = asyncio.ensure_future(_pump(response, idle_timeout, send, frames, commit))
-    watcher = asyncio.ensure_future(_watch_disconnect(receive))
+    watcher = asyncio.ensure_future(watch_disconnect(receive))
     try:
         await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -62,7 +62,7 @@ class Recorded:
     client_port: int  # tells connections apart (keep-alive reuse)
     first_frame_at: float | None = None  # streams: when the first frame was sent
     frames_sent: int = 0
-    disconnected_at: float | None = None  # streams: when the client went away
+    disconnected_at: float | None = None  # streams and slow answers: when the client went away
     finished: bool = False
 
     def json(self) -> Any:
@@ -401,8 +401,8 @@ class FakeUpstream:
         if call.model.startswith("error-"):
             await self._error(call, send, int(call.model[6:]))
             return
-        if call.model == "slow":
-            await asyncio.sleep(float(call.headers.get("x-fake-delay", "2")))
+        if call.model == "slow" and not await self._wait_unless_gone(call, receive):
+            return
         stream = call.parsed.get("stream") is True
         if method == "POST" and path == "/v1/chat/completions":
             if stream:
@@ -437,6 +437,20 @@ class FakeUpstream:
         elif status >= 500:
             extra = [(b"x-should-retry", b"false")]
         await _json(send, call, status, _error(status), extra)
+
+    @staticmethod
+    async def _wait_unless_gone(call: _Call, receive: Receive) -> bool:
+        """Wait ``x-fake-delay`` seconds; False (``disconnected_at`` set) if the client went away first."""
+        delay = asyncio.ensure_future(asyncio.sleep(float(call.headers.get("x-fake-delay", "2"))))
+        watch = asyncio.ensure_future(_until_disconnect(receive))
+        await asyncio.wait((delay, watch), return_when=asyncio.FIRST_COMPLETED)
+        gone = watch.done() and not delay.done()
+        if gone and call.record is not None:
+            call.record.disconnected_at = time.monotonic()
+        delay.cancel()
+        watch.cancel()
+        await asyncio.gather(delay, watch, return_exceptions=True)
+        return not gone
 
     async def _stream(self, call: _Call, receive: Receive, send: Send, frames: list[bytes]) -> None:
         headers = _headers(call, b"text/event-stream; charset=utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -468,3 +469,31 @@ def test_request_on_a_stale_keep_alive_connection_is_retried_once(make_proxy: Ma
         assert server.connections == 1
     finally:
         server.stop()
+
+
+def test_a_client_giving_up_on_a_slow_answer_cancels_the_upstream_and_is_audited(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = make_proxy({"audit": {"path": "audit/audit.jsonl"}})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            proxy.base_url + "/chat/completions",
+            json={**CHAT, "model": "slow"},
+            headers={"x-fake-delay": "30"},
+            timeout=httpx.Timeout(5, read=0.5),
+        )
+    gave_up = time.monotonic()
+    record = upstream.last()
+    while record.disconnected_at is None and time.monotonic() < gave_up + 3:
+        time.sleep(0.01)
+    assert record.disconnected_at is not None, "the upstream kept working for a client that left"
+    assert record.disconnected_at - gave_up < 1.0
+    path = proxy.config_path.parent / "audit/audit.jsonl"
+    while not path.is_file() or not path.read_bytes():
+        assert time.monotonic() < gave_up + 3, "no audit record for the abandoned request"
+        time.sleep(0.01)
+    [audited] = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert audited["client_disconnected"] is True and audited["status"] == 499
+    # The proxy still serves; the abandoned upstream connection was dropped, not reused.
+    reply = httpx.post(proxy.base_url + "/chat/completions", json=CHAT, timeout=5)
+    assert reply.status_code == 200 and reply.json()["choices"]
