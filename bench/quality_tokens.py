@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from compressors.base import Target
+from compressors.tokenizer import tokenizer_for
 from compressors.tokens import Tokens
 
 EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
@@ -34,8 +35,9 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _ANSWER_LINE = re.compile(r"The answer is (\S+)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
-# The selfinfo weights were fitted (and its bridge tuned) on rows 0-599: report the rest separately.
-FIT_ROWS = 600
+_TOKENIZER = tokenizer_for("gpt-4o")
+# The selfinfo keep network was trained on rows 0-1799 (bench/fit_selfinfo.py): report the rest apart.
+FIT_ROWS = 1800
 
 
 def normalize_answer(text: str) -> str:
@@ -49,7 +51,7 @@ def nq_rows(limit: int | None = None) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
-def nq_case(compressor: Tokens, row: dict[str, Any], rate: float) -> tuple[bool, bool, int, int]:
+def nq_case(compressor: Tokens, row: dict[str, Any], rate: float) -> tuple[bool, bool, int, int, str]:
     question = row["question"]
     prompt = f"Passage: {row['ctxs'][0]['text']}\nQuestion: {question}"
     result = compressor.compress(prompt, target=Target(rate=rate), query=question, model="gpt-4o")
@@ -58,7 +60,18 @@ def nq_case(compressor: Tokens, row: dict[str, Any], rate: float) -> tuple[bool,
     survived = any(g in output for g in golds)
     # Stricter: whole words only, so that "18" does not count inside "1860".
     whole = any(f" {g} " in f" {output} " for g in golds)
-    return survived, whole, result.tokens_before, result.tokens_after
+    return survived, whole, result.tokens_before, result.tokens_after, _failure(row, result, golds, output)
+
+
+def _failure(row: dict[str, Any], result: Any, golds: list[str], output: str) -> str:
+    """Why an answer did not survive: no room, some of its words kept, or none of them ("" if it did)."""
+    if any(g in output for g in golds):
+        return ""
+    room = (result.target_tokens or 0) - _TOKENIZER.count(f"\n{row['question']}")
+    if all(_TOKENIZER.count(f" {a}") > room for a in row["answers"]):
+        return "cannot fit"
+    kept = set(output.split()) - set(normalize_answer(row["question"]).split())
+    return "partial" if any(set(g.split()) & kept for g in golds) else "dropped"
 
 
 def run_nq(compressor: Tokens, rows: list[dict[str, Any]], rate: float) -> dict[str, Any]:
@@ -67,8 +80,11 @@ def run_nq(compressor: Tokens, rows: list[dict[str, Any]], rate: float) -> dict[
     flags: list[bool] = []
     ratios: list[float] = []
     over = 0
+    failures: Counter[str] = Counter()
     for row in rows:
-        ok, whole, before, after = nq_case(compressor, row, rate)
+        ok, whole, before, after, failure = nq_case(compressor, row, rate)
+        if failure:
+            failures[failure] += 1
         survived += ok
         flags.append(ok)
         whole_words += whole
@@ -80,10 +96,11 @@ def run_nq(compressor: Tokens, rows: list[dict[str, Any]], rate: float) -> dict[
         "cases": len(rows),
         "survival": round(survived / len(rows), 4),
         "survival_whole_words": round(whole_words / len(rows), 4),
-        "survival_fit_rows_0_599": round(statistics.fmean(flags[:FIT_ROWS]), 4),
-        "survival_held_out_600_up": (
+        f"survival_fit_rows_0_{FIT_ROWS - 1}": round(statistics.fmean(flags[:FIT_ROWS]), 4),
+        f"survival_held_out_{FIT_ROWS}_up": (
             round(statistics.fmean(flags[FIT_ROWS:]), 4) if len(flags) > FIT_ROWS else None
         ),
+        "failures_all_rows": dict(sorted(failures.items())),
         "achieved_rate": round(statistics.fmean(ratios), 4),
         "over_budget_cases": over,
         "seconds": round(time.perf_counter() - started, 2),

@@ -1,14 +1,15 @@
-"""The ``selfinfo`` scorer: query-aware self-information with a small fitted linear model, no LM.
+"""The ``selfinfo`` scorer: query-aware self-information weighed by a tiny trained network, no LM.
 
 Each unit is described by cheap features: its self-information (``-log p(word)``
 from ``wordfreq``), whether it is a number, a name, an article or a function word,
 a repeat, inside a parenthetical aside, of the kind the question asks for (who ->
 names, when -> dates, how many -> numbers), and where it sits against the query's
 words: closeness to them (answers usually follow them: "X is Y"), the rank of its
-sentence by query overlap, whether its sentence leads a paragraph. A linear model
-turns the features into a keep score; its weights (``WEIGHTS``) were fitted once by
-logistic regression on the first 600 NQ-open oracle rows (``bench/fit_selfinfo.py``
-reproduces them) and are constants here: no model is loaded at run time. Content
+sentence by query overlap, whether its sentence leads a paragraph. A one-hidden-layer
+network (:mod:`compressors.keepnet`) reads the features of each unit and its two
+neighbours on either side and gives a keep score; it was trained once on NQ-open
+oracle rows (``bench/fit_selfinfo.py``) and ships as a small ``.npz`` of numbers:
+numpy at run time, no language model, nothing downloaded. Content
 words next to a better content word are then lifted towards it, so compounds stay
 whole ("thylakoid *membrane*", "36 *passengers*").
 
@@ -29,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from compressors.keepnet import WEIGHTS_FILE, keep_net
 from compressors.words import Unit, Units, zipf
 
 __all__ = ["FEATURES", "WEIGHTS", "SelfInfo", "derive_query", "unit_matrix"]
@@ -114,8 +116,9 @@ FEATURES: tuple[str, ...] = (
     "follows_query",  # closeness to query words before it (the answer follows them)
     "unqueried_number",  # a number in a text without a question
 )
-# Fitted by bench/fit_selfinfo.py (logistic regression, first 600 NQ-open oracle rows, label: the unit
-# is part of a gold answer, articles excluded). "unqueried_number" is set by hand: NQ always has a query.
+# The linear model for texts without a query (or with query_boost 0): the keep network only ever saw
+# NQ rows, which always have one. Fitted in round 3 by logistic regression on NQ rows 0-599 (label: the
+# unit is part of a gold answer); "unqueried_number" is set by hand (numbers are a text's facts: GSM8K).
 WEIGHTS: dict[str, float] = {
     "bias": -5.28,
     "info": 2.48,
@@ -213,7 +216,7 @@ def derive_query(text: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class SelfInfo:
-    """Scores units with the fitted linear model over :data:`FEATURES`.
+    """Scores units with the shipped keep network over :data:`FEATURES`.
 
     ``query_boost`` scales the weights of the query features (0 ignores the
     query); ``window`` is the closeness decay, in units; ``compound`` lifts a content
@@ -234,11 +237,15 @@ class SelfInfo:
         if not units:
             return []
         matrix, content = unit_matrix(text, units, query, window=self.window)
-        weights = np.array(
-            [WEIGHTS[name] * (self.query_boost if name in _QUERY_FEATURES else 1.0) for name in FEATURES]
-        )
+        boost = np.array([self.query_boost if name in _QUERY_FEATURES else 1.0 for name in FEATURES])
         starts, ends = _bounds(units)
-        logits = matrix @ weights
+        if self.query_boost > 0 and _query_terms(query if query is not None else derive_query(text)):
+            net = keep_net()
+            if net.features != FEATURES:
+                raise ValueError(f"selfinfo: {WEIGHTS_FILE.name} was trained on other features; refit it")
+            logits = net.logits(matrix * boost)
+        else:
+            logits = matrix @ (boost * np.array([WEIGHTS[name] for name in FEATURES]))
         score = 1.0 / (1.0 + np.exp(-logits))
         score = _compounds(score, content, self.compound)
         punct = matrix[:, FEATURES.index("punct")] > 0

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from compressors.base import Target
+from compressors.keepnet import keep_net
 from compressors.preserve import PreserveSpec
 from compressors.selfinfo import FEATURES, WEIGHTS, SelfInfo, derive_query, unit_matrix
 from compressors.tokens import Tokens
@@ -48,6 +49,9 @@ def test_a_derived_query_scores_like_the_given_one(nq_rows: list[dict[str, objec
 
 def test_every_feature_has_a_weight_and_a_column(nq_rows: list[dict[str, object]]) -> None:
     assert set(FEATURES) == set(WEIGHTS)
+    net = keep_net()
+    assert net.features == FEATURES
+    assert net.hidden.shape[:2] == (2 * net.reach + 1, len(FEATURES))
     ctxs = nq_rows[0]["ctxs"]
     assert isinstance(ctxs, list)
     text = str(ctxs[0]["text"])
@@ -59,11 +63,11 @@ def test_every_feature_has_a_weight_and_a_column(nq_rows: list[dict[str, object]
 
 
 def test_query_awareness_keeps_answers_on_rows_it_was_not_fitted_on(nq_rows: list[dict[str, object]]) -> None:
-    # Weights were fitted on rows 0-599; rows 1200-1499 are unseen.
+    # The keep network was trained on rows 0-1799; rows 1800-2099 are unseen.
     aware = Tokens()
     blind = Tokens({"query_boost": 0.0})
     kept_aware = kept_blind = 0
-    rows = nq_rows[1200:1500]
+    rows = nq_rows[1800:2100]
     for row in rows:
         question = str(row["question"])
         ctxs = row["ctxs"]

@@ -1,0 +1,77 @@
+"""The ``selfinfo`` scorer's keep model: a one-hidden-layer network over each unit and its neighbours.
+
+Input: the :data:`compressors.selfinfo.FEATURES` of a unit and of the ``reach``
+units on either side of it (so "of" inside "Speaker of the House" can matter while
+"of" elsewhere does not); output: the logit that the unit is part of an answer.
+The weights were trained offline on NQ-open oracle rows by ``bench/fit_selfinfo.py``
+and ship as ``keepnet.npz`` next to this module: numpy only, no model download,
+no torch. Loaded once, lazily, behind a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["WEIGHTS_FILE", "KeepNet", "keep_net"]
+
+_Floats = npt.NDArray[np.float64]
+WEIGHTS_FILE = Path(__file__).with_name("keepnet.npz")
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class KeepNet:
+    """``logit = relu(sum_k shift_k(x) @ hidden[k] + hidden_bias) @ out + out_bias``.
+
+    ``hidden`` has one slice per offset ``-reach .. reach`` (input standardization is
+    folded into it), so a unit's neighbours enter without building a wide matrix.
+    """
+
+    features: tuple[str, ...]
+    reach: int
+    hidden: _Floats  # (2 * reach + 1, len(features), width)
+    hidden_bias: _Floats  # (width,)
+    out: _Floats  # (width,)
+    out_bias: float
+
+    def logits(self, matrix: _Floats) -> _Floats:
+        """One logit per row of ``matrix`` (units in text order, columns as :attr:`features`)."""
+        n = len(matrix)
+        pre = np.tile(self.hidden_bias, (n, 1))
+        for slot, offset in enumerate(range(-self.reach, self.reach + 1)):
+            part = matrix @ self.hidden[slot]
+            # Offset -1 is the unit before: row i reads row i - 1 (zeros past the edges, as in training).
+            if offset < 0 and n > -offset:
+                pre[-offset:] += part[:offset]
+            elif offset > 0 and n > offset:
+                pre[:-offset] += part[offset:]
+            elif offset == 0:
+                pre += part
+        np.maximum(pre, 0.0, out=pre)
+        result: _Floats = pre @ self.out + self.out_bias
+        return result
+
+
+def keep_net() -> KeepNet:
+    """The shipped network, read from :data:`WEIGHTS_FILE` on first use."""
+    with _LOCK:
+        return _load(WEIGHTS_FILE)
+
+
+@lru_cache(maxsize=1)
+def _load(path: Path) -> KeepNet:
+    with np.load(path, allow_pickle=False) as data:
+        return KeepNet(
+            features=tuple(str(name) for name in data["features"]),
+            reach=int(data["reach"]),
+            hidden=np.asarray(data["hidden"], np.float64),
+            hidden_bias=np.asarray(data["hidden_bias"], np.float64),
+            out=np.asarray(data["out"], np.float64),
+            out_bias=float(data["out_bias"]),
+        )

@@ -1,0 +1,43 @@
+"""The shipped keep network: its neighbour shifts match a unit-by-unit reading, and it is deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compressors.keepnet import keep_net
+from compressors.selfinfo import unit_matrix
+from compressors.words import atomic_spans, segment
+
+
+def _one_unit(matrix: np.ndarray, i: int) -> float:
+    """The network's logit for unit ``i``, reading each neighbour row directly (zeros past the edges)."""
+    net = keep_net()
+    pre = net.hidden_bias.copy()
+    for slot, offset in enumerate(range(-net.reach, net.reach + 1)):
+        if 0 <= i + offset < len(matrix):
+            pre += matrix[i + offset] @ net.hidden[slot]
+    return float(np.maximum(pre, 0.0) @ net.out + net.out_bias)
+
+
+def test_logits_read_each_units_neighbours(nq_rows: list[dict[str, object]]) -> None:
+    ctxs = nq_rows[1900]["ctxs"]
+    assert isinstance(ctxs, list)
+    question = str(nq_rows[1900]["question"])
+    text = f"Passage: {ctxs[0]['text']}\nQuestion: {question}"
+    units = segment(text, atomic_spans(text))
+    matrix, _ = unit_matrix(text, units, question)
+    logits = keep_net().logits(matrix)
+    assert logits.shape == (len(units),)
+    for i in (0, 1, len(units) // 2, len(units) - 2, len(units) - 1):
+        assert abs(logits[i] - _one_unit(matrix, i)) < 1e-9
+    # Tiny inputs (fewer units than the reach) work the same way.
+    assert abs(keep_net().logits(matrix[:1])[0] - _one_unit(matrix[:1], 0)) < 1e-9
+
+
+def test_same_input_same_logits(nq_rows: list[dict[str, object]]) -> None:
+    ctxs = nq_rows[2000]["ctxs"]
+    assert isinstance(ctxs, list)
+    text = str(ctxs[0]["text"])
+    units = segment(text, atomic_spans(text))
+    matrix, _ = unit_matrix(text, units, str(nq_rows[2000]["question"]))
+    assert keep_net().logits(matrix).tobytes() == keep_net().logits(matrix.copy()).tobytes()
