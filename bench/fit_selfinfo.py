@@ -103,9 +103,9 @@ def train(
     return KeepNet(
         features=FEATURES,
         reach=reach,
-        hidden=folded.reshape(2 * reach + 1, len(FEATURES), width * seeds),
-        hidden_bias=intercept - (mean / scale) @ first,
-        out=second[:, 0],
+        hidden=folded.reshape(2 * reach + 1, len(FEATURES), width * seeds).astype(np.float32),
+        hidden_bias=(intercept - (mean / scale) @ first).astype(np.float32),
+        out=second[:, 0].astype(np.float32),
         out_bias=out_bias,
     )
 

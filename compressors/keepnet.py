@@ -21,6 +21,7 @@ import numpy.typing as npt
 __all__ = ["WEIGHTS_FILE", "KeepNet", "keep_net"]
 
 _Floats = npt.NDArray[np.float64]
+_Singles = npt.NDArray[np.float32]
 WEIGHTS_FILE = Path(__file__).with_name("keepnet.npz")
 _LOCK = threading.Lock()
 
@@ -35,17 +36,20 @@ class KeepNet:
 
     features: tuple[str, ...]
     reach: int
-    hidden: _Floats  # (2 * reach + 1, len(features), width)
-    hidden_bias: _Floats  # (width,)
-    out: _Floats  # (width,)
+    hidden: _Singles  # (2 * reach + 1, len(features), width)
+    hidden_bias: _Singles  # (width,)
+    out: _Singles  # (width,)
     out_bias: float
 
     def logits(self, matrix: _Floats) -> _Floats:
         """One logit per row of ``matrix`` (units in text order, columns as :attr:`features`)."""
-        n = len(matrix)
-        pre = np.tile(self.hidden_bias, (n, 1))
+        # Single precision: about 4x faster than double here, and logits only need to rank units.
+        singles = matrix.astype(np.float32)
+        n = len(singles)
+        pre = np.empty((n, len(self.hidden_bias)), np.float32)
+        pre[:] = self.hidden_bias
         for slot, offset in enumerate(range(-self.reach, self.reach + 1)):
-            part = matrix @ self.hidden[slot]
+            part = singles @ self.hidden[slot]
             # Offset -1 is the unit before: row i reads row i - 1 (zeros past the edges, as in training).
             if offset < 0 and n > -offset:
                 pre[-offset:] += part[:offset]
@@ -54,7 +58,7 @@ class KeepNet:
             elif offset == 0:
                 pre += part
         np.maximum(pre, 0.0, out=pre)
-        result: _Floats = pre @ self.out + self.out_bias
+        result: _Floats = (pre @ self.out).astype(np.float64) + self.out_bias
         return result
 
 
@@ -70,8 +74,8 @@ def _load(path: Path) -> KeepNet:
         return KeepNet(
             features=tuple(str(name) for name in data["features"]),
             reach=int(data["reach"]),
-            hidden=np.asarray(data["hidden"], np.float64),
-            hidden_bias=np.asarray(data["hidden_bias"], np.float64),
-            out=np.asarray(data["out"], np.float64),
+            hidden=np.ascontiguousarray(data["hidden"], np.float32),
+            hidden_bias=np.asarray(data["hidden_bias"], np.float32),
+            out=np.asarray(data["out"], np.float32),
             out_bias=float(data["out_bias"]),
         )
