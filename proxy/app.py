@@ -105,6 +105,40 @@ class _Bound:
     auth: Authenticator
 
 
+class _DisconnectWatch:
+    """Cancels ``task`` if the client goes away, watching only once a wait has lasted ``after`` s.
+
+    Most answers of a local or cached upstream come back sooner: they never pay for the
+    watcher task, only for a timer.
+    """
+
+    __slots__ = ("_receive", "_stopped", "_task", "_timer", "_watcher", "gone")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], *, after: float = 0.05) -> None:
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Future[None] | None = None
+        self._stopped = False
+        self.gone = False
+        self._timer = asyncio.get_running_loop().call_later(after, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(watch_disconnect(self._receive))
+        self._watcher.add_done_callback(self._done)
+
+    def _done(self, watcher: asyncio.Future[None]) -> None:
+        # After stop() the request is past its wait: a late disconnect must not cancel what follows.
+        if not self._stopped and not watcher.cancelled() and watcher.exception() is None:
+            self.gone = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
 class _Ctx:
     """What the outer handler needs to know about a request in progress."""
 
@@ -400,20 +434,21 @@ class ProxyApp:
             return
         # Waiting for a whole completion can take minutes: a client that gives up cancels the wait
         # and drops the upstream connection, so the upstream can stop generating tokens nobody reads.
-        work = asyncio.ensure_future(self._exchange(upstream, request, receive, send, ctx, tap))
-        watcher = asyncio.ensure_future(watch_disconnect(receive))
-        watcher.add_done_callback(lambda _: work.cancel())
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _DisconnectWatch(receive, task)
         try:
-            await work
+            await self._exchange(upstream, request, receive, send, ctx, tap)
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
+            if not watch.gone:
                 raise  # cancelled from outside (shutdown), not by the client
+            task.uncancel()
             exchange.client_disconnected = True
             exchange.status = exchange.status or 499
             await self._commit(ctx, fail_closed_raises=False)
             raise _ClientGone from None
         finally:
-            watcher.cancel()
+            watch.stop()
 
     async def _exchange(
         self,
