@@ -28,7 +28,7 @@ from typing import Any
 
 from compressors.base import Target
 from compressors.bm25 import Bm25Index, terms
-from compressors.preserve import CATEGORIES, PreserveSpec
+from compressors.preserve import PreserveSpec
 from compressors.relevance import Relevance
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata" / "lost-in-the-middle"
@@ -37,8 +37,8 @@ SEED = 20240103
 DOCUMENTS = 20
 NQ_RATES = (0.25, 0.125)
 KV_RATE = 0.1
-# The KV prompt is one JSON object; the `json` category would keep it whole (no selection).
-KV_PRESERVE = PreserveSpec.parse([c for c in CATEGORIES if c != "json"])
+# The default preserve spec: the KV prompt is one JSON object, whose members are selected whole.
+KV_PRESERVE = PreserveSpec.default()
 
 
 @dataclass(frozen=True, slots=True)

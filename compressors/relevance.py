@@ -182,8 +182,15 @@ class Relevance(Compressor):
             if region.mode == "keep":
                 forced_ranges.append((offset, offset + len(region.text)))
             offset += len(region.text)
-        spans = [(span.start, span.end) for span in find_spans(joined, preserve)]
         split = split_units(joined, self.options["units"])
+        # Units that are JSON members are kept or dropped whole, each byte for byte, and the
+        # container stays valid JSON: that is how a preserved JSON block survives selection.
+        # Merging by the json span instead would make the whole block one unit: no selection at all.
+        spans = [
+            (span.start, span.end)
+            for span in find_spans(joined, preserve)
+            if not (split.kind == "json" and span.category == "json")
+        ]
         layout = split.merged(spans)
         notes: list[str] = []
         if not split.spans:

@@ -125,7 +125,7 @@ def test_concurrent_calls_from_threads_agree(rows: list[dict]) -> None:
 def test_kv_gold_pair_survives_and_json_stays_valid() -> None:
     for index in range(10):
         prompt, gold = _kv_prompt(index)
-        result = Relevance().compress(prompt, target=Target(rate=0.1), preserve=NO_JSON)
+        result = Relevance().compress(prompt, target=Target(rate=0.1), preserve=NO_JSON)  # as a policy may
         assert gold in result.text
         block = result.text[result.text.index("{") : result.text.rindex("}") + 1]
         members = json.loads(block)
@@ -135,12 +135,28 @@ def test_kv_gold_pair_survives_and_json_stays_valid() -> None:
 
 
 @needs_data
-def test_preserved_json_block_is_never_cut_and_the_miss_is_reported() -> None:
-    prompt, _ = _kv_prompt(0)
+def test_default_preserve_selects_json_members_whole_and_keeps_the_block_valid() -> None:
+    prompt, gold = _kv_prompt(0)
     result = Relevance().compress(prompt, target=Target(rate=0.1))  # default preserve includes json
-    assert result.text == prompt
-    assert not result.target_met
-    assert "over the budget" in result.note and "joined 75 json into 1 units" in result.note
+    assert result.target_met and gold in result.text
+    original = json.loads(prompt[prompt.index("{") : prompt.rindex("}") + 1])
+    kept = json.loads(result.text[result.text.index("{") : result.text.rindex("}") + 1])
+    assert 1 <= len(kept) < len(original)
+    assert all(original[key] == value for key, value in kept.items())
+    # Each kept member is the original's bytes: nothing inside a member was touched.
+    members = [f"{json.dumps(key)}: {json.dumps(value)}" for key, value in kept.items()]
+    assert all(member in prompt and member in result.text for member in members)
+
+
+def test_a_json_block_inside_other_units_stays_whole() -> None:
+    block = json.dumps({"build": {"steps": [f"step {i}" for i in range(30)], "status": "failed"}}, indent=2)
+    paragraphs = [f"Paragraph {i} is about gardening and tomatoes in spring." for i in range(12)]
+    paragraphs[5] = "The build log follows.\n" + block
+    text = "\n\n".join(paragraphs) + "\n\nQuestion: what status did the build steps end in?"
+    result = Relevance({"scorer": "bm25", "units": "paragraphs"}).compress(text, target=Target(rate=0.8))
+    assert block in result.text  # the most relevant paragraph, its JSON whole
+    assert result.text.count("Paragraph") < 11
+    assert result.text.endswith("Question: what status did the build steps end in?")
 
 
 def test_query_line_survives_when_it_is_a_unit() -> None:
