@@ -85,6 +85,7 @@ _NUMBER_WORDS = frozenset(
     seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand
     million billion dozen once twice""".split()  # noqa: SIM905 (a word list reads better as text)
 )
+_WH_WORDS = ("who", "what", "when", "where", "which", "how", "why")
 _OPEN = frozenset("([")
 _CLOSE = frozenset(")]")
 
@@ -115,6 +116,14 @@ FEATURES: tuple[str, ...] = (
     "typed_number",  # a number, for a when/how-many question
     "follows_query",  # closeness to query words before it (the answer follows them)
     "unqueried_number",  # a number in a text without a question
+    "position",  # where in the text, 0 (first unit) .. 1 (last)
+    "length",  # log(1 + characters)
+    # The question's wanted answer type and its wh-word, one-hot: the network crosses them with the rest.
+    "wants_number",
+    "wants_date",
+    "wants_name",
+    "wants_other",
+    *(f"wh_{word}" for word in _WH_WORDS),
 )
 # The linear model for texts without a query (or with query_boost 0): the keep network only ever saw
 # NQ rows, which always have one. Fitted in round 3 by logistic regression on NQ rows 0-599 (label: the
@@ -146,10 +155,11 @@ WEIGHTS: dict[str, float] = {
     "typed_number": 0.402,
     "follows_query": 2.681,
     "unqueried_number": 3.0,
-}
+} | {name: 0.0 for name in FEATURES[FEATURES.index("position") :]}
 _QUERY_FEATURES = frozenset(
     {"hit", "close", "close_tight", "top_sentence", "second_sentence", "typed_close", "after_hit"}
     | {"before_hit", "follows_query"}
+    | {name for name in FEATURES if name.startswith(("wants_", "wh_"))}
 )
 
 
@@ -324,7 +334,16 @@ def unit_matrix(
         "typed_number": numeric & (wanted in ("number", "date")),
         "follows_query": near.follows,
         "unqueried_number": numeric & (not terms),
+        "position": np.arange(n) / max(1, n - 1),
+        "length": np.log1p(ends - starts),
     }
+    asked = bool(query and query.strip())
+    for kind in ("number", "date", "name"):
+        columns_out[f"wants_{kind}"] = np.full(n, asked and wanted == kind)
+    columns_out["wants_other"] = np.full(n, asked and wanted == "")
+    wh = _wh_word(query)
+    for word in _WH_WORDS:
+        columns_out[f"wh_{word}"] = np.full(n, word == wh)
     matrix = np.column_stack([np.asarray(columns_out[name], np.float64) for name in FEATURES])
     return matrix, content & ~punct
 
@@ -472,6 +491,14 @@ def _answer_type(query: str | None) -> str:
     # The earliest cue wins: "who is the singer of just when i needed you most" asks for a name.
     found = [(match.start(), kind) for pattern, kind in _ANSWER_TYPES if (match := pattern.search(lowered))]
     return min(found)[1] if found else ""
+
+
+def _wh_word(query: str | None) -> str:
+    """The question's first wh-word ("" if none)."""
+    for word in _WORD.findall((query or "").lower()):
+        if word in _WH_WORDS:
+            return word
+    return ""
 
 
 def _query_terms(query: str | None) -> dict[str, float]:
