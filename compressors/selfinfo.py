@@ -495,10 +495,8 @@ def _answer_type(query: str | None) -> str:
 
 def _wh_word(query: str | None) -> str:
     """The question's first wh-word ("" if none)."""
-    for word in _WORD.findall((query or "").lower()):
-        if word in _WH_WORDS:
-            return word
-    return ""
+    words: list[str] = _WORD.findall((query or "").lower())
+    return next((word for word in words if word in _WH_WORDS), "")
 
 
 def _query_terms(query: str | None) -> dict[str, float]:
