@@ -10,7 +10,7 @@ file); its input standardization is folded into the first layer and the weights
 are written as ``.npz`` for :class:`compressors.keepnet.KeepNet`. Rows from
 ``--rows`` on are held out (``bench/quality_tokens.py`` reports them apart).
 
-    python bench/fit_selfinfo.py [--rows 1800] [--width 64] [--alpha 0.3] [--seeds 3] [--out compressors/keepnet.npz]
+    python bench/fit_selfinfo.py [--rows 1800] [--width 64] [--alpha 0.3] [--seeds 2] [--out compressors/keepnet.npz]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reach", type=int, default=2, help="neighbours on each side")
     parser.add_argument("--width", type=int, default=64, help="hidden units per network")
     parser.add_argument("--alpha", type=float, default=0.3, help="L2 penalty")
-    parser.add_argument("--seeds", type=int, default=3, help="networks averaged")
+    parser.add_argument("--seeds", type=int, default=2, help="networks averaged (each one costs run time)")
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     args = parser.parse_args(argv)
     if not NQ.exists():
