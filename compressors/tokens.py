@@ -3,8 +3,9 @@
 The text is cut into word units (names, dates, numbers with units and
 preserved spans are single units), a scorer rates each unit, and the
 highest-rated units that fit the token budget are kept, ties broken by
-position. Scorers: ``selfinfo`` (word frequencies and cheap cues weighed by
-fixed, fitted weights; no model), ``llmlingua2`` (a token-classification model)
+position. Scorers: ``selfinfo`` (word frequencies and cheap cues weighed by a tiny
+network trained offline and shipped as numbers; no language model), ``llmlingua2``
+(a token-classification model)
 and ``perplexity`` (a causal LM). The query (given, or the question the text
 ends with) is kept verbatim where the text holds it (its line's ``Question:``
 label is an ordinary unit) and counts against the budget.
