@@ -1,4 +1,4 @@
-"""Exported runtimes for mean-pooled sentence-transformers models: tracing, caching, pooling.
+"""Exported runtimes for sentence-transformers models: tracing, caching, pooling.
 
 An exported model is built once per machine from weights whose sha256 the caller
 verified, in ``$XDG_CACHE_HOME/tersegate/onnx/<sha256 of model.safetensors>/<recipe>/``:
@@ -8,7 +8,9 @@ recorded at build time and checked again on each load. A recipe name changes
 whenever the way a model is built changes, so a stale build is never reused.
 
 This module holds what every runtime shares (the ONNX trace, the atomic build,
-length-bucketed batching and mean pooling: :class:`PooledEncoder`) and the ONNX
+length-bucketed batching, and pooling by the model's own sentence-transformers
+``Pooling`` (and ``Normalize``) modules, rebuilt from its saved configuration:
+:class:`PooledEncoder`) and the ONNX
 Runtime encoder: the traced graph fused by ONNX Runtime's BERT optimizer and, for
 ``onnx-int8``, its Linear weights quantized to int8 (u8 x s8 products use AVX512-VNNI).
 """
@@ -49,8 +51,9 @@ log = logging.getLogger(__name__)
 Vectors = npt.NDArray[np.float32]
 Feeds = Mapping[str, npt.NDArray[np.int64]]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# v2: traced with eager attention, so the optimizer fuses each layer's attention into one op.
-ONNX_RECIPE = "onnx-v2"
+# v3: traced with eager attention (the optimizer fuses each layer's attention into one op);
+# the metadata carries the model's pooling configuration.
+ONNX_RECIPE = "onnx-v3"
 _FP32 = "model.onnx"
 _INT8 = "model-int8.onnx"
 META = "tersegate.json"
@@ -74,18 +77,18 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def trace_onnx(model: Any, path: Path) -> dict[str, int]:
-    """Trace the transformer of a mean-pooled, normalized ``model`` to ONNX at ``path``.
+def trace_onnx(model: Any, path: Path) -> dict[str, Any]:
+    """Trace the transformer of ``model`` (Transformer, Pooling[, Normalize]) to ONNX at ``path``.
 
-    The graph outputs the last hidden state (pooling stays in numpy, where padding is
-    masked exactly). Returns the build metadata: sequence length, width, heads.
+    The graph outputs the last hidden state; the model's own Pooling module runs
+    after it (then Normalize), rebuilt from the metadata returned here with the
+    sequence length, width and heads.
     """
     import torch
 
     modules = [type(module).__name__ for module in model]
-    pooling = getattr(model[1], "pooling_mode", None) if len(modules) > 1 else None
-    if modules[:3] != ["Transformer", "Pooling", "Normalize"] or pooling not in ("mean", ("mean",)):
-        raise ValueError(f"only mean-pooled, normalized models export (got {modules}, {pooling})")
+    if modules[:2] != ["Transformer", "Pooling"] or any(name != "Normalize" for name in modules[2:]):
+        raise ValueError(f"only Transformer + Pooling [+ Normalize] models export (got {modules})")
     bert = model[0].auto_model
     if hasattr(bert, "set_attn_implementation"):
         # Eager attention traces to the MatMul/Softmax pattern runtimes fuse into one attention op.
@@ -100,7 +103,9 @@ def trace_onnx(model: Any, path: Path) -> dict[str, int]:
             return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
 
     # A padded example, so the traced graph applies the attention mask.
-    sample = model.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt")
+    sample = dict(model.tokenizer(["a b c d e f", "a"], padding=True, return_tensors="pt"))
+    # Some tokenizers return no segment ids; the encoders always feed zeros.
+    sample.setdefault("token_type_ids", torch.zeros_like(sample["input_ids"]))
     axes = {name: {0: "batch", 1: "seq"} for name in (*INPUTS, "hidden")}
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python branches on shapes
@@ -119,6 +124,7 @@ def trace_onnx(model: Any, path: Path) -> dict[str, int]:
         "max_seq_length": int(model.max_seq_length),
         "dim": int(config.hidden_size),
         "heads": int(config.num_attention_heads),
+        "pooling": model[1].get_config_dict(),
     }
 
 
@@ -206,9 +212,10 @@ def ensure_export(sha256: str, load_torch_model: Callable[[], Any]) -> Path:
 
 
 class PooledEncoder(ABC):
-    """Mean-pooled, normalized vectors from a built model; subclasses run the transformer."""
+    """Sentence vectors from a built model; subclasses run the transformer, sentence-transformers pools."""
 
     def __init__(self, directory: Path) -> None:
+        from sentence_transformers.models import Normalize, Pooling
         from transformers import AutoTokenizer
 
         meta = json.loads((directory / META).read_text())
@@ -216,6 +223,8 @@ class PooledEncoder(ABC):
         self.dim = int(meta["dim"])
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), local_files_only=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self._pooling = Pooling(**meta["pooling"])
+        self._normalize = Normalize()  # unit length always, as Embedder promises (and torch encodes)
 
     @abstractmethod
     def hidden(self, feeds: Feeds) -> npt.NDArray[np.float32]:
@@ -248,10 +257,15 @@ class PooledEncoder(ABC):
             mask[row, : len(pieces)] = 1
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
         hidden = self.hidden(feeds)
-        weights = mask[..., None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        vectors: Vectors = (pooled / norms).astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            features = {
+                "token_embeddings": torch.from_numpy(hidden),
+                "attention_mask": torch.from_numpy(mask),
+            }
+            features = self._normalize(self._pooling(features))
+            vectors: Vectors = features["sentence_embedding"].numpy().astype(np.float32, copy=False)
         return vectors
 
 

@@ -43,7 +43,7 @@ from compressors.onnx_encoder import (
 
 __all__ = ["OPENVINO_RECIPE", "OpenVinoEncoder", "calibration_texts", "ensure_openvino_build"]
 
-OPENVINO_RECIPE = "openvino-int8-v1"
+OPENVINO_RECIPE = "openvino-int8-v2"  # v2: the metadata carries the pooling configuration
 _XML = "model.xml"
 _CALIBRATION_BATCH = 8
 _BUILD_TIMEOUT_S = 900

@@ -237,3 +237,29 @@ def test_a_build_without_manifest_is_replaced(tmp_path: Path) -> None:
     assert (final / "model.bin").read_bytes() == bytes(range(256)) * 64
     assert (final / MANIFEST).is_file()
     assert [path.name for path in final.parent.iterdir()] == ["recipe"]  # no temporary folder left
+
+
+def test_exported_runtimes_pool_as_the_model_says(
+    tiny_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLS-pooled model (not MiniLM's mean) gets the same vectors from ONNX as from sentence-transformers."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer, models
+
+    folder = tmp_path / "cls-model"
+    transformer = models.Transformer(str(tiny_classifier))
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="cls")
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder))
+    sha = file_sha256(folder / "model.safetensors")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    texts = _nq_passages(12)
+    reference = Embedder(str(folder), sha256=sha, backend="torch").encode(texts)
+    exported = Embedder(str(folder), sha256=sha, backend="onnx").encode(texts)
+    assert (reference * exported).sum(axis=1).min() >= 0.9999
+    # Mean pooling of the same hidden states would differ: the test tells the two apart.
+    mean_pooled = np.asarray(
+        SentenceTransformer(
+            modules=[transformer, models.Pooling(32, pooling_mode="mean")], device="cpu"
+        ).encode(texts, normalize_embeddings=True)
+    )
+    assert (mean_pooled * exported).sum(axis=1).min() < 0.999
