@@ -223,6 +223,11 @@ class PooledEncoder(ABC):
         self.dim = int(meta["dim"])
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), local_files_only=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        import torch
+
+        # Pooling is a few small tensor ops: more torch threads would only spin against the runtime's.
+        if torch.get_num_threads() > max(1, cpu_threads() - 1):
+            torch.set_num_threads(max(1, cpu_threads() - 1))
         self._pooling = Pooling(**meta["pooling"])
         self._normalize = Normalize()  # unit length always, as Embedder promises (and torch encodes)
 
