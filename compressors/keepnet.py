@@ -52,19 +52,26 @@ class KeepNet:
         # Single precision: about 4x faster than double here, and logits only need to rank units.
         varying = matrix[:, ~fixed].astype(np.float32)
         constants = [matrix[0, fixed].astype(np.float32) @ weights[fixed] for weights in self.hidden]
-        pre = np.empty((n, len(self.hidden_bias)), np.float32)
-        pre[:] = self.hidden_bias + np.sum(constants, axis=0)
-        for slot, offset in enumerate(range(-self.reach, self.reach + 1)):
-            part = varying @ self.hidden[slot][~fixed]
-            # Offset -1 is the unit before: row i reads row i - 1 (zeros past the edges, as in training).
+        # One matrix product over the unit's and its neighbours' columns side by side (row i of
+        # block "offset" is row i + offset, zeros past the edges, as in training).
+        width = varying.shape[1]
+        offsets = range(-self.reach, self.reach + 1)
+        stacked = np.zeros((n, len(offsets) * width), np.float32)
+        for slot, offset in enumerate(offsets):
+            block = stacked[:, slot * width : (slot + 1) * width]
             if offset < 0:
-                pre[-offset:] += part[:offset]
+                block[-offset:] = varying[:offset]
+            elif offset > 0:
+                block[:-offset] = varying[offset:]
+            else:
+                block[:] = varying
+        pre = stacked @ self.hidden[:, ~fixed, :].reshape(len(offsets) * width, self.hidden.shape[2])
+        pre += self.hidden_bias + np.sum(constants, axis=0)
+        for slot, offset in enumerate(offsets):  # no neighbour there: its fixed columns did not count
+            if offset < 0:
                 pre[: min(n, -offset)] -= constants[slot]
             elif offset > 0:
-                pre[:-offset] += part[offset:]
                 pre[max(0, n - offset) :] -= constants[slot]
-            else:
-                pre += part
         np.maximum(pre, 0.0, out=pre)
         result: _Floats = (pre @ self.out).astype(np.float64) + self.out_bias
         return result
