@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import subprocess
 import threading
 from collections import OrderedDict
@@ -27,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.models import load_once
-from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export
+from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export, leave_a_core_to_the_proxy
 
 __all__ = [
     "BACKENDS",
@@ -123,17 +122,11 @@ class _Loaded:
 
 def torch_model(model: str) -> Any:
     """The sentence-transformers model at ``model`` (local files only), on the CPU."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a server must not draw progress bars on stderr
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # Leave a core to the proxy's event loop: on 2 busy cores, 1 intra-op thread encoded
-    # 20 NQ passages in 4.0 s against 8.5 s with 2 (spinning threads fight for the CPU).
-    threads = max(1, cores - 1)
-    if torch.get_num_threads() > threads:
-        torch.set_num_threads(threads)
+    leave_a_core_to_the_proxy()
     loaded = SentenceTransformer(model, device="cpu", local_files_only=True)
     loaded.eval()
     return loaded

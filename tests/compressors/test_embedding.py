@@ -63,13 +63,19 @@ def test_max_over_windows_finds_relevance_past_the_first_256_word_pieces() -> No
     assert best > head + 0.2
 
 
-def test_tampered_weights_are_refused_with_a_clear_error(tmp_path: Path) -> None:
-    copy = tmp_path / "model"
+def _tampered_copy(folder: Path, byte: int) -> Path:
+    """The bundled model copied to ``folder`` with one bit of its weights flipped."""
+    copy = folder / "model"
     shutil.copytree(default_model_path(), copy)
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
-    data[1000] ^= 0x01
+    data[byte] ^= 0x01
     weights.write_bytes(bytes(data))
+    return copy
+
+
+def test_tampered_weights_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    copy = _tampered_copy(tmp_path, 1000)
     with pytest.raises(ModelIntegrityError, match="sha256 mismatch"):
         Embedder(str(copy), sha256=DEFAULT_MODEL_SHA256).encode(["x"])
 
@@ -192,12 +198,7 @@ def test_a_backend_that_cannot_build_falls_back_to_the_next(
 def test_tampered_weights_are_refused_by_the_exported_backends(
     tmp_path: Path, onnx_cache: Path, backend: str
 ) -> None:
-    copy = tmp_path / "model"
-    shutil.copytree(default_model_path(), copy)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[4096] ^= 0x01
-    weights.write_bytes(bytes(data))
+    copy = _tampered_copy(tmp_path, 4096)
     with pytest.raises(ModelIntegrityError, match="sha256 mismatch"):
         Embedder(str(copy), sha256=DEFAULT_MODEL_SHA256, backend=backend).encode(["x"])
 
