@@ -1,7 +1,7 @@
 """Replay the SWE-agent traces turn by turn through the policy engine and price them.
 
 Each trace's history is sent as the agent sent it (turn k = messages up to the
-k-th assistant reply) through :class:`proxy.engine.PolicyRewriter`, the proxy's
+k-th assistant reply) through :class:`proxy.policy.engine.PolicyRewriter`, the proxy's
 rewrite hook, once per policy. The bill uses a prompt-cache model: the longest
 prefix of whole messages that is byte-identical to the previous turn's
 forwarded request is cached and billed at 10% (a 90% discount); the rest at
@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 
 from compressors.tokenizer import tokenizer_for
-from proxy.engine import PolicyRewriter
 from proxy.exchange import Exchange
-from proxy.policy import Policy, PolicySet, load_policy
+from proxy.policy.engine import PolicyRewriter
+from proxy.policy.model import Policy, PolicySet, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "evaldata" / "swe-agent-traces"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import orjson
 
-from proxy.audit import GENESIS, rotated_name
-from proxy.pricing import PriceBook, costs_for
+from proxy.audit.pricing import PriceBook, costs_for
+from proxy.audit.sink import GENESIS, rotated_name
 
 TEAMS = ("search", "support", "rag", "agents", "analytics")
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini")

@@ -43,10 +43,10 @@ import pytest
 import yaml
 from fake_upstream import FakeUpstream, ServerThread
 
-from proxy.app import create_app
-from proxy.config import load_config
-from proxy.serve_cmd import uvicorn_config
-from proxy.services import Services, build_services
+from proxy.cli.serve import uvicorn_config
+from proxy.config.model import load_config
+from proxy.server.app import create_app
+from proxy.server.services import Services, build_services
 
 __all__ = ["MakeProxy", "RunningProxy", "ServerThread", "Upstream", "make_proxy", "spawn_proxy", "upstream"]
 

@@ -347,7 +347,7 @@ def test_upstream_error_is_audited_without_costs(make_proxy: MakeProxy) -> None:
 
 def test_verify_cli_is_importable_without_litellm_import() -> None:
     # The audit tools read the cost map as JSON: litellm itself (slow, networked on import) stays out.
-    code = "import sys, proxy.audit, proxy.pricing; proxy.pricing.PriceBook().price_for('gpt-4o'); print('litellm' in sys.modules)"
+    code = "import sys, proxy.audit.sink, proxy.audit.pricing; proxy.audit.pricing.PriceBook().price_for('gpt-4o'); print('litellm' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
     )

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from proxy.engine import PolicyRewriter
 from proxy.exchange import Exchange
-from proxy.memo import Memo
-from proxy.policy import PolicySet, load_policy
+from proxy.policy.engine import PolicyRewriter
+from proxy.policy.memo import Memo
+from proxy.policy.model import PolicySet, load_policy
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")

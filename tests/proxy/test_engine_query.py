@@ -11,9 +11,9 @@ import pytest
 
 from compressors.base import Target
 from compressors.registry import create
-from proxy.parts import extract_parts
-from proxy.policy import QuerySpec
-from proxy.query import compress_around, final_question, plan_query
+from proxy.policy.model import QuerySpec
+from proxy.policy.parts import extract_parts
+from proxy.policy.query import compress_around, final_question, plan_query
 
 EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "lost-in-the-middle"
 needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")

@@ -9,9 +9,9 @@ import pytest
 from harness import tersegate_command
 
 from compressors.base import Target
-from proxy.config import load_config
-from proxy.policy import COMPRESSIBLE_ROUTES, load_policies, load_policy
-from proxy.yamlsource import ConfigErrors
+from proxy.config.model import load_config
+from proxy.config.yamlsource import ConfigErrors
+from proxy.policy.model import COMPRESSIBLE_ROUTES, load_policies, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("default", "rag", "agents", "support")

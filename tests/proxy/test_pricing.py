@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.pricing import PriceBook, PricingError, costs_for
+from proxy.audit.pricing import PriceBook, PricingError, costs_for
 
 
 @pytest.fixture(scope="module")

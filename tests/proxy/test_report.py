@@ -15,11 +15,11 @@ import orjson
 import pytest
 from harness import tersegate_command
 
-from proxy.audit import JsonlAuditSink
-from proxy.config import AuditConfig
+from proxy.audit.pricing import PriceBook
+from proxy.audit.sink import JsonlAuditSink
+from proxy.config.model import AuditConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
-from proxy.pricing import PriceBook
 
 DAY1 = datetime(2025, 3, 1, 10, tzinfo=UTC).timestamp()
 DAY2 = datetime(2025, 3, 2, 10, tzinfo=UTC).timestamp()

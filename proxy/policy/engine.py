@@ -30,11 +30,11 @@ from typing import Any
 from compressors.base import Compressor, CompressorError
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.exchange import Exchange, Rewrite
-from proxy.memo import Memo
 from proxy.metrics import Metrics
-from proxy.parts import Part, extract_parts, rewrite_body
-from proxy.policy import Policy, PolicySet, Rule
-from proxy.query import QueryPlan, compress_around, plan_query
+from proxy.policy.memo import Memo
+from proxy.policy.model import Policy, PolicySet, Rule
+from proxy.policy.parts import Part, extract_parts, rewrite_body
+from proxy.policy.query import QueryPlan, compress_around, plan_query
 
 __all__ = ["PolicyRewriter"]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from compressors.base import Compressor, Target
 from compressors.preserve import PreserveSpec
 from compressors.tokenizer import Tokenizer, tokenizer_for
-from proxy.parts import Part
-from proxy.policy import QuerySpec
+from proxy.policy.model import QuerySpec
+from proxy.policy.parts import Part
 
 __all__ = ["QueryPlan", "compress_around", "final_question", "plan_query"]
 

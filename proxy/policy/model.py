@@ -23,8 +23,8 @@ import orjson
 from compressors.base import Compressor, OptionsError, Target
 from compressors.preserve import PreserveSpec
 from compressors.registry import create, names
-from proxy.config import Config
-from proxy.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+from proxy.config.model import Config
+from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
 
 __all__ = [
     "COMPRESSIBLE_ROUTES",

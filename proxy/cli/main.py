@@ -14,11 +14,11 @@ __all__ = ["COMMANDS", "main"]
 
 # Command modules, in help order. Each exposes register(subparsers).
 COMMANDS: tuple[str, ...] = (
-    "proxy.serve_cmd",
-    "proxy.check_cmd",
-    "proxy.compress_cmd",
-    "proxy.audit_cmd",
-    "proxy.report_cmd",
+    "proxy.cli.serve",
+    "proxy.cli.check",
+    "proxy.cli.compress",
+    "proxy.cli.audit",
+    "proxy.cli.report",
 )
 
 

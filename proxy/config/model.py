@@ -1,6 +1,6 @@
 """config.yaml: parsed and validated once, at load time, into frozen dataclasses.
 
-Every problem is reported as ``file:line: message`` (see :mod:`proxy.yamlsource`).
+Every problem is reported as ``file:line: message`` (see :mod:`proxy.config.yamlsource`).
 Relative paths (``policies_dir``, ``audit.path``) are resolved against the
 config file's folder, so ``tersegate serve --config /etc/tersegate/config.yaml``
 works from any working directory.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from proxy.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
 
 __all__ = [
     "AuditConfig",

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from proxy.audit import GENESIS
+from proxy.audit.sink import GENESIS
 
 __all__ = ["ChainReport", "expand_paths", "register", "verify_chain"]
 

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proxy.audit import audit_files
-from proxy.audit_cmd import expand_paths
-from proxy.audit_index import AuditIndex, covers
-from proxy.config import ConfigErrors, load_config
-from proxy.report import ReportError, Row, aggregate_files, parse_by, parse_since, render
+from proxy.audit.index import AuditIndex, covers
+from proxy.audit.report import ReportError, Row, aggregate_files, parse_by, parse_since, render
+from proxy.audit.sink import audit_files
+from proxy.cli.audit import expand_paths
+from proxy.config.model import ConfigErrors, load_config
 
 __all__ = ["register"]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from proxy.config import Config, load_config
+from proxy.config.model import Config, load_config
+from proxy.config.yamlsource import ConfigErrors
 from proxy.metrics import Metrics
-from proxy.policy import PolicySet, load_policies
-from proxy.yamlsource import ConfigErrors
+from proxy.policy.model import PolicySet, load_policies
 
 __all__ = ["PolicyReloader"]
 

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.config import UpstreamConfig
+from proxy.config.model import UpstreamConfig
 from proxy.errors import ProxyError, timed_out, unreachable
 
 __all__ = ["UpstreamPool", "UpstreamResponse"]

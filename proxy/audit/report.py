@@ -1,7 +1,7 @@
 """Savings reports from audit records: rows grouped by team, model, day (or route, policy).
 
 Rows are computed either by scanning the JSONL files (:func:`aggregate_files`)
-or by the SQLite index (:mod:`proxy.audit_index`); both give the same rows.
+or by the SQLite index (:mod:`proxy.audit.index`); both give the same rows.
 Dollar sums cover the requests that had a price and usage; ``price_missing``
 counts the requests that could not be priced.
 """

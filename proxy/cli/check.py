@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, ConfigError, ConfigErrors, load_config
-from proxy.policy import load_policies
+from proxy.config.model import Config, ConfigError, ConfigErrors, load_config
+from proxy.policy.model import load_policies
 
 __all__ = ["problems", "register"]
 

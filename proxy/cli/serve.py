@@ -10,11 +10,11 @@ from typing import Any
 
 import uvicorn
 
-from proxy.app import create_app
-from proxy.check_cmd import problems
-from proxy.config import ConfigErrors
+from proxy.cli.check import problems
+from proxy.config.model import ConfigErrors
 from proxy.logs import setup_logging
-from proxy.services import build_services
+from proxy.server.app import create_app
+from proxy.server.services import build_services
 
 __all__ = ["register", "uvicorn_config"]
 

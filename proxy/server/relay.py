@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proxy.exchange import Exchange
-from proxy.forward import UpstreamResponse
+from proxy.server.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
 __all__ = ["relay_stream", "watch_disconnect"]

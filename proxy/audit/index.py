@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from proxy.report import Row, usd
+from proxy.audit.report import Row, usd
 
 __all__ = ["AuditIndex", "LiveIndexer", "covers"]
 

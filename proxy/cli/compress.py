@@ -21,10 +21,10 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from proxy.config import AuditConfig, ConfigErrors, load_config
-from proxy.engine import PolicyRewriter
+from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
-from proxy.services import build_services
+from proxy.policy.engine import PolicyRewriter
+from proxy.server.services import build_services
 from proxy.usage import prepare_stream
 
 __all__ = ["register", "rewrite_request"]

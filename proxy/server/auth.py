@@ -15,7 +15,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from proxy.config import Config
+from proxy.config.model import Config
 from proxy.errors import unauthorized
 
 __all__ = ["Authenticator", "Credentials", "Identity", "key_id_of"]

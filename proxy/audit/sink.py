@@ -30,12 +30,12 @@ from typing import Any
 
 import orjson
 
-from proxy.audit_index import LiveIndexer
-from proxy.config import AuditConfig
+from proxy.audit.index import LiveIndexer
+from proxy.config.model import AuditConfig
 from proxy.errors import unavailable
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
-from proxy.pricing import PriceBook, PricingError, costs_for
+from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.usage import normalize_usage
 
 __all__ = [

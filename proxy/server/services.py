@@ -1,7 +1,7 @@
 """What a running proxy is built from: config, metrics, the rewrite hook and the audit sink.
 
 ``build_services`` is the one place that wires the parts together; the server
-(`proxy.app`) and the offline ``tersegate compress`` both use it, so they share
+(`proxy.server.app`) and the offline ``tersegate compress`` both use it, so they share
 one code path. ``Services.config`` is swapped as a whole on hot reload.
 """
 
@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.audit import JsonlAuditSink
-from proxy.config import Config
-from proxy.engine import PolicyRewriter
+from proxy.audit.sink import JsonlAuditSink
+from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
 from proxy.metrics import Metrics
-from proxy.policy import PolicySet, load_policies
-from proxy.reload import PolicyReloader
+from proxy.policy.engine import PolicyRewriter
+from proxy.policy.model import PolicySet, load_policies
+from proxy.server.reload import PolicyReloader
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 

@@ -21,15 +21,15 @@ from typing import Any
 
 import orjson
 
-from proxy.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
-from proxy.config import Config, UpstreamConfig
+from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import ProxyError, error_body, internal, too_large, unavailable
 from proxy.exchange import Exchange, Rewrite
-from proxy.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.metrics import CONTENT_TYPE_LATEST
-from proxy.relay import relay_stream, watch_disconnect
-from proxy.routes import COMPRESSIBLE, metric_route, split_path
-from proxy.services import Services
+from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
+from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
+from proxy.server.relay import relay_stream, watch_disconnect
+from proxy.server.routes import COMPRESSIBLE, metric_route, split_path
+from proxy.server.services import Services
 from proxy.usage import UsageTap, prepare_stream
 
 __all__ = ["ProxyApp", "create_app"]

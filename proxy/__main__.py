@@ -1,0 +1,7 @@
+"""``python -m proxy``: the ``tersegate`` command."""
+
+import sys
+
+from proxy.cli.main import main
+
+sys.exit(main())

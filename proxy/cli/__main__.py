@@ -1,0 +1,7 @@
+"""``python -m proxy.cli``: the ``tersegate`` command."""
+
+import sys
+
+from proxy.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""The package's layers point one way (docs/design.md): cli -> server -> {policy, audit} -> store -> config -> vocabulary.
+
+A module may import from its own room and from any room below it, never from a room above or beside it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
+
+# Rank of each room: a module may import rooms of strictly lower rank (and its own room).
+RANK: dict[str, int] = {
+    "vocabulary": 0,
+    "config": 1,
+    "store": 2,
+    "policy": 3,
+    "audit": 3,
+    "server": 4,
+    "cli": 5,
+}
+VOCABULARY = {"exchange", "errors", "metrics", "logs", "usage", "__init__", "__main__"}
+
+
+def room_of(module: str) -> str:
+    """``proxy.server.app`` -> ``server``; top-level modules are the shared vocabulary."""
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        return "cli"  # ``python -m proxy`` is an entry point: it sits at the top with the commands
+    if len(parts) >= 2 and parts[1] in RANK:
+        return parts[1]
+    return "vocabulary"
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+    return [(line, name) for line, name in found if name == "proxy" or name.startswith("proxy.")]
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_sits_in_a_known_room() -> None:
+    for path in modules():
+        rel = path.relative_to(PACKAGE)
+        if len(rel.parts) == 1:
+            assert rel.stem in VOCABULARY, f"{rel}: top level keeps only the shared vocabulary"
+        else:
+            assert rel.parts[0] in RANK, f"{rel}: unknown room {rel.parts[0]!r}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_import_runs_up_or_sideways(path: Path) -> None:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    here = room_of(".".join(("proxy", *rel.parts)))
+    for line, target in imports_of(path):
+        there = room_of(target)
+        if there == here:
+            continue
+        assert RANK[there] < RANK[here], (
+            f"proxy/{rel}.py:{line} imports {target} ({there}) from {here}: layers are "
+            "cli -> server -> {policy, audit} -> store -> config -> vocabulary"
+        )
+
+
+def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from proxy.server.app import create_app\nimport proxy.cli.main\nfrom proxy.errors import x\n"
+    )
+    found = [room_of(name) for _, name in imports_of(bad)]
+    assert found == ["server", "cli", "vocabulary"]
+    assert RANK["server"] > RANK["audit"]
