@@ -12,6 +12,7 @@ import orjson
 __all__ = [
     "ProxyError",
     "error_body",
+    "forbidden",
     "internal",
     "timed_out",
     "too_large",
@@ -45,6 +46,11 @@ class ProxyError(Exception):
 
 def unauthorized(message: str) -> ProxyError:
     return ProxyError(401, message, type="invalid_request_error", code="invalid_api_key", kind="unauthorized")
+
+
+def forbidden(message: str, *, code: str) -> ProxyError:
+    """403: the caller is known (or needs no key) but may not do this; SDKs raise PermissionDeniedError."""
+    return ProxyError(403, message, type="permission_denied", code=code, kind="forbidden")
 
 
 def too_large(limit: int) -> ProxyError:

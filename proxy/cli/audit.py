@@ -1,4 +1,6 @@
-"""``tersegate audit verify PATH...``: check the audit hash chain across files.
+"""``tersegate audit verify [PATH...] [--config config.yaml]``: check the audit hash chain across files.
+
+Without PATH it checks the config's ``audit.path`` and its rotated files, as ``tersegate report`` reads them.
 
 Files are checked in the order given (a folder or a quoted glob expands to its
 ``*.jsonl`` files sorted by name, which puts rotated files before the active
@@ -19,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from proxy.audit.sink import GENESIS
+from proxy.audit.sink import GENESIS, audit_files
+from proxy.config.model import ConfigErrors, load_config
 
 __all__ = ["ChainReport", "expand_paths", "register", "verify_chain"]
 
@@ -90,8 +93,22 @@ def verify_chain(paths: Sequence[Path]) -> ChainReport:
     return ChainReport(count, len(paths), prev, first_prev, None)
 
 
+def _configured_paths(config_path: str) -> list[Path] | str:
+    """The config's audit file and its rotated files, or why there are none."""
+    try:
+        config = load_config(Path(config_path))
+    except (ConfigErrors, OSError) as exc:
+        return f"audit verify: no PATH given and {config_path} cannot be loaded:\n{exc}"
+    if config.audit.path is None:
+        return f"audit verify: {config_path} has no audit.path; pass PATH"
+    return audit_files(config.audit.path)
+
+
 def _verify(args: argparse.Namespace) -> int:
-    paths = expand_paths(args.paths)
+    paths = expand_paths(args.paths) if args.paths else _configured_paths(args.config)
+    if isinstance(paths, str):
+        print(paths, file=sys.stderr)
+        return 1
     if not paths:
         print("audit verify: no audit files found", file=sys.stderr)
         return 1
@@ -113,6 +130,10 @@ def register(subparsers: Any) -> None:
         help="check the hash chain of audit files (rotated files in name order, then the active one)",
     )
     verify.add_argument(
-        "paths", nargs="+", metavar="PATH", help="audit .jsonl files, folders or quoted globs"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="audit .jsonl files, folders or quoted globs (default: the config's audit.path and its rotated files)",
     )
+    verify.add_argument("--config", default="config.yaml", help="config.yaml, read when no PATH is given")
     verify.set_defaults(func=_verify)

@@ -171,11 +171,16 @@ class PolicyRewriter:
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
         return rewrite
 
-    def _mode(self, policy: Policy, headers: Mapping[str, str]) -> str:
+    def _mode(self, policy: Policy, headers: Mapping[str, str]) -> tuple[str, str | None]:
+        """``(mode, override)``: the mode to run and what became of the client's ask, if any."""
         asked = _header(headers, _MODE_HEADER)
-        if policy.allow_client_override and asked in ("off", "shadow"):
-            return asked
-        return policy.mode
+        if asked is None:
+            return policy.mode, None
+        if asked not in ("off", "shadow"):  # the client's value is not echoed
+            return policy.mode, "refused: only off or shadow can be asked for"
+        if not policy.allow_client_override:
+            return policy.mode, f"refused: policy {policy.name} does not allow client overrides"
+        return asked, "applied"
 
     async def _rewrite(
         self, policy: Policy, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]
@@ -184,9 +189,10 @@ class PolicyRewriter:
         if not policy.applies(exchange.route, model):
             skipped = Rewrite(policy=policy.name, mode="off", skipped="route or model not in policy")
             return await self._measured(skipped, exchange, body)
-        mode = self._mode(policy, headers)
+        mode, override = self._mode(policy, headers)
         if mode == "off":
-            return await self._measured(Rewrite(policy=policy.name, mode="off"), exchange, body)
+            off = Rewrite(policy=policy.name, mode="off", override=override)
+            return await self._measured(off, exchange, body)
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
         counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
@@ -197,7 +203,9 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        return self._result(policy, mode, body, parts, counts, outcome)
+        result = self._result(policy, mode, body, parts, counts, outcome)
+        result.override = override
+        return result
 
     def _count_fail_open(self, team: str, reason: str) -> None:
         if self.metrics is not None:

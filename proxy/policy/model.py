@@ -279,6 +279,18 @@ def _parse_rules(f: Fields) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _parse_mode(f: Fields) -> Literal["enforce", "shadow", "off"]:
+    """``mode``; YAML 1.1 reads an unquoted ``off`` as false, which means off here."""
+    mode = f.get("mode", (str, bool), "enforce")
+    if mode is False:
+        return "off"
+    if mode is True:
+        f.check("mode", lambda v: False, 'must be enforce, shadow or off (quote it: mode: "off")')
+        return "enforce"
+    f.check("mode", lambda v: v in MODES, "must be enforce, shadow or off")
+    return "off" if mode == "off" else "shadow" if mode == "shadow" else "enforce"
+
+
 def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str | None) -> Policy:
     f = Fields(root, errors, what="policy")
     name = f.get("name", str, "", required=True)
@@ -286,8 +298,7 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
         errors.append(
             root.error(f"policy name {name!r} must match its file name {expected_name!r}", key="name")
         )
-    mode = f.get("mode", str, "enforce")
-    f.check("mode", lambda v: v in MODES, "must be enforce, shadow or off")
+    mode = _parse_mode(f)
     f.check("min_saving_tokens", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     f.check("latency_budget_ms", lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0")
     routes = _str_list(f, "routes", COMPRESSIBLE_ROUTES) or ()
@@ -300,7 +311,7 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
     policy = Policy(
         name=name,
         file=root.file,
-        mode=mode if mode in MODES else "enforce",
+        mode=mode,
         routes=routes,
         models=_str_list(f, "models", ("*",)) or (),
         min_saving_tokens=f.get("min_saving_tokens", int, 50),

@@ -226,6 +226,8 @@ def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     if rw.policy is not None:
         out.append((b"x-tersegate-policy", rw.policy.encode("utf-8", "replace")))
         out.append((b"x-tersegate-mode", rw.mode.encode()))
+    if rw.override is not None:
+        out.append((b"x-tersegate-mode-override", rw.override.encode("utf-8", "replace")))
     return out
 
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 
 from proxy.config.model import Config
-from proxy.errors import unauthorized
+from proxy.errors import forbidden, unauthorized
 
 __all__ = ["Authenticator", "Credentials", "Identity", "key_id_of"]
 
@@ -81,7 +81,7 @@ class Authenticator:
         return self._keys_mode
 
     def identify(self, creds: Credentials) -> Identity:
-        """Raise :class:`ProxyError` (401) when the request may not pass."""
+        """Raise :class:`ProxyError` (401 bad key, 403 unknown team) when the request may not pass."""
         return self._by_key(creds) if self._keys_mode else self._passthrough(creds)
 
     def _by_key(self, creds: Credentials) -> Identity:
@@ -101,6 +101,10 @@ class Authenticator:
             team = creds.team.decode("latin-1").strip()
             if team not in self._config.teams:
                 shown = team[:64]
-                raise unauthorized(f"Unknown team {shown!r} in X-Tersegate-Team.")
+                raise forbidden(
+                    f"Unknown team {shown!r} in the X-Tersegate-Team header; "
+                    "the proxy's config.yaml lists the teams.",
+                    code="unknown_team",
+                )
         key = creds.key()
         return Identity(team=team, key_id=key_id_of(key) if key else None, upstream_auth=())

@@ -77,7 +77,7 @@ def test_passthrough_forwards_client_key_and_takes_team_from_header(
     metrics = httpx.get(proxy.url + "/metrics").text
     assert 'route="/v1/chat/completions",status="200",team="search"} 1.0' in metrics
     assert 'route="/v1/chat/completions",status="200",team="default"} 1.0' in metrics
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
         c.chat.completions.create(**CHAT, extra_headers={"X-Tersegate-Team": "nobody"})  # type: ignore[call-overload]
     assert "Unknown team 'nobody'" in caught.value.message
 
