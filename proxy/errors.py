@@ -14,6 +14,7 @@ __all__ = [
     "error_body",
     "forbidden",
     "internal",
+    "shutting_down",
     "timed_out",
     "too_large",
     "unauthorized",
@@ -85,6 +86,17 @@ def timed_out(upstream: str, what: str) -> ProxyError:
 
 def unavailable(message: str) -> ProxyError:
     return ProxyError(503, message, type="server_error", code="service_unavailable", kind="unavailable")
+
+
+def shutting_down() -> ProxyError:
+    """A request still running when the shutdown grace (``shutdown_grace_s``) ran out."""
+    return ProxyError(
+        503,
+        "The proxy is shutting down and its grace period for requests in flight has ended; retry.",
+        type="server_error",
+        code="shutting_down",
+        kind="shutdown",
+    )
 
 
 def internal(request_id: str) -> ProxyError:

@@ -64,6 +64,7 @@ class Exchange:
     request_body: dict[str, Any] | None = None
     error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
     client_disconnected: bool = False
+    partial: bool = False  # a response the proxy ended early after its headers were sent
 
 
 class Rewriter(Protocol):

@@ -110,6 +110,8 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         record["error"] = exchange.error
     if exchange.client_disconnected:
         record["client_disconnected"] = True
+    if exchange.partial:
+        record["partial"] = True
     if include_text:
         record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from proxy.cli.check import problems
 from proxy.config.model import ConfigErrors
 from proxy.logs import setup_logging
 from proxy.server.app import create_app
+from proxy.server.drain import DrainingServer
 from proxy.server.services import build_services
 
 __all__ = ["register", "uvicorn_config"]
@@ -21,8 +23,11 @@ __all__ = ["register", "uvicorn_config"]
 log = logging.getLogger("tersegate.serve")
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:
-    """uvicorn with uvloop and httptools, no access log, our own logging setup."""
+def uvicorn_config(
+    app: Any, *, host: str, port: int, log_level: str, shutdown_grace_s: float = 5.0
+) -> uvicorn.Config:
+    """uvicorn with uvloop and httptools, no access log, our own logging setup; on shutdown,
+    requests in flight get ``shutdown_grace_s`` before they are ended (see proxy.server.drain)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -34,7 +39,7 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn
         access_log=False,
         log_config=None,
         log_level=log_level,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=math.ceil(shutdown_grace_s),  # uvicorn takes whole seconds
         server_header=False,
         proxy_headers=False,
         date_header=False,
@@ -59,10 +64,18 @@ def _run(args: argparse.Namespace) -> int:
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
     log.info("serving on http://%s:%d (auth: %s, config: %s)", host, port, config.auth, path)
-    server = uvicorn.Server(
-        uvicorn_config(create_app(services), host=host, port=port, log_level=config.log_level)
+    app = create_app(services)
+    server = DrainingServer(
+        uvicorn_config(
+            app,
+            host=host,
+            port=port,
+            log_level=config.log_level,
+            shutdown_grace_s=config.shutdown_grace_s,
+        )
     )
     server.run()
+    log.info("stopped")
     return 0
 
 

@@ -91,6 +91,7 @@ class Config:
     compression: CompressionConfig = CompressionConfig()
     teams: dict[str, TeamConfig] = field(default_factory=dict)
     log_level: str = "info"
+    shutdown_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long requests in flight may still run
     # Positions of team policy references, for policy errors that point into config.yaml.
     team_lines: dict[str, int] = field(default_factory=dict)
 
@@ -264,6 +265,7 @@ def load_config(path: Path) -> Config:
     auth = f.get("auth", str, "passthrough")
     f.check("auth", lambda v: v in ("keys", "passthrough"), "must be keys or passthrough")
     f.check("max_body_bytes", _positive, "must be a positive integer")
+    f.check("shutdown_grace_s", lambda v: _positive(v) or v == 0, "must be a number of seconds >= 0")
     f.check(
         "log_level",
         lambda v: str(v).lower() in ("debug", "info", "warning", "error"),
@@ -291,6 +293,7 @@ def load_config(path: Path) -> Config:
         compression=_parse_compression(f.node_of("compression"), errors),
         teams=teams,
         log_level=str(f.get("log_level", str, "info")).lower(),
+        shutdown_grace_s=f.get("shutdown_grace_s", float, 30.0),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
     )
     f.finish()

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from proxy.config.model import Config, UpstreamConfig
-from proxy.errors import ProxyError, error_body, internal, too_large, unavailable
+from proxy.errors import ProxyError, error_body, internal, shutting_down, too_large, unavailable
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
@@ -258,6 +258,7 @@ class ProxyApp:
         self.pool = UpstreamPool()
         self._bound: _Bound | None = None
         self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._active: set[asyncio.Task[Any]] = set()  # requests in flight, awaited at shutdown
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -295,10 +296,17 @@ class ProxyApp:
                 await self.services.start()  # hot reload of config and policies
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self._drained()
                 await self.pool.aclose()
                 await self.services.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _drained(self) -> None:
+        """Wait for requests still answering (uvicorn has cancelled them at the end of the grace:
+        each sends its error and writes its audit record) before the audit closes."""
+        if self._active:
+            await asyncio.wait(set(self._active), timeout=10)
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -314,12 +322,18 @@ class ProxyApp:
         ctx = _Ctx()
         route = split_path(scope["path"])[0]
         metrics.in_flight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        self._active.add(task)
         try:
             await self._forward(scope, receive, send, ctx)
         except ProxyError as exc:
             await self._fail(send, ctx, exc)
         except _ClientGone:
             ctx.status = 499
+        except asyncio.CancelledError:  # the shutdown grace ran out (uvicorn cancels what is left)
+            task.uncancel()
+            await self._fail(send, ctx, shutting_down())
         except Exception as exc:
             request_id = ctx.exchange.request_id if ctx.exchange else "-"
             # Type and place only: messages may quote request data.
@@ -330,6 +344,7 @@ class ProxyApp:
             log.error("proxy error request_id=%s error=%s at=%s", request_id, type(exc).__name__, where)
             await self._fail(send, ctx, internal(request_id))
         finally:
+            self._active.discard(task)
             metrics.in_flight.dec()
             self._count(ctx.team, route, ctx.status)
             if log.isEnabledFor(logging.DEBUG):
@@ -442,9 +457,9 @@ class ProxyApp:
         try:
             await self._exchange(upstream, request, receive, send, ctx, tap)
         except asyncio.CancelledError:
-            if not watch.gone:
-                raise  # cancelled from outside (shutdown), not by the client
             task.uncancel()
+            if not watch.gone:  # cancelled from outside: the shutdown grace ran out
+                raise shutting_down() from None
             exchange.client_disconnected = True
             exchange.status = exchange.status or 499
             await self._commit(ctx, fail_closed_raises=False)
@@ -564,10 +579,13 @@ class ProxyApp:
 
         async def commit() -> None:
             exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+            if exchange.client_disconnected:  # as for a non-streaming request the client left
+                exchange.status = 499
             if tap is not None:
                 exchange.usage = tap.usage
             await self._commit(ctx)
 
+        failure: ProxyError | None = None
         try:
             await relay_stream(
                 response,
@@ -579,16 +597,32 @@ class ProxyApp:
                 split_frames=response.header(b"content-encoding") is None,
                 commit=commit,
             )
+        except asyncio.CancelledError:  # the shutdown grace ran out
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            failure = shutting_down()
         except Exception as exc:
             failure = exc if isinstance(exc, ProxyError) else read_failure(upstream, exc, streaming=True)
-            exchange.error = failure.kind
             self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
-            await commit()
-            # OpenAI's SDKs raise an APIError for a data frame holding an "error" object.
-            frame = b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
-            await send({"type": "http.response.body", "body": frame, "more_body": False})
+        if failure is not None:
+            await self._cut(ctx, failure, commit, send)
         if exchange.client_disconnected:
             ctx.status = 499
+
+    async def _cut(
+        self, ctx: _Ctx, failure: ProxyError, commit: Callable[[], Awaitable[None]], send: Send
+    ) -> None:
+        """End a stream whose headers are out: audit it with the failure's status (``partial``),
+        then send the error as a last SSE event (OpenAI's SDKs raise an APIError for it)."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        exchange.error = failure.kind
+        exchange.partial = True
+        exchange.status = ctx.status = failure.status
+        await commit()
+        frame = b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
+        await send({"type": "http.response.body", "body": frame, "more_body": False})
 
 
 async def _send_simple(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
