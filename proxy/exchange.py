@@ -8,6 +8,7 @@ sink turns a finished exchange into a record.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +66,7 @@ class Exchange:
     error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
     client_disconnected: bool = False
     partial: bool = False  # a response the proxy ended early after its headers were sent
+    arrived: float = field(default_factory=time.monotonic)  # the clock latency budgets run on
 
 
 class Rewriter(Protocol):

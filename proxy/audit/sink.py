@@ -271,6 +271,14 @@ class JsonlAuditSink:
         self._thread = threading.Thread(target=self._run, name="tersegate-audit", daemon=True)
         self._thread.start()
 
+    def warm(self) -> None:
+        """Load the cost map now (blocking: call it off the event loop), not at the first record."""
+        try:
+            self._prices.price_for("gpt-4o")
+            _ = self._prices.source
+        except PricingError as exc:
+            log.error("audit: %s", exc)
+
     # Event-loop side.
 
     def audits(self, exchange: Exchange) -> bool:

@@ -74,7 +74,10 @@ class AuditConfig:
 @dataclass(frozen=True, slots=True)
 class CompressionConfig:
     memo_bytes: int = 256 * 1024 * 1024
-    workers: int = 2
+    workers: int = 2  # compression worker processes
+    # Longer text parts are forwarded as they came: compressing one must fit a latency budget
+    # (the `tokens` scorer does ~50k characters in ~300 ms on a shared 2-core machine).
+    max_part_chars: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +203,11 @@ def _parse_compression(node: Node | None, errors: list[ConfigError]) -> Compress
     f = Fields(node, errors, what="compression")
     f.check("memo_bytes", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
     f.check("workers", _positive, "must be a positive integer")
+    f.check("max_part_chars", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
     result = CompressionConfig(
-        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024), workers=f.get("workers", int, 2)
+        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024),
+        workers=f.get("workers", int, 2),
+        max_part_chars=f.get("max_part_chars", int, 50_000),
     )
     f.finish()
     return result

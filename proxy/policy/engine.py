@@ -16,25 +16,25 @@ query: later turns re-send it byte-identical even after the query changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import hashlib
 import logging
+import re
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressors.base import Compressor, CompressorError
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.parts import Part, extract_parts, rewrite_body
-from proxy.policy.query import QueryPlan, compress_around, plan_query
+from proxy.policy.query import plan_query
+from proxy.policy.work import Failed, Job, WorkerPool
 
 __all__ = ["PolicyRewriter"]
 
@@ -43,11 +43,13 @@ log = logging.getLogger("tersegate.policy")
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
-_WARM_TEXT = (
-    "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
-    "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
-    "Question: what does the proxy load first?"
-)
+# Huge texts are counted in pieces: one tiktoken call holds the GIL while it builds its list of
+# ids (about 130 ms for 30 MB), so pieces of this size let the event loop in between.
+_COUNT_PIECE = 64 * 1024
+# Where a piece may end without changing the count: after a newline that a non-space follows,
+# or at the space between two word characters (both start a new pre-token in tiktoken's patterns).
+_PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
+_QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class _Selected:
     tokens: int
     key: tuple[str, str, str]
     form: _Form | None = None
-    source: str = "new"  # new | memo | drop | kept (a drop called off)
+    source: str = "new"  # new | memo | drop | kept (a drop called off) | too_large (max_part_chars)
 
 
 @dataclass(slots=True)
@@ -109,21 +111,31 @@ class PolicyRewriter:
     """Implements :class:`proxy.exchange.Rewriter`. ``policies`` is swapped whole on reload."""
 
     def __init__(
-        self, policies: PolicySet, *, memo_bytes: int, workers: int, metrics: Metrics | None = None
+        self,
+        policies: PolicySet,
+        *,
+        memo_bytes: int,
+        workers: int,
+        metrics: Metrics | None = None,
+        max_part_chars: int = 50_000,
     ) -> None:
         self.policies = policies
         self.metrics = metrics
+        self.max_part_chars = max_part_chars
         self.forms: Memo[_Form] = Memo(max_bytes=memo_bytes)
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tersegate-compress")
-        self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
+        self._pool = WorkerPool(workers)
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
+
+    def ready(self) -> bool:
+        """Warmed up, and every worker process is up with the current rules."""
+        return self.warmed.is_set() and self._pool.ready()
 
     def close(self) -> None:
         if self._warming is not None:
             self._warming.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
 
     def start_warm_up(self) -> None:
         """Load the policies' models in the background (at start and after a reload),
@@ -132,17 +144,19 @@ class PolicyRewriter:
         self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
 
     async def warm_up(self) -> None:
-        """Run each rule's compressor once on a small text, in the worker pool."""
-        loop = asyncio.get_running_loop()
-        jobs: list[asyncio.Future[None]] = []
-        for policy in self.policies.policies.values():
-            for rule in policy.rules:
-                if rule.compressor is not None and rule.compressor not in self._warmed:
-                    self._warmed.add(rule.compressor)
-                    jobs.append(loop.run_in_executor(self._pool, _warm, rule))
-        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
-            if isinstance(outcome, BaseException):  # it will fail open, and say why, at first use
-                log.warning("warm-up failed: %s", outcome)
+        """Run each rule's compressor once on a small text, in every worker process."""
+        rules = {
+            rule.identity: (rule.identity, rule.compressor, rule.target, rule.preserve)
+            for policy in self.policies.policies.values()
+            for rule in policy.rules
+            if rule.compressor is not None
+        }
+        self._pool.warm(list(rules.values()))
+        # Token counting runs in this process: load the usual encodings off the loop now, not
+        # on the loop at the first request (loading one holds the GIL for about a second).
+        for model in ("gpt-4o", "gpt-4"):
+            await asyncio.to_thread(tokenizer_for, model)
+        await self._pool.warmed(timeout=600)
         self.warmed.set()
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
@@ -165,9 +179,9 @@ class PolicyRewriter:
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
         if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
-            counts = self._count_all(tokenizer, parts)
+            counts, _ = self._count_all(tokenizer, parts)
         else:
-            counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
+            counts, _ = await asyncio.to_thread(self._count_all, tokenizer, parts)
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
         return rewrite
 
@@ -193,11 +207,13 @@ class PolicyRewriter:
         if mode == "off":
             off = Rewrite(policy=policy.name, mode="off", override=override)
             return await self._measured(off, exchange, body)
+        # The budget runs from the request's arrival: reading and counting a large body use it too.
+        deadline = exchange.arrived + policy.latency_budget_ms / 1000
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
-        counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
-        outcome = self._select(policy, parts, counts, tokenizer)
-        await self._compress_new(policy, outcome, parts, model)
+        counts, digests = await asyncio.to_thread(self._count_all, tokenizer, parts)
+        outcome = self._select(policy, parts, counts, digests, tokenizer)
+        await self._compress_new(policy, outcome, parts, model, deadline)
         self._settle(policy, outcome)
         if outcome.fail_open is not None:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
@@ -211,28 +227,39 @@ class PolicyRewriter:
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 
-    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part]) -> list[int]:
+    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part]) -> tuple[list[int], list[str]]:
+        """Token counts and SHA-256 digests of ``parts`` (run off the loop for large bodies)."""
         counts: list[int] = []
+        digests: list[str] = []
         for part in parts:
-            key = (tokenizer.encoding, _digest(part.text))
+            digest = _digest(part.text)
+            key = (tokenizer.encoding, digest)
             count = self._counts.get(key)
             if count is None:
-                count = self._counts.setdefault(key, tokenizer.count(part.text), size=100)
+                count = self._counts.setdefault(key, _count(tokenizer, part.text), size=100)
             counts.append(count)
-        return counts
+            digests.append(digest)
+        return counts, digests
 
     def _select(
-        self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer
+        self,
+        policy: Policy,
+        parts: Sequence[Part],
+        counts: Sequence[int],
+        digests: Sequence[str],
+        tokenizer: Tokenizer,
     ) -> _Outcome:
         outcome = _Outcome()
-        for part, tokens in zip(parts, counts, strict=True):
+        for part, tokens, digest in zip(parts, counts, digests, strict=True):
             rule = next((r for r in policy.rules if _matches(r, part, tokens)), None)
             if rule is None:
                 continue
-            key = (rule.identity, tokenizer.encoding, _digest(part.text))
+            key = (rule.identity, tokenizer.encoding, digest)
             chosen = _Selected(part, rule, tokens, key)
             if rule.action == "drop":
                 chosen.form, chosen.source = _Form(None, 0, note="dropped"), "drop"
+            elif len(part.text) > self.max_part_chars:  # bounded work: forwarded as is
+                chosen.form, chosen.source = _Form(None, tokens, note="above max_part_chars"), "too_large"
             elif tokens == 0:
                 chosen.form, chosen.source = _Form(None, 0), "memo"
             else:
@@ -242,35 +269,61 @@ class PolicyRewriter:
             outcome.selected.append(chosen)
         return outcome
 
-    async def _compress_new(
-        self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None
-    ) -> None:
-        jobs: dict[tuple[str, str, str], asyncio.Future[_Form]] = {}
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    def _jobs(
+        self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None, deadline: float
+    ) -> dict[tuple[str, str, str], Job]:
+        # Query planning reads only the tail of a part too large to compress (its question is there).
+        cap = self.max_part_chars
+        planning = [
+            p if len(p.text) <= cap else dataclasses.replace(p, text=p.text[-_QUERY_TAIL_CHARS:])
+            for p in parts
+        ]
+        by_path = {p.path: q for p, q in zip(parts, planning, strict=True)}
+        jobs: dict[tuple[str, str, str], Job] = {}
         for chosen in outcome.selected:
             if chosen.form is not None or chosen.key in jobs:
                 continue
-            plan = plan_query(policy.query, parts, chosen.part)
-            jobs[chosen.key] = loop.run_in_executor(
-                self._pool, _compress_part, chosen.rule, chosen.part.text, chosen.tokens, plan, model
+            rule = chosen.rule
+            assert rule.compressor is not None
+            plan = plan_query(policy.query, planning, by_path[chosen.part.path])
+            jobs[chosen.key] = Job(
+                rule.identity,
+                rule.compressor,
+                rule.target,
+                rule.preserve,
+                chosen.part.text,
+                chosen.tokens,
+                plan,
+                model,
+                deadline,
             )
+        return jobs
+
+    async def _compress_new(
+        self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None, deadline: float
+    ) -> None:
+        """Compress the new parts in the worker processes; whatever is not back by ``deadline``
+        is forwarded as it came (a job still running then is abandoned, see policy.work)."""
+        jobs = self._jobs(policy, outcome, parts, model, deadline)
         if not jobs:
             return
-        _, pending = await asyncio.wait(jobs.values(), timeout=policy.latency_budget_ms / 1000)
+        started = time.perf_counter()
+        if deadline <= time.monotonic():
+            outcome.fail_open = "latency_budget"  # spent before compression could start
+            return
+        futures = {key: self._pool.submit(job) for key, job in jobs.items()}
+        _, pending = await asyncio.wait(futures.values(), timeout=deadline - time.monotonic())
         outcome.compress_ms = (time.perf_counter() - started) * 1000
         results: dict[tuple[str, str, str], _Form] = {}
-        for key, job in jobs.items():
-            if job in pending:
+        for key, future in futures.items():
+            result = None if future in pending else future.result()
+            if result is None:
                 outcome.fail_open = outcome.fail_open or "latency_budget"
-                job.cancel()  # a queued job never starts; a running one finishes unused
-                continue
-            error = job.exception()
-            if error is not None:
-                reason = str(error) if isinstance(error, CompressorError) else repr(error)
-                outcome.fail_open = outcome.fail_open or f"compressor_error: {reason}"[:300]
-                continue
-            results[key] = job.result()
+                future.cancel()  # a queued job never starts; a running one is abandoned
+            elif isinstance(result, Failed):
+                outcome.fail_open = outcome.fail_open or f"compressor_error: {result.reason}"[:300]
+            else:
+                results[key] = _Form(result.text, result.tokens_after, result.ms, result.note)
         for chosen in outcome.selected:
             if chosen.source == "new":
                 chosen.form = results.get(chosen.key)
@@ -362,20 +415,17 @@ def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> di
     }
 
 
-def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: str | None) -> _Form:
-    """Runs in a worker thread. Raises CompressorError on failure."""
-    assert rule.compressor is not None
-    started = time.perf_counter()
-    new_text, note = compress_around(
-        rule.compressor, text, target=rule.target, plan=plan, preserve=rule.preserve, model=model
-    )
-    after = tokenizer_for(model).count(new_text)
-    ms = (time.perf_counter() - started) * 1000
-    if after >= tokens:
-        return _Form(None, tokens, ms, "no saving")
-    return _Form(new_text, after, ms, note)
-
-
-def _warm(rule: Rule) -> None:
-    assert rule.compressor is not None
-    rule.compressor.compress(_WARM_TEXT, target=rule.target, query="warm-up", preserve=rule.preserve)
+def _count(tokenizer: Tokenizer, text: str) -> int:
+    """``tokenizer.count(text)``, in pieces for a huge text (same total: pieces end where a
+    pre-token starts), so the event loop gets the GIL between them."""
+    if len(text) <= 2 * _COUNT_PIECE:
+        return tokenizer.count(text)
+    total = start = 0
+    while start < len(text):
+        end = min(len(text), start + _COUNT_PIECE)
+        found = _PIECE_END.search(text, end, end + 65536) if end < len(text) else None
+        if found is not None:
+            end = found.end() if found.group() == "\n" else found.start()
+        total += tokenizer.count(text[start:end])
+        start = end
+    return total

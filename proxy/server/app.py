@@ -282,7 +282,13 @@ class ProxyApp:
         config = self.services.config
         audit_state = "off" if audit is None else "ok" if audit.healthy() else "failing"
         failing_closed = audit_state == "failing" and config.audit.on_error == "fail-closed"
-        body = orjson.dumps({"status": "unavailable" if failing_closed else "ok", "audit": audit_state})
+        body = orjson.dumps(
+            {
+                "status": "unavailable" if failing_closed else "ok",
+                "audit": audit_state,
+                "compression": self.services.compression_state(),
+            }
+        )
         await _send_simple(send, 503 if failing_closed else 200, body, _JSON_HEADERS)
 
     async def _metrics(self, send: Send) -> None:

@@ -7,6 +7,7 @@ one code path. ``Services.config`` is swapped as a whole on hot reload.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +42,17 @@ class Services:
         """Start background work (hot reload); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
+        if isinstance(self.audit, JsonlAuditSink):
+            await asyncio.to_thread(self.audit.warm)
         if isinstance(self.rewriter, PolicyRewriter):
             self.rewriter.start_warm_up()
+
+    def compression_state(self) -> str:
+        """For /healthz: ``ready`` when every compression worker has its compressors loaded
+        (after start, a reload or replacing an abandoned job's worker), else ``warming``."""
+        if isinstance(self.rewriter, PolicyRewriter):
+            return "ready" if self.rewriter.ready() else "warming"
+        return "off"
 
     async def aclose(self) -> None:
         if self.reloader is not None:
@@ -65,6 +75,7 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
         memo_bytes=config.compression.memo_bytes,
         workers=config.compression.workers,
         metrics=metrics,
+        max_part_chars=config.compression.max_part_chars,
     )
     services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit)
 

@@ -1,0 +1,283 @@
+"""Compression work in worker processes, each job bounded by its request's deadline.
+
+Compressors are CPU-bound Python: run in threads of the serving process they hold the GIL, so one
+large prompt starved the event loop (``/healthz`` blocked for seconds) and a thread could not be
+stopped once started. Here each of ``compression.workers`` processes runs one job at a time behind a
+pipe. A job that has not started by its deadline never starts; a job still running at its deadline
+is abandoned: its process is killed and a fresh one (forked from a preloaded forkserver, then warmed
+with the current rules) takes its place, so neither the loop nor the pool is held. A late result is
+never delivered. Compressor objects are small before their models load, so each job carries its
+rule's compressor; a worker keeps the first one it saw per rule identity (and its loaded models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+from typing import Any
+
+from compressors.base import Compressor, CompressorError, Target
+from compressors.preserve import PreserveSpec
+from compressors.tokenizer import tokenizer_for
+from proxy.policy.query import QueryPlan, compress_around
+
+__all__ = ["Done", "Failed", "Job", "WorkerPool"]
+
+log = logging.getLogger("tersegate.policy")
+
+_WARM_TEXT = (
+    "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
+    "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
+    "Question: what does the proxy load first?"
+)
+_WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
+_PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.work"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One part to compress. ``deadline`` is ``time.monotonic()`` (system-wide on Linux)."""
+
+    identity: str  # the rule's identity: what a worker caches its compressor under
+    compressor: Compressor
+    target: Target
+    preserve: PreserveSpec | None
+    text: str
+    tokens: int
+    plan: QueryPlan
+    model: str | None
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    text: str | None  # None: no saving, forward as is
+    tokens_after: int
+    ms: float
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+    compressor_error: bool  # a CompressorError (its message is safe to record), else the type only
+
+
+@dataclass(frozen=True, slots=True)
+class _Warm:
+    jobs: tuple[tuple[str, Compressor, Target, PreserveSpec | None], ...]
+
+
+def _compressor(cache: dict[str, Compressor], identity: str, given: Compressor) -> Compressor:
+    return cache.setdefault(identity, given)
+
+
+def _run(job: Job, cache: dict[str, Compressor]) -> Done:
+    compressor = _compressor(cache, job.identity, job.compressor)
+    started = time.perf_counter()
+    new_text, note = compress_around(
+        compressor, job.text, target=job.target, plan=job.plan, preserve=job.preserve, model=job.model
+    )
+    after = tokenizer_for(job.model).count(new_text)
+    ms = (time.perf_counter() - started) * 1000
+    if after >= job.tokens:
+        return Done(None, job.tokens, ms, "no saving")
+    return Done(new_text, after, ms, note)
+
+
+def _warm(message: _Warm, cache: dict[str, Compressor]) -> None:
+    for identity, given, target, preserve in message.jobs:
+        with contextlib.suppress(Exception):  # it fails open, and says why, at first use
+            compressor = _compressor(cache, identity, given)
+            compressor.compress(_WARM_TEXT, target=target, query="warm-up", preserve=preserve)
+
+
+def _serve(conn: Connection) -> None:
+    """A worker process: jobs in, results out, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent drains
+    cache: dict[str, Compressor] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(message, _Warm):
+            _warm(message, cache)
+            conn.send(None)
+            continue
+        try:
+            result: Done | Failed = _run(message, cache)
+        except CompressorError as exc:
+            result = Failed(str(exc), compressor_error=True)
+        except Exception as exc:
+            result = Failed(type(exc).__name__, compressor_error=False)
+        conn.send(result)
+
+
+class _Worker:
+    """One worker process and its pipe; ``call`` kills and replaces it when a job overruns."""
+
+    def __init__(self, context: ForkServerContext) -> None:
+        self._context = context
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tersegate-compress-io")
+        self.generation = -1  # the rules it has warmed (WorkerPool's generation); -1: none
+        self.conn: Connection | None = None
+        self.proc: Any = None
+        self._dead: list[Any] = []  # killed processes not yet reaped
+
+    @property
+    def alive(self) -> bool:
+        return self.conn is not None and self.proc is not None and self.proc.is_alive()
+
+    def spawn(self) -> None:
+        """Start (or replace) the process. Blocking (the first start launches the forkserver,
+        which imports the compressors): run it in a thread."""
+        self.kill()
+        while self._dead:
+            with contextlib.suppress(Exception):
+                self._dead.pop().join(5)
+        self.generation = -1
+        self.conn, self.proc = self._spawn()
+
+    def _spawn(self) -> tuple[Connection, Any]:
+        parent, child = self._context.Pipe()
+        proc = self._context.Process(target=_serve, args=(child,), daemon=True, name="tersegate-compress")
+        proc.start()
+        child.close()
+        return parent, proc
+
+    def kill(self) -> None:
+        """SIGKILL the process (no wait: it is reaped by the next ``spawn``, in a thread)."""
+        conn, proc, self.conn, self.proc = self.conn, self.proc, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.kill()
+            self._dead.append(proc)
+
+    async def call(self, message: Job | _Warm, *, until: float | None) -> Any:
+        """Send ``message`` and wait for the answer; past ``until`` (monotonic), kill the
+        worker (the runner starts a new one) and raise TimeoutError. The pipe is used from a
+        thread: a large job or result must not be pickled and copied on the event loop."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._io, self._roundtrip, message, until)
+        except BaseException:
+            self.kill()  # the pipe is mid-message, or the job overran: a fresh process follows
+            raise
+
+    def _roundtrip(self, message: Job | _Warm, until: float | None) -> Any:
+        conn = self.conn
+        if conn is None:
+            raise EOFError("worker is not running")
+        conn.send(message)
+        if not conn.poll(None if until is None else max(0.0, until - time.monotonic())):
+            raise TimeoutError
+        return conn.recv()
+
+
+class WorkerPool:
+    """``workers`` processes fed from one queue. ``submit`` returns a future of Done | Failed, or
+    None when the job's deadline passed before it started or while it ran."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Done | Failed | None]]] | None = None
+        self._runners: list[asyncio.Task[None]] = []
+        self._slots: list[_Worker] = []
+        self._warm: _Warm = _Warm(())
+        self._generation = 0
+        self._context: ForkServerContext | None = None
+
+    def _start(self) -> asyncio.Queue[tuple[Job, asyncio.Future[Done | Failed | None]]]:
+        if self._queue is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(_PRELOAD)
+            self._context = context
+            self._queue = asyncio.Queue()
+            for _ in range(self.workers):
+                worker = _Worker(context)
+                self._slots.append(worker)
+                self._runners.append(asyncio.get_running_loop().create_task(self._runner(worker)))
+        return self._queue
+
+    def warm(self, rules: Sequence[tuple[str, Compressor, Target, PreserveSpec | None]]) -> None:
+        """Load ``rules``' compressors in every worker before its next job (and in replacements)."""
+        if not rules and self._queue is None:
+            return
+        self._warm = _Warm(tuple(rules))
+        self._generation += 1
+        self._start()
+
+    async def warmed(self, timeout: float) -> None:
+        """Wait until every worker has warmed the current rules (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(w.generation != self._generation for w in self._slots):
+            await asyncio.sleep(0.02)
+
+    def ready(self) -> bool:
+        """Every worker is alive and has warmed the current rules (true before any start)."""
+        return all(w.alive and w.generation == self._generation for w in self._slots)
+
+    def submit(self, job: Job) -> asyncio.Future[Done | Failed | None]:
+        future: asyncio.Future[Done | Failed | None] = asyncio.get_running_loop().create_future()
+        self._start().put_nowait((job, future))
+        return future
+
+    async def _runner(self, worker: _Worker) -> None:
+        assert self._queue is not None
+        while True:
+            await self._bring_up_to_date(worker)
+            if not worker.alive:
+                continue
+            job, future = await self._queue.get()
+            if future.done():  # the request stopped waiting (budget, disconnect)
+                continue
+            if time.monotonic() >= job.deadline:
+                future.set_result(None)
+                continue
+            try:
+                result = await worker.call(job, until=job.deadline)
+            except TimeoutError:
+                log.info("compression job abandoned at its deadline; its worker was replaced")
+                result = None
+            except Exception as exc:
+                result = Failed(type(exc).__name__, compressor_error=False)
+            if not future.done():
+                future.set_result(result)
+
+    async def _bring_up_to_date(self, worker: _Worker) -> None:
+        """Warm a new or replaced worker (or after a reload) with the current rules."""
+        if not worker.alive:
+            try:
+                await asyncio.to_thread(worker.spawn)
+            except Exception as exc:
+                log.error("compression worker cannot start: %s; retrying in 1 s", type(exc).__name__)
+                await asyncio.sleep(1)
+                return
+        if worker.generation == self._generation:
+            return
+        generation = self._generation
+        with contextlib.suppress(Exception):  # a compressor that cannot load fails open at first use
+            await worker.call(self._warm, until=time.monotonic() + _WARM_TIMEOUT_S)
+        worker.generation = generation
+
+    def close(self) -> None:
+        for runner in self._runners:
+            runner.cancel()
+        for worker in self._slots:
+            worker.kill()
+        self._runners.clear()
+        self._slots.clear()
+        self._queue = None
