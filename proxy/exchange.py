@@ -66,16 +66,26 @@ class Exchange:
 
 
 class Rewriter(Protocol):
-    """The rewrite hook: (request, team, policy) -> new body or unchanged.
+    """The rewrite hook: ``await rewriter(exchange, body, headers)`` -> a :class:`Rewrite`.
 
     The forwarding core calls it for compressible routes with the parsed JSON
-    body; the policy engine implements it. It must never raise: failures are
-    reported as ``Rewrite(fail_open=...)``.
+    body and the client's headers (keys removed); the policy engine implements
+    it. It must never raise: failures are reported as ``Rewrite(fail_open=...)``.
+    It carries its own lifecycle, so the wiring needs not know which hook it runs.
     """
 
     async def __call__(
         self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]
     ) -> Rewrite: ...
+
+    def start(self) -> None:
+        """Begin background preparation (loading models) on the running loop; again after a reload."""
+
+    async def ready(self) -> None:
+        """Return once prepared (``tersegate compress`` waits, as a warm server would be)."""
+
+    def close(self) -> None:
+        """Stop background work and release workers."""
 
 
 class AuditSink(Protocol):
