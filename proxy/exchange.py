@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["UNCHANGED", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+__all__ = ["COMPRESSIBLE_ROUTES", "UNCHANGED", "AuditLost", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+
+# Endpoints whose request bodies carry prompts the rewrite hook may compress (and the audit records).
+COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
 
 
 @dataclass(slots=True)
@@ -88,9 +91,15 @@ class Rewriter(Protocol):
         """Stop background work and release workers."""
 
 
+class AuditLost(Exception):
+    """An audit record could not be written; the server counts it and applies ``audit.on_error``."""
+
+
 class AuditSink(Protocol):
     """Receives each finished exchange. ``commit`` returns once the record is
-    durably handed to the OS (written), so a response can finish after it."""
+    durably handed to the OS (written), so a response can finish after it, and
+    raises :class:`AuditLost` (or any error) when it was not written. What then
+    happens to the request (fail open or closed) is the server's decision, not the sink's."""
 
     async def commit(self, exchange: Exchange) -> None: ...
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
 from proxy.server.services import build_services
-from proxy.usage import prepare_stream
+from proxy.usage import forwarded_body
 
 __all__ = ["register", "rewrite_request"]
 
@@ -56,12 +56,8 @@ async def rewrite_request(
         )
         await services.rewriter.ready()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
-        new = rewrite.body
-        if exchange.stream:  # as the server does: ask the upstream for stream usage
-            prepared, injected = prepare_stream(new if new is not None else parsed, route=route)
-            if injected:
-                new = prepared
-        return (orjson.dumps(new) if new is not None else body), rewrite
+        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=route)
+        return out, rewrite
     finally:
         await services.aclose()
 
