@@ -12,6 +12,7 @@ import orjson
 __all__ = [
     "ProxyError",
     "error_body",
+    "failing_closed",
     "forbidden",
     "internal",
     "shutting_down",
@@ -97,6 +98,11 @@ def shutting_down() -> ProxyError:
         code="shutting_down",
         kind="shutdown",
     )
+
+
+def failing_closed() -> ProxyError:
+    """The answer while the audit cannot be written and ``audit.on_error`` is fail-closed."""
+    return unavailable("The audit log cannot be written; the proxy is failing closed (audit.on_error).")
 
 
 def internal(request_id: str) -> ProxyError:

@@ -128,7 +128,7 @@ class PolicyRewriter:
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
 
-    def ready(self) -> bool:
+    def is_ready(self) -> bool:
         """Warmed up, and every worker process is up with the current rules."""
         return self.warmed.is_set() and self._pool.ready()
 
@@ -137,13 +137,13 @@ class PolicyRewriter:
             self._warming.cancel()
         self._pool.close()
 
-    def start_warm_up(self) -> None:
+    def start(self) -> None:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
-        self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
+        self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
-    async def warm_up(self) -> None:
+    async def ready(self) -> None:
         """Run each rule's compressor once on a small text, in every worker process."""
         rules = {
             rule.identity: (rule.identity, rule.compressor, rule.target, rule.preserve)

@@ -216,8 +216,9 @@ class WorkerPool:
         """Load ``rules``' compressors in every worker before its next job (and in replacements)."""
         if not rules and self._queue is None:
             return
-        self._warm = _Warm(tuple(rules))
-        self._generation += 1
+        if [r[0] for r in rules] != [r[0] for r in self._warm.jobs] or self._queue is None:
+            self._warm = _Warm(tuple(rules))
+            self._generation += 1
         self._start()
 
     async def warmed(self, timeout: float) -> None:

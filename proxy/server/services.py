@@ -29,6 +29,18 @@ class NoRewrite:
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         return Rewrite()
 
+    def start(self) -> None:
+        pass
+
+    async def ready(self) -> None:
+        pass
+
+    def is_ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
 
 @dataclass(slots=True)
 class Services:
@@ -39,33 +51,28 @@ class Services:
     reloader: PolicyReloader | None = None
 
     async def start(self) -> None:
-        """Start background work (hot reload); the app's lifespan calls it at startup."""
+        """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
         if isinstance(self.audit, JsonlAuditSink):
-            await asyncio.to_thread(self.audit.warm)
-        if isinstance(self.rewriter, PolicyRewriter):
-            self.rewriter.start_warm_up()
+            await asyncio.to_thread(self.audit.warm)  # the cost map, off the loop
+        self.rewriter.start()
 
     def compression_state(self) -> str:
         """For /healthz: ``ready`` when every compression worker has its compressors loaded
         (after start, a reload or replacing an abandoned job's worker), else ``warming``."""
-        if isinstance(self.rewriter, PolicyRewriter):
-            return "ready" if self.rewriter.ready() else "warming"
-        return "off"
+        return "ready" if self.rewriter.is_ready() else "warming"
 
     async def aclose(self) -> None:
         if self.reloader is not None:
             await self.reloader.aclose()
-        if isinstance(self.rewriter, PolicyRewriter):
-            self.rewriter.close()
+        self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
 
 
 def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
-    # Policy engine and audit sink are plugged in here as they land.
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
     if config.audit.path is not None:
@@ -82,7 +89,7 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config
         rewriter.policies = policies
-        rewriter.start_warm_up()
+        rewriter.start()
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services
