@@ -95,6 +95,7 @@ class Config:
     teams: dict[str, TeamConfig] = field(default_factory=dict)
     log_level: str = "info"
     shutdown_grace_s: float = 30.0  # on SIGTERM/SIGINT: how long requests in flight may still run
+    access_log: Path | None = None  # JSON lines, one per proxied request (proxy.server.access)
     # Positions of team policy references, for policy errors that point into config.yaml.
     team_lines: dict[str, int] = field(default_factory=dict)
 
@@ -304,6 +305,7 @@ def load_config(path: Path) -> Config:
         teams=teams,
         log_level=str(f.get_field(Config, "log_level", str)).lower(),
         shutdown_grace_s=f.get_field(Config, "shutdown_grace_s", float),
+        access_log=_resolve(base, access) if (access := f.get("access_log", str, None)) else None,
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
     )
     f.finish()

@@ -29,6 +29,7 @@ from typing import Any
 
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.exchange import Exchange, Rewrite
+from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
@@ -126,6 +127,9 @@ class PolicyRewriter:
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
         self._pool = WorkerPool(workers)
         self._warming: asyncio.Task[None] | None = None
+        # The reason's kind only: a compressor's message may quote the text.
+        self._fail_open_log = RateLimitedLog(log)
+        self._tokenizers: dict[str | None, Tokenizer] = {}
         self.warmed = threading.Event()  # set once a warm-up pass has finished
 
     def is_ready(self) -> bool:
@@ -152,10 +156,8 @@ class PolicyRewriter:
             if rule.compressor is not None
         }
         self._pool.warm(list(rules.values()))
-        # Token counting runs in this process: load the usual encodings off the loop now, not
-        # on the loop at the first request (loading one holds the GIL for about a second).
-        for model in ("gpt-4o", "gpt-4"):
-            await asyncio.to_thread(tokenizer_for, model)
+        for model in ("gpt-4o", "gpt-4"):  # the usual encodings, off the loop
+            await self._tokenizer(model)
         await self._pool.warmed(timeout=600)
         self.warmed.set()
 
@@ -168,7 +170,7 @@ class PolicyRewriter:
         except Exception as exc:  # the hook never raises: forward the original
             name = policy.name if policy else None
             log.exception("policy %s failed on request %s", name, exchange.request_id)
-            self._count_fail_open(exchange.team, "internal_error")
+            self._count_fail_open(exchange.team, "internal_error", exchange)
             mode = policy.mode if policy else "off"
             return Rewrite(policy=name, mode=mode, fail_open=f"internal_error: {type(exc).__name__}"[:300])
 
@@ -177,7 +179,7 @@ class PolicyRewriter:
         its tokens (before == after). Small bodies are counted inline, large ones off the loop."""
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         parts = extract_parts(exchange.route, body)
-        tokenizer = tokenizer_for(model)
+        tokenizer = await self._tokenizer(model)
         if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
             counts, _ = self._count_all(tokenizer, parts)
         else:
@@ -210,20 +212,37 @@ class PolicyRewriter:
         # The budget runs from the request's arrival: reading and counting a large body use it too.
         deadline = exchange.arrived + policy.latency_budget_ms / 1000
         parts = extract_parts(exchange.route, body)
-        tokenizer = tokenizer_for(model)
+        tokenizer = await self._tokenizer(model)
         counts, digests = await asyncio.to_thread(self._count_all, tokenizer, parts)
         outcome = self._select(policy, parts, counts, digests, tokenizer)
         await self._compress_new(policy, outcome, parts, model, deadline)
         self._settle(policy, outcome)
         if outcome.fail_open is not None:
-            self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
+            self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0], exchange)
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         result = self._result(policy, mode, body, parts, counts, outcome)
         result.override = override
         return result
 
-    def _count_fail_open(self, team: str, reason: str) -> None:
+    async def _tokenizer(self, model: str | None) -> Tokenizer:
+        """The model's tokenizer; the first use of an encoding loads it in a thread (a second of
+        pure-Python parsing that must not run on the event loop)."""
+        tokenizer = self._tokenizers.get(model)
+        if tokenizer is None:
+            tokenizer = await asyncio.to_thread(tokenizer_for, model)
+            if len(self._tokenizers) < 256:  # model names come from clients
+                self._tokenizers[model] = tokenizer
+        return tokenizer
+
+    def _count_fail_open(self, team: str, reason: str, exchange: Exchange | None = None) -> None:
+        self._fail_open_log.info(
+            (team, reason),
+            "fail-open: the original request was forwarded request_id=%s team=%s reason=%s",
+            exchange.request_id if exchange is not None else "-",
+            team,
+            reason,
+        )
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 

@@ -32,10 +32,13 @@ from proxy.errors import (
     unavailable,
 )
 from proxy.exchange import Exchange, Rewrite
+from proxy.logs import RateLimitedLog
 from proxy.metrics import CONTENT_TYPE_LATEST
+from proxy.server.access import AccessLog
 from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
+from proxy.server.health import UpstreamHealth
 from proxy.server.relay import relay_stream, watch_disconnect
 from proxy.server.routes import COMPRESSIBLE, metric_route, split_path
 from proxy.server.services import Services
@@ -262,6 +265,10 @@ class ProxyApp:
         self._bound: _Bound | None = None
         self._request_counters: dict[tuple[str, str, int], Any] = {}
         self._active: set[asyncio.Task[Any]] = set()  # requests in flight, awaited at shutdown
+        self.health = UpstreamHealth()
+        self._upstream_log = RateLimitedLog(log)
+        path = services.config.access_log
+        self._access = AccessLog(path) if path is not None else None  # from the config at start
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -289,6 +296,7 @@ class ProxyApp:
                 "status": "unavailable" if refusing else "ok",
                 "audit": audit_state,
                 "compression": self.services.compression_state(),
+                "upstreams": self.health.report(list(self.services.config.upstreams)),
             }
         )
         await _send_simple(send, 503 if refusing else 200, body, _JSON_HEADERS)
@@ -305,6 +313,8 @@ class ProxyApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._drained()
+                if self._access is not None:
+                    self._access.close()
                 await self.pool.aclose()
                 await self.services.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -355,6 +365,8 @@ class ProxyApp:
             self._active.discard(task)
             metrics.in_flight.dec()
             self._count(ctx.team, route, ctx.status)
+            if self._access is not None:
+                self._access.write(ctx.exchange, status=ctx.status, team=ctx.team, route=metric_route(route))
             if log.isEnabledFor(logging.DEBUG):
                 exchange = ctx.exchange
                 log.debug(
@@ -383,7 +395,7 @@ class ProxyApp:
             exchange.error = exc.kind
             exchange.status = exc.status
             if exc.kind.startswith("upstream"):
-                self.services.metrics.upstream_errors.labels(exchange.upstream, exc.kind).inc()
+                self._upstream_failed(exchange, exc)
         if ctx.started:
             # Headers are out: end the body so the client is not left waiting (it sees a short body).
             with contextlib.suppress(Exception):
@@ -401,6 +413,22 @@ class ProxyApp:
     def _fails_closed(self) -> bool:
         """The one reading of ``audit.on_error``: whether an audit that cannot write refuses requests."""
         return self.services.config.audit.on_error == "fail-closed"
+
+    def _upstream_failed(self, exchange: Exchange, failure: ProxyError, *, streaming: bool = False) -> None:
+        """Count, remember (/healthz) and log (rate-limited) one upstream failure."""
+        self.services.metrics.upstream_errors.labels(exchange.upstream, failure.kind).inc()
+        self.health.failure(exchange.upstream, failure.kind)
+        self._upstream_log.info(
+            (exchange.upstream, failure.kind),
+            "upstream failure upstream=%s error=%s status=%d stream=%s request_id=%s team=%s route=%s",
+            exchange.upstream,
+            failure.kind,
+            failure.status,
+            "mid-stream" if streaming else exchange.stream,
+            exchange.request_id,
+            exchange.team,
+            metric_route(exchange.route),
+        )
 
     async def _commit(self, ctx: _Ctx, *, fail_closed_raises: bool = True) -> None:
         """Hand the exchange to the audit once; a lost record is counted here, and when the audit
@@ -542,6 +570,7 @@ class ProxyApp:
         exchange = ctx.exchange
         assert exchange is not None
         self.services.metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - t0)
+        self.health.success(upstream.name)
         exchange.status = ctx.status = response.status
         request_id = response.header(b"x-request-id")
         exchange.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
@@ -608,7 +637,7 @@ class ProxyApp:
             failure = shutting_down()
         except Exception as exc:
             failure = exc if isinstance(exc, ProxyError) else read_failure(upstream, exc, streaming=True)
-            self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
+            self._upstream_failed(exchange, failure, streaming=True)
         if failure is not None:
             await self._cut(ctx, failure, commit, send)
         if exchange.client_disconnected:

@@ -221,3 +221,14 @@ def test_counting_in_pieces_gives_the_same_total() -> None:
         tokenizer = tokenizer_for(model)
         for text in (mixed, mixed.replace("\n", " "), "word " * 300_000):
             assert _count(tokenizer, text) == tokenizer.count(text)
+
+
+def test_a_message_without_sentence_ends_does_not_stall_query_planning(
+    spawn_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    # Finding its question used a regex that backtracked cubically on such a text, on the loop.
+    proxy = support_proxy(spawn_proxy)
+    text = "the printer on floor three keeps jamming " * 500  # 20k characters, no . ! ? or newline
+    started = time.monotonic()
+    response = post(proxy.url, chat_body(text), timeout=30)
+    assert response.status_code == 200 and time.monotonic() - started < 5
