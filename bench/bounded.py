@@ -150,7 +150,7 @@ def big_prompt(url: str, megabytes: int, timeout: float) -> tuple[float, float, 
     took = time.monotonic() - started
     out, _ = probe.communicate("stop\n", timeout=60)
     latencies = [float(x) for x in out.split()]
-    return statistics.quantiles(latencies, n=100)[98], max(latencies), took, finished
+    return statistics.quantiles(latencies, n=100, method="inclusive")[98], max(latencies), took, finished
 
 
 def lua(folder: Path, unique_pct: int) -> Path:

@@ -13,13 +13,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, Upstream
+from harness import MakeProxy, Upstream, free_port
 
 SUPPORT = (Path(__file__).resolve().parents[2] / "policies" / "support.yaml").read_text()
 WORDS = str.split(
@@ -44,12 +45,8 @@ def ticket(chars: int, seed: int) -> str:
 
 def support_proxy(spawn_proxy: MakeProxy, *, budget_ms: int = 300, **config: Any) -> Any:
     policy = SUPPORT.replace("latency_budget_ms: 300", f"latency_budget_ms: {budget_ms}")
-    return ready(
-        spawn_proxy(
-            {"teams": {"default": {"policy": "support"}}, "audit": {"path": "audit.jsonl"}, **config},
-            policies={"support": policy},
-        )
-    )
+    settings = {"teams": {"default": {"policy": "support"}}, "audit": {"path": "audit.jsonl"}, **config}
+    return ready(spawn_proxy(settings, policies={"support": policy}))
 
 
 def chat_body(text: str) -> bytes:
@@ -73,7 +70,8 @@ with httpx.Client(timeout=30) as client:
         try:
             if chat:
                 r = client.post(url + "/v1/chat/completions", content=body,
-                                headers={"content-type": "application/json", "authorization": "Bearer k"})
+                                headers={"content-type": "application/json", "authorization": "Bearer k",
+                                         "x-tersegate-team": "other"})
             else:
                 r = client.get(url + "/healthz")
             failures += r.status_code != 200
@@ -129,11 +127,39 @@ def audit_of(proxy: Any) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+@pytest.fixture
+def other_upstream() -> Iterator[str]:
+    """A second fake upstream, in its own process, for the other clients' team: the test's own
+    fake upstream (a thread of this process) is busy for a while taking in a 30 MB body."""
+    port = free_port()
+    fake = Path(__file__).resolve().parents[1] / "fake_upstream.py"
+    proc = subprocess.Popen([sys.executable, str(fake), "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url + "/v1/models", timeout=1)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(10)
+
+
 @pytest.mark.parametrize("megabytes", [2, 30])
 def test_a_huge_prompt_never_delays_others(
-    spawn_proxy: MakeProxy, upstream: Upstream, megabytes: int
+    spawn_proxy: MakeProxy, upstream: Upstream, other_upstream: str, megabytes: int
 ) -> None:
-    proxy = support_proxy(spawn_proxy)
+    proxy = support_proxy(
+        spawn_proxy,
+        upstreams={
+            "fake": {"base_url": "{upstream}", "api_key_env": "FAKE_UPSTREAM_KEY"},
+            "other": {"base_url": other_upstream, "api_key_env": "FAKE_UPSTREAM_KEY"},
+        },
+        teams={"default": {"policy": "support"}, "other": {"upstream": "other"}},
+    )
     text = ticket(megabytes * 1_000_000, seed=megabytes)
     body = chat_body(text)
     health, chatter = Probe(proxy.url), Probe(proxy.url, chat=True)
