@@ -38,6 +38,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # server processes sharing the port (docs/workers.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,10 @@ def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
         return ListenConfig()
     f = Fields(node, errors, what="listen")
     f.check("port", lambda v: isinstance(v, int) and 0 <= v <= 65535, "must be a port number 0-65535")
-    listen = ListenConfig(host=f.get("host", str, "127.0.0.1"), port=f.get("port", int, 8080))
+    f.check("workers", lambda v: isinstance(v, int) and 1 <= v <= 64, "must be an integer 1-64")
+    listen = ListenConfig(
+        host=f.get("host", str, "127.0.0.1"), port=f.get("port", int, 8080), workers=f.get("workers", int, 1)
+    )
     f.finish()
     return listen
 

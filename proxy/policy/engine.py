@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +119,9 @@ class PolicyRewriter:
         self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
+        self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
+        self._failed: dict[str, str] = {}  # the same, whose warm-up raised: why
+        self.on_warm_change: Callable[[], None] | None = None  # readiness changed (worker board)
 
     def close(self) -> None:
         if self._warming is not None:
@@ -129,21 +132,46 @@ class PolicyRewriter:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
+        self._failed.clear()
         self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
+
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
+        once every model the loaded policies need is warm (``GET /readyz``)."""
+        if not self.warmed.is_set():
+            return sorted(self._pending) or ["policies (warm-up starting)"], dict(self._failed)
+        return [], dict(self._failed)
 
     async def warm_up(self) -> None:
         """Run each rule's compressor once on a small text, in the worker pool."""
-        loop = asyncio.get_running_loop()
-        jobs: list[asyncio.Future[None]] = []
+        jobs = []
         for policy in self.policies.policies.values():
             for rule in policy.rules:
                 if rule.compressor is not None and rule.compressor not in self._warmed:
                     self._warmed.add(rule.compressor)
-                    jobs.append(loop.run_in_executor(self._pool, _warm, rule))
-        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
-            if isinstance(outcome, BaseException):  # it will fail open, and say why, at first use
-                log.warning("warm-up failed: %s", outcome)
+                    label = f"{policy.name}/{rule.name} ({rule.compressor_name})"
+                    self._pending.add(label)
+                    jobs.append(self._warm_one(rule, label))
+        self._changed()
+        await asyncio.gather(*jobs)
         self.warmed.set()
+        self._changed()
+
+    async def _warm_one(self, rule: Rule, label: str) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, _warm, rule)
+        except Exception as exc:  # it will fail open, and say why, at first use
+            log.warning("warm-up of %s failed: %s", label, exc)
+            self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
+        finally:
+            self._pending.discard(label)
+
+    def _changed(self) -> None:
+        if self.on_warm_change is not None:
+            self.on_warm_change()
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         policy = self.policies.for_team(exchange.team)

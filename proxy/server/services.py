@@ -7,6 +7,7 @@ one code path. ``Services.config`` is swapped as a whole on hot reload.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,11 @@ from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
+from proxy.server.workers import WorkerSeat
 
 __all__ = ["NoRewrite", "Services", "build_services"]
+
+log = logging.getLogger("tersegate.serve")
 
 
 class NoRewrite:
@@ -36,6 +40,27 @@ class Services:
     rewriter: Rewriter
     audit: AuditSink | None = None
     reloader: PolicyReloader | None = None
+    seat: WorkerSeat | None = None  # one of several worker processes (listen.workers > 1)
+
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(what is still loading, what failed to load: why)``, over every worker."""
+        pending: list[str] = []
+        failed: dict[str, str] = {}
+        if isinstance(self.rewriter, PolicyRewriter):
+            pending, failed = self.rewriter.readiness()
+        if self.seat is not None:
+            more, more_failed = self.seat.siblings()
+            pending += more
+            failed.update(more_failed)
+        return pending, failed
+
+    def publish_readiness(self) -> None:
+        if self.seat is not None and isinstance(self.rewriter, PolicyRewriter):
+            pending, failed = self.rewriter.readiness()
+            try:
+                self.seat.publish(pending, failed)
+            except OSError as exc:
+                log.warning("cannot publish readiness to %s: %s", self.seat.run_dir, exc)
 
     async def start(self) -> None:
         """Start background work (hot reload); the app's lifespan calls it at startup."""
@@ -53,7 +78,9 @@ class Services:
             await self.audit.aclose()
 
 
-def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
+def build_services(
+    config: Config, *, metrics: Metrics | None = None, seat: WorkerSeat | None = None
+) -> Services:
     metrics = metrics or Metrics()
     # Policy engine and audit sink are plugged in here as they land.
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
@@ -66,7 +93,8 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
         workers=config.compression.workers,
         metrics=metrics,
     )
-    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit)
+    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit, seat=seat)
+    rewriter.on_warm_change = services.publish_readiness
 
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config
