@@ -39,9 +39,9 @@ def wait_ready(proxy: RunningProxy, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(proxy.url + "/readyz", timeout=2).status_code == 200:
-                if len(workers_of(proxy.proc.pid)) == count:
-                    return
+            ready = httpx.get(proxy.url + "/readyz", timeout=2).status_code == 200
+            if ready and len(workers_of(proxy.proc.pid)) == count:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
