@@ -14,7 +14,8 @@ from typing import Any
 
 from proxy.audit.chains import audit_files
 from proxy.audit.index import AuditIndex, covers
-from proxy.audit.report import ReportError, Row, aggregate_files, parse_by, parse_since, render
+from proxy.audit.report import ReportError, aggregate_files, parse_by, parse_since, render
+from proxy.audit.rows import Row
 from proxy.cli.audit import expand_paths
 from proxy.config.model import ConfigErrors, load_config
 

@@ -128,12 +128,12 @@ class PolicyRewriter:
             self._warming.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def start_warm_up(self) -> None:
+    def start(self) -> None:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
         self._failed.clear()
-        self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
+        self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
     def readiness(self) -> tuple[list[str], dict[str, str]]:
         """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
@@ -142,7 +142,7 @@ class PolicyRewriter:
             return sorted(self._pending) or ["policies (warm-up starting)"], dict(self._failed)
         return [], dict(self._failed)
 
-    async def warm_up(self) -> None:
+    async def ready(self) -> None:
         """Run each rule's compressor once on a small text, in the worker pool."""
         jobs = []
         for policy in self.policies.policies.values():
