@@ -36,10 +36,10 @@ import orjson
 
 from proxy.audit.chains import audit_files, chain_files, claim_chain, rotated_name
 from proxy.audit.index import LiveIndexer
+from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.config.model import AuditConfig
 from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
-from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.usage import normalize_usage
 
 __all__ = [
@@ -269,7 +269,15 @@ class _ChainFile:
 class JsonlAuditSink:
     """The :class:`~proxy.exchange.AuditSink` writing the JSONL audit file (see module docs)."""
 
-    def __init__(self, config: AuditConfig, *, metrics: Metrics, prices: PriceBook | None = None) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        metrics: Metrics,
+        prices: PriceBook | None = None,
+        inline_writes: bool = True,
+    ) -> None:
+        """``inline_writes=False``: every record goes through the writer thread (tests, benchmarks)."""
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config
@@ -278,6 +286,8 @@ class JsonlAuditSink:
         self._file = _ChainFile(config, config.path)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the chain's head and file: one writer at a time
+        self._inline = inline_writes
+        self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
         try:
@@ -317,7 +327,7 @@ class JsonlAuditSink:
 
     def _write_inline(self, record: dict[str, Any]) -> bool:
         """Hash and write ``record`` now if that is quick; False: the writer thread must."""
-        if not self._healthy or not self._lock.acquire(blocking=False):
+        if not self._inline or not self._healthy or not self._lock.acquire(blocking=False):
             return False
         try:
             chain = self._file
@@ -379,6 +389,7 @@ class JsonlAuditSink:
             self._prices.price_for("gpt-4o")  # load the cost map here, not on the first request
         except PricingError as exc:
             log.error("audit: %s", exc)
+        self.prices_loaded.set()
         stop = False
         while not stop:
             batch: list[_Item] = []

@@ -43,6 +43,8 @@ log = logging.getLogger("tersegate.policy")
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
+# Token counters loaded before /readyz says ready: (encoding, a model that uses it).
+_WARM_ENCODINGS = (("o200k_base", "gpt-4o"), ("cl100k_base", "gpt-4"))
 _WARM_TEXT = (
     "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
     "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
@@ -121,6 +123,7 @@ class PolicyRewriter:
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
         self._failed: dict[str, str] = {}  # the same, whose warm-up raised: why
+        self._warm_done: set[str] = set()  # tokenizers loaded (once per process)
         self.on_warm_change: Callable[[], None] | None = None  # readiness changed (worker board)
 
     def close(self) -> None:
@@ -143,28 +146,35 @@ class PolicyRewriter:
         return [], dict(self._failed)
 
     async def ready(self) -> None:
-        """Run each rule's compressor once on a small text, in the worker pool."""
+        """Run each rule's compressor once on a small text, in the worker pool; load the
+        token counters of OpenAI's current encodings too (every audited request counts)."""
         jobs = []
+        for encoding, model in _WARM_ENCODINGS:
+            label = f"tokenizer {encoding}"
+            if label not in self._warm_done:
+                self._pending.add(label)
+                jobs.append(self._warm_one(label, _count_once, model))
         for policy in self.policies.policies.values():
             for rule in policy.rules:
                 if rule.compressor is not None and rule.compressor not in self._warmed:
                     self._warmed.add(rule.compressor)
                     label = f"{policy.name}/{rule.name} ({rule.compressor_name})"
                     self._pending.add(label)
-                    jobs.append(self._warm_one(rule, label))
+                    jobs.append(self._warm_one(label, _warm, rule))
         self._changed()
         await asyncio.gather(*jobs)
         self.warmed.set()
         self._changed()
 
-    async def _warm_one(self, rule: Rule, label: str) -> None:
+    async def _warm_one(self, label: str, work: Callable[[Any], None], arg: Any) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, _warm, rule)
+            await asyncio.get_running_loop().run_in_executor(self._pool, work, arg)
         except Exception as exc:  # it will fail open, and say why, at first use
             log.warning("warm-up of %s failed: %s", label, exc)
             self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
         else:
+            self._warm_done.add(label)
             log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
         finally:
             self._pending.discard(label)
@@ -394,6 +404,10 @@ def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: s
     if after >= tokens:
         return _Form(None, tokens, ms, "no saving")
     return _Form(new_text, after, ms, note)
+
+
+def _count_once(model: str) -> None:
+    tokenizer_for(model).count("warm-up")
 
 
 def _warm(rule: Rule) -> None:

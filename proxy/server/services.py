@@ -7,9 +7,10 @@ one code path. ``Services.config`` is swapped as a whole on hot reload.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.audit.sink import JsonlAuditSink
@@ -50,13 +51,21 @@ class Services:
     audit: AuditSink | None = None
     reloader: PolicyReloader | None = None
     seat: WorkerSeat | None = None  # one of several worker processes (listen.workers > 1)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def readiness(self) -> tuple[list[str], dict[str, str]]:
-        """``(what is still loading, what failed to load: why)``, over every worker."""
+    def own_readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(what is still loading, what failed to load: why)`` in this process."""
         pending: list[str] = []
         failed: dict[str, str] = {}
         if isinstance(self.rewriter, PolicyRewriter):
             pending, failed = self.rewriter.readiness()
+        if isinstance(self.audit, JsonlAuditSink) and not self.audit.prices_loaded.is_set():
+            pending.append("audit price map")
+        return pending, failed
+
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """The same over every worker (``GET /readyz``)."""
+        pending, failed = self.own_readiness()
         if self.seat is not None:
             more, more_failed = self.seat.siblings()
             pending += more
@@ -64,20 +73,28 @@ class Services:
         return pending, failed
 
     def publish_readiness(self) -> None:
-        if self.seat is not None and isinstance(self.rewriter, PolicyRewriter):
-            pending, failed = self.rewriter.readiness()
+        if self.seat is not None:
+            pending, failed = self.own_readiness()
             try:
                 self.seat.publish(pending, failed)
             except OSError as exc:
                 log.warning("cannot publish readiness to %s: %s", self.seat.run_dir, exc)
+
+    async def _publish_when_priced(self, sink: JsonlAuditSink) -> None:
+        await asyncio.to_thread(sink.prices_loaded.wait)
+        self.publish_readiness()
 
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
         self.rewriter.start()
+        if self.seat is not None and isinstance(self.audit, JsonlAuditSink):
+            self.background.append(asyncio.create_task(self._publish_when_priced(self.audit)))
 
     async def aclose(self) -> None:
+        for task in self.background:
+            task.cancel()
         if self.reloader is not None:
             await self.reloader.aclose()
         self.rewriter.close()

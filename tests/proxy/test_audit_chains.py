@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from harness import tersegate_command
 
 from proxy.audit.chains import audit_chains, audit_files, chain_of
@@ -34,8 +35,9 @@ def _exchange(i: int) -> Exchange:
     )
 
 
-def sink(path: Path, **options: object) -> JsonlAuditSink:
-    return JsonlAuditSink(AuditConfig(path=path, **options), metrics=Metrics())  # type: ignore[arg-type]
+def sink(path: Path, *, inline_writes: bool = True, **options: object) -> JsonlAuditSink:
+    config = AuditConfig(path=path, **options)  # type: ignore[arg-type]
+    return JsonlAuditSink(config, metrics=Metrics(), inline_writes=inline_writes)
 
 
 async def interleave(sinks: list[JsonlAuditSink], count: int) -> None:
@@ -56,11 +58,12 @@ def lines(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-def test_two_writers_on_one_path_write_two_intact_chains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "writer-thread"])
+def test_two_writers_on_one_path_write_two_intact_chains(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "audit.jsonl"
 
     async def run() -> tuple[Path, Path]:
-        first, second = sink(path), sink(path)
+        first, second = sink(path, inline_writes=inline), sink(path, inline_writes=inline)
         chains = first.chain, second.chain
         await interleave([first, second], 20)
         return chains

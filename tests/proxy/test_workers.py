@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, RunningProxy, Upstream, tersegate_command
+from harness import MakeProxy, RunningProxy, Upstream, free_port, tersegate_command, write_config_dir
 
 from proxy.audit.chains import audit_chains, audit_files
+from proxy.config.model import ConfigErrors, load_config
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello workers"}]}
 
@@ -212,3 +213,35 @@ def test_sigterm_drains_every_worker(spawn_proxy: MakeProxy, upstream: Upstream)
     assert len(records(proxy.config_path.parent / "audit/audit.jsonl")) == 16 + 8
     with pytest.raises(httpx.TransportError):
         httpx.get(proxy.url + "/healthz", timeout=2)
+
+
+def test_workers_flag_overrides_the_config(upstream: Upstream, tmp_path: Path) -> None:
+    config = write_config_dir(tmp_path, {"listen": {"host": "127.0.0.1", "port": 0}}, upstream, None)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*tersegate_command(), "serve", "--config", str(config), "--port", str(port), "--workers", "3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "FAKE_UPSTREAM_KEY": "unused"},
+    )
+    try:
+        proxy = RunningProxy(url=f"http://127.0.0.1:{port}", config_path=config, proc=proc)
+        wait_ready(proxy, 3)
+        assert httpx.post(proxy.url + "/v1/chat/completions", json=CHAT).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_listen_workers_is_checked_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "upstreams: {openai: {base_url: 'http://127.0.0.1:1/v1'}}\nteams: {default: {}}\nlisten:\n  workers: 0\n"
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    assert f"{path}:4: listen.workers: must be an integer 1-64" in str(caught.value)
+    path.write_text(
+        "upstreams: {openai: {base_url: 'http://127.0.0.1:1/v1'}}\nteams: {default: {}}\nlisten: {workers: 4}\n"
+    )
+    assert load_config(path).listen.workers == 4
