@@ -24,7 +24,7 @@ from proxy.config.model import AuditConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
 
-MODES = {"thread hand-off (before)": False, "inline write (now)": True}
+MODES = {"writer thread (default)": False, "inline write": True}
 
 
 def exchange(i: int) -> Exchange:

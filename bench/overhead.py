@@ -144,12 +144,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def tersegate_config(folder: Path, upstream_port: int, port: int, *, audit: bool, workers: int = 1) -> Path:
+def tersegate_config(
+    folder: Path, upstream_port: int, port: int, *, audit: bool, workers: int = 1, index: bool = True
+) -> Path:
     path = folder / f"tersegate-{'audit' if audit else 'noaudit'}-{port}.yaml"
     sub = folder / f"audit-{port}"
     # As config.yaml ships: the JSONL plus the SQLite report index the proxy keeps current.
     audit_line = (
-        f"audit: {{path: {sub / 'bench.jsonl'}, sqlite: {sub / 'bench.sqlite'}}}" if audit else "audit: {}"
+        (f"audit: {{path: {sub / 'bench.jsonl'}" + (f", sqlite: {sub / 'bench.sqlite'}}}" if index else "}"))
+        if audit
+        else "audit: {}"
     )
     path.write_text(
         f"""listen: {{host: 127.0.0.1, port: {port}{f", workers: {workers}" if workers > 1 else ""}}}

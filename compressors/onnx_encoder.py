@@ -198,17 +198,20 @@ def verify_build(directory: Path) -> None:
 
 @contextlib.contextmanager
 def _build_lock(final: Path) -> Iterator[None]:
-    """One builder per machine: other processes (workers starting together) wait, then reuse."""
-    with open(final.parent / f".{final.name}.lock", "a+b") as handle:
+    """One builder per machine: other processes (workers starting together) wait, then reuse.
+
+    The lock is a ``flock`` on the build's parent folder (no lock file is left behind).
+    """
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.warning("waiting for another process building %s", final)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:

@@ -7,13 +7,15 @@ the active file to ``<stem>.<UTC timestamp><suffix>`` and the chain continues
 into the new file. Each process writes its own chain (:mod:`proxy.audit.chains`).
 
 :meth:`JsonlAuditSink.commit` returns once its line is in the OS, so a SIGKILL
-after that loses nothing. A small record is hashed and written right there, on the
-event loop, under the chain's lock: one ``write()`` of a few hundred bytes to the
-page cache costs less than handing the record to a thread and back (measured in
-bench/RESULTS.md). When the lock is busy, the record is large (``include_text``), the
-file must rotate or the file is failing, the record goes to the writer thread
-instead, which writes everything waiting in one ``write()`` (group commit) and
-then resolves each caller's future.
+after that loses nothing. Records go to one writer thread, which writes everything
+waiting in one ``write()`` (group commit) under the chain's lock and then resolves
+each caller's future. With ``inline_writes`` a small record is instead hashed and
+written right on the event loop under the same lock when the lock is free (the
+record stays in the OS before the last byte, without the thread round trip); a busy
+lock, a large record (``include_text``), a due rotation or a failing file still go
+to the thread. It is off by default: cheaper per record in isolation
+(bench/audit_commit.py), not faster end to end on this shared machine
+(bench/audit_inline.py, docs/workers.md).
 """
 
 from __future__ import annotations
@@ -275,9 +277,10 @@ class JsonlAuditSink:
         *,
         metrics: Metrics,
         prices: PriceBook | None = None,
-        inline_writes: bool = True,
+        inline_writes: bool = False,
     ) -> None:
-        """``inline_writes=False``: every record goes through the writer thread (tests, benchmarks)."""
+        """``inline_writes=True``: small records are written from the event loop (off by default:
+        it did not win end to end here, see docs/workers.md; kept for re-measuring)."""
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config

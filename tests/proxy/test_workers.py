@@ -170,19 +170,29 @@ def test_metrics_add_up_across_workers(spawn_proxy: MakeProxy) -> None:
             assert line in client.get(proxy.url + "/metrics").text
 
 
-def test_sighup_reaches_every_worker(spawn_proxy: MakeProxy) -> None:
-    proxy = spawn_workers(spawn_proxy)
-    assert proxy.proc is not None
-    proxy.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        text = proxy.log_text()
-        if all(f"[w{i}] tersegate.reload reloaded" in text for i in (0, 1)):
-            break
+def wait_for_log(proxy: RunningProxy, *needles: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(n in proxy.log_text() for n in needles):
         time.sleep(0.1)
     text = proxy.log_text()
-    assert "(SIGHUP)" in text and all(f"[w{i}] tersegate.reload reloaded" in text for i in (0, 1)), text
-    assert len(workers_of(proxy.proc.pid)) == 2  # reloaded, not restarted
+    assert all(n in text for n in needles), text[-3000:]
+    return text
+
+
+def test_sighup_and_file_changes_reach_every_worker(spawn_proxy: MakeProxy) -> None:
+    proxy = spawn_workers(spawn_proxy)
+    assert proxy.proc is not None
+    before = workers_of(proxy.proc.pid)
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for_log(proxy, *(f"[w{i}] tersegate.reload reloaded {proxy.config_path} (SIGHUP)" for i in (0, 1)))
+    policy = proxy.config_path.parent / "policies" / "trim.yaml"
+    policy.write_text(
+        "name: trim\nrules:\n  - name: t\n    match: {roles: [system]}\n    compressor: truncate\n    rate: 0.5\n"
+    )
+    wait_for_log(
+        proxy, *(f"[w{i}] tersegate.reload reloaded {proxy.config_path} (file change)" for i in (0, 1))
+    )
+    assert workers_of(proxy.proc.pid) == before  # reloaded in place, not restarted
 
 
 def test_sigterm_drains_every_worker(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
