@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ConfigErrors",
     "ListenConfig",
+    "MemoConfig",
     "TeamConfig",
     "UpstreamConfig",
     "load_config",
@@ -71,10 +72,31 @@ class AuditConfig:
     sqlite: Path | None = None
 
 
+MEMO_BACKENDS: tuple[str, ...] = ("memory", "sqlite", "redis")
+_MEMO_MAX_AGE_S = 7 * 24 * 3600.0
+_MEMO_TIMEOUT_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class MemoConfig:
+    """Where the first-sent form of every part is kept beyond the in-process LRU (``compression.memo``)."""
+
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    path: Path | None = None  # sqlite: the database file (relative paths: to config.yaml's folder)
+    url: str | None = None  # redis: redis://host:port/db (rediss:// for TLS)
+    shared_across_teams: bool = False  # True: one team may reuse a form another team's request made
+    max_bytes: int | None = None  # sqlite/memory: pruned (oldest first) past this; None: 1 GiB / 64 MiB
+    max_age_s: float = _MEMO_MAX_AGE_S  # every backend: an entry older than this is gone
+    timeout_s: float = (
+        _MEMO_TIMEOUT_S  # one store call; past it the request is served as if the store were down
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CompressionConfig:
     memo_bytes: int = 256 * 1024 * 1024
     workers: int = 2
+    memo: MemoConfig = MemoConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +215,44 @@ def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> Au
     return audit
 
 
-def _parse_compression(node: Node | None, errors: list[ConfigError]) -> CompressionConfig:
+def _parse_memo(node: Node | None, base: Path, errors: list[ConfigError]) -> MemoConfig:
+    if node is None or node.value is None:
+        return MemoConfig()
+    f = Fields(node, errors, what="compression.memo")
+    backend = f.get("backend", str, "memory")
+    f.check("backend", lambda v: v in MEMO_BACKENDS, f"must be one of {', '.join(MEMO_BACKENDS)}")
+    path = f.get("path", str, None)
+    url = f.get("url", str, None)
+    f.check("url", lambda v: urlsplit(str(v)).scheme in ("redis", "rediss", "unix"), "must be a redis:// URL")
+    for key in ("max_bytes", "max_age_s", "timeout_s"):
+        f.check(key, _positive, "must be a positive number")
+    if backend == "sqlite" and not path:
+        errors.append(node.error("compression.memo: backend sqlite needs path (e.g. state/memo.sqlite)"))
+    if backend == "redis" and not url:
+        errors.append(node.error("compression.memo: backend redis needs url (e.g. redis://127.0.0.1:6379/0)"))
+    memo = MemoConfig(
+        backend=backend if backend in ("sqlite", "redis") else "memory",
+        path=_resolve(base, path) if path else None,
+        url=url,
+        shared_across_teams=f.get("shared_across_teams", bool, False),
+        max_bytes=f.get("max_bytes", int, None),
+        max_age_s=f.get("max_age_s", float, _MEMO_MAX_AGE_S),
+        timeout_s=f.get("timeout_s", float, _MEMO_TIMEOUT_S),
+    )
+    f.finish()
+    return memo
+
+
+def _parse_compression(node: Node | None, base: Path, errors: list[ConfigError]) -> CompressionConfig:
     if node is None or node.value is None:
         return CompressionConfig()
     f = Fields(node, errors, what="compression")
     f.check("memo_bytes", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
     f.check("workers", _positive, "must be a positive integer")
     result = CompressionConfig(
-        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024), workers=f.get("workers", int, 2)
+        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024),
+        workers=f.get("workers", int, 2),
+        memo=_parse_memo(f.node_of("memo"), base, errors),
     )
     f.finish()
     return result
@@ -288,7 +340,7 @@ def load_config(path: Path) -> Config:
         policies_dir=_resolve(base, f.get("policies_dir", str, "policies")),
         max_body_bytes=f.get("max_body_bytes", int, 32 * 1024 * 1024),
         audit=_parse_audit(f.node_of("audit"), base, errors),
-        compression=_parse_compression(f.node_of("compression"), errors),
+        compression=_parse_compression(f.node_of("compression"), base, errors),
         teams=teams,
         log_level=str(f.get("log_level", str, "info")).lower(),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
