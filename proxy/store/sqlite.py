@@ -51,15 +51,26 @@ class SqliteStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tersegate-sqlite-store")
         self._db: sqlite3.Connection | None = None
         self._writes = 0
+        self._estimate: int | None = None  # bytes stored, as this process last counted plus its writes
         self._lock = threading.Lock()  # the connection is used by the store's thread only; this guards close
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed entry's order
-            db.executescript(_SCHEMA)
+            for attempt in range(50):  # switching to WAL takes a lock that busy_timeout does not wait for
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 49:
+                        db.close()
+                        raise
+                    time.sleep(0.02)
+            db.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # WAL + NORMAL: a power loss may drop the newest entries only
             self._db = db
         return self._db
 
@@ -68,7 +79,7 @@ class SqliteStore:
             with self._lock:
                 try:
                     return work(self._connect())
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OSError) as exc:
                     if self._db is not None:
                         self._db.close()
                         self._db = None
@@ -131,15 +142,23 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         self._writes += len(items)
-        if self._writes >= _PRUNE_EVERY:
+        if self._estimate is None:
+            self._estimate = self._total(db)
+        self._estimate += sum(row[3] for row in rows)
+        # Other processes' writes are seen at the periodic check; this process's at once.
+        if self._writes >= _PRUNE_EVERY or self._estimate > self.max_bytes:
             self._writes = 0
             self._prune(db, now)
         return won
 
+    @staticmethod
+    def _total(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
+
     def _prune(self, db: sqlite3.Connection, now: float) -> None:
         """Expired rows first, then the oldest until the data is under 90% of ``max_bytes``."""
         db.execute("DELETE FROM entries WHERE expires <= ?", (now,))
-        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()
+        total = self._estimate = self._total(db)
         if total <= self.max_bytes:
             return
         excess = total - self.max_bytes * 9 // 10
@@ -150,6 +169,7 @@ class SqliteStore:
         ).fetchone()
         if cut is not None:
             db.execute("DELETE FROM entries WHERE written <= ?", (cut[0],))
+            self._estimate = self._total(db)
 
     async def put_if_absent(
         self, namespace: str, items: Sequence[tuple[str, bytes]], *, ttl_s: float | None = None
@@ -169,10 +189,7 @@ class SqliteStore:
     async def size_bytes(self) -> int:
         """Keys and values stored, summed (expired rows included until the next prune)."""
 
-        def total(db: sqlite3.Connection) -> int:
-            return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0])
-
-        return await self._run(total)
+        return await self._run(self._total)
 
     async def aclose(self) -> None:
         def close() -> None:
