@@ -9,6 +9,7 @@ with their own memo (the control) do not. A Redis killed mid-run costs nothing b
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def post(proxy: RunningProxy, messages: list[dict[str, Any]]) -> None:
 
 def prefix_breaks(forwarded: list[list[bytes]]) -> int:
     """Turns whose forwarded request does not start with the previous turn's, byte for byte."""
-    return sum(later[: len(earlier)] != earlier for earlier, later in zip(forwarded, forwarded[1:]))
+    return sum(later[: len(earlier)] != earlier for earlier, later in itertools.pairwise(forwarded))
 
 
 def replay_alternating(
@@ -80,12 +81,16 @@ def replay_alternating(
 def test_replicas_sharing_redis_keep_every_prefix_across_a_sigkill(
     spawn_proxy: MakeProxy, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    breaks, pairs = replay_alternating(spawn_proxy, upstream, {"backend": "redis", "url": redis_server.url}, restart_at=6)
+    breaks, pairs = replay_alternating(
+        spawn_proxy, upstream, {"backend": "redis", "url": redis_server.url}, restart_at=6
+    )
     assert (breaks, pairs) == (0, TURNS - 1)
 
 
 @needs_trace
-def test_control_replicas_with_their_own_memo_break_prefixes(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_control_replicas_with_their_own_memo_break_prefixes(
+    spawn_proxy: MakeProxy, upstream: Upstream
+) -> None:
     breaks, pairs = replay_alternating(spawn_proxy, upstream, {"backend": "memory"})
     print(f"control: {breaks} prefix breaks in {pairs} turn pairs")
     assert pairs == TURNS - 1 and breaks >= 3  # what the shared store removes
@@ -108,7 +113,9 @@ def metric(proxy: RunningProxy, name: str) -> float:
 def test_a_redis_killed_mid_run_costs_the_sharing_not_the_service(
     spawn_proxy: MakeProxy, upstream: Upstream, redis_server: RedisServer
 ) -> None:
-    proxy = spawn_proxy(config({"backend": "redis", "url": redis_server.url}), policies={"qa": QUESTION_AWARE})
+    proxy = spawn_proxy(
+        config({"backend": "redis", "url": redis_server.url}), policies={"qa": QUESTION_AWARE}
+    )
     observation = "\n".join(f"step {i}: the build printed warning W{i} about module m{i}" for i in range(25))
 
     def turn(n: int) -> list[dict[str, Any]]:
