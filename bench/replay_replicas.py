@@ -36,6 +36,7 @@ from replay import CACHED_FRACTION, MODEL, TRACES, agent_messages, load_policies
 
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange
+from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.forms import Form, FormMemory
 from proxy.policy.model import Policy, PolicySet
@@ -174,7 +175,9 @@ async def lookup_latency(backend: str, server: RedisServer, requests: int) -> tu
     with tempfile.TemporaryDirectory() as folder:
         server.flush()
         store = store_maker(backend, Path(folder), server)()
-        memory = FormMemory(lru_bytes=1 << 28, store=store, backend=backend)
+        metrics = Metrics()
+        # A long timeout: this measures the calls, not the fail-open pause a slow call would start.
+        memory = FormMemory(lru_bytes=1 << 28, store=store, backend=backend, timeout_s=10.0, metrics=metrics)
         form = Form("x" * 4000, 1000, 5.0, "")
         old = [f"rule:o200k_base:c:old{i}" for i in range(20)]
         await memory.keep("memo:t", [(key, form) for key in old])
@@ -188,6 +191,10 @@ async def lookup_latency(backend: str, server: RedisServer, requests: int) -> tu
             assert found[-1] is None and all(found[:-1])
         if store is not None:
             await store.aclose()
+    errors = sum(
+        metrics.memo_store_errors.labels(backend=backend, op=op)._value.get() for op in ("get", "put")
+    )
+    assert errors == 0, f"{backend}: {errors} store calls failed during the measurement"
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.99)]
 

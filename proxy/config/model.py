@@ -73,8 +73,6 @@ class AuditConfig:
 
 
 MEMO_BACKENDS: tuple[str, ...] = ("memory", "sqlite", "redis")
-_MEMO_MAX_AGE_S = 7 * 24 * 3600.0
-_MEMO_TIMEOUT_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +84,8 @@ class MemoConfig:
     url: str | None = None  # redis: redis://host:port/db (rediss:// for TLS)
     shared_across_teams: bool = False  # True: one team may reuse a form another team's request made
     max_bytes: int | None = None  # sqlite/memory: pruned (oldest first) past this; None: 1 GiB / 64 MiB
-    max_age_s: float = _MEMO_MAX_AGE_S  # every backend: an entry older than this is gone
-    timeout_s: float = (
-        _MEMO_TIMEOUT_S  # one store call; past it the request is served as if the store were down
-    )
+    max_age_s: float = 7 * 24 * 3600.0  # every backend: an entry older than this is gone
+    timeout_s: float = 0.5  # one store call; past it the request is served as if the store were down
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +232,8 @@ def _parse_memo(node: Node | None, base: Path, errors: list[ConfigError]) -> Mem
         url=url,
         shared_across_teams=f.get("shared_across_teams", bool, False),
         max_bytes=f.get("max_bytes", int, None),
-        max_age_s=f.get("max_age_s", float, _MEMO_MAX_AGE_S),
-        timeout_s=f.get("timeout_s", float, _MEMO_TIMEOUT_S),
+        max_age_s=f.get("max_age_s", float, MemoConfig().max_age_s),
+        timeout_s=f.get("timeout_s", float, MemoConfig().timeout_s),
     )
     f.finish()
     return memo

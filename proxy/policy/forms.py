@@ -118,7 +118,7 @@ class FormMemory:
         lru_bytes: int,
         store: SharedStore | None = None,
         backend: str = "memory",
-        timeout_s: float = 0.25,
+        timeout_s: float = 0.5,
         shared_across_teams: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
