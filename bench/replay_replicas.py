@@ -47,6 +47,7 @@ from proxy.store.sqlite import SqliteStore
 SCENARIOS = (  # name, replicas, backend, restart halfway
     ("one process", 1, "memory", False),
     ("one process, restarted", 1, "memory", True),
+    ("one process, restarted, SQLite", 1, "sqlite", True),
     ("two replicas, own memo", 2, "memory", False),
     ("two replicas, shared SQLite", 2, "sqlite", False),
     ("two replicas, shared SQLite, one restarted", 2, "sqlite", True),
@@ -217,7 +218,7 @@ async def main() -> None:
         everything = load_policies()
         traces = sorted(TRACES.glob("*.traj"))
         none = sum([(await replay(None, agent_messages(t), args.price_per_mtok)).dollars for t in traces])
-        for name in args.policies.split(","):
+        for name in filter(None, args.policies.split(",")):  # --policies "": the latency table only
             print(
                 f"\nPolicy {name}: {len(traces)} SWE-agent traces, ${args.price_per_mtok}/M input, cached prefix at 10%"
             )
