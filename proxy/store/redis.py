@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.store.base import StoreUnavailable
@@ -33,6 +35,7 @@ class RedisStore:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection gone stale after a restart
             health_check_interval=30,
         )
 
