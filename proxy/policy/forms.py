@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -45,7 +46,9 @@ T = TypeVar("T")
 # Compressors whose output never depends on the query: their forms may be shared by conversations.
 QUERY_FREE = frozenset({"truncate", "normalize"})
 _LOG_EVERY_S = 60.0
-_RETRY_AFTER_S = 1.0  # after a failure, requests skip the store this long (no per-request timeouts)
+_RETRY_AFTER_S = 1.0
+_UNSYNCED_BYTES = 32 * 1024 * 1024  # forms decided during an outage, kept to write once the store is back
+_FLUSH_BATCH = 500  # after a failure, requests skip the store this long (no per-request timeouts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class FormMemory:
         self._last_log = float("-inf")
         self._failed_since_log = 0
         self._logged_down = False
+        self._unsynced: dict[tuple[str, str], Form] = {}
+        self._unsynced_bytes = 0
 
     def namespace(self, team: str) -> str:
         return "memo:*" if self.shared_across_teams else f"memo:{team}"
@@ -213,12 +218,41 @@ class FormMemory:
         if fresh and self.store is not None:
             items = [(key, form.encode()) for key, form in fresh]
             values = await self._call("put", self.store.put_if_absent(namespace, items))
-            if values is not None:
+            if values is None:
+                self._remember_unsynced(namespace, fresh)
+            else:
                 for (key, form), raw in zip(fresh, values, strict=True):
                     won[key] = Form.decode(raw) or form
+                await self._flush_unsynced()
         for key, _ in fresh:
             won[key] = self.lru.setdefault((namespace, key), won[key], size=won[key].size)
         return won
+
+    def _remember_unsynced(self, namespace: str, fresh: Sequence[tuple[str, Form]]) -> None:
+        """Forms decided while the store was down, to be written once it is back (bounded)."""
+        for key, form in fresh:
+            if self._unsynced_bytes + form.size > _UNSYNCED_BYTES:
+                break
+            if (namespace, key) in self._unsynced:
+                continue
+            self._unsynced[(namespace, key)] = form
+            self._unsynced_bytes += form.size
+
+    async def _flush_unsynced(self) -> None:
+        """Write a batch of the forms decided during an outage, so other replicas find them. This
+        process keeps forwarding its own form even where another replica's won meanwhile."""
+        if not self._unsynced or self.store is None:
+            return
+        batch = list(itertools.islice(self._unsynced.items(), _FLUSH_BATCH))
+        by_namespace: dict[str, list[tuple[str, bytes]]] = {}
+        for (namespace, key), form in batch:
+            by_namespace.setdefault(namespace, []).append((key, form.encode()))
+        for namespace, items in by_namespace.items():
+            if await self._call("put", self.store.put_if_absent(namespace, items)) is None:
+                return
+        for slot, _ in batch:
+            flushed = self._unsynced.pop(slot, None)  # a concurrent flush may have taken it
+            self._unsynced_bytes -= flushed.size if flushed is not None else 0
 
     def clear(self) -> None:
         """Forget this process's level (the store is its owner's to close)."""

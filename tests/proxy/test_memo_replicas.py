@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import redis
 from harness import MakeProxy, RunningProxy, Upstream
 from redis_server import RedisServer, redis_server
 from test_replay import TRACE_FILES, agent_messages, turns
@@ -142,3 +143,7 @@ def test_a_redis_killed_mid_run_costs_the_sharing_not_the_service(
     post(proxy, turn(21))
     post(proxy, turn(22))
     assert "memo store redis is reachable again" in proxy.log_text()
+    # The forms decided while Redis was down reached it once it was back (for the other replicas).
+    client = redis.Redis.from_url(redis_server.url)
+    assert len(client.keys("tersegate:memo:default:*")) >= 22
+    client.close()
