@@ -110,7 +110,7 @@ async def replay_trace(
 ) -> None:
     fleet = [make() for _ in range(replicas)]
     for rewriter in fleet:
-        await rewriter.warm_up()
+        await rewriter.ready()
     turns = [k for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
     previous: list[bytes] = []
     for n, k in enumerate(turns):

@@ -35,7 +35,9 @@ class RedisStore:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection gone stale after a restart
+            retry=Retry(
+                NoBackoff(), 1
+            ),  # one immediate retry: a pooled connection gone stale after a restart
             health_check_interval=30,
         )
 
