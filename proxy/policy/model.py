@@ -38,7 +38,12 @@ __all__ = [
     "load_policy",
 ]
 
-COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
+COMPRESSIBLE_ROUTES: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/messages",
+)
 ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "function")
 MODES: tuple[str, ...] = ("enforce", "shadow", "off")
 _CACHE_WARNING = (
