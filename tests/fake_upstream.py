@@ -23,8 +23,8 @@ body bytes, and for streams when the first frame was sent and when the client
 went away) unless ``record=False`` (benchmarks).
 
 It also answers Anthropic's Messages API (``/v1/messages``, see :mod:`fake_anthropic`) and
-Azure OpenAI's deployment paths (``/openai/deployments/{name}/chat/completions`` and its
-completions / responses twins, ``api-version`` query required; the answer's ``model`` is
+Azure OpenAI's paths (``/openai/deployments/{name}/chat/completions`` and its completions
+twin, ``/openai/responses``; ``api-version`` query required; the answer's ``model`` is
 ``x-fake-azure-model`` or ``gpt-4o-2024-08-06``, as Azure names the deployed model).
 
 Run standalone: ``python tests/fake_upstream.py --port 9000``.
@@ -407,12 +407,13 @@ class FakeUpstream:
         if path.startswith("/v1/messages") or "anthropic-version" in call.headers:
             await self._anthropic(call, receive, send)
             return
-        if path.startswith("/openai/deployments/"):
+        if path.startswith("/openai/"):
             if "api-version=" not in call.scope["query_string"].decode():
                 await _json(send, call, 404, _error(404))
                 return
             call.model = call.headers.get("x-fake-azure-model", "gpt-4o-2024-08-06")
-            path = "/v1/" + path.split("/", 4)[4]
+            deployed = path.startswith("/openai/deployments/")
+            path = "/v1/" + path.split("/", 4 if deployed else 2)[-1]
         if call.model.startswith("error-"):
             await self._error(call, send, int(call.model[6:]))
             return

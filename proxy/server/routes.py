@@ -6,7 +6,8 @@ Three APIs arrive on one port:
   the route is normalised to ``/v1/...``.
 * Anthropic Messages: ``/v1/messages`` and everything under it, and any other path sent with an
   ``anthropic-version`` header (``/v1/models`` from an Anthropic SDK).
-* Azure OpenAI: ``/openai/deployments/{deployment}/chat/completions`` (and ``/openai/v1/...``);
+* Azure OpenAI: ``/openai/deployments/{deployment}/chat/completions``, ``/openai/responses`` and
+  ``/openai/v1/...``;
   the route is the OpenAI twin (``/v1/chat/completions``), so policies and parts treat it alike.
 
 The upstream path depends on the upstream's ``api``: an OpenAI ``base_url`` already ends in
@@ -87,7 +88,7 @@ def _azure_route(path: str) -> Route:
             return Route("/v1/" + rest, AZURE, deployment)
     elif path.startswith("/openai/v1/"):
         return Route(path[len("/openai") :], AZURE)
-    return Route("/v1" + path, AZURE)  # another Azure path: forwarded, never compressed
+    return Route("/v1/" + path[len(_AZURE_PREFIX) :], AZURE)  # /openai/responses -> /v1/responses
 
 
 def upstream_path(raw_path: bytes, upstream_api: str) -> bytes:
