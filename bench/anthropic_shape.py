@@ -28,6 +28,16 @@ import orjson
 from compressors.tokenizer import tokenizer_for
 from proxy.policy.anthropic import blocks
 
+REPO = Path(__file__).resolve().parents[1]
+# ../shared next to a clone; two levels up from a worktree (/work/wt/<name>).
+TRACES_DIR = (
+    next(
+        (p for p in (REPO.parent / "shared", REPO.parents[1] / "shared") if p.is_dir()),
+        REPO.parent / "shared",
+    )
+    / "evaldata"
+    / "swe-agent-traces"
+)
 COUNT = tokenizer_for("claude-sonnet-4-5").count  # o200k: there is no offline Claude tokenizer
 READ, WRITE_5M, WRITE_1H = 0.1, 1.25, 2.0
 MODEL = "claude-sonnet-4-5-20250929"

@@ -52,7 +52,7 @@ def test_each_bad_key_is_reported_at_its_line(tmp_path: Path) -> None:
     lines = out.stderr.splitlines()
 
     def at(line: int, words: str) -> bool:
-        return any(l.startswith(f"config.yaml:{line}: ") and words in l for l in lines)
+        return any(x.startswith(f"config.yaml:{line}: ") and words in x for x in lines)
 
     assert at(6, "upstreams.anthropic.api: must be openai, anthropic or azure"), lines
     assert at(11, "upstreams.azure.base_url: is the API root for api: azure"), lines
