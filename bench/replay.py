@@ -238,6 +238,13 @@ async def main_anthropic(price: float, traces: list[Path]) -> None:
             f"| {name} | {bill.tokens:,} | {pct(bill.tokens, base.tokens)} | {bill.read:,} | {bill.written_5m:,} | "
             f"{bill.written_1h:,} | {bill.dollars:.4f} | {pct(bill.dollars, base.dollars)} | {side} | {fails} |"
         )
+    names = [n for n in rows if n != "none"]
+    print("\nPer trace, bill vs none:\n")
+    print("| trace | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for stem in bodies:
+        none = per_trace[("none", stem)]
+        print(f"| {stem} | " + " | ".join(pct(per_trace[(n, stem)], none) for n in names) + " |")
     above = [(n, s) for (n, s), d in per_trace.items() if n in shipped and d > per_trace[("none", s)] + 1e-12]
     print(f"\nShipped policies billed above passthrough on any trace: {above or 'none'}")
 

@@ -78,3 +78,20 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
         now = [without_markers(v) for v in block_values(body)[: last + 1]]
         assert now == before, f"turn {k}: the cached prefix changed"
     assert shrunk > 0  # the policy did compress something, so the prefix check means something
+
+
+@pytest.mark.skipif(len(CHOSEN) != 2, reason="SWE-agent traces not available")
+def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above() -> None:
+    import asyncio
+
+    from replay import load_policies, replay_anthropic, two_turns_old
+
+    agents = load_policies()["agents"]
+    for trace in CHOSEN:
+        bodies = turns(trace)
+        none, _ = asyncio.run(replay_anthropic(None, bodies, 3.0))
+        once, fails = asyncio.run(replay_anthropic(agents, bodies, 3.0))
+        aged, _ = asyncio.run(replay_anthropic(two_turns_old(agents), bodies, 3.0))
+        assert fails == 0
+        assert once.dollars < none.dollars < aged.dollars, trace.stem
+        assert once.tokens < none.tokens and aged.tokens < none.tokens  # the twin saves tokens too
