@@ -36,7 +36,7 @@ from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.relay import relay_stream, watch_disconnect
-from proxy.server.routes import COMPRESSIBLE, Route, metric_route, route_of, upstream_path
+from proxy.server.routes import Route, metric_route, route_of, upstream_path
 from proxy.server.services import Services
 from proxy.usage import AnthropicUsageTap, UsageTap, prepare_stream
 
@@ -265,6 +265,12 @@ def _route_of(scope: Scope) -> Route:
     return route_of(scope["path"], anthropic_version=has_version)
 
 
+def _path_qs(scope: Scope, upstream: UpstreamConfig) -> bytes:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    path_qs = upstream_path(raw_path, upstream.api)
+    return path_qs + b"?" + scope["query_string"] if scope["query_string"] else path_qs
+
+
 def _upstream_for(config: Config, team: str, route: Route) -> UpstreamConfig:
     upstream = config.upstream_for(team, route.api)
     if route.api == "azure" and upstream.api != "azure":
@@ -421,8 +427,6 @@ class ProxyApp:
         config = bound.config
         method: str = scope["method"]
         found = ctx.route
-        route = found.route
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         headers, creds, declared = _request_headers(
             scope["headers"], strip_keys=bound.auth.strips_client_keys
         )
@@ -432,14 +436,12 @@ class ProxyApp:
         exchange = ctx.exchange = Exchange(
             request_id=_request_id(),
             method=method,
-            route=route,
+            route=found.route,
             team=identity.team,
             key_id=identity.key_id,
             upstream=upstream.name,
             started=time.time(),
-            compressible=method == "POST"
-            and route in COMPRESSIBLE
-            and (route == "/v1/messages") == (found.api == "anthropic"),
+            compressible=method == "POST" and found.compressible,
             api=found.api,
             deployment=found.deployment,
         )
@@ -457,10 +459,7 @@ class ProxyApp:
         body = await _read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, body, scope["headers"], upstream)
         headers.extend(identity.upstream_auth)
-        path_qs = upstream_path(raw_path, upstream.api)
-        if scope["query_string"]:
-            path_qs += b"?" + scope["query_string"]
-        request = _Request(method, path_qs, headers, body, streaming)
+        request = _Request(method, _path_qs(scope, upstream), headers, body, streaming)
         if streaming:  # the relay watches for a client that goes away itself
             await self._exchange(upstream, request, receive, send, ctx, tap)
             return

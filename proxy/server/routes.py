@@ -62,6 +62,11 @@ class Route:
     api: str  # openai | anthropic | azure
     deployment: str | None = None  # Azure: the deployment named in the path
 
+    @property
+    def compressible(self) -> bool:
+        """Whether a POST to it carries prompts the rewrite hook may compress."""
+        return self.route in COMPRESSIBLE and (self.route == "/v1/messages") == (self.api == ANTHROPIC)
+
 
 def split_path(path: str) -> tuple[str, str]:
     """``(route, upstream_path)``: ``/v1/models`` and ``/models`` both give ``("/v1/models", "/models")``."""

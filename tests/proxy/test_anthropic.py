@@ -315,3 +315,29 @@ def test_only_text_and_tool_results_are_rewritten_and_markers_stay(
     [record] = records(proxy)
     assert record["tokens_before"] > record["tokens_after"] and record["rules"] == ["halve-tool-output"]
     assert record["saved_usd"] > 0
+
+
+def test_a_stalled_stream_ends_with_an_anthropic_error_event(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    config = anthropic_config()
+    config["upstreams"]["claude"]["stream_idle_timeout_s"] = 1
+    proxy = make_proxy(config)
+    request = {"model": "stall", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    # The SDK raises on the error event.
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client(proxy).messages.stream(**request) as stream,
+    ):  # type: ignore[arg-type]
+        for _ in stream:
+            pass
+    assert "timed out" in str(caught.value)
+    got = httpx.post(
+        proxy.url + "/v1/messages",
+        json={"model": "stall", "max_tokens": 5, "stream": True, "messages": []},
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+        timeout=20,
+    )
+    last = got.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"event: error\ndata: ")
+    assert orjson.loads(last.split(b"data: ", 1)[1])["error"]["type"] == "api_error"
