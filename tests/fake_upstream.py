@@ -463,8 +463,7 @@ class FakeUpstream:
             await answer(200, {"input_tokens": fake_anthropic.prompt_tokens(call.parsed)})
         elif method == "POST" and path == "/v1/messages" and call.parsed.get("stream") is True:
             head = fake_anthropic.headers(request_id, b"text/event-stream; charset=utf-8")
-            await send({"type": "http.response.start", "status": 200, "headers": head})
-            await self._emit(call, send, fake_anthropic.frames(call.parsed, call.headers))
+            await self._stream(call, receive, send, fake_anthropic.frames(call.parsed, call.headers), head)
         elif method == "POST" and path == "/v1/messages":
             await answer(200, fake_anthropic.message(call.parsed, call.headers))
         elif method == "GET" and path == "/v1/models":
@@ -497,8 +496,15 @@ class FakeUpstream:
         await asyncio.gather(delay, watch, return_exceptions=True)
         return not gone
 
-    async def _stream(self, call: _Call, receive: Receive, send: Send, frames: list[bytes]) -> None:
-        headers = _headers(call, b"text/event-stream; charset=utf-8")
+    async def _stream(
+        self,
+        call: _Call,
+        receive: Receive,
+        send: Send,
+        frames: list[bytes],
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = headers or _headers(call, b"text/event-stream; charset=utf-8")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         emit = asyncio.ensure_future(self._emit(call, send, frames))
         watch = asyncio.ensure_future(_until_disconnect(receive))

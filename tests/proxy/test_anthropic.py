@@ -321,7 +321,7 @@ def test_a_stalled_stream_ends_with_an_anthropic_error_event(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
     config = anthropic_config()
-    config["upstreams"]["claude"]["stream_idle_timeout_s"] = 1
+    config["upstreams"]["claude"].update(stream_idle_timeout_s=1, timeout_s=2)
     proxy = make_proxy(config)
     request = {"model": "stall", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     # The SDK raises on the error event.
