@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from compressors.tokenizer import tokenizer_for
-from proxy.policy.anthropic import blocks
+from proxy.anthropic import blocks
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared next to a clone; two levels up from a worktree (/work/wt/<name>).

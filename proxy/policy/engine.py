@@ -29,9 +29,9 @@ from typing import Any
 
 from compressors.base import Compressor, CompressorError
 from compressors.tokenizer import Tokenizer, tokenizer_for
+from proxy.anthropic import other_texts
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
-from proxy.policy.anthropic import other_texts
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.parts import Part, extract_parts, rewrite_body

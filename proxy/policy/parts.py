@@ -4,7 +4,7 @@ Only text is ever rewritten: string message contents, ``text`` / ``input_text``
 / ``output_text`` parts of content arrays, Responses ``instructions`` and
 ``function_call_output`` outputs, completions prompts, and in Anthropic Messages
 bodies the ``system`` text, message text blocks and ``tool_result`` content
-(:mod:`proxy.policy.anthropic` finds them). Everything else
+(:mod:`proxy.anthropic` finds them). Everything else
 (images, audio, files, tool calls and their arguments, tool definitions,
 response formats, fields we do not know) is never looked at and reaches the
 upstream as the same value: :func:`rewrite_body` copies only the containers on
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.policy import anthropic
+from proxy import anthropic
 
 __all__ = ["Part", "extract_parts", "rewrite_body"]
 

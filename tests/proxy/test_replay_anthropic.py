@@ -17,7 +17,7 @@ import anthropic
 import pytest
 from harness import MakeProxy, Upstream
 
-from proxy.policy.anthropic import breakpoints
+from proxy.anthropic import breakpoints
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
