@@ -130,7 +130,7 @@ async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: f
             **{**{f: getattr(policy, f) for f in policy.__slots__}, "latency_budget_ms": 60000.0}
         )
         rewriter = PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
-        await rewriter.warm_up()
+        await rewriter.ready()
     bill = Bill()
     previous: list[bytes] = []
     for k, message in enumerate(messages):
@@ -178,7 +178,7 @@ async def replay_anthropic(
     """``(bill, fail-open count)`` of one trace's turns forwarded through ``policy``."""
     rewriter = _rewriter(policy) if policy is not None else None
     if rewriter is not None:
-        await rewriter.warm_up()
+        await rewriter.ready()
     bill = CacheBill(price / 1e6)
     fail_open = 0
     for body in bodies:

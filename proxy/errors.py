@@ -15,6 +15,7 @@ __all__ = [
     "ProxyError",
     "anthropic_error_body",
     "error_body",
+    "failing_closed",
     "internal",
     "not_found",
     "timed_out",
@@ -105,6 +106,11 @@ def timed_out(upstream: str, what: str) -> ProxyError:
 
 def unavailable(message: str) -> ProxyError:
     return ProxyError(503, message, type="server_error", code="service_unavailable", kind="unavailable")
+
+
+def failing_closed() -> ProxyError:
+    """The answer while the audit cannot be written and ``audit.on_error`` is fail-closed."""
+    return unavailable("The audit log cannot be written; the proxy is failing closed (audit.on_error).")
 
 
 def internal(request_id: str) -> ProxyError:

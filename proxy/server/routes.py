@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from proxy.exchange import COMPRESSIBLE_ROUTES
+
 __all__ = ["COMPRESSIBLE", "KNOWN", "Route", "metric_route", "route_of", "split_path", "upstream_path"]
 
 OPENAI, ANTHROPIC, AZURE = "openai", "anthropic", "azure"
 
 # Endpoints whose request bodies carry prompts the rewrite hook may compress.
-COMPRESSIBLE = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"})
+COMPRESSIBLE = frozenset(COMPRESSIBLE_ROUTES)
 
 # Routes reported as themselves in metrics; anything else is folded (ids in paths
 # would give metrics unbounded cardinality).
