@@ -73,6 +73,7 @@ def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
     given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
     if not isinstance(given_in, (int, float)) or not isinstance(given_out, (int, float)):
         return None
+
     def per_token(name: str, default: float) -> float:
         value = entry.get(name)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
