@@ -20,6 +20,7 @@ LONG_SYSTEM = " ".join(f"Rule {i}: answer politely and cite the handbook section
 TRIM = """\
 name: trim
 mode: enforce
+latency_budget_ms: 30000
 rules:
   - name: trim-system
     match: {roles: [system], min_tokens: 20}
