@@ -183,8 +183,8 @@ def _anthropic_items(body: Mapping[str, Any]) -> list[_Item]:
                 )
             )
             continue
-        if not block.texts:
-            continue
+        if not block.texts and block.role != "assistant":
+            continue  # an assistant message of tool_use / thinking blocks still counts as a turn
         item = by_message.get(block.message)
         if item is None:
             path: Path = ("system",) if block.message < 0 else ("messages", block.message)
