@@ -352,7 +352,6 @@ class ProxyApp:
                 tb = tb.tb_next
             where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
             log.error("proxy error request_id=%s error=%s at=%s", request_id, type(exc).__name__, where)
-
             await self._fail(send, ctx, internal(request_id))
         finally:
             metrics.in_flight.dec()
@@ -519,7 +518,8 @@ class ProxyApp:
         model = parsed.get("model")
         exchange.model = model if isinstance(model, str) else None
         if exchange.api == "azure":  # priced by the deployments map, else the response's model
-            exchange.model = upstream.deployments.get(exchange.deployment or "")
+            # The deployment is in the path, or (/openai/responses, /openai/v1) the body's model.
+            exchange.model = upstream.deployments.get(exchange.deployment or exchange.model or "")
         exchange.stream = parsed.get("stream") is True
         if self.services.config.audit.include_text:
             exchange.request_body = parsed

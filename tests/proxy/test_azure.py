@@ -105,6 +105,7 @@ def test_responses_and_completions_on_azure_paths_are_compressible(
     client.completions.create(model="gpt4o-prod", prompt="hello there")
     assert upstream.last().path == "/openai/deployments/gpt4o-prod/completions"
     assert [r["route"] for r in records(proxy)] == ["/v1/responses", "/v1/completions"]
+    assert [r["model"] for r in records(proxy)] == ["gpt-4o", "gpt-4o"]  # the body names the deployment
 
 
 def test_keys_mode_sends_the_upstream_key_as_api_key(make_proxy: MakeProxy, upstream: Upstream) -> None:
