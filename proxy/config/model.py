@@ -55,9 +55,8 @@ class UpstreamConfig:
     # openai: base_url ends in /v1; anthropic: the API root (https://api.anthropic.com);
     # azure: the resource root (https://<resource>.openai.azure.com).
     api: Literal["openai", "anthropic", "azure"] = "openai"
-    deployments: dict[str, str] = field(
-        default_factory=dict, hash=False
-    )  # azure: deployment -> model, for pricing
+    # azure: deployment -> model, for pricing (not hashed: the config is a dict key in the pool)
+    deployments: dict[str, str] = field(default_factory=dict, hash=False)
     timeout_s: float = 600.0  # total time for a non-streaming response
     connect_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 300.0  # max silence between stream chunks

@@ -91,10 +91,6 @@ class Authenticator:
         """Raise :class:`ProxyError` (401) when the request may not pass; ``api`` is the route's."""
         return self._by_key(creds, api) if self._keys_mode else self._passthrough(creds)
 
-    def upstream_auth(self, upstream: str) -> tuple[tuple[bytes, bytes], ...]:
-        """The credential headers ``upstream`` gets in keys mode."""
-        return self._upstream_auth[upstream] if self._keys_mode else ()
-
     def _by_key(self, creds: Credentials, api: str) -> Identity:
         key = creds.key()
         if key is None:
