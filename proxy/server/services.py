@@ -21,6 +21,8 @@ from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
 from proxy.server.workers import WorkerSeat
+from proxy.store.base import SharedStore
+from proxy.store.factory import open_store
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -84,6 +86,8 @@ class Services:
         await asyncio.to_thread(sink.prices_loaded.wait)
         self.publish_readiness()
 
+    store: SharedStore | None = None  # compression.memo's backend: the memo's shared level
+
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
         if self.reloader is not None:
@@ -100,6 +104,8 @@ class Services:
         self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
+        if self.store is not None:
+            await self.store.aclose()
 
 
 def build_services(
@@ -110,13 +116,19 @@ def build_services(
     audit: AuditSink | None = None
     if config.audit.path is not None:
         audit = JsonlAuditSink(config.audit, metrics=metrics)
+    memo = config.compression.memo
+    store = open_store(memo)  # connects on first use
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
         workers=config.compression.workers,
         metrics=metrics,
+        store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
+        memo=memo,
     )
-    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit, seat=seat)
+    services = Services(
+        config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat
+    )
     rewriter.on_warm_change = services.publish_readiness
 
     def apply(new_config: Config, policies: PolicySet) -> None:
