@@ -26,6 +26,7 @@ from multiprocessing.context import ForkServerContext
 from typing import Any
 
 from compressors.base import Compressor, CompressorError, Target
+from compressors.embedding import cache_scope
 from compressors.preserve import PreserveSpec
 from compressors.tokenizer import tokenizer_for
 from proxy.policy.query import QueryPlan, compress_around
@@ -56,6 +57,7 @@ class Job:
     plan: QueryPlan
     model: str | None
     deadline: float
+    scope: str = "-"  # whose cached vectors the compressor may use (compressors.embedding.cache_scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +86,10 @@ def _compressor(cache: dict[str, Compressor], identity: str, given: Compressor) 
 def _run(job: Job, cache: dict[str, Compressor]) -> Done:
     compressor = _compressor(cache, job.identity, job.compressor)
     started = time.perf_counter()
-    new_text, note = compress_around(
-        compressor, job.text, target=job.target, plan=job.plan, preserve=job.preserve, model=job.model
-    )
+    with cache_scope(job.scope):
+        new_text, note = compress_around(
+            compressor, job.text, target=job.target, plan=job.plan, preserve=job.preserve, model=job.model
+        )
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
     if after >= job.tokens:

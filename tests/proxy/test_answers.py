@@ -8,7 +8,9 @@ false) means off; ``tersegate audit verify`` with no path checks the config's au
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -34,6 +36,15 @@ def tidy(*, override: bool = False, mode: str = "enforce") -> dict[str, str]:
     return {"tidy": TIDY.format(override=str(override).lower(), mode=mode)}
 
 
+def ready(proxy: Any) -> Any:
+    """Wait until the proxy's compression workers are up and warm (``/healthz`` says so)."""
+    deadline = time.monotonic() + 120
+    while httpx.get(proxy.url + "/healthz").json().get("compression") != "ready":
+        assert time.monotonic() < deadline, "compression never became ready"
+        time.sleep(0.1)
+    return proxy
+
+
 def ask(proxy_url: str, mode: str) -> httpx.Response:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": SPACED}]}
     headers = {"Authorization": "Bearer sk-client", "X-Tersegate-Mode": mode}
@@ -52,14 +63,14 @@ def test_unknown_team_is_403_naming_the_team_header(spawn_proxy: MakeProxy, upst
 
 
 def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
-    strict = spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=False))
+    strict = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=False)))
     refused = ask(strict.url, "off")
     assert refused.status_code == 200
     assert refused.headers["x-tersegate-mode"] == "enforce"
     assert refused.headers["x-tersegate-mode-override"].startswith("refused")
     assert len(upstream.last().body) < len(SPACED)  # compressed anyway
 
-    open_ = spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=True))
+    open_ = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=True)))
     applied = ask(open_.url, "off")
     assert applied.headers["x-tersegate-mode"] == "off"
     assert applied.headers["x-tersegate-mode-override"] == "applied"
@@ -72,7 +83,7 @@ def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy,
 
 
 def test_unquoted_mode_off_means_off(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
-    proxy = spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(mode="off"))
+    proxy = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(mode="off")))
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": SPACED}]}
     response = httpx.post(
         proxy.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer k"}
