@@ -1,8 +1,8 @@
 """``tersegate compress --team T [--route R] [--explain] < request.json``.
 
 Prints the exact body the proxy would forward for that team: the same rewrite
-hook (``build_services(config).rewriter``), the same serialization (orjson for
-a rewritten body, the original bytes when nothing changed). ``--explain``
+hook (``build_services(config).rewriter``), the same serialization (changed values spliced into
+the original bytes, the original bytes when nothing changed). ``--explain``
 prints a table per text part on stderr.
 """
 
@@ -25,6 +25,7 @@ from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
 from proxy.policy.engine import PolicyRewriter
 from proxy.server.services import build_services
+from proxy.server.splice import encode_rewrite
 from proxy.usage import prepare_stream
 
 __all__ = ["register", "rewrite_request"]
@@ -63,7 +64,10 @@ async def rewrite_request(
             prepared, injected = prepare_stream(new if new is not None else parsed, route=route)
             if injected:
                 new = prepared
-        return (orjson.dumps(new) if new is not None else body), rewrite
+        if new is None:
+            return body, rewrite
+        encoded = encode_rewrite(body, parsed, new)  # as the server does: changed values spliced in
+        return (encoded if encoded is not None else body), rewrite
     finally:
         await services.aclose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import re
@@ -26,10 +27,14 @@ from proxy.errors import ProxyError, error_body, internal, too_large, unavailabl
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
+from proxy.server.body import BUFFER_BYTES, UsageTail, relay_body
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
+from proxy.server.hop import HOP_REQUEST, connection_tokens, response_headers, without
+from proxy.server.paths import bad_path, path_problem
 from proxy.server.relay import relay_stream, watch_disconnect
 from proxy.server.routes import COMPRESSIBLE, metric_route, split_path
 from proxy.server.services import Services
+from proxy.server.splice import encode_rewrite
 from proxy.usage import UsageTap, prepare_stream
 
 __all__ = ["ProxyApp", "create_app"]
@@ -42,36 +47,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Request headers never forwarded (hop-by-hop, or recomputed by the client library).
-_HOP_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"expect",
-    }
-)
-# Response headers never relayed (hop-by-hop; framing is the proxy's own).
-_HOP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"content-length",
-        b"trailer",
-        b"upgrade",
-        b"te",
-    }
-)
 _TERSEGATE_PREFIX = b"x-tersegate-"
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -160,10 +135,13 @@ def _request_headers(
     forward: list[tuple[bytes, bytes]] = []
     creds = Credentials()
     length: int | None = None
+    named: list[bytes] = []
     for name, value in raw:
-        if name in _HOP_REQUEST:
+        if name in HOP_REQUEST:
             if name == b"content-length" and value.isdigit():
                 length = int(value)
+            elif name == b"connection":
+                named.append(value)
             continue
         if name in KEY_HEADERS:
             if name == b"authorization":
@@ -177,6 +155,10 @@ def _request_headers(
                 creds.team = value
             continue
         forward.append((name, value))
+    if named:  # headers the client named in Connection are for this hop only (RFC 9110 7.6.1)
+        tokens = connection_tokens(named)
+        if tokens:
+            forward = without(forward, tokens)
     return forward, creds, length
 
 
@@ -208,10 +190,6 @@ def _limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
         if name == b"accept-encoding":
             kept = [p for p in value.split(b",") if p.split(b";")[0].strip().lower() in _DECODABLE]
             headers[i] = (name, b",".join(kept).strip() or b"identity")
-
-
-def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in raw if name.lower() not in _HOP_RESPONSE]
 
 
 def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
@@ -313,6 +291,9 @@ class ProxyApp:
         route = split_path(scope["path"])[0]
         metrics.in_flight.inc()
         try:
+            problem = path_problem(scope.get("raw_path") or scope["path"].encode())
+            if problem is not None:  # before routing, policy and audit look at it
+                raise bad_path(problem)
             await self._forward(scope, receive, send, ctx)
         except ProxyError as exc:
             await self._fail(send, ctx, exc)
@@ -505,7 +486,15 @@ class ProxyApp:
             tap = UsageTap(injected)
             if injected:
                 new = prepared
-        return (orjson.dumps(new) if new is not None else body), exchange.stream, tap
+        if new is None:
+            return body, exchange.stream, tap
+        encoded = encode_rewrite(body, parsed, new)
+        if encoded is None:  # fail open: what the client sent can still be forwarded
+            exchange.rewrite = dataclasses.replace(
+                rewrite, body=None, fail_open="the rewritten body could not be encoded"
+            )
+            return body, exchange.stream, UsageTap(False) if tap is not None else None
+        return encoded, exchange.stream, tap
 
     async def _respond(
         self,
@@ -524,16 +513,19 @@ class ProxyApp:
         exchange.status = ctx.status = response.status
         request_id = response.header(b"x-request-id")
         exchange.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
-        headers = _response_headers(response.raw_headers)
+        headers = response_headers(response.raw_headers)
         headers.extend(_tersegate_headers(exchange))
         content_type = response.header(b"content-type")
         if content_type is not None and content_type[:17].lower() == b"text/event-stream":
             await self._stream(response, upstream, t0, headers, receive, send, ctx, tap)
             return
         try:
-            body = await response.read(deadline=deadline)
+            body, complete = await response.read_some(limit=BUFFER_BYTES, deadline=deadline)
         except Exception as exc:
             raise read_failure(upstream, exc, streaming=False) from None
+        if not complete:
+            await self._relay_large(response, body, deadline, upstream, t0, headers, send, ctx)
+            return
         exchange.upstream_ms = (time.perf_counter() - t0) * 1000
         if ctx.audited and response.status < 400:
             exchange.usage = _usage_of(body, response.header(b"content-encoding"))
@@ -542,6 +534,52 @@ class ProxyApp:
         ctx.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_large(
+        self,
+        response: UpstreamResponse,
+        first: bytes,
+        deadline: float,
+        upstream: UpstreamConfig,
+        t0: float,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        ctx: _Ctx,
+    ) -> None:
+        """A body over BUFFER_BYTES goes to the client as it arrives (proxy/server/body.py)."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        length = response.header(b"content-length")
+        if length is not None and length.strip().isdigit():
+            headers.append((b"content-length", length.strip()))  # the same bytes follow
+        want_usage = ctx.audited and response.status < 400
+        tail = UsageTail(response.header(b"content-encoding")) if want_usage else None
+        loop = asyncio.get_running_loop()
+
+        async def commit() -> None:
+            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+            if tail is not None:
+                exchange.usage = tail.usage()
+            await self._commit(ctx)
+
+        ctx.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            await relay_body(
+                response,
+                first=first,
+                timeout=lambda: deadline - loop.time(),
+                send=send,
+                tail=tail,
+                commit=commit,
+            )
+        except Exception as exc:
+            # Returning with the body unfinished makes uvicorn drop the connection: the client sees
+            # a cut response, not a complete-looking short one.
+            failure = exc if isinstance(exc, ProxyError) else read_failure(upstream, exc, streaming=False)
+            exchange.error = failure.kind
+            self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
+            await commit()
 
     async def _stream(
         self,

@@ -1,0 +1,113 @@
+"""Relaying a large non-stream response body as it arrives, with bounded memory.
+
+A buffered response is read whole when it fits in :data:`BUFFER_BYTES` (usage is
+read from the parsed body, the audit committed, then the body sent with its
+length). A bigger body (a large embeddings batch, a file download) is not held:
+the bytes read so far and then every chunk go to the client as they arrive, and
+the upstream is read only as fast as the client takes them (so one response
+holds at most the upstream client's pause threshold plus one write). The last
+chunk is held back until the audit record is committed, so the order "record
+before the client's last byte" still holds. Usage is read from the last
+:data:`TAIL_BYTES` of the (decoded) body, where OpenAI puts its ``usage`` object.
+If the upstream fails mid-body, the client's connection is closed without ending
+the body, so the client sees a truncated response, never a short one that looks
+whole.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from proxy.server.forward import UpstreamResponse
+from proxy.server.splice import value_end
+
+__all__ = ["BUFFER_BYTES", "TAIL_BYTES", "UsageTail", "relay_body"]
+
+BUFFER_BYTES = 8 << 20  # bodies up to this size are buffered whole: exact usage, a content-length
+TAIL_BYTES = 64 << 10
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Commit = Callable[[], Awaitable[None]]
+
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
+
+
+class UsageTail:
+    """Keeps the last :data:`TAIL_BYTES` of a body (decoding gzip/deflate) to read ``usage`` from."""
+
+    __slots__ = ("_decoder", "_tail", "broken")
+
+    def __init__(self, encoding: bytes | None) -> None:
+        self._tail = b""
+        self.broken = False
+        self._decoder: Any = None
+        if encoding:
+            if encoding.strip().lower() in (b"gzip", b"deflate"):
+                self._decoder = zlib.decompressobj(47)  # gzip or zlib header, auto-detected
+            else:
+                self.broken = True
+
+    def feed(self, chunk: bytes) -> None:
+        if self.broken:
+            return
+        if self._decoder is not None:
+            try:
+                # Bounded output per step: only the tail is kept, whatever the ratio.
+                data = self._decoder.decompress(chunk, TAIL_BYTES)
+                while self._decoder.unconsumed_tail:
+                    self._keep(data)
+                    data = self._decoder.decompress(self._decoder.unconsumed_tail, TAIL_BYTES)
+                chunk = data
+            except zlib.error:
+                self.broken = True
+                return
+        self._keep(chunk)
+
+    def _keep(self, data: bytes) -> None:
+        joined = self._tail + data
+        self._tail = joined[-TAIL_BYTES:]
+
+    def usage(self) -> dict[str, Any] | None:
+        """The last ``"usage": {...}`` object in the tail, if it is whole there."""
+        if self.broken:
+            return None
+        matches = list(_USAGE_KEY.finditer(self._tail))
+        if not matches:
+            return None
+        start = matches[-1].end() - 1
+        try:
+            parsed = orjson.loads(self._tail[start : value_end(self._tail, start)])
+        except Exception:  # a cut or odd tail: no usage, never a failed response
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+
+async def relay_body(
+    response: UpstreamResponse,
+    *,
+    first: bytes,
+    timeout: Callable[[], float],
+    send: Send,
+    tail: UsageTail | None,
+    commit: Commit,
+) -> None:
+    """Send ``first`` and the rest of the body (headers were sent by the caller); commit before the
+    last chunk. Raises the upstream's read error; the caller then drops the client connection."""
+    held = first
+    if tail is not None:
+        tail.feed(first)
+    while True:
+        chunk = await response.next_chunk(timeout())
+        if chunk is None:
+            break
+        if tail is not None:
+            tail.feed(chunk)
+        await send({"type": "http.response.body", "body": held, "more_body": True})
+        held = chunk
+    await commit()
+    await send({"type": "http.response.body", "body": held, "more_body": False})
