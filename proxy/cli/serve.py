@@ -11,9 +11,10 @@ from typing import Any
 import uvicorn
 
 from proxy.cli.check import problems
-from proxy.config.model import ConfigErrors
+from proxy.config.model import ConfigErrors, LimitsConfig
 from proxy.logs import setup_logging
 from proxy.server.app import create_app
+from proxy.server.limits import limited_protocol
 from proxy.server.services import build_services
 
 __all__ = ["register", "uvicorn_config"]
@@ -21,14 +22,16 @@ __all__ = ["register", "uvicorn_config"]
 log = logging.getLogger("tersegate.serve")
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:
-    """uvicorn with uvloop and httptools, no access log, our own logging setup."""
+def uvicorn_config(
+    app: Any, *, host: str, port: int, log_level: str, limits: LimitsConfig | None = None
+) -> uvicorn.Config:
+    """uvicorn with uvloop and httptools (with the client limits), no access log, our own logging setup."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits or LimitsConfig()),
         ws="none",
         lifespan="on",
         access_log=False,
@@ -60,7 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     port = config.listen.port if args.port is None else args.port
     log.info("serving on http://%s:%d (auth: %s, config: %s)", host, port, config.auth, path)
     server = uvicorn.Server(
-        uvicorn_config(create_app(services), host=host, port=port, log_level=config.log_level)
+        uvicorn_config(
+            create_app(services), host=host, port=port, log_level=config.log_level, limits=config.limits
+        )
     )
     server.run()
     return 0

@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigErrors",
+    "LimitsConfig",
     "ListenConfig",
     "TeamConfig",
     "UpstreamConfig",
@@ -38,6 +39,19 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client may hold of the server (enforced by proxy/server/limits.py)."""
+
+    max_header_bytes: int = 64 * 1024  # request line + headers; more gets 431
+    max_headers: int = 100  # header fields per request; more gets 431
+    header_timeout_s: float = (
+        10.0  # from connect (or first byte of the next request) to the end of its headers
+    )
+    keepalive_timeout_s: float = 15.0  # idle time between requests on a kept-alive connection
+    max_connections: int = 2048  # open client connections; requests on more get 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,7 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     audit: AuditConfig = AuditConfig()
     compression: CompressionConfig = CompressionConfig()
+    limits: LimitsConfig = LimitsConfig()
     teams: dict[str, TeamConfig] = field(default_factory=dict)
     log_level: str = "info"
     # Positions of team policy references, for policy errors that point into config.yaml.
@@ -206,6 +221,30 @@ def _parse_compression(node: Node | None, errors: list[ConfigError]) -> Compress
     return result
 
 
+def _parse_limits(node: Node | None, errors: list[ConfigError]) -> LimitsConfig:
+    if node is None or node.value is None:
+        return LimitsConfig()
+    f = Fields(node, errors, what="limits")
+    d = LimitsConfig()
+    for key in ("max_header_bytes", "max_headers", "max_connections"):
+        f.check(
+            key,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "must be a positive integer",
+        )
+    for key in ("header_timeout_s", "keepalive_timeout_s"):
+        f.check(key, _positive, "must be a positive number of seconds")
+    limits = LimitsConfig(
+        max_header_bytes=f.get("max_header_bytes", int, d.max_header_bytes),
+        max_headers=f.get("max_headers", int, d.max_headers),
+        header_timeout_s=f.get("header_timeout_s", float, d.header_timeout_s),
+        keepalive_timeout_s=f.get("keepalive_timeout_s", float, d.keepalive_timeout_s),
+        max_connections=f.get("max_connections", int, d.max_connections),
+    )
+    f.finish()
+    return limits
+
+
 def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
     if node is None or node.value is None:
         return ListenConfig()
@@ -289,6 +328,7 @@ def load_config(path: Path) -> Config:
         max_body_bytes=f.get("max_body_bytes", int, 32 * 1024 * 1024),
         audit=_parse_audit(f.node_of("audit"), base, errors),
         compression=_parse_compression(f.node_of("compression"), errors),
+        limits=_parse_limits(f.node_of("limits"), errors),
         teams=teams,
         log_level=str(f.get("log_level", str, "info")).lower(),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
