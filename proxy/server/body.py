@@ -28,7 +28,7 @@ from proxy.server.splice import value_end
 
 __all__ = ["BUFFER_BYTES", "TAIL_BYTES", "UsageTail", "relay_body"]
 
-BUFFER_BYTES = 8 << 20  # bodies up to this size are buffered whole: exact usage, a content-length
+BUFFER_BYTES = 1 << 20  # bodies up to this size are buffered whole: usage parsed exactly, a content-length
 TAIL_BYTES = 64 << 10
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]

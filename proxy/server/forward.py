@@ -35,7 +35,7 @@ from proxy.errors import ProxyError, timed_out, unreachable
 __all__ = ["UpstreamPool", "UpstreamResponse"]
 
 _IDLE_EXPIRY_S = 30.0  # keep-alive connections idle longer than this are not reused
-_PAUSE_BYTES = 1 << 22  # stop reading a stream the client is not keeping up with beyond 4 MiB
+_PAUSE_BYTES = 1 << 20  # stop reading a body the client is not keeping up with beyond 1 MiB
 
 
 class _Timeout(Exception):
