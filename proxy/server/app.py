@@ -27,7 +27,7 @@ from proxy.errors import ProxyError, error_body, internal, too_large, unavailabl
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
-from proxy.server.body import BUFFER_BYTES, UsageTail, relay_body
+from proxy.server.body import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, usage_of
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.hop import HOP_REQUEST, connection_tokens, response_headers, without
 from proxy.server.paths import bad_path, path_problem
@@ -180,18 +180,6 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-_DECODABLE = frozenset({b"gzip", b"deflate", b"identity"})
-
-
-def _limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
-    """On audited routes, ask only for encodings the proxy can read usage from (zlib's); the
-    client advertised these itself, so it still decodes the response."""
-    for i, (name, value) in enumerate(headers):
-        if name == b"accept-encoding":
-            kept = [p for p in value.split(b",") if p.split(b";")[0].strip().lower() in _DECODABLE]
-            headers[i] = (name, b",".join(kept).strip() or b"identity")
-
-
 def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     out = [(b"x-tersegate-request-id", exchange.request_id.encode())]
     if not exchange.compressible:
@@ -205,25 +193,6 @@ def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
         out.append((b"x-tersegate-policy", rw.policy.encode("utf-8", "replace")))
         out.append((b"x-tersegate-mode", rw.mode.encode()))
     return out
-
-
-def _usage_of(body: bytes, encoding: bytes | None) -> dict[str, Any] | None:
-    """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
-    if encoding:
-        import zlib
-
-        if encoding.strip().lower() not in (b"gzip", b"deflate"):
-            return None
-        try:
-            body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
-        except zlib.error:
-            return None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else None
 
 
 class ProxyApp:
@@ -402,7 +371,7 @@ class ProxyApp:
         ):
             raise unavailable("The audit log cannot be written; the proxy is failing closed.")
         if ctx.audited:
-            _limit_encodings(headers)
+            limit_encodings(headers)
         body = await _read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, body, scope["headers"])
         headers.extend(identity.upstream_auth)
@@ -528,7 +497,7 @@ class ProxyApp:
             return
         exchange.upstream_ms = (time.perf_counter() - t0) * 1000
         if ctx.audited and response.status < 400:
-            exchange.usage = _usage_of(body, response.header(b"content-encoding"))
+            exchange.usage = usage_of(body, response.header(b"content-encoding"))
         await self._commit(ctx)
         headers.append((b"content-length", str(len(body)).encode()))
         ctx.started = True

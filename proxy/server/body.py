@@ -11,7 +11,8 @@ before the client's last byte" still holds. Usage is read from the last
 :data:`TAIL_BYTES` of the (decoded) body, where OpenAI puts its ``usage`` object.
 If the upstream fails mid-body, the client's connection is closed without ending
 the body, so the client sees a truncated response, never a short one that looks
-whole.
+whole. The module also reads usage from a buffered body (:func:`usage_of`) and
+keeps audited requests to encodings that can be read (:func:`limit_encodings`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 from proxy.server.forward import UpstreamResponse
 from proxy.server.splice import value_end
 
-__all__ = ["BUFFER_BYTES", "TAIL_BYTES", "UsageTail", "relay_body"]
+__all__ = ["BUFFER_BYTES", "TAIL_BYTES", "UsageTail", "limit_encodings", "relay_body", "usage_of"]
 
 BUFFER_BYTES = 1 << 20  # bodies up to this size are buffered whole: usage parsed exactly, a content-length
 TAIL_BYTES = 64 << 10
@@ -35,6 +36,35 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Commit = Callable[[], Awaitable[None]]
 
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
+
+
+_DECODABLE = frozenset({b"gzip", b"deflate", b"identity"})
+
+
+def limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
+    """On audited routes, ask only for encodings the proxy can read usage from (zlib's); the
+    client advertised these itself, so it still decodes the response."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"accept-encoding":
+            kept = [p for p in value.split(b",") if p.split(b";")[0].strip().lower() in _DECODABLE]
+            headers[i] = (name, b",".join(kept).strip() or b"identity")
+
+
+def usage_of(body: bytes, encoding: bytes | None) -> dict[str, Any] | None:
+    """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
+    if encoding:
+        if encoding.strip().lower() not in (b"gzip", b"deflate"):
+            return None
+        try:
+            body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
+        except zlib.error:
+            return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
 
 
 class UsageTail:
