@@ -1,8 +1,8 @@
 """``tersegate compress --team T [--route R] [--explain] < request.json``.
 
 Prints the exact body the proxy would forward for that team: the same rewrite
-hook (``build_services(config).rewriter``), the same serialization (changed values spliced into
-the original bytes, the original bytes when nothing changed). ``--explain``
+hook (``build_services(config).rewriter``), the same serialization (orjson for
+a rewritten body, the original bytes when nothing changed). ``--explain``
 prints a table per text part on stderr.
 """
 
@@ -23,10 +23,8 @@ from rich.table import Table
 
 from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
-from proxy.policy.engine import PolicyRewriter
 from proxy.server.services import build_services
-from proxy.server.splice import encode_rewrite
-from proxy.usage import prepare_stream
+from proxy.usage import forwarded_body
 
 __all__ = ["register", "rewrite_request"]
 
@@ -56,18 +54,10 @@ async def rewrite_request(
             model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
             stream=parsed.get("stream") is True,
         )
-        if isinstance(services.rewriter, PolicyRewriter):
-            await services.rewriter.warm_up()  # as a running server has: models loaded before requests
+        await services.rewriter.ready()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
-        new = rewrite.body
-        if exchange.stream:  # as the server does: ask the upstream for stream usage
-            prepared, injected = prepare_stream(new if new is not None else parsed, route=route)
-            if injected:
-                new = prepared
-        if new is None:
-            return body, rewrite
-        encoded = encode_rewrite(body, parsed, new)  # as the server does: changed values spliced in
-        return (encoded if encoded is not None else body), rewrite
+        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=route)
+        return out, rewrite
     finally:
         await services.aclose()
 

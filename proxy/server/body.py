@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
+from proxy.server.asgi import Send
 from proxy.server.forward import UpstreamResponse
-from proxy.server.splice import value_end
+from proxy.splice import value_end
 
 __all__ = ["BUFFER_BYTES", "TAIL_BYTES", "UsageTail", "limit_encodings", "relay_body", "usage_of"]
 
 BUFFER_BYTES = 1 << 20  # bodies up to this size are buffered whole: usage parsed exactly, a content-length
 TAIL_BYTES = 64 << 10
 
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Commit = Callable[[], Awaitable[None]]
 
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')

@@ -1,4 +1,4 @@
-"""Rewritten bodies keep every byte of what was not rewritten (proxy/server/splice.py): big integers,
+"""Rewritten bodies keep every byte of what was not rewritten (proxy/splice.py): big integers,
 number spellings, nesting deeper than orjson can serialise; and a body that cannot be encoded is
 forwarded as sent, never failed."""
 
@@ -84,7 +84,7 @@ def test_a_compressed_deep_request_is_spliced_not_failed(make_proxy: MakeProxy, 
 
 
 def test_encode_rewrite_splices_changes_and_drops() -> None:
-    from proxy.server.splice import encode_rewrite  # here: the file also runs against main
+    from proxy.splice import encode_rewrite  # here: the file also runs against main
 
     data = b'{"a": ' + BIG + b', "m": [{"c": "x"}, {"c": "y"}, {"c": "z"}], "d": {"k": 1}, "d": {"k": 2}}'
     old = orjson.loads(data)
@@ -103,9 +103,13 @@ def test_encode_rewrite_splices_changes_and_drops() -> None:
 def test_a_body_that_cannot_be_re_encoded_is_forwarded_as_sent(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
-    proxy = make_proxy({"audit": {"path": "audit/audit.jsonl"}})
-    # Duplicate keys (no splice) and 300 levels (no orjson.dumps): the proxy cannot add include_usage.
-    body = chat_body(stream=True, depth=300)[:-1] + b', "metadata": {"note": "again"}}'
+    proxy = make_proxy(
+        {"teams": {"default": {"policy": "tidy"}}, "audit": {"path": "audit/audit.jsonl"}},
+        policies={"tidy": TIDY},
+    )
+    # Duplicate keys (no splice) and 300 levels (no orjson.dumps): neither the compressed text nor
+    # include_usage can be put in, so the client's bytes go as they are.
+    body = chat_body(stream=True, depth=300, content=LONG)[:-1] + b', "metadata": {"note": "again"}}'
     reply = post(proxy, body)
     assert reply.status_code == 200 and b"data: [DONE]" in reply.content
     assert upstream.last().body == body
