@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,41 @@ def test_usage_tail_reads_the_last_usage_object_through_gzip() -> None:
     tail.feed(b"\x00\x01")
     assert tail.usage() is None
     assert json.loads(body)["usage"]["prompt_tokens"] == 7
+
+
+def test_a_client_leaving_a_large_download_drops_the_upstream_and_is_audited(make_proxy: MakeProxy) -> None:
+    closed = threading.Event()  # set on the upstream's loop thread, read here
+    payload = b"y" * (256 << 10)
+
+    async def endless(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n"
+            % (1 << 34)
+        )
+        try:
+            while True:  # 16 GiB announced: only a client that stays would get it
+                writer.write(payload)
+                await writer.drain()
+        except ConnectionError:
+            closed.set()
+            return False
+
+    with RawUpstream(endless) as raw:
+        proxy = make_proxy(
+            {
+                "upstreams": {"fake": {"base_url": raw.base_url, "timeout_s": 30}},
+                "audit": {"path": "audit/audit.jsonl", "all_routes": True},
+            }
+        )
+        with httpx.stream("GET", proxy.base_url + "/files/big/content", timeout=10) as r:
+            got = 0
+            for piece in r.iter_raw():
+                got += len(piece)
+                if got > 8 * MB:
+                    break
+        left = time.monotonic()
+        while not closed.is_set():
+            assert time.monotonic() - left < 3, "the upstream kept sending to a client that left"
+            time.sleep(0.02)
+        [record] = records(proxy)
+        assert record["client_disconnected"] is True
