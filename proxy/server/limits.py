@@ -95,9 +95,16 @@ class _LimitedProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _responding(self) -> bool:
+        """A response is still going out (a pipelined head must not be answered into it)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
+            return
+        if self._responding():
+            self._arm_head_timer()  # a pipelined head waits its turn; the clock restarts after
             return
         if self._head_bytes == 0:
             self.transport.close()  # nothing sent: like an expired keep-alive connection
@@ -110,7 +117,8 @@ class _LimitedProtocol(HttpToolsProtocol):
         self._in_head = False
         log.debug("refused a request: %d %s", status, code)
         if not self.transport.is_closing():
-            self.transport.write(_refusal(status, message, code))
+            if not self._responding():  # else only the close: never bytes inside another response
+                self.transport.write(_refusal(status, message, code))
             self.transport.close()
 
     def _too_large(self) -> None:
