@@ -25,7 +25,11 @@ direct has none), which is a property of the machine rather than of the proxy;
 the one-CPU figure is the proxy's own added latency. Streaming time to first
 chunk is measured in the one-CPU placement.
 
-    python bench/overhead.py [--duration 8] [--repeats 3] [--stream-n 200] [--no-litellm]
+    python bench/overhead.py [--duration 8] [--repeats 3] [--stream-n 200] [--no-litellm] [--baseline DIR]
+
+``--baseline DIR`` adds the same two tersegate targets importing the code in DIR
+(``PYTHONPATH``), measured interleaved with the others: a before/after comparison
+that sees the same background load.
 
 Prints a table and writes it, with the command, to bench/results/overhead.md.
 """
@@ -239,7 +243,7 @@ def first_chunk_ms(url: str, n: int) -> float:
 
 
 def start_targets(
-    folder: Path, *, litellm: bool
+    folder: Path, *, litellm: bool, baseline: Path | None = None
 ) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, str]]:
     up_port = free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -250,10 +254,16 @@ def start_targets(
     urls["direct"] = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     wait_ready(urls["direct"], procs["direct"])
     tersegate = shutil.which("tersegate", path=str(Path(sys.executable).parent)) or "tersegate"
-    for name, audit in (("tersegate (audit off)", False), ("tersegate (audit on)", True)):
+    variants = [("tersegate (audit off)", False, None), ("tersegate (audit on)", True, None)]
+    if baseline is not None:  # the same tersegate command, importing the code at ``baseline``
+        env = {"PYTHONPATH": str(baseline)}
+        variants += [("baseline (audit off)", False, env), ("baseline (audit on)", True, env)]
+    for name, audit, env in variants:
         port = free_port()
         config = tersegate_config(folder, up_port, port, audit=audit)
-        procs[name] = start([tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log")
+        procs[name] = start(
+            [tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log", env=env
+        )
         urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
         wait_ready(urls[name], procs[name])
     if litellm:
@@ -308,6 +318,12 @@ def main() -> int:
     parser.add_argument("--stream-n", type=int, default=200)
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/overhead.md")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also measure the code in this folder (e.g. `git archive main` unpacked), interleaved",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or (os.cpu_count() or 1) < 2:
         print("needs wrk (apt-get install -y wrk) and 2 CPUs", file=sys.stderr)
@@ -320,7 +336,7 @@ def main() -> int:
     load_start = os.getloadavg()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs, urls = start_targets(folder, litellm=not args.no_litellm)
+        procs, urls = start_targets(folder, litellm=not args.no_litellm, baseline=args.baseline)
         cells, ttfc = measure(args, procs, urls, script)
     finally:
         for proc in procs.values():
@@ -349,7 +365,8 @@ def render(
         "# Forwarding overhead (bench/overhead.py)",
         "",
         f"Command: `python bench/overhead.py --duration {args.duration} --repeats {args.repeats} "
-        f"--stream-n {args.stream_n}{' --no-litellm' if args.no_litellm else ''}`",
+        f"--stream-n {args.stream_n}{' --no-litellm' if args.no_litellm else ''}"
+        f"{' --baseline ' + str(args.baseline) if args.baseline else ''}`",
         "",
         f"Machine: {os.cpu_count()} CPUs (a VM); 1-minute load average {load_start[0]:.2f} at start, "
         f"{load_end[0]:.2f} at end: other engineers' jobs share the machine, so req/s and latencies are "
@@ -374,7 +391,7 @@ def render(
             f"| {errors} |"
         )
     lines += ["", "Bars:"]
-    for name in ("tersegate (audit off)", "tersegate (audit on)"):
+    for name in [t for t in targets if t.startswith(("tersegate", "baseline"))]:
         added = (m(name, 1, "one", "p50_ms") - m("direct", 1, "one", "p50_ms")) * 1000
         added_split = (m(name, 1, "split", "p50_ms") - m("direct", 1, "split", "p50_ms")) * 1000
         rps = m(name, 32, "split", "rps")
