@@ -50,21 +50,23 @@ def limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
             headers[i] = (name, b",".join(kept).strip() or b"identity")
 
 
-def usage_of(body: bytes, encoding: bytes | None) -> dict[str, Any] | None:
-    """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
+def usage_of(body: bytes, encoding: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``(usage, model)`` of a JSON response body, if any (decoding gzip/deflate to read it)."""
     if encoding:
         if encoding.strip().lower() not in (b"gzip", b"deflate"):
-            return None
+            return None, None
         try:
             body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
         except zlib.error:
-            return None
+            return None, None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else None
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    usage, model = parsed.get("usage"), parsed.get("model")
+    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
 
 
 class UsageTail:
