@@ -10,9 +10,9 @@ and forwarded. :func:`limited_protocol` returns a subclass of that protocol that
 - counts the bytes of a request's head as they arrive, and answers 431 once they
   pass ``max_header_bytes`` (so no more than that plus one read is buffered), or
   once the head holds more than ``max_headers`` fields;
-- gives a client ``header_timeout_s`` from connecting, or from the first byte of
-  its next request, to finish the head: then 408 (or a silent close if it sent
-  nothing, like an expired keep-alive connection);
+- gives a client ``header_timeout_s`` from connecting, or from the first read of
+  its next request's head that does not complete it, to finish the head: then 408
+  (or a silent close if it sent nothing, like an expired keep-alive connection);
 - answers requests on connections beyond ``max_connections`` with 503 and closes them.
 
 Every refusal is in OpenAI's error shape and closes the connection. The checks
@@ -131,7 +131,6 @@ class _LimitedProtocol(HttpToolsProtocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
-            self._arm_head_timer()
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -144,8 +143,11 @@ class _LimitedProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self._bad_request()
         else:
-            if self._in_head and self._head_bytes > self.limits.max_header_bytes:
-                self._too_large()  # still inside the head, and already too much of it
+            if self._in_head and self._head_bytes:  # a head begun and not finished in this read
+                if self._head_bytes > self.limits.max_header_bytes:
+                    self._too_large()  # still inside the head, and already too much of it
+                else:
+                    self._arm_head_timer()  # (a head that arrives whole, the usual case, needs no timer)
 
     def _bad_request(self) -> None:
         self._cancel_head_timer()
