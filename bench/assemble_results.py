@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("overhead", "speed", "quality_relevance", "quality_tokens", "policy", "anthropic", "audit")
+ORDER = (
+    "overhead",
+    "forwarding_hardening",
+    "speed",
+    "quality_relevance",
+    "quality_tokens",
+    "policy",
+    "anthropic",
+    "audit",
+)
 
 
 def main() -> None:
