@@ -17,6 +17,7 @@ ORDER = (
     "quality_tokens",
     "policy",
     "anthropic",
+    "memo",
     "audit",
 )
 
