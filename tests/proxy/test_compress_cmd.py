@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,13 +33,18 @@ def agent_request(turn: int) -> bytes:
     return json.dumps({"model": "gpt-4o", "messages": messages}, indent=1).encode()
 
 
+def _pythonpath() -> dict[str, str]:
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
+
 def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [*tersegate_command(), "compress", "--config", str(config), *args],
         input=request,
         capture_output=True,
         timeout=120,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH kept: in a worktree it points at the code under test (not the venv's install).
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", **_pythonpath()},
     )
 
 
