@@ -70,13 +70,26 @@ def serve(base_url: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     argv = [exe, "serve", "--config", str(folder / "config.yaml"), "--port", str(port)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(600):
         try:
             httpx.get(url + "/healthz")
-            return proc, url
+            break
         except httpx.TransportError:
             time.sleep(0.05)
-    raise RuntimeError("tersegate serve did not start")
+    else:
+        raise RuntimeError("tersegate serve did not start")
+    settle(proc.pid)
+    return proc, url
+
+
+def settle(pid: int) -> None:
+    """Wait until the proxy's start-up work (background warm-up) stops raising its peak RSS."""
+    last, quiet = peak_rss_mb(pid), 0
+    while quiet < 3:
+        time.sleep(0.5)
+        now = peak_rss_mb(pid)
+        quiet = quiet + 1 if now == last else 0
+        last = now
 
 
 def download(size_mb: int, folder: Path) -> str:

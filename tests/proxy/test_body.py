@@ -116,7 +116,11 @@ def test_memory_stays_bounded_for_a_200_mb_download(spawn_proxy: Any) -> None:
         proxy = spawn_proxy({"upstreams": {"fake": {"base_url": raw.base_url, "timeout_s": 60}}})
         assert proxy.proc is not None
         httpx.get(proxy.url + "/healthz")
-        before = _rss_peak_kb(proxy.proc.pid)
+        before, quiet = _rss_peak_kb(proxy.proc.pid), 0
+        while quiet < 3:  # the start-up warm-up (models, memo) runs in the background: let it finish
+            time.sleep(0.5)
+            now = _rss_peak_kb(proxy.proc.pid)
+            before, quiet = now, quiet + 1 if now == before else 0
         size = 0
         with httpx.stream("GET", proxy.base_url + "/files/file-1/content", timeout=60) as r:
             for piece in r.iter_raw():
