@@ -40,9 +40,12 @@ def _detail(usage: Mapping[str, Any], key: str, field: str) -> int | None:
 
 def normalize_usage(raw: Mapping[str, Any] | None) -> dict[str, int | None] | None:
     """The upstream's usage object in the audit record's names, for chat, completions,
-    embeddings (prompt tokens only) and the Responses API (input/output tokens)."""
+    embeddings (prompt tokens only), the Responses API (input/output tokens) and Anthropic
+    Messages (which add ``cache_write_tokens`` and ``cache_write_1h_tokens``)."""
     if not isinstance(raw, Mapping):
         return None
+    if "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw:
+        return _anthropic_usage(raw)
     if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
         return {
             "prompt_tokens": _int(raw.get("input_tokens")),
@@ -55,6 +58,21 @@ def normalize_usage(raw: Mapping[str, Any] | None) -> dict[str, int | None] | No
         "completion_tokens": _int(raw.get("completion_tokens")),
         "cached_tokens": _detail(raw, "prompt_tokens_details", "cached_tokens"),
         "reasoning_tokens": _detail(raw, "completion_tokens_details", "reasoning_tokens"),
+    }
+
+
+def _anthropic_usage(raw: Mapping[str, Any]) -> dict[str, int | None]:
+    """Anthropic Messages: input_tokens excludes the cache's reads and writes; prompt_tokens is all three."""
+    uncached = _int(raw.get("input_tokens"))
+    read = _int(raw.get("cache_read_input_tokens")) or 0
+    written = _int(raw.get("cache_creation_input_tokens")) or 0
+    return {
+        "prompt_tokens": None if uncached is None else uncached + read + written,
+        "completion_tokens": _int(raw.get("output_tokens")),
+        "cached_tokens": read,
+        "reasoning_tokens": None,
+        "cache_write_tokens": written,
+        "cache_write_1h_tokens": _detail(raw, "cache_creation", "ephemeral_1h_input_tokens") or 0,
     }
 
 

@@ -26,14 +26,14 @@ from typing import Any
 
 import orjson
 
-from proxy.audit.report import Row, usd
+from proxy.audit.report import Row, cache_tokens, usd
 
 __all__ = ["AuditIndex", "LiveIndexer", "covers"]
 
 log = logging.getLogger(__name__)
 _LIVE_EVERY_S = 1.0  # at most one live ingest per second: one sums row per key and second at most
 
-_VERSION = 2  # PRAGMA user_version: an index of another layout is rebuilt
+_VERSION = 3  # PRAGMA user_version: an index of another layout is rebuilt
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -46,11 +46,13 @@ CREATE TABLE IF NOT EXISTS sums (
     hour TEXT, team TEXT, model TEXT, route TEXT, policy TEXT,
     requests INTEGER NOT NULL, tokens_before INTEGER NOT NULL, tokens_after INTEGER NOT NULL,
     cost_before REAL NOT NULL, cost_after REAL NOT NULL, saved REAL NOT NULL, priced INTEGER NOT NULL,
-    fail_open INTEGER NOT NULL, price_missing INTEGER NOT NULL
+    fail_open INTEGER NOT NULL, price_missing INTEGER NOT NULL,
+    prompt_before INTEGER NOT NULL, prompt_after INTEGER NOT NULL,
+    cached_before INTEGER NOT NULL, cached_after INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sums_file ON sums (file_id);
 """
-_INSERT = "INSERT INTO sums VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO sums VALUES ({', '.join('?' * 19)})"
 _READ_CHUNK = 16 << 20
 # How report groupings map onto the stored columns.
 _COLUMNS = {
@@ -84,7 +86,7 @@ def _add(sums: dict[Key, list[Any]], record: dict[str, Any]) -> None:
     )
     acc = sums.get(key)
     if acc is None:
-        acc = sums[key] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0]
+        acc = sums[key] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0, 0]
     acc[0] += 1
     acc[1] += record.get("tokens_before") or 0
     acc[2] += record.get("tokens_after") or 0
@@ -94,6 +96,8 @@ def _add(sums: dict[Key, list[Any]], record: dict[str, Any]) -> None:
         acc[4] += after
         acc[5] += record.get("saved_usd") or 0.0
         acc[6] += 1
+        for i, value in enumerate(cache_tokens(record), 9):
+            acc[i] += value
     acc[7] += record.get("fail_open") is not None
     acc[8] += record.get("price_missing") is True
 
@@ -213,7 +217,8 @@ class AuditIndex:
         sql = (
             f"SELECT {''.join(c + ', ' for c in columns)}sum(requests), sum(tokens_before), sum(tokens_after), "
             "total(cost_before), total(cost_after), total(saved), sum(priced), sum(fail_open), "
-            f"sum(price_missing) FROM sums WHERE {where} {group}"
+            "sum(price_missing), sum(prompt_before), sum(prompt_after), sum(cached_before), sum(cached_after) "
+            f"FROM sums WHERE {where} {group}"
         )
         rows = []
         for found in self._db.execute(sql, params):
@@ -232,6 +237,10 @@ class AuditIndex:
                     saved_usd=usd(sums[5], priced),
                     fail_open=int(sums[7]),
                     price_missing=int(sums[8]),
+                    prompt_before=int(sums[9]),
+                    prompt_after=int(sums[10]),
+                    cached_before=int(sums[11]),
+                    cached_after=int(sums[12]),
                 )
             )
         return rows

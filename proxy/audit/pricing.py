@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.cache_rules import ANTHROPIC_WRITE_MULTIPLIER
+
 __all__ = ["Costs", "Price", "PriceBook", "PricingError", "costs_for", "request_cost_usd"]
 
 _MAP_FILE = "model_prices_and_context_window_backup.json"
@@ -41,6 +43,8 @@ class Price:
     input: float  # dollars per prompt token
     output: float  # dollars per completion token
     cached_input: float  # dollars per cached prompt token (the input price when the map has none)
+    cache_write: float = 0.0  # dollars per prompt token written to the cache (Anthropic, 5-minute TTL)
+    cache_write_1h: float = 0.0  # the same with a 1-hour TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +67,19 @@ def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
     if not isinstance(given_in, (int, float)) or not isinstance(given_out, (int, float)):
         return None
     cached = entry.get("cache_read_input_token_cost")
+    write = entry.get("cache_creation_input_token_cost")
+    write_1h = entry.get("cache_creation_input_token_cost_above_1hr")
+    given = float(given_in)
     return Price(
         key=key,
-        input=float(given_in),
+        input=given,
         output=float(given_out),
-        cached_input=float(cached) if isinstance(cached, (int, float)) else float(given_in),
+        cached_input=float(cached) if isinstance(cached, (int, float)) else given,
+        # Without a write price in the map: Anthropic's multipliers (OpenAI reports no writes).
+        cache_write=float(write) if isinstance(write, (int, float)) else given * ANTHROPIC_WRITE_MULTIPLIER["5m"],
+        cache_write_1h=(
+            float(write_1h) if isinstance(write_1h, (int, float)) else given * ANTHROPIC_WRITE_MULTIPLIER["1h"]
+        ),
     )
 
 
@@ -140,12 +152,31 @@ class PriceBook:
 
 
 def request_cost_usd(
-    price: Price, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+    price: Price,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+    written_tokens: int = 0,
+    written_1h_tokens: int = 0,
 ) -> float:
-    """What the upstream bills. Reasoning tokens are part of completion tokens, so not added."""
-    cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
-    uncached = max(prompt_tokens, 0) - cached
-    return uncached * price.input + cached * price.cached_input + max(completion_tokens, 0) * price.output
+    """What the upstream bills. Reasoning tokens are part of completion tokens, so not added.
+
+    ``written_tokens`` (all cache writes, of which ``written_1h_tokens`` with a 1-hour TTL) are
+    part of the prompt tokens, like ``cached_tokens``.
+    """
+    prompt = max(prompt_tokens, 0)
+    cached = min(max(cached_tokens, 0), prompt)
+    written = min(max(written_tokens, 0), prompt - cached)
+    written_1h = min(max(written_1h_tokens, 0), written)
+    uncached = prompt - cached - written
+    return (
+        uncached * price.input
+        + cached * price.cached_input
+        + (written - written_1h) * price.cache_write
+        + written_1h * price.cache_write_1h
+        + max(completion_tokens, 0) * price.output
+    )
 
 
 def costs_for(
@@ -153,13 +184,17 @@ def costs_for(
     usage: dict[str, int | None] | None,
     *,
     prompt_delta: int,
+    cached_before: int | None = None,
+    written_before: dict[str, int] | None = None,
 ) -> Costs:
     """Costs of a request from its normalised usage.
 
     ``prompt_delta`` is how many prompt tokens compression removed from what was
-    forwarded; the uncompressed request is priced with that many more prompt
-    tokens and the same cached tokens the upstream reported (which are
-    unknowable for a request that was never sent). No usage: no costs.
+    forwarded; the uncompressed request is priced with that many more prompt tokens
+    and ``cached_before`` cached tokens (``written_before`` cache writes by TTL): the
+    cache model's estimate (:mod:`proxy.audit.cache_model`). Without an estimate it
+    assumes the cached tokens the upstream reported. No usage: no costs. A compression
+    that raised the bill has a negative ``saved_usd``.
     """
     if price is None:
         return Costs(None, None, None, price_missing=True)
@@ -168,9 +203,24 @@ def costs_for(
     prompt = usage.get("prompt_tokens") or 0
     completion = usage.get("completion_tokens") or 0
     cached = usage.get("cached_tokens") or 0
-    after = request_cost_usd(price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+    written, written_1h = usage.get("cache_write_tokens") or 0, usage.get("cache_write_1h_tokens") or 0
+    after = request_cost_usd(
+        price,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=cached,
+        written_tokens=written,
+        written_1h_tokens=written_1h,
+    )
+    if written_before is not None:
+        written, written_1h = sum(written_before.values()), written_before.get("1h", 0)
     before = request_cost_usd(
-        price, prompt_tokens=prompt + prompt_delta, completion_tokens=completion, cached_tokens=cached
+        price,
+        prompt_tokens=prompt + prompt_delta,
+        completion_tokens=completion,
+        cached_tokens=cached if cached_before is None else cached_before,
+        written_tokens=written,
+        written_1h_tokens=written_1h,
     )
     return Costs(
         before_usd=round(before, _DIGITS),

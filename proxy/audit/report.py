@@ -51,6 +51,25 @@ class Row:
     saved_usd: float | None
     fail_open: int
     price_missing: int
+    # Prompt and cached-read tokens of the priced requests: before (the cache model's estimate
+    # for the uncompressed requests) and after (as the upstream reported).
+    prompt_before: int = 0
+    prompt_after: int = 0
+    cached_before: int = 0
+    cached_after: int = 0
+
+    @property
+    def cached_share_before(self) -> float | None:
+        return round(100.0 * self.cached_before / self.prompt_before, 2) if self.prompt_before > 0 else None
+
+    @property
+    def cached_share_after(self) -> float | None:
+        return round(100.0 * self.cached_after / self.prompt_after, 2) if self.prompt_after > 0 else None
+
+    @property
+    def cache_loss(self) -> bool:
+        """Compression raised the bill: the cache-adjusted saving is negative."""
+        return self.saved_usd is not None and self.saved_usd < 0
 
     @property
     def saving_pct(self) -> float:
@@ -70,7 +89,28 @@ class Row:
             "saved_usd": self.saved_usd,
             "fail_open": self.fail_open,
             "price_missing": self.price_missing,
+            "cached_share_before": self.cached_share_before,
+            "cached_share_after": self.cached_share_after,
+            "cache_loss": self.cache_loss,
         }
+
+
+def cache_tokens(record: dict[str, Any]) -> tuple[int, int, int, int]:
+    """``(prompt before, prompt after, cached before, cached after)`` of one record.
+
+    Records written before the cache model count their reported cached tokens on both sides.
+    """
+    usage = record.get("usage") or {}
+    after = usage.get("prompt_tokens") or 0
+    cached = record.get("cached_tokens", usage.get("cached_tokens")) or 0
+    before = record.get("prompt_tokens_before_est")
+    cached_before = record.get("cached_tokens_before_est")
+    return (
+        after if before is None else before,
+        after,
+        cached if cached_before is None else cached_before,
+        cached,
+    )
 
 
 def usd(total: float, priced: int) -> float | None:
@@ -107,6 +147,7 @@ class _Sums:
     __slots__ = (
         "after",
         "before",
+        "cached",
         "cost_after",
         "cost_before",
         "fail_open",
@@ -121,6 +162,7 @@ class _Sums:
         self.cost_before: list[float] = []
         self.cost_after: list[float] = []
         self.saved: list[float] = []
+        self.cached = [0, 0, 0, 0]  # prompt before, prompt after, cached before, cached after
 
     def add(self, record: dict[str, Any]) -> None:
         self.requests += 1
@@ -133,6 +175,8 @@ class _Sums:
             self.cost_before.append(record.get("cost_before_usd") or 0.0)
             self.cost_after.append(record["cost_after_usd"])
             self.saved.append(record.get("saved_usd") or 0.0)
+            for i, value in enumerate(cache_tokens(record)):
+                self.cached[i] += value
 
     def row(self, keys: tuple[tuple[str, str | None], ...]) -> Row:
         return Row(
@@ -145,6 +189,10 @@ class _Sums:
             saved_usd=usd(math.fsum(self.saved), self.priced),
             fail_open=self.fail_open,
             price_missing=self.unpriced,
+            prompt_before=self.cached[0],
+            prompt_after=self.cached[1],
+            cached_before=self.cached[2],
+            cached_after=self.cached[3],
         )
 
 
@@ -208,13 +256,36 @@ def _total(rows: Sequence[Row]) -> Row:
         saved_usd=usd(math.fsum(r.saved_usd or 0.0 for r in rows), priced),
         fail_open=sum(r.fail_open for r in rows),
         price_missing=sum(r.price_missing for r in rows),
+        prompt_before=sum(r.prompt_before for r in rows),
+        prompt_after=sum(r.prompt_after for r in rows),
+        cached_before=sum(r.cached_before for r in rows),
+        cached_after=sum(r.cached_after for r in rows),
     )
 
 
 def _money(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+    sign = "-" if value < 0 else ""  # a loss is shown as one, never clamped at zero
+    return f"{sign}${abs(value):,.2f}" if abs(value) >= 1 else f"{sign}${abs(value):.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _losses(rows: Sequence[Row]) -> list[str]:
+    """One line per group whose cache-adjusted saving is negative."""
+    out = []
+    for row in rows:
+        if row.cache_loss:
+            name = ", ".join(f"{k}={v}" for k, v in row.keys) or "all traffic"
+            out.append(
+                f"! {name}: compression raised the bill by {_money(-(row.saved_usd or 0.0))} "
+                f"(cache reads {_share(row.cached_share_before)} of input before, "
+                f"{_share(row.cached_share_after)} after)"
+            )
+    return out
 
 
 def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
@@ -231,6 +302,8 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
         ("$ before", _money(total.cost_before_usd)),
         ("$ after", _money(total.cost_after_usd)),
         ("$ saved", _money(total.saved_usd)),
+        ("cached before", _share(total.cached_share_before)),
+        ("cached after", _share(total.cached_share_after)),
         ("fail-open", f"{total.fail_open:,}"),
         ("unpriced", f"{total.price_missing:,}"),
     ]
@@ -246,12 +319,14 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
             _money(row.cost_before_usd),
             _money(row.cost_after_usd),
             _money(row.saved_usd),
+            _share(row.cached_share_before),
+            _share(row.cached_share_after),
             f"{row.fail_open:,}",
             f"{row.price_missing:,}",
         )
     out = io.StringIO()
-    Console(file=out, width=160, force_terminal=False, color_system=None).print(table)
-    return out.getvalue()
+    Console(file=out, width=180, force_terminal=False, color_system=None).print(table)
+    return out.getvalue() + "".join(line + "\n" for line in _losses(rows))
 
 
 def render(rows: Sequence[Row], *, by: Sequence[str], fmt: str) -> str:

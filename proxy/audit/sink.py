@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.cache_model import CacheEstimate, CacheModel
 from proxy.audit.index import LiveIndexer
 from proxy.config.model import AuditConfig
 from proxy.errors import unavailable
@@ -66,16 +67,26 @@ def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -> dict[str, Any]:
-    """The audit record of a finished exchange, without ``prev_hash`` and ``hash``."""
+def build_record(
+    exchange: Exchange, *, prices: PriceBook, include_text: bool, cache: CacheEstimate | None = None
+) -> dict[str, Any]:
+    """The audit record of a finished exchange, without ``prev_hash`` and ``hash``.
+
+    ``cache`` is the cache model's estimate for the uncompressed request; without one,
+    ``cost_before_usd`` assumes the cached tokens the upstream reported.
+    """
     rw = exchange.rewrite
     usage = normalize_usage(exchange.usage)
     applied = rw.mode == "enforce" and rw.fail_open is None
     counted = rw.tokens_before is not None and rw.tokens_after is not None
     delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    cached_before = cache.cached_before if cache is not None else None
+    written_before = cache.written_before if cache is not None else None
     try:
         price = prices.price_for(exchange.model)
-        costs = costs_for(price, usage, prompt_delta=delta)
+        costs = costs_for(
+            price, usage, prompt_delta=delta, cached_before=cached_before, written_before=written_before
+        )
         source: str | None = prices.source
     except PricingError as exc:
         log.error("audit: %s", exc)
@@ -97,6 +108,9 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         "tokens_before": rw.tokens_before,
         "tokens_after": rw.tokens_after,
         "usage": usage,
+        "cached_tokens": usage.get("cached_tokens") if usage else None,
+        "prompt_tokens_before_est": _prompt_before(usage, delta),
+        "cached_tokens_before_est": cached_before,
         "cost_before_usd": costs.before_usd,
         "cost_after_usd": costs.after_usd,
         "saved_usd": costs.saved_usd,
@@ -106,6 +120,8 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
         "fail_open": rw.fail_open,
     }
+    if usage is not None and "cache_write_tokens" in usage:
+        record["cache_write_tokens_before_est"] = None if written_before is None else sum(written_before.values())
     if exchange.error is not None:
         record["error"] = exchange.error
     if exchange.client_disconnected:
@@ -113,6 +129,11 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
     if include_text:
         record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
     return record
+
+
+def _prompt_before(usage: dict[str, int | None] | None, delta: int) -> int | None:
+    prompt = usage.get("prompt_tokens") if usage else None
+    return None if prompt is None else prompt + delta
 
 
 def rotated_name(path: Path, when: float) -> Path:
@@ -248,10 +269,18 @@ class _ChainFile:
 class JsonlAuditSink:
     """The :class:`~proxy.exchange.AuditSink` writing the JSONL audit file (see module docs)."""
 
-    def __init__(self, config: AuditConfig, *, metrics: Metrics, prices: PriceBook | None = None) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        metrics: Metrics,
+        prices: PriceBook | None = None,
+        cache_model: CacheModel | None = None,
+    ) -> None:
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config
+        self._cache_model = cache_model
         self._metrics = metrics
         self._prices = prices or PriceBook()
         self._file = _ChainFile(config, config.path)
@@ -277,7 +306,10 @@ class JsonlAuditSink:
     async def commit(self, exchange: Exchange) -> None:
         if not self.audits(exchange):
             return
-        record = build_record(exchange, prices=self._prices, include_text=self._config.include_text)
+        cache = await self._estimate_cache(exchange)
+        record = build_record(
+            exchange, prices=self._prices, include_text=self._config.include_text, cache=cache
+        )
         self._count(exchange.team, record)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
@@ -289,6 +321,23 @@ class JsonlAuditSink:
             raise unavailable("The audit log cannot be written (audit.on_error: fail-closed).")
         self._metrics.audit_write_errors.labels(team=exchange.team).inc()
         log.warning("audit: record lost request_id=%s team=%s", exchange.request_id, exchange.team)
+
+    async def _estimate_cache(self, exchange: Exchange) -> CacheEstimate | None:
+        """The cache model's estimate, for requests the upstream answered with usage; faults fail open."""
+        if self._cache_model is None or exchange.prompt is None or exchange.usage is None:
+            return None
+        try:
+            return await self._cache_model.estimate(
+                team=exchange.team,
+                model=exchange.model,
+                route=exchange.route,
+                original=exchange.prompt,
+                forwarded=exchange.rewrite.body,
+                usage=normalize_usage(exchange.usage),
+            )
+        except Exception as exc:  # the record is written anyway, priced with the reported cache
+            log.error("audit: cache model failed error=%s", type(exc).__name__)
+            return None
 
     def healthy(self) -> bool:
         if not self._healthy:

@@ -156,7 +156,7 @@ def _completions_items(body: Mapping[str, Any]) -> list[_Item]:
 
 def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
     """Every rewritable text part of ``body`` for ``route``, in body order."""
-    if route.endswith("/chat/completions"):
+    if route.endswith("/chat/completions") or route == "/v1/messages":  # Anthropic text blocks: chat's shape
         items = _chat_items(body)
     elif route.endswith("/responses"):
         items = _responses_items(body)

@@ -490,6 +490,7 @@ class ProxyApp:
         model = parsed.get("model")
         exchange.model = model if isinstance(model, str) else None
         exchange.stream = parsed.get("stream") is True
+        exchange.prompt = parsed
         if self.services.config.audit.include_text:
             exchange.request_body = parsed
         client_headers = {

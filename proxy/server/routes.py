@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["COMPRESSIBLE", "KNOWN", "metric_route", "split_path"]
 
 # Endpoints whose request bodies carry prompts the rewrite hook may compress.
-COMPRESSIBLE = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/completions"})
+COMPRESSIBLE = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages"})
 
 # Routes reported as themselves in metrics; anything else is folded (ids in paths
 # would give metrics unbounded cardinality).

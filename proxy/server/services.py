@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.audit.cache_model import CacheModel
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
@@ -18,6 +19,7 @@ from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
+from proxy.store.memory import MemoryStore
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -59,7 +61,8 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
     if config.audit.path is not None:
-        audit = JsonlAuditSink(config.audit, metrics=metrics)
+        # The cache model's state goes where the memo's does once shared stores are configured.
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(MemoryStore()))
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
