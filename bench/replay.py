@@ -1,17 +1,18 @@
-"""Replay the SWE-agent traces turn by turn through the policy engine and price them.
+"""Replay the SWE-agent traces through a real proxy to a prefix-caching upstream: invoice vs audit.
 
-Each trace's history is sent as the agent sent it (turn k = messages up to the
-k-th assistant reply) through :class:`proxy.policy.engine.PolicyRewriter`, the proxy's
-rewrite hook, once per policy. The bill uses a prompt-cache model: the longest
-prefix of whole messages that is byte-identical to the previous turn's
-forwarded request is cached and billed at 10% (a 90% discount); the rest at
-the full input price. Output tokens are the same for every policy and left out.
+Each trace's history is sent turn by turn (turn k = messages up to the k-th assistant reply), as
+the agent sent it, through an in-process proxy (the ``serve`` app) with the JSONL audit on, to
+tests/prefix_cache_upstream.py, which reports ``cached_tokens`` as OpenAI's prefix cache would
+(>= 1,024 tokens, 128-token steps). One team per policy, one cache scope per team. Three models
+give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%).
 
-Rows: no compression; each shipped policy; "halve tools when first sent" and
-its anti-pattern twin "halve tools once 2 turns old" (the same truncation,
-selected by age), which saves tokens but breaks the cache.
+For each policy and discount: the simulated invoice's change (priced from the upstream's usage,
+against the passthrough team's invoice), the audit's reported change (its own cost_before_usd and
+cost_after_usd sums), their difference, and what the audit reported before the cache model
+(cost_before assuming the compressed request's cached tokens). Then the cache model's own cost:
+CPU per request and per 1,000 tracked prefixes, and memory per 1,000 tracked prefixes.
 
-    python bench/replay.py [--price-per-mtok 2.50] [--repeats 1]
+    python bench/replay.py
 """
 
 from __future__ import annotations
@@ -19,25 +20,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
-
-from compressors.tokenizer import tokenizer_for
-from proxy.exchange import Exchange
-from proxy.policy.engine import PolicyRewriter
-from proxy.policy.model import Policy, PolicySet, load_policy
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TRACES = REPO.parent / "shared" / "evaldata" / "swe-agent-traces"
-MODEL = "gpt-4o"
-CACHED_FRACTION = 0.10
-COUNT = tokenizer_for(MODEL).count
+sys.path.insert(0, str(REPO / "tests"))
+
+from fake_upstream import ServerThread  # noqa: E402
+from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
+
+from proxy.audit.cache_model import CacheModel  # noqa: E402
+from proxy.audit.pricing import PriceBook, request_cost_usd  # noqa: E402
+from proxy.cli.serve import uvicorn_config  # noqa: E402
+from proxy.config.model import load_config  # noqa: E402
+from proxy.server.app import create_app  # noqa: E402
+from proxy.server.services import build_services  # noqa: E402
+from proxy.store.memory import MemoryStore  # noqa: E402
+
+TRACES = next(
+    (
+        p / "shared" / "evaldata" / "swe-agent-traces"
+        for p in (REPO.parent, REPO.parent.parent)
+        if (p / "shared").is_dir()
+    ),
+    REPO.parent / "shared" / "evaldata" / "swe-agent-traces",
+)
+MODELS = {"gpt-4o": "50%", "gpt-4.1": "75%", "gpt-5": "90%"}
+SHIPPED = ("default", "agents", "support", "rag")
 # Observations arrive as tool messages (function calling) or user messages (text agents).
 HALVE = """\
 name: {name}
@@ -49,22 +66,7 @@ rules:
     rate: 0.5
     options: {{mode: middle, unit: line}}
 """
-
-
-@dataclass
-class Bill:
-    tokens: int = 0
-    cached: int = 0
-    dollars: float = 0.0
-    compress_ms: list[float] = field(default_factory=list)
-    fail_open: int = 0
-
-    def add(self, other: Bill) -> None:
-        self.tokens += other.tokens
-        self.cached += other.cached
-        self.dollars += other.dollars
-        self.compress_ms += other.compress_ms
-        self.fail_open += other.fail_open
+STRAWMEN = {"halve-when-first-sent": "", "halve-once-2-turns-old": ", older_than_turns: 2"}
 
 
 def agent_messages(path: Path) -> list[dict[str, Any]]:
@@ -79,102 +81,176 @@ def agent_messages(path: Path) -> list[dict[str, Any]]:
     return messages
 
 
-def message_tokens(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    text = content if isinstance(content, str) else ""
-    calls = orjson.dumps(message["tool_calls"]).decode() if message.get("tool_calls") else ""
-    return COUNT(text) + COUNT(calls) + 4  # ~4 tokens of per-message framing
+def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
 
 
-def load_policies() -> dict[str, Policy]:
-    policies: dict[str, Policy] = {}
-    for name in ("default", "agents", "support", "rag"):
-        policy, _ = load_policy(REPO / "policies" / f"{name}.yaml", expected_name=name)
-        policies[name] = policy
-    with tempfile.TemporaryDirectory() as folder:
-        for name, age in (("halve-when-first-sent", ""), ("halve-once-2-turns-old", ", older_than_turns: 2")):
-            path = Path(folder) / f"{name}.yaml"
-            path.write_text(HALVE.format(name=name, age=age), encoding="utf-8")
-            policies[name] = load_policy(path)[0]
-    return policies
+def write_config(folder: Path, upstream_url: str) -> Path:
+    (folder / "policies").mkdir()
+    for name in SHIPPED:
+        text = (REPO / "policies" / f"{name}.yaml").read_text(encoding="utf-8")
+        # A generous budget: this measures what a policy saves, not how busy this machine is.
+        policy = yaml.safe_load(text)
+        policy["latency_budget_ms"] = 60000
+        (folder / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
+    for name, age in STRAWMEN.items():
+        (folder / "policies" / f"{name}.yaml").write_text(HALVE.format(name=name, age=age), encoding="utf-8")
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "auth": "passthrough",
+        "default_team": "none",
+        "upstreams": {"fake": {"base_url": upstream_url, "api_key_env": "NO_KEY", "timeout_s": 300}},
+        "default_upstream": "fake",
+        "policies_dir": str(folder / "policies"),
+        "teams": {"none": {}, **{name: {"policy": name} for name in (*SHIPPED, *STRAWMEN)}},
+        "audit": {"path": str(folder / "audit.jsonl")},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
 
 
-async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: float) -> Bill:
-    rewriter = None
-    if policy is not None:
-        # A generous budget: this measures what the policy saves, not how fast this machine is.
-        generous = Policy(
-            **{**{f: getattr(policy, f) for f in policy.__slots__}, "latency_budget_ms": 60000.0}
+def invoice_of(usage: dict[str, Any], price: Any) -> float:
+    return request_cost_usd(
+        price,
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
+    )
+
+
+def replay_all(base_url: str, traces: list[Path]) -> None:
+    with httpx.Client(timeout=600) as client:
+        for model in MODELS:
+            for team in ("none", *SHIPPED, *STRAWMEN):
+                for trace in traces:
+                    for messages in turns(agent_messages(trace)):
+                        response = client.post(
+                            base_url + "/chat/completions",
+                            content=orjson.dumps({"model": model, "messages": messages}),
+                            headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
+                        )
+                        response.raise_for_status()
+
+
+def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
+    prices = PriceBook()
+    invoice: dict[tuple[str, str], float] = {}
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for _, scope, usage in upstream.served:
+        key, model, _ = scope.split("|")
+        team = key.removeprefix("Bearer sk-")
+        invoice[(team, model)] = invoice.get((team, model), 0.0) + invoice_of(usage, prices.price_for(model))
+        acc = tokens.setdefault((team, model), [0, 0])
+        acc[0] += usage["prompt_tokens"]
+        acc[1] += usage["prompt_tokens_details"]["cached_tokens"]
+    sums: dict[tuple[str, str], list[float]] = {}
+    for line in audit.read_bytes().splitlines():
+        r = orjson.loads(line)
+        acc_f = sums.setdefault((r["team"], r["model"]), [0.0, 0.0, 0.0])
+        price = prices.price_for(r["model"])
+        assert price is not None
+        old_before = request_cost_usd(  # the audit before the cache model: same cached tokens as sent
+            price,
+            prompt_tokens=r["prompt_tokens_before_est"],
+            completion_tokens=r["usage"]["completion_tokens"],
+            cached_tokens=r["cached_tokens"],
         )
-        rewriter = PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
-        await rewriter.warm_up()
-    bill = Bill()
-    previous: list[bytes] = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant" or k == 0:
-            continue
-        body = {"model": MODEL, "messages": messages[:k]}
-        forwarded = body["messages"]
-        if rewriter is not None:
-            exchange = Exchange("b", "POST", "/v1/chat/completions", "t", None, "u", time.time(), True)
-            rewrite = await rewriter(exchange, body, {})
-            forwarded = (rewrite.body or body)["messages"]
-            bill.compress_ms.append(rewrite.compress_ms)
-            bill.fail_open += rewrite.fail_open is not None
-        encoded = [orjson.dumps(m) for m in forwarded]
-        same = 0
-        while same < min(len(previous), len(encoded)) and previous[same] == encoded[same]:
-            same += 1
-        counts = [message_tokens(m) for m in forwarded]
-        cached, total = sum(counts[:same]), sum(counts)
-        bill.tokens += total
-        bill.cached += cached
-        bill.dollars += (cached * CACHED_FRACTION + (total - cached)) * price / 1e6
-        previous = encoded
-    if rewriter is not None:
-        rewriter.close()
-    return bill
+        acc_f[0] += r["cost_before_usd"]
+        acc_f[1] += r["cost_after_usd"]
+        acc_f[2] += old_before
+    print(
+        "| policy | input tokens vs none | cached share | discount | invoice change | audit change | difference | audit before | old audit change |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for team in (*SHIPPED, *STRAWMEN):
+        for model, discount in MODELS.items():
+            base = invoice[("none", model)]
+            bill = invoice[(team, model)] / base - 1
+            before, after, old = sums[(team, model)]
+            reported, old_reported = after / before - 1, after / old - 1
+            worst = max(worst, abs(reported - bill))
+            sign = "" if (reported < 0) == (bill < 0) else " SIGN WRONG"
+            t, b = tokens[(team, model)], tokens[("none", model)]
+            print(
+                f"| {team} | {100 * (t[0] / b[0] - 1):+.1f}% | {100 * t[1] / t[0]:.1f}% | {discount} | "
+                f"{100 * bill:+.2f}% | {100 * reported:+.2f}% | {100 * (reported - bill):+.2f} pp{sign} | "
+                f"{100 * (before / base - 1):+.2f}% | {100 * old_reported:+.1f}% |"
+            )
+    print(f"\nworst |audit change - invoice change|: {100 * worst:.2f} pp")
+
+
+async def _run_model(model: CacheModel, bodies: list[dict[str, Any]]) -> tuple[float, int]:
+    """``(CPU seconds, prefixes looked up)`` for every body through both streams."""
+    usage = {"prompt_tokens": 0, "cached_tokens": 0}
+    looked = 0
+    t0 = time.process_time()
+    for body in bodies:
+        estimate = await model.estimate(
+            team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage=usage
+        )
+        assert estimate is not None
+        looked += estimate.before.prompt // 128 + estimate.after.prompt // 128
+    return time.process_time() - t0, looked
+
+
+async def model_cost(traces: list[Path]) -> None:
+    """The cache model alone over every turn of every trace (both streams, as in the proxy)."""
+    bodies = [{"model": "gpt-5", "messages": t} for trace in traces for t in turns(agent_messages(trace))]
+    model = CacheModel(MemoryStore(max_bytes=1 << 30))
+    cold, looked = await _run_model(model, bodies)  # every block tokenized once
+    store = MemoryStore(max_bytes=1 << 30)
+    model.store = store
+    warm, _ = await _run_model(model, bodies)  # token memo filled; a fresh store
+    keys = list(store._items)
+    tracemalloc.start()
+    copy = MemoryStore(max_bytes=1 << 30)
+    for namespace, key in keys:
+        await copy.put(namespace, [(key, b"1")], ttl_s=600)
+    store_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    memo_bytes = model._tokens._bytes
+    n = len(bodies)
+    print(
+        f"\nCache model alone, {n} requests (both streams), {looked:,} prefix digests looked up, "
+        f"{len(keys):,} tracked prefixes at the end:\n"
+    )
+    print("| token memo | CPU per request | CPU per 1,000 prefixes looked up |")
+    print("|---|---:|---:|")
+    print(
+        f"| cold (tokenizes each block once) | {1000 * cold / n:.2f} ms | {1000 * 1000 * cold / looked:.2f} ms |"
+    )
+    print(f"| warm | {1000 * warm / n:.2f} ms | {1000 * 1000 * warm / looked:.2f} ms |")
+    print(
+        f"\nMemory per 1,000 tracked prefixes (MemoryStore, Python objects included): "
+        f"{store_bytes / len(keys) * 1000 / 1024:.0f} KiB; token memo: {memo_bytes / 1024:.0f} KiB "
+        f"for every block of the {len(traces)} traces (4 bytes a token)."
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--price-per-mtok", type=float, default=2.50, help="input $ per 1M tokens (gpt-4o)")
-    args = parser.parse_args()
+    parser.parse_args()
     traces = sorted(TRACES.glob("*.traj"))
     if not traces:
         raise SystemExit(f"no traces in {TRACES}")
-    rows: dict[str, Bill] = {}
-    per_trace: dict[tuple[str, str], Bill] = {}
-    for name, policy in [("none", None), *load_policies().items()]:
-        total = Bill()
-        for trace in traces:
-            bill = await replay(policy, agent_messages(trace), args.price_per_mtok)
-            per_trace[(name, trace.stem)] = bill
-            total.add(bill)
-        rows[name] = total
-    base = rows["none"]
-    print(
-        f"{len(traces)} SWE-agent traces, gpt-4o tokenizer, ${args.price_per_mtok}/M input, cached prefix at 10%\n"
-    )
-    print(
-        "| policy | input tokens | tokens vs none | cached share | bill $ | bill vs none | compress ms p50 | fail-open |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, bill in rows.items():
-        ms = f"{statistics.median(bill.compress_ms):.1f}" if bill.compress_ms else "-"
-        print(
-            f"| {name} | {bill.tokens:,} | {100 * (bill.tokens / base.tokens - 1):+.1f}% | "
-            f"{100 * bill.cached / bill.tokens:.1f}% | {bill.dollars:.4f} | "
-            f"{100 * (bill.dollars / base.dollars - 1):+.1f}% | {ms} | {bill.fail_open} |"
-        )
-    print("\nPer trace, bill vs none:\n")
-    names = list(rows)
-    print("| trace | " + " | ".join(names[1:]) + " |")
-    print("|---|" + "---:|" * (len(names) - 1))
-    for trace in traces:
-        none = per_trace[("none", trace.stem)].dollars
-        cells = [f"{100 * (per_trace[(n, trace.stem)].dollars / none - 1):+.1f}%" for n in names[1:]]
-        print(f"| {trace.stem} | " + " | ".join(cells) + " |")
+    upstream = PrefixCacheUpstream()
+    up = ServerThread(upstream).start()
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_config(Path(folder), up.url + "/v1")
+        services = build_services(load_config(path))
+        app = create_app(services)
+        proxy = ServerThread(app, config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"))
+        proxy.start()
+        t0 = time.perf_counter()
+        await asyncio.to_thread(replay_all, proxy.url + "/v1", traces)
+        elapsed = time.perf_counter() - t0
+        proxy.stop()
+        up.stop()
+        print(f"{len(traces)} SWE-agent traces, {len(upstream.served)} requests in {elapsed:.0f} s\n")
+        tables(upstream, Path(folder) / "audit.jsonl")
+    await model_cost(traces)
 
 
 if __name__ == "__main__":

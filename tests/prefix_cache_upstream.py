@@ -49,7 +49,7 @@ def _chat_tokens(body: dict[str, Any]) -> list[int]:
     if body.get("tools"):
         tokens += ENCODE(_text(body["tools"]))
     for message in body.get("messages", []):
-        tokens += [200264] + ENCODE(str(message.get("role")))  # <|im_start|>role
+        tokens += [200264, *ENCODE(str(message.get("role")))]  # <|im_start|>role
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text", "") if isinstance(p, dict) else "" for p in content)
@@ -58,7 +58,7 @@ def _chat_tokens(body: dict[str, Any]) -> list[int]:
         if extra:
             tokens += ENCODE(_text(extra))
         tokens.append(200265)  # <|im_end|>
-    return tokens + [200264] + ENCODE("assistant")
+    return [*tokens, 200264, *ENCODE("assistant")]
 
 
 def _anthropic_blocks(body: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -212,7 +212,10 @@ class PrefixCacheUpstream:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": data})

@@ -28,7 +28,11 @@ from proxy.audit.pricing import PriceBook, request_cost_usd
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/evaldata next to the checkout (or next to the folder of worktrees).
 TRACES = next(
-    (p / "shared" / "evaldata" / "swe-agent-traces" for p in (REPO.parent, REPO.parent.parent) if (p / "shared").is_dir()),
+    (
+        p / "shared" / "evaldata" / "swe-agent-traces"
+        for p in (REPO.parent, REPO.parent.parent)
+        if (p / "shared").is_dir()
+    ),
     REPO.parent / "shared",
 )
 TRACE_FILES = sorted(TRACES.glob("*.traj")) if TRACES.is_dir() else []
@@ -181,7 +185,18 @@ def test_openai_audit_matches_the_invoices_and_shows_the_loss(
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     assert all("text" not in r and r["cached_tokens_before_est"] is not None for r in records)
     out = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "report", "--audit", str(audit), "--by", "team", "--format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "report",
+            "--audit",
+            str(audit),
+            "--by",
+            "team",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -199,9 +214,7 @@ def test_openai_audit_matches_the_invoices_and_shows_the_loss(
     assert "-$" in table and "aged" in table and "raised the bill" in table
 
 
-def test_upstream_cache_misses_are_calibrated_away(
-    spawn_proxy: MakeProxy, tmp_path: Path
-) -> None:
+def test_upstream_cache_misses_are_calibrated_away(spawn_proxy: MakeProxy, tmp_path: Path) -> None:
     app = PrefixCacheUpstream(flush_every=4)  # every 4th request of a scope finds its cache gone
     server = ServerThread(app).start()
     app.url = server.url  # type: ignore[attr-defined]
@@ -229,6 +242,8 @@ def test_anthropic_breakpoints_audit_matches_the_invoices(
     proxy.stop()
     audit = tmp_path / "audit.jsonl"
     assert_matches_invoices(cache_upstream, audit, "claude-sonnet-4-5", ["first", "aged"])
+    invoice = invoices(cache_upstream, "claude-sonnet-4-5")
+    assert invoice["first"] < invoice["none"] < invoice["aged"]  # rewriting old blocks re-pays writes
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     assert any(r["usage"]["cache_write_tokens"] for r in records)
     assert all(r["cache_write_tokens_before_est"] is not None for r in records)

@@ -141,6 +141,9 @@ def test_since_filters_by_day(audit: Path) -> None:
             "saved_usd": 0.0,
             "fail_open": 1,
             "price_missing": 0,
+            "cached_share_before": 0.0,
+            "cached_share_after": 0.0,
+            "cache_loss": False,
         }
     ]
 
