@@ -12,7 +12,7 @@ cost_after_usd sums), their difference, and what the audit reported before the c
 (cost_before assuming the compressed request's cached tokens). Then the cache model's own cost:
 CPU per request and per 1,000 tracked prefixes, and memory per 1,000 tracked prefixes.
 
-    python bench/replay.py
+    PYTHONPATH=. python bench/replay.py [--keep-audit audit.jsonl]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -231,7 +232,8 @@ async def model_cost(traces: list[Path]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+    parser.add_argument("--keep-audit", type=Path, help="copy the run's audit JSONL here (for tersegate report)")
+    args = parser.parse_args()
     traces = sorted(TRACES.glob("*.traj"))
     if not traces:
         raise SystemExit(f"no traces in {TRACES}")
@@ -250,6 +252,8 @@ async def main() -> None:
         up.stop()
         print(f"{len(traces)} SWE-agent traces, {len(upstream.served)} requests in {elapsed:.0f} s\n")
         tables(upstream, Path(folder) / "audit.jsonl")
+        if args.keep_audit is not None:
+            shutil.copyfile(Path(folder) / "audit.jsonl", args.keep_audit)
     await model_cost(traces)
 
 

@@ -156,6 +156,11 @@ def audit_sums(path: Path) -> dict[str, tuple[float, float, float]]:
     return {team: (a[0], a[1], a[2]) for team, a in sums.items()}
 
 
+def report(*args: str) -> str:
+    command = [sys.executable, "-m", "proxy.cli", "report", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
 def assert_matches_invoices(upstream: PrefixCacheUpstream, audit: Path, model: str, teams: list[str]) -> None:
     invoice = invoices(upstream, model)
     sums = audit_sums(audit)
@@ -184,33 +189,16 @@ def test_openai_audit_matches_the_invoices_and_shows_the_loss(
     assert audit_sums(audit)["aged"][2] < 0  # ... and the audit says so
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     assert all("text" not in r and r["cached_tokens_before_est"] is not None for r in records)
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy.cli",
-            "report",
-            "--audit",
-            str(audit),
-            "--by",
-            "team",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = report("--audit", str(audit), "--by", "team", "--format", "json")
+    indexed = report(
+        "--audit", str(audit), "--by", "team", "--format", "json", "--index", str(tmp_path / "i.db")
+    )
+    assert json.loads(indexed) == json.loads(out)  # the SQLite index sums the cache columns alike
     rows = {row["team"]: row for row in json.loads(out)}
     assert rows["aged"]["saved_usd"] < 0 and rows["aged"]["cache_loss"] is True
     assert rows["first"]["saved_usd"] > 0 and rows["first"]["cache_loss"] is False
     assert rows["aged"]["cached_share_before"] > rows["aged"]["cached_share_after"]
-    table = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "report", "--audit", str(audit), "--by", "team"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    table = report("--audit", str(audit), "--by", "team")
     assert "-$" in table and "aged" in table and "raised the bill" in table
 
 
