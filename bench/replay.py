@@ -232,7 +232,9 @@ async def model_cost(traces: list[Path]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-audit", type=Path, help="copy the run's audit JSONL here (for tersegate report)")
+    parser.add_argument(
+        "--keep-audit", type=Path, help="copy the run's audit JSONL here (for tersegate report)"
+    )
     args = parser.parse_args()
     traces = sorted(TRACES.glob("*.traj"))
     if not traces:

@@ -77,10 +77,11 @@ def build_record(
     """
     rw = exchange.rewrite
     usage = normalize_usage(exchange.usage)
-    applied = rw.mode == "enforce" and rw.fail_open is None
-    counted = rw.tokens_before is not None and rw.tokens_after is not None
-    delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    delta = _removed(exchange)
+    prompt_before = _prompt_before(usage, delta)
     cached_before = cache.cached_before if cache is not None else None
+    if cached_before is not None and prompt_before is not None:
+        cached_before = min(cached_before, prompt_before)
     written_before = cache.written_before if cache is not None else None
     try:
         price = prices.price_for(exchange.model)
@@ -109,7 +110,7 @@ def build_record(
         "tokens_after": rw.tokens_after,
         "usage": usage,
         "cached_tokens": usage.get("cached_tokens") if usage else None,
-        "prompt_tokens_before_est": _prompt_before(usage, delta),
+        "prompt_tokens_before_est": prompt_before,
         "cached_tokens_before_est": cached_before,
         "cost_before_usd": costs.before_usd,
         "cost_after_usd": costs.after_usd,
@@ -129,6 +130,14 @@ def build_record(
     if include_text:
         record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
     return record
+
+
+def _removed(exchange: Exchange) -> int:
+    """Prompt tokens compression removed from what was forwarded (0 in shadow mode or after a fail-open)."""
+    rw = exchange.rewrite
+    applied = rw.mode == "enforce" and rw.fail_open is None
+    counted = rw.tokens_before is not None and rw.tokens_after is not None
+    return (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
 
 
 def _prompt_before(usage: dict[str, int | None] | None, delta: int) -> int | None:
@@ -334,6 +343,7 @@ class JsonlAuditSink:
                 original=exchange.prompt,
                 forwarded=exchange.rewrite.body,
                 usage=normalize_usage(exchange.usage),
+                prompt_delta=_removed(exchange),
             )
         except Exception as exc:  # the record is written anyway, priced with the reported cache
             log.error("audit: cache model failed error=%s", type(exc).__name__)
