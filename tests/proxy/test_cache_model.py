@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from proxy.audit import cache_rules as rules
 from proxy.audit.cache_model import CacheModel
 from proxy.audit.pricing import Price, costs_for
+from proxy.store.base import StoreUnavailable
 from proxy.store.memory import MemoryStore
 
 WORDS = " ".join(f"word{i}" for i in range(3000))  # ~6,000 tokens of text nobody else has
@@ -118,3 +120,14 @@ def test_a_compression_that_loses_the_cache_costs_more_than_it_saves() -> None:
     assert costs.before_usd is not None and costs.saved_usd is not None
     assert costs.saved_usd < 0  # 10,000 tokens, 9,000 cached, cost less than 8,000 uncached
     assert costs.before_usd == round(1000 * 1e-6 + 9000 * 1e-7, 10)
+
+
+class DownStore(MemoryStore):
+    """A backend that cannot be reached (as a Redis store reports a refused connection)."""
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        raise StoreUnavailable("connection refused")
+
+
+def test_an_unreachable_store_gives_no_estimate_so_the_record_falls_back() -> None:
+    assert estimate(CacheModel(DownStore()), chat(WORDS)) is None
