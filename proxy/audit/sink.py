@@ -32,11 +32,11 @@ import orjson
 
 from proxy.audit.cache_model import CacheEstimate, CacheModel
 from proxy.audit.index import LiveIndexer
+from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.config.model import AuditConfig
 from proxy.errors import unavailable
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
-from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.usage import normalize_usage
 
 __all__ = [
