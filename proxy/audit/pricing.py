@@ -70,16 +70,18 @@ def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
     write = entry.get("cache_creation_input_token_cost")
     write_1h = entry.get("cache_creation_input_token_cost_above_1hr")
     given = float(given_in)
+
+    def given_or(value: object, default: float) -> float:
+        return float(value) if isinstance(value, (int, float)) else default
+
     return Price(
         key=key,
         input=given,
         output=float(given_out),
-        cached_input=float(cached) if isinstance(cached, (int, float)) else given,
+        cached_input=given_or(cached, given),
         # Without a write price in the map: Anthropic's multipliers (OpenAI reports no writes).
-        cache_write=float(write) if isinstance(write, (int, float)) else given * ANTHROPIC_WRITE_MULTIPLIER["5m"],
-        cache_write_1h=(
-            float(write_1h) if isinstance(write_1h, (int, float)) else given * ANTHROPIC_WRITE_MULTIPLIER["1h"]
-        ),
+        cache_write=given_or(write, given * ANTHROPIC_WRITE_MULTIPLIER["5m"]),
+        cache_write_1h=given_or(write_1h, given * ANTHROPIC_WRITE_MULTIPLIER["1h"]),
     )
 
 

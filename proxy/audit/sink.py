@@ -122,7 +122,9 @@ def build_record(
         "fail_open": rw.fail_open,
     }
     if usage is not None and "cache_write_tokens" in usage:
-        record["cache_write_tokens_before_est"] = None if written_before is None else sum(written_before.values())
+        record["cache_write_tokens_before_est"] = (
+            None if written_before is None else sum(written_before.values())
+        )
     if exchange.error is not None:
         record["error"] = exchange.error
     if exchange.client_disconnected:
