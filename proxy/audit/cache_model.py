@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ log = logging.getLogger("tersegate.audit")
 _DIGEST_BYTES = 12  # 96-bit prefix digests: collisions are negligible at any store size
 _OFFLOAD_CHARS = 32_768  # untokenized text above this is tokenized in a thread, off the event loop
 _PRESENT = b"1"
+_WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class CacheModel:
     def __init__(self, store: SharedStore | None = None, *, token_memo_bytes: int = 64 << 20) -> None:
         self.store: SharedStore = store if store is not None else MemoryStore()
         self._tokens = _TokenMemo(token_memo_bytes)
+        self._warned_at = -_WARN_EVERY_S
 
     def _tokenize(self, model: str | None, blocks: Sequence[Block]) -> list[bytes]:
         tokenizer = tokenizer_for(model)
@@ -157,7 +160,7 @@ class CacheModel:
         if prompt is not None and prompt + max(prompt_delta, 0) < shortest:
             nothing = Simulated(0, 0)
             return CacheEstimate(usage.get("cached_tokens") or 0, {}, nothing, nothing)
-        scope = f"cache:{team}:{model or '-'}"
+        scope = f"cache:{team}:{(model or '-')[:200]}"  # model names come from clients: bounded
         cache_key = cache_key_of(original)
         if cache_key is not None:
             scope += ":" + hashlib.sha256(cache_key.encode()).hexdigest()[:16]
@@ -168,7 +171,11 @@ class CacheModel:
         try:
             before, after = await self._run(scope, plans)
         except StoreUnavailable as exc:
-            log.warning("audit: cache model store unavailable (%s); cost_before assumes reported cache", exc)
+            if time.monotonic() - self._warned_at >= _WARN_EVERY_S:  # once a minute, not per request
+                self._warned_at = time.monotonic()
+                log.warning(
+                    "audit: cache model store unavailable (%s); cost_before assumes reported cache", exc
+                )
             return None
         return _calibrated(before, after, usage)
 
