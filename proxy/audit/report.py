@@ -138,9 +138,17 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def _losses(rows: Sequence[Row]) -> list[str]:
-    """One line per group whose cache-adjusted saving is negative."""
+def _losses(rows: Sequence[Row], by: Sequence[str]) -> list[str]:
+    """One line per group whose cache-adjusted saving is negative, then per team when grouped finer."""
     out = []
+    if "team" in by and len(by) > 1:
+        teams: dict[str | None, list[float]] = {}
+        for row in rows:
+            teams.setdefault(dict(row.keys)["team"], []).append(row.saved_usd or 0.0)
+        for team, saved in teams.items():
+            total = math.fsum(saved)
+            if total < 0:
+                out.append(f"! team={team}: compression raised the team's bill by {_money(-total)} in all")
     for row in rows:
         if row.cache_loss:
             name = ", ".join(f"{k}={v}" for k, v in row.keys) or "all traffic"
@@ -190,7 +198,7 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
         )
     out = io.StringIO()
     Console(file=out, width=180, force_terminal=False, color_system=None).print(table)
-    return out.getvalue() + "".join(line + "\n" for line in _losses(rows))
+    return out.getvalue() + "".join(line + "\n" for line in _losses(rows, by))
 
 
 def render(rows: Sequence[Row], *, by: Sequence[str], fmt: str) -> str:
