@@ -131,3 +131,13 @@ class DownStore(MemoryStore):
 
 def test_an_unreachable_store_gives_no_estimate_so_the_record_falls_back() -> None:
     assert estimate(CacheModel(DownStore()), chat(WORDS)) is None
+
+
+def test_after_losing_its_state_the_model_takes_the_reported_cache_for_the_original() -> None:
+    before_restart = CacheModel()
+    estimate(before_restart, chat(WORDS))
+    restarted = CacheModel()  # a new process with the in-process store: nothing tracked
+    est = estimate(restarted, chat(WORDS, "next"), chat(WORDS[:500], "next"), usage={"cached_tokens": 1024})
+    assert est.before.cached == est.after.cached == 0
+    assert est.cached_before == 1024  # what the upstream reported, not zero
+    assert estimate(restarted, chat(WORDS, "next", "again")).before.cached > 5000  # tracked again
