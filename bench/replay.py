@@ -4,7 +4,9 @@ Each trace's history is sent turn by turn (turn k = messages up to the k-th assi
 the agent sent it, through an in-process proxy (the ``serve`` app) with the JSONL audit on, to
 tests/prefix_cache_upstream.py, which reports ``cached_tokens`` as OpenAI's prefix cache would
 (>= 1,024 tokens, 128-token steps). One team per policy, one cache scope per team. Three models
-give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%).
+give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%). The three text-agent traces
+are also sent as Anthropic Messages (claude-sonnet-4-5) with Claude Code's breakpoints (the system
+prompt for 1 hour, the last block for 5 minutes), to the same upstream's Anthropic cache rules.
 
 For each policy and discount: the simulated invoice's change (priced from the upstream's usage,
 against the passthrough team's invoice), the audit's reported change (its own cost_before_usd and
@@ -55,6 +57,7 @@ TRACES = next(
     REPO.parent / "shared" / "evaldata" / "swe-agent-traces",
 )
 MODELS = {"gpt-4o": "50%", "gpt-4.1": "75%", "gpt-5": "90%"}
+ANTHROPIC = "claude-sonnet-4-5"  # /v1/messages with the client's cache_control breakpoints
 SHIPPED = ("default", "agents", "support", "rag")
 # Observations arrive as tool messages (function calling) or user messages (text agents).
 HALVE = """\
@@ -111,24 +114,54 @@ def write_config(folder: Path, upstream_url: str) -> Path:
     return path
 
 
-def invoice_of(usage: dict[str, Any], price: Any) -> float:
-    return request_cost_usd(
-        price,
-        prompt_tokens=usage["prompt_tokens"],
-        completion_tokens=usage["completion_tokens"],
-        cached_tokens=usage["prompt_tokens_details"]["cached_tokens"],
+def billed(usage: dict[str, Any], price: Any) -> tuple[float, int, int]:
+    """``(dollars, prompt tokens, cached tokens)`` the upstream's usage bills (OpenAI or Anthropic)."""
+    if "cache_read_input_tokens" in usage:
+        written, read = usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"]
+        prompt = usage["input_tokens"] + written + read
+        dollars = request_cost_usd(
+            price,
+            prompt_tokens=prompt,
+            completion_tokens=usage["output_tokens"],
+            cached_tokens=read,
+            written_tokens=written,
+            written_1h_tokens=usage["cache_creation"]["ephemeral_1h_input_tokens"],
+        )
+        return dollars, prompt, read
+    prompt, cached = usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
+    dollars = request_cost_usd(
+        price, prompt_tokens=prompt, completion_tokens=usage["completion_tokens"], cached_tokens=cached
     )
+    return dollars, prompt, cached
+
+
+def anthropic_turn(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """A text agent's turn as Claude Code sends it: breakpoints on the system prompt (1 h) and the last block."""
+    system, rest = messages[0]["content"], messages[1:]
+    out = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in rest]
+    out[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+    return {
+        "model": ANTHROPIC,
+        "max_tokens": 64,
+        "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": out,
+    }
 
 
 def replay_all(base_url: str, traces: list[Path]) -> None:
+    text_agents = [t for t in traces if "function_calling" not in t.stem]  # observations as user text
     with httpx.Client(timeout=600) as client:
-        for model in MODELS:
+        for model in (*MODELS, ANTHROPIC):
             for team in ("none", *SHIPPED, *STRAWMEN):
-                for trace in traces:
+                for trace in traces if model != ANTHROPIC else text_agents:
                     for messages in turns(agent_messages(trace)):
+                        if model == ANTHROPIC:
+                            path, body = "/messages", anthropic_turn(messages)
+                        else:
+                            path, body = "/chat/completions", {"model": model, "messages": messages}
                         response = client.post(
-                            base_url + "/chat/completions",
-                            content=orjson.dumps({"model": model, "messages": messages}),
+                            base_url + path,
+                            content=orjson.dumps(body),
                             headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
                         )
                         response.raise_for_status()
@@ -141,21 +174,24 @@ def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
     for _, scope, usage in upstream.served:
         key, model, _ = scope.split("|")
         team = key.removeprefix("Bearer sk-")
-        invoice[(team, model)] = invoice.get((team, model), 0.0) + invoice_of(usage, prices.price_for(model))
+        dollars, prompt, cached = billed(usage, prices.price_for(model))
+        invoice[(team, model)] = invoice.get((team, model), 0.0) + dollars
         acc = tokens.setdefault((team, model), [0, 0])
-        acc[0] += usage["prompt_tokens"]
-        acc[1] += usage["prompt_tokens_details"]["cached_tokens"]
+        acc[0] += prompt
+        acc[1] += cached
     sums: dict[tuple[str, str], list[float]] = {}
     for line in audit.read_bytes().splitlines():
         r = orjson.loads(line)
         acc_f = sums.setdefault((r["team"], r["model"]), [0.0, 0.0, 0.0])
         price = prices.price_for(r["model"])
         assert price is not None
-        old_before = request_cost_usd(  # the audit before the cache model: same cached tokens as sent
+        old_before = request_cost_usd(  # the audit before the cache model: same cache use as sent
             price,
             prompt_tokens=r["prompt_tokens_before_est"],
             completion_tokens=r["usage"]["completion_tokens"],
             cached_tokens=r["cached_tokens"],
+            written_tokens=r["usage"].get("cache_write_tokens") or 0,
+            written_1h_tokens=r["usage"].get("cache_write_1h_tokens") or 0,
         )
         acc_f[0] += r["cost_before_usd"]
         acc_f[1] += r["cost_after_usd"]
@@ -166,7 +202,7 @@ def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for team in (*SHIPPED, *STRAWMEN):
-        for model, discount in MODELS.items():
+        for model, discount in {**MODELS, ANTHROPIC: "90%, writes 1.25x / 2x"}.items():
             base = invoice[("none", model)]
             bill = invoice[(team, model)] / base - 1
             before, after, old = sums[(team, model)]
