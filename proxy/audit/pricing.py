@@ -23,13 +23,19 @@ from typing import Any
 
 import orjson
 
-from proxy.audit.cache_rules import ANTHROPIC_WRITE_MULTIPLIER
-
-__all__ = ["Costs", "Price", "PriceBook", "PricingError", "costs_for", "request_cost_usd"]
+__all__ = [
+    "Costs",
+    "Price",
+    "PriceBook",
+    "PricingError",
+    "anthropic_cost_usd",
+    "costs_for",
+    "request_cost_usd",
+]
 
 _MAP_FILE = "model_prices_and_context_window_backup.json"
-# Snapshot suffixes OpenAI-style names carry: -2024-08-06, -0613, -1106.
-_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+# Snapshot suffixes names carry: -2024-08-06, -0613, -1106 (OpenAI), -20250929 (Anthropic).
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _DIGITS = 10  # dollars rounded to 1e-10: whole-token prices are >= 1e-9, float noise is not
 
 
@@ -43,8 +49,9 @@ class Price:
     input: float  # dollars per prompt token
     output: float  # dollars per completion token
     cached_input: float  # dollars per cached prompt token (the input price when the map has none)
-    cache_write: float = 0.0  # dollars per prompt token written to the cache (Anthropic, 5-minute TTL)
-    cache_write_1h: float = 0.0  # the same with a 1-hour TTL
+    # Anthropic cache writes, per token: 5-minute and 1-hour TTL (the input price when the map has none).
+    cache_write_5m: float = 0.0
+    cache_write_1h: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +73,19 @@ def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
     given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
     if not isinstance(given_in, (int, float)) or not isinstance(given_out, (int, float)):
         return None
-    cached = entry.get("cache_read_input_token_cost")
-    write = entry.get("cache_creation_input_token_cost")
-    write_1h = entry.get("cache_creation_input_token_cost_above_1hr")
-    given = float(given_in)
 
-    def given_or(value: object, default: float) -> float:
-        return float(value) if isinstance(value, (int, float)) else default
+    def per_token(name: str, default: float) -> float:
+        value = entry.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
+    write_5m = per_token("cache_creation_input_token_cost", float(given_in))
     return Price(
         key=key,
-        input=given,
+        input=float(given_in),
         output=float(given_out),
-        cached_input=given_or(cached, given),
-        # Without a write price in the map: Anthropic's multipliers (OpenAI reports no writes).
-        cache_write=given_or(write, given * ANTHROPIC_WRITE_MULTIPLIER["5m"]),
-        cache_write_1h=given_or(write_1h, given * ANTHROPIC_WRITE_MULTIPLIER["1h"]),
+        cached_input=per_token("cache_read_input_token_cost", float(given_in)),
+        cache_write_5m=write_5m,
+        cache_write_1h=per_token("cache_creation_input_token_cost_above_1hr", write_5m),
     )
 
 
@@ -164,8 +168,8 @@ def request_cost_usd(
 ) -> float:
     """What the upstream bills. Reasoning tokens are part of completion tokens, so not added.
 
-    ``written_tokens`` (all cache writes, of which ``written_1h_tokens`` with a 1-hour TTL) are
-    part of the prompt tokens, like ``cached_tokens``.
+    ``written_tokens`` (Anthropic's cache writes, of which ``written_1h_tokens`` with a 1-hour TTL)
+    are part of the prompt tokens, like ``cached_tokens``.
     """
     prompt = max(prompt_tokens, 0)
     cached = min(max(cached_tokens, 0), prompt)
@@ -175,9 +179,23 @@ def request_cost_usd(
     return (
         uncached * price.input
         + cached * price.cached_input
-        + (written - written_1h) * price.cache_write
+        + (written - written_1h) * price.cache_write_5m
         + written_1h * price.cache_write_1h
         + max(completion_tokens, 0) * price.output
+    )
+
+
+def anthropic_cost_usd(price: Price, usage: dict[str, int | None], *, extra_input: int = 0) -> float:
+    """What Anthropic bills for a normalised usage (see :func:`proxy.usage.normalize_usage`):
+    uncached input, cache writes at the 5-minute and 1-hour prices, cache reads, output;
+    ``extra_input`` more tokens at the input price."""
+    fresh = max((usage.get("input_tokens") or 0) + extra_input, 0)
+    return (
+        fresh * price.input
+        + max(usage.get("cache_write_5m_tokens") or 0, 0) * price.cache_write_5m
+        + max(usage.get("cache_write_1h_tokens") or 0, 0) * price.cache_write_1h
+        + max(usage.get("cached_tokens") or 0, 0) * price.cached_input
+        + max(usage.get("completion_tokens") or 0, 0) * price.output
     )
 
 
@@ -195,7 +213,7 @@ def costs_for(
     forwarded; the uncompressed request is priced with that many more prompt tokens
     and ``cached_before`` cached tokens (``written_before`` cache writes by TTL): the
     cache model's estimate (:mod:`proxy.audit.cache_model`). Without an estimate it
-    assumes the cached tokens the upstream reported. No usage: no costs. A compression
+    assumes the cache use the upstream reported. No usage: no costs. A compression
     that raised the bill has a negative ``saved_usd``.
     """
     if price is None:
@@ -206,14 +224,12 @@ def costs_for(
     completion = usage.get("completion_tokens") or 0
     cached = usage.get("cached_tokens") or 0
     written, written_1h = usage.get("cache_write_tokens") or 0, usage.get("cache_write_1h_tokens") or 0
-    after = request_cost_usd(
-        price,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        written_tokens=written,
-        written_1h_tokens=written_1h,
-    )
+    if "cache_write_tokens" in usage:  # Anthropic: writes priced by TTL
+        after = anthropic_cost_usd(price, usage)
+    else:
+        after = request_cost_usd(
+            price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        )
     if written_before is not None:
         written, written_1h = sum(written_before.values()), written_before.get("1h", 0)
     before = request_cost_usd(

@@ -33,6 +33,7 @@ import orjson
 from proxy.audit.cache_model import CacheEstimate, CacheModel
 from proxy.audit.index import LiveIndexer
 from proxy.audit.pricing import PriceBook, PricingError, costs_for
+from proxy.audit.prompt_layout import ANTHROPIC_ROUTE
 from proxy.config.model import AuditConfig
 from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
@@ -46,6 +47,7 @@ __all__ = [
     "iter_records",
     "record_hash",
     "rotated_name",
+    "token_scale",
 ]
 
 log = logging.getLogger("tersegate.audit")
@@ -66,17 +68,31 @@ def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def token_scale(exchange: Exchange, usage: dict[str, int | None] | None) -> float | None:
+    """Anthropic routes: the upstream's exact input count over our estimate of what was sent
+    (tiktoken o200k: there is no offline Claude tokenizer), by which the estimated saving is
+    scaled before it is priced. None when either side is unknown."""
+    rw = exchange.rewrite
+    if exchange.api != "anthropic" or not usage or rw.tokens_after is None:
+        return None
+    exact = usage.get("prompt_tokens")
+    estimate = rw.tokens_after + (rw.tokens_other or 0)
+    if not exact or estimate <= 0:
+        return None
+    return round(exact / estimate, 4)
+
+
 def build_record(
     exchange: Exchange, *, prices: PriceBook, include_text: bool, cache: CacheEstimate | None = None
 ) -> dict[str, Any]:
     """The audit record of a finished exchange, without ``prev_hash`` and ``hash``.
 
     ``cache`` is the cache model's estimate for the uncompressed request; without one,
-    ``cost_before_usd`` assumes the cached tokens the upstream reported.
+    ``cost_before_usd`` assumes the cache use the upstream reported.
     """
     rw = exchange.rewrite
-    usage = normalize_usage(exchange.usage)
-    delta = _removed(exchange)
+    usage = normalize_usage(exchange.usage, api=exchange.api)
+    delta, scale = _removed(exchange, usage)
     prompt_before = _prompt_before(usage, delta)
     cached_before = cache.cached_before if cache is not None else None
     if cached_before is not None and prompt_before is not None:
@@ -102,11 +118,13 @@ def build_record(
         "rules": list(rw.rules),
         "mode": rw.mode,
         "route": exchange.route,
+        "api": exchange.api,
         "model": exchange.model,
         "stream": exchange.stream,
         "status": exchange.status,
         "tokens_before": rw.tokens_before,
         "tokens_after": rw.tokens_after,
+        "tokens_scale": scale,
         "usage": usage,
         "cached_tokens": usage.get("cached_tokens") if usage else None,
         "prompt_tokens_before_est": prompt_before,
@@ -133,12 +151,15 @@ def build_record(
     return record
 
 
-def _removed(exchange: Exchange) -> int:
-    """Prompt tokens compression removed from what was forwarded (0 in shadow mode or after a fail-open)."""
+def _removed(exchange: Exchange, usage: dict[str, int | None] | None) -> tuple[int, float | None]:
+    """``(prompt tokens compression removed from what was forwarded, Anthropic's token scale)``;
+    nothing was removed in shadow mode or after a fail-open."""
     rw = exchange.rewrite
     applied = rw.mode == "enforce" and rw.fail_open is None
     counted = rw.tokens_before is not None and rw.tokens_after is not None
-    return (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    scale = token_scale(exchange, usage)
+    return (delta if scale is None else round(delta * scale)), scale
 
 
 def _prompt_before(usage: dict[str, int | None] | None, delta: int) -> int | None:
@@ -332,15 +353,16 @@ class JsonlAuditSink:
         """The cache model's estimate, for requests the upstream answered with usage; faults fail open."""
         if self._cache_model is None or exchange.prompt is None or exchange.usage is None:
             return None
+        usage = normalize_usage(exchange.usage, api=exchange.api)
         try:
             return await self._cache_model.estimate(
                 team=exchange.team,
                 model=exchange.model,
-                route=exchange.route,
+                route=ANTHROPIC_ROUTE if exchange.api == "anthropic" else exchange.route,
                 original=exchange.prompt,
                 forwarded=exchange.rewrite.body,
-                usage=normalize_usage(exchange.usage),
-                prompt_delta=_removed(exchange),
+                usage=usage,
+                prompt_delta=_removed(exchange, usage)[0],
             )
         except Exception as exc:  # the record is written anyway, priced with the reported cache
             log.error("audit: cache model failed error=%s", type(exc).__name__)

@@ -124,21 +124,3 @@ def test_normalize_reads_reasoning_and_cached_details() -> None:
         "reasoning_tokens": None,
     }
     assert normalize_usage(None) is None
-
-
-def test_normalize_anthropic_usage_counts_cache_reads_and_writes_as_prompt_tokens() -> None:
-    raw = {
-        "input_tokens": 12,
-        "cache_creation_input_tokens": 3000,
-        "cache_read_input_tokens": 9000,
-        "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000},
-        "output_tokens": 40,
-    }
-    assert normalize_usage(raw) == {
-        "prompt_tokens": 12_012,
-        "completion_tokens": 40,
-        "cached_tokens": 9000,
-        "reasoning_tokens": None,
-        "cache_write_tokens": 3000,
-        "cache_write_1h_tokens": 2000,
-    }
