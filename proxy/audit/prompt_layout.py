@@ -2,7 +2,8 @@
 
 OpenAI renders ``tools`` first, then the messages (chat), ``instructions`` then ``input``
 (Responses) or the ``prompt`` (completions); Anthropic caches ``tools``, then ``system``, then
-``messages``, block by block, and the client's ``cache_control`` marks the breakpoints. Each block
+``messages``, block by block (:func:`proxy.anthropic.blocks`), and the client's ``cache_control``
+marks the breakpoints. Each block
 is the text its tokens come from (role and content; other fields as compact JSON). Pure: no
 tokenizer here (see :mod:`proxy.audit.cache_model`).
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from proxy import anthropic
 
 __all__ = ["ANTHROPIC_ROUTE", "Block", "blocks_of", "cache_key_of"]
 
@@ -71,41 +74,29 @@ def _openai_blocks(route: str, body: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
-def _ttl(block: Mapping[str, Any]) -> str | None:
-    control = block.get("cache_control")
-    if not isinstance(control, Mapping):
-        return None
-    return "1h" if control.get("ttl") == "1h" else "5m"
-
-
-def _anthropic_block(prefix: str, block: Any) -> Block:
-    if not isinstance(block, Mapping):
-        return Block(prefix + _content_text(block))
-    rest = {k: v for k, v in block.items() if k not in ("text", "cache_control", "type")}
-    text = block.get("text") if isinstance(block.get("text"), str) else ""
-    return Block(prefix + str(text) + ("\n" + _json(rest) if rest else ""), _ttl(block))
+def _value_at(body: Mapping[str, Any], path: tuple[str | int, ...]) -> Any:
+    node: Any = body
+    for key in path:
+        node = node[key]
+    return node
 
 
 def _anthropic_blocks(body: Mapping[str, Any]) -> list[Block]:
-    blocks: list[Block] = []
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        blocks += [_anthropic_block("tool\n", tool) for tool in tools]
-    system = body.get("system")
-    if isinstance(system, str):
-        blocks.append(Block("system\n" + system))
-    elif isinstance(system, list):
-        blocks += [_anthropic_block("system\n", b) for b in system]
-    for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
-            continue
-        role = str(message.get("role", "")) + "\n"
-        content = message.get("content")
-        if isinstance(content, list):
-            blocks += [_anthropic_block(role, b) for b in content]
+    """:func:`proxy.anthropic.blocks` order; a block without rewritable text counts as its JSON."""
+    out = []
+    for block in anthropic.blocks(body):
+        if block.texts:
+            text = "\n".join(t for _, t in block.texts)
         else:
-            blocks.append(Block(role + _content_text(content)))
-    return blocks
+            value = _value_at(body, block.path)
+            if isinstance(value, Mapping):
+                value = {k: v for k, v in value.items() if k != "cache_control"}
+            text = value if isinstance(value, str) else _json(value)
+        ttl = (
+            None if block.cache_control is None else "1h" if block.cache_control.get("ttl") == "1h" else "5m"
+        )
+        out.append(Block(block.role + "\n" + text, ttl))
+    return out
 
 
 def blocks_of(route: str, body: Mapping[str, Any]) -> list[Block]:
