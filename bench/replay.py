@@ -4,9 +4,10 @@ Each trace's history is sent turn by turn (turn k = messages up to the k-th assi
 the agent sent it, through an in-process proxy (the ``serve`` app) with the JSONL audit on, to
 tests/prefix_cache_upstream.py, which reports ``cached_tokens`` as OpenAI's prefix cache would
 (>= 1,024 tokens, 128-token steps). One team per policy, one cache scope per team. Three models
-give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%). The three text-agent traces
-are also sent as Anthropic Messages (claude-sonnet-4-5) with Claude Code's breakpoints (the system
-prompt for 1 hour, the last block for 5 minutes), to the same upstream's Anthropic cache rules.
+give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%). The traces are also sent as
+Anthropic Messages the way Claude Code sends them (bench/anthropic_shape.py: tool_use / tool_result
+blocks, breakpoints on the system prompt for 1 hour and the newest user block for 5 minutes) to the
+same upstream's Anthropic cache rules.
 
 For each policy and discount: the simulated invoice's change (priced from the upstream's usage,
 against the passthrough team's invoice), the audit's reported change (its own cost_before_usd and
@@ -36,7 +37,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from anthropic_shape import MODEL as ANTHROPIC_MODEL  # noqa: E402
+from anthropic_shape import turns as anthropic_turns  # noqa: E402
 from fake_upstream import ServerThread  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 
@@ -57,7 +61,7 @@ TRACES = next(
     REPO.parent / "shared" / "evaldata" / "swe-agent-traces",
 )
 MODELS = {"gpt-4o": "50%", "gpt-4.1": "75%", "gpt-5": "90%"}
-ANTHROPIC = "claude-sonnet-4-5"  # /v1/messages with the client's cache_control breakpoints
+ANTHROPIC = ANTHROPIC_MODEL  # /v1/messages with Claude Code's cache_control breakpoints
 SHIPPED = ("default", "agents", "support", "rag")
 # Observations arrive as tool messages (function calling) or user messages (text agents).
 HALVE = """\
@@ -135,36 +139,27 @@ def billed(usage: dict[str, Any], price: Any) -> tuple[float, int, int]:
     return dollars, prompt, cached
 
 
-def anthropic_turn(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """A text agent's turn as Claude Code sends it: breakpoints on the system prompt (1 h) and the last block."""
-    system, rest = messages[0]["content"], messages[1:]
-    out = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in rest]
-    out[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
-    return {
-        "model": ANTHROPIC,
-        "max_tokens": 64,
-        "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
-        "messages": out,
-    }
+def requests_of(trace: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, body)`` of every turn: once per OpenAI model, then as Claude Code sends it."""
+    out = [
+        ("/chat/completions", {"model": model, "messages": messages})
+        for model in MODELS
+        for messages in turns(agent_messages(trace))
+    ]
+    return out + [("/messages", body) for body in anthropic_turns(trace)]
 
 
 def replay_all(base_url: str, traces: list[Path]) -> None:
-    text_agents = [t for t in traces if "function_calling" not in t.stem]  # observations as user text
     with httpx.Client(timeout=600) as client:
-        for model in (*MODELS, ANTHROPIC):
-            for team in ("none", *SHIPPED, *STRAWMEN):
-                for trace in traces if model != ANTHROPIC else text_agents:
-                    for messages in turns(agent_messages(trace)):
-                        if model == ANTHROPIC:
-                            path, body = "/messages", anthropic_turn(messages)
-                        else:
-                            path, body = "/chat/completions", {"model": model, "messages": messages}
-                        response = client.post(
-                            base_url + path,
-                            content=orjson.dumps(body),
-                            headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
-                        )
-                        response.raise_for_status()
+        for team in ("none", *SHIPPED, *STRAWMEN):
+            for trace in traces:
+                for path, body in requests_of(trace):
+                    response = client.post(
+                        base_url + path,
+                        content=orjson.dumps(body),
+                        headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
+                    )
+                    response.raise_for_status()
 
 
 def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:

@@ -61,6 +61,7 @@ class CacheEstimate:
     written_before: dict[str, int]  # Anthropic: calibrated cache writes by TTL
     before: Simulated
     after: Simulated
+    prompt_before: int | None = None  # Anthropic: the original's prompt tokens, in the upstream's units
 
 
 class _TokenMemo:
@@ -177,7 +178,7 @@ class CacheModel:
                     "audit: cache model store unavailable (%s); cost_before assumes reported cache", exc
                 )
             return None
-        return _calibrated(before, after, usage)
+        return _calibrated(before, after, usage, in_upstream_tokens=route == ANTHROPIC_ROUTE)
 
     async def _run(self, scope: str, plans: Sequence[_Plan]) -> tuple[Simulated, Simulated]:
         """Both streams in one lookup and one write per TTL (one store round trip each)."""
@@ -244,8 +245,21 @@ class _Plan:
         return _Plan([], lambda found: (Simulated(0, 0), []))
 
 
-def _calibrated(before: Simulated, after: Simulated, usage: Mapping[str, int | None]) -> CacheEstimate:
-    """Reads, and writes per TTL, of the original request, calibrated by what the upstream reported."""
+def _calibrated(
+    before: Simulated, after: Simulated, usage: Mapping[str, int | None], *, in_upstream_tokens: bool
+) -> CacheEstimate:
+    """Reads, and writes per TTL, of the original request, calibrated by what the upstream reported.
+
+    ``in_upstream_tokens``: the model counts with o200k, not the upstream's tokenizer (Anthropic's is
+    not available offline), so both simulations are first converted to the upstream's units by the
+    forwarded request's reported prompt tokens over the model's count of it.
+    """
+    prompt = usage.get("prompt_tokens")
+    prompt_before = None
+    if in_upstream_tokens and prompt and after.prompt > 0:
+        ratio = prompt / after.prompt
+        before, after = _scaled(before, ratio), _scaled(after, ratio)
+        prompt_before = before.prompt
     cached = rules.calibrate(before.cached, after.cached, usage.get("cached_tokens") or 0)
     reported_1h = usage.get("cache_write_1h_tokens") or 0
     reported = {"5m": (usage.get("cache_write_tokens") or 0) - reported_1h, "1h": reported_1h}
@@ -253,4 +267,12 @@ def _calibrated(before: Simulated, after: Simulated, usage: Mapping[str, int | N
         ttl: rules.calibrate(before.written.get(ttl, 0), after.written.get(ttl, 0), reported[ttl])
         for ttl in ("5m", "1h")
     }
-    return CacheEstimate(cached, {k: v for k, v in written.items() if v}, before, after)
+    return CacheEstimate(cached, {k: v for k, v in written.items() if v}, before, after, prompt_before)
+
+
+def _scaled(simulated: Simulated, ratio: float) -> Simulated:
+    return Simulated(
+        round(simulated.prompt * ratio),
+        round(simulated.cached * ratio),
+        {ttl: round(n * ratio) for ttl, n in simulated.written.items()},
+    )

@@ -93,6 +93,11 @@ def build_record(
     rw = exchange.rewrite
     usage = normalize_usage(exchange.usage, api=exchange.api)
     delta, scale = _removed(exchange, usage)
+    prompt = usage.get("prompt_tokens") if usage else None
+    if cache is not None and cache.prompt_before is not None and prompt is not None:
+        # Anthropic: the cache model counted the original and the forwarded prompt whole, in the
+        # upstream's units; their difference is what compression removed (framing cancels out).
+        delta = cache.prompt_before - prompt
     prompt_before = _prompt_before(usage, delta)
     cached_before = cache.cached_before if cache is not None else None
     if cached_before is not None and prompt_before is not None:

@@ -25,6 +25,10 @@ from prefix_cache_upstream import PrefixCacheUpstream
 
 from proxy.audit.pricing import PriceBook, request_cost_usd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from anthropic_shape import MODEL as ANTHROPIC_MODEL
+from anthropic_shape import turns as anthropic_turns
+
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/evaldata next to the checkout (or next to the folder of worktrees).
 TRACES = next(
@@ -68,19 +72,6 @@ def agent_messages(path: Path) -> list[dict[str, Any]]:
 
 def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
-
-
-def anthropic_turn(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """A text agent's turn as Claude Code sends it: breakpoints on the system prompt and the last block."""
-    system, rest = messages[0]["content"], messages[1:]
-    out = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in rest]
-    out[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
-    return {
-        "model": "claude-sonnet-4-5",
-        "max_tokens": 64,
-        "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
-        "messages": out,
-    }
 
 
 @pytest.fixture
@@ -222,15 +213,13 @@ def test_anthropic_breakpoints_audit_matches_the_invoices(
     spawn_proxy: MakeProxy, cache_upstream: PrefixCacheUpstream, tmp_path: Path
 ) -> None:
     proxy = start(spawn_proxy, cache_upstream, tmp_path)
-    text_agents = [t for t in TRACE_FILES if "function_calling" not in t.stem]  # observations as user text
     for team in ("none", "first", "aged"):
-        for trace in text_agents:
-            bodies = [anthropic_turn(t) for t in turns(agent_messages(trace))]
-            replay(proxy, team, bodies, "/messages")
+        for trace in TRACE_FILES:  # as Claude Code sends them: tool_use / tool_result blocks, breakpoints
+            replay(proxy, team, anthropic_turns(trace), "/messages")
     proxy.stop()
     audit = tmp_path / "audit.jsonl"
-    assert_matches_invoices(cache_upstream, audit, "claude-sonnet-4-5", ["first", "aged"])
-    invoice = invoices(cache_upstream, "claude-sonnet-4-5")
+    assert_matches_invoices(cache_upstream, audit, ANTHROPIC_MODEL, ["first", "aged"])
+    invoice = invoices(cache_upstream, ANTHROPIC_MODEL)
     assert invoice["first"] < invoice["none"] < invoice["aged"]  # rewriting old blocks re-pays writes
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     assert any(r["usage"]["cache_write_tokens"] for r in records)
