@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from redis_server import RedisServer, redis_server
 
 from proxy.audit import cache_rules as rules
 from proxy.audit.cache_model import CacheModel
 from proxy.audit.pricing import Price, costs_for
 from proxy.store.base import StoreUnavailable
 from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
+from proxy.store.sqlite import SqliteStore
+
+__all__ = ["redis_server"]
 
 WORDS = " ".join(f"word{i}" for i in range(3000))  # ~6,000 tokens of text nobody else has
 SECRET = "the launch code is 0000 " * 100
@@ -141,3 +148,29 @@ def test_after_losing_its_state_the_model_takes_the_reported_cache_for_the_origi
     assert est.before.cached == est.after.cached == 0
     assert est.cached_before == 1024  # what the upstream reported, not zero
     assert estimate(restarted, chat(WORDS, "next", "again")).before.cached > 5000  # tracked again
+
+
+async def _cached(model: CacheModel, body: dict[str, Any]) -> int:
+    found = await model.estimate(
+        team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage={}
+    )
+    assert found is not None
+    return found.before.cached
+
+
+async def test_a_restart_keeps_the_state_in_the_memos_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "memo.sqlite"
+    first = SqliteStore(path, max_bytes=1 << 24)
+    assert await _cached(CacheModel(first), chat(WORDS)) == 0
+    await first.aclose()
+    restarted = SqliteStore(path, max_bytes=1 << 24)  # a new process on the same file
+    assert await _cached(CacheModel(restarted), chat(WORDS, "next")) > 5000
+    await restarted.aclose()
+
+
+async def test_two_workers_share_the_state_through_redis(redis_server: RedisServer) -> None:
+    one, two = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    assert await _cached(CacheModel(one), chat(WORDS)) == 0
+    assert await _cached(CacheModel(two), chat(WORDS, "next")) > 5000  # the other worker's prefix
+    await one.aclose()
+    await two.aclose()
