@@ -19,6 +19,7 @@ ORDER = (
     "anthropic",
     "memo",
     "audit",
+    "workers",
 )
 
 
