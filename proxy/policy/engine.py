@@ -283,7 +283,9 @@ class PolicyRewriter:
                 continue
             form = chosen.form if keep_new and chosen.form is not None else None
             if form is None:
-                note = outcome.fail_open or ("below min_saving_tokens" if chosen.form else "")
+                own = chosen.form.note if chosen.form and chosen.form.text is None else ""
+                # A part that saved nothing says why ("no saving", all kept verbatim), not the request's total.
+                note = outcome.fail_open or own or ("below min_saving_tokens" if chosen.form else "")
                 form = _Form(None, chosen.tokens, chosen.form.ms if chosen.form else 0.0, note)
             size = len(form.text or "") * 2 + 64
             chosen.form = self.forms.setdefault(chosen.key, form, size=size)
@@ -364,7 +366,7 @@ def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: s
     after = tokenizer_for(model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
     if after >= tokens:
-        return _Form(None, tokens, ms, "no saving")
+        return _Form(None, tokens, ms, note or "no saving")
     return _Form(new_text, after, ms, note)
 
 
