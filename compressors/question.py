@@ -1,4 +1,4 @@
-"""The question a prompt asks: one finder for the proxy's query plan and the question-aware compressors.
+"""The question a prompt asks: one finder for query planning and the question-aware compressors.
 
 A question is, in this order:
 
