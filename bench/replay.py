@@ -107,7 +107,7 @@ async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: f
             **{**{f: getattr(policy, f) for f in policy.__slots__}, "latency_budget_ms": 60000.0}
         )
         rewriter = PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
-        await rewriter.warm_up()
+        await rewriter.ready()
     bill = Bill()
     previous: list[bytes] = []
     for k, message in enumerate(messages):

@@ -12,6 +12,7 @@ import orjson
 __all__ = [
     "ProxyError",
     "error_body",
+    "failing_closed",
     "internal",
     "timed_out",
     "too_large",
@@ -79,6 +80,11 @@ def timed_out(upstream: str, what: str) -> ProxyError:
 
 def unavailable(message: str) -> ProxyError:
     return ProxyError(503, message, type="server_error", code="service_unavailable", kind="unavailable")
+
+
+def failing_closed() -> ProxyError:
+    """The answer while the audit cannot be written and ``audit.on_error`` is fail-closed."""
+    return unavailable("The audit log cannot be written; the proxy is failing closed (audit.on_error).")
 
 
 def internal(request_id: str) -> ProxyError:

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["UNCHANGED", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+__all__ = ["COMPRESSIBLE_ROUTES", "UNCHANGED", "AuditLost", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+
+# Endpoints whose request bodies carry prompts the rewrite hook may compress (and the audit records).
+COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
 
 
 @dataclass(slots=True)
@@ -66,21 +69,37 @@ class Exchange:
 
 
 class Rewriter(Protocol):
-    """The rewrite hook: (request, team, policy) -> new body or unchanged.
+    """The rewrite hook: ``await rewriter(exchange, body, headers)`` -> a :class:`Rewrite`.
 
     The forwarding core calls it for compressible routes with the parsed JSON
-    body; the policy engine implements it. It must never raise: failures are
-    reported as ``Rewrite(fail_open=...)``.
+    body and the client's headers (keys removed); the policy engine implements
+    it. It must never raise: failures are reported as ``Rewrite(fail_open=...)``.
+    It carries its own lifecycle, so the wiring needs not know which hook it runs.
     """
 
     async def __call__(
         self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]
     ) -> Rewrite: ...
 
+    def start(self) -> None:
+        """Begin background preparation (loading models) on the running loop; again after a reload."""
+
+    async def ready(self) -> None:
+        """Return once prepared (``tersegate compress`` waits, as a warm server would be)."""
+
+    def close(self) -> None:
+        """Stop background work and release workers."""
+
+
+class AuditLost(Exception):
+    """An audit record could not be written; the server counts it and applies ``audit.on_error``."""
+
 
 class AuditSink(Protocol):
     """Receives each finished exchange. ``commit`` returns once the record is
-    durably handed to the OS (written), so a response can finish after it."""
+    durably handed to the OS (written), so a response can finish after it, and
+    raises :class:`AuditLost` (or any error) when it was not written. What then
+    happens to the request (fail open or closed) is the server's decision, not the sink's."""
 
     async def commit(self, exchange: Exchange) -> None: ...
 

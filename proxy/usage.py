@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["UsageTap", "normalize_usage", "prepare_stream"]
+__all__ = ["UsageTap", "forwarded_body", "normalize_usage", "prepare_stream"]
 
 # Routes whose streams honour stream_options.include_usage.
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -79,6 +79,19 @@ def prepare_stream(body: dict[str, Any], *, route: str | None = None) -> tuple[d
     new_options = dict(options) if isinstance(options, Mapping) else {}
     new_options["include_usage"] = True
     return {**body, "stream_options": new_options}, True
+
+
+def forwarded_body(
+    original: bytes, parsed: dict[str, Any], rewritten: dict[str, Any] | None, *, stream: bool, route: str
+) -> tuple[bytes, bool]:
+    """``(bytes to send upstream, usage injected)`` after the rewrite hook: the original bytes when
+    neither the hook nor :func:`prepare_stream` changed anything, else the new body serialised."""
+    injected = False
+    if stream:
+        prepared, injected = prepare_stream(rewritten if rewritten is not None else parsed, route=route)
+        if injected:
+            rewritten = prepared
+    return (orjson.dumps(rewritten) if rewritten is not None else original), injected
 
 
 def _event_data(frame: bytes) -> bytes | None:

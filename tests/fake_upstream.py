@@ -34,17 +34,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import uvicorn
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from proxy.server.asgi import Receive, Scope, Send
 
 REPLY = "Hello from the fake upstream."
 EMBEDDING_DIM = 8

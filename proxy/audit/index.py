@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from proxy.audit.report import Row, usd
+from proxy.audit.rows import GROUP_KEYS, Row, Sums, row_of
 
 __all__ = ["AuditIndex", "LiveIndexer", "covers"]
 
@@ -52,14 +52,8 @@ CREATE INDEX IF NOT EXISTS sums_file ON sums (file_id);
 """
 _INSERT = "INSERT INTO sums VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _READ_CHUNK = 16 << 20
-# How report groupings map onto the stored columns.
-_COLUMNS = {
-    "day": "substr(hour, 1, 10)",
-    "team": "team",
-    "model": "model",
-    "route": "route",
-    "policy": "policy",
-}
+# How report groupings map onto the stored columns (all but the day are stored as they are).
+_COLUMNS = {key: "substr(hour, 1, 10)" if key == "day" else key for key in GROUP_KEYS}
 
 Key = tuple[str | None, str | None, str | None, str | None, str | None]
 
@@ -73,7 +67,7 @@ def _first_hash(path: Path) -> str | None:
     return str(value) if value else None
 
 
-def _add(sums: dict[Key, list[Any]], record: dict[str, Any]) -> None:
+def _add(sums: dict[Key, Sums], record: dict[str, Any]) -> None:
     ts = record.get("ts")
     key = (
         ts[:13] if isinstance(ts, str) else None,
@@ -84,18 +78,8 @@ def _add(sums: dict[Key, list[Any]], record: dict[str, Any]) -> None:
     )
     acc = sums.get(key)
     if acc is None:
-        acc = sums[key] = [0, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0]
-    acc[0] += 1
-    acc[1] += record.get("tokens_before") or 0
-    acc[2] += record.get("tokens_after") or 0
-    after = record.get("cost_after_usd")
-    if after is not None:
-        acc[3] += record.get("cost_before_usd") or 0.0
-        acc[4] += after
-        acc[5] += record.get("saved_usd") or 0.0
-        acc[6] += 1
-    acc[7] += record.get("fail_open") is not None
-    acc[8] += record.get("price_missing") is True
+        acc = sums[key] = Sums()
+    acc.add(record)
 
 
 def _complete_lines(path: Path, start: int) -> Iterator[tuple[bytes, int]]:
@@ -179,19 +163,19 @@ class AuditIndex:
                 self._db.execute("DELETE FROM sums WHERE file_id = ?", (file_id,))
                 start = 0
         ingested = start
-        sums: dict[Key, list[Any]] = {}
+        sums: dict[Key, Sums] = {}
         for block, ingested in _complete_lines(path, start):  # noqa: B007 - the last offset is stored
             for line in block.splitlines():
                 if line:
                     _add(sums, orjson.loads(line))
-        self._db.executemany(_INSERT, [(file_id, *key, *acc) for key, acc in sums.items()])
+        self._db.executemany(_INSERT, [(file_id, *key, *acc.totals()) for key, acc in sums.items()])
         self._db.execute(
             "UPDATE files SET path = ?, ingested_bytes = ? WHERE id = ?", (str(path), ingested, file_id)
         )
         return file_id
 
     def report(self, file_ids: Sequence[int], *, by: Sequence[str], since: str | None) -> list[Row]:
-        """Rows over the records of ``file_ids``, grouped by ``by`` (names from ``GROUP_KEYS``).
+        """Rows over the records of ``file_ids``, grouped by ``by`` (names from :data:`~proxy.audit.rows.GROUP_KEYS`).
 
         ``since`` is compared by hour: pass whole hours (see :func:`covers`).
         """
@@ -217,23 +201,9 @@ class AuditIndex:
         )
         rows = []
         for found in self._db.execute(sql, params):
-            values, sums = found[: len(by)], found[len(by) :]
-            if not sums[0]:
-                continue  # no records at all (an aggregate without GROUP BY still returns a row)
-            priced = int(sums[6])
-            rows.append(
-                Row(
-                    keys=tuple(zip(by, values, strict=True)),
-                    requests=int(sums[0]),
-                    tokens_before=int(sums[1]),
-                    tokens_after=int(sums[2]),
-                    cost_before_usd=usd(sums[3], priced),
-                    cost_after_usd=usd(sums[4], priced),
-                    saved_usd=usd(sums[5], priced),
-                    fail_open=int(sums[7]),
-                    price_missing=int(sums[8]),
-                )
-            )
+            values, totals = found[: len(by)], found[len(by) :]
+            if totals[0]:  # an aggregate without GROUP BY returns a row even over no records
+                rows.append(row_of(tuple(zip(by, values, strict=True)), totals))
         return rows
 
 

@@ -1,9 +1,8 @@
 """Savings reports from audit records: rows grouped by team, model, day (or route, policy).
 
 Rows are computed either by scanning the JSONL files (:func:`aggregate_files`)
-or by the SQLite index (:mod:`proxy.audit.index`); both give the same rows.
-Dollar sums cover the requests that had a price and usage; ``price_missing``
-counts the requests that could not be priced.
+or by the SQLite index (:mod:`proxy.audit.index`); both add records up with
+:class:`proxy.audit.rows.Sums`, so both give the same rows.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from proxy.audit.rows import GROUP_KEYS, Row, Sums, row_of
+
 __all__ = [
-    "GROUP_KEYS",
     "ReportError",
-    "Row",
     "aggregate_files",
     "aggregate_records",
     "parse_by",
@@ -32,50 +30,9 @@ __all__ = [
     "render",
 ]
 
-GROUP_KEYS = ("team", "model", "day", "route", "policy")
-_USD_DIGITS = 8
-
 
 class ReportError(ValueError):
     """A bad report option or an unreadable audit file."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    keys: tuple[tuple[str, str | None], ...]  # (group key, value) in --by order
-    requests: int
-    tokens_before: int
-    tokens_after: int
-    cost_before_usd: float | None
-    cost_after_usd: float | None
-    saved_usd: float | None
-    fail_open: int
-    price_missing: int
-
-    @property
-    def saving_pct(self) -> float:
-        if self.tokens_before <= 0:
-            return 0.0
-        return round(100.0 * (self.tokens_before - self.tokens_after) / self.tokens_before, 2)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **dict(self.keys),
-            "requests": self.requests,
-            "tokens_before": self.tokens_before,
-            "tokens_after": self.tokens_after,
-            "saving_pct": self.saving_pct,
-            "cost_before_usd": self.cost_before_usd,
-            "cost_after_usd": self.cost_after_usd,
-            "saved_usd": self.saved_usd,
-            "fail_open": self.fail_open,
-            "price_missing": self.price_missing,
-        }
-
-
-def usd(total: float, priced: int) -> float | None:
-    """A dollar sum for a report: None when no request in the group had a cost."""
-    return round(total, _USD_DIGITS) if priced else None
 
 
 def parse_by(value: str) -> tuple[str, ...]:
@@ -103,51 +60,6 @@ def parse_since(value: str | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-class _Sums:
-    __slots__ = (
-        "after",
-        "before",
-        "cost_after",
-        "cost_before",
-        "fail_open",
-        "priced",
-        "requests",
-        "saved",
-        "unpriced",
-    )
-
-    def __init__(self) -> None:
-        self.requests = self.before = self.after = self.fail_open = self.unpriced = self.priced = 0
-        self.cost_before: list[float] = []
-        self.cost_after: list[float] = []
-        self.saved: list[float] = []
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.requests += 1
-        self.before += record.get("tokens_before") or 0
-        self.after += record.get("tokens_after") or 0
-        self.fail_open += record.get("fail_open") is not None
-        self.unpriced += record.get("price_missing") is True
-        if record.get("cost_after_usd") is not None:
-            self.priced += 1
-            self.cost_before.append(record.get("cost_before_usd") or 0.0)
-            self.cost_after.append(record["cost_after_usd"])
-            self.saved.append(record.get("saved_usd") or 0.0)
-
-    def row(self, keys: tuple[tuple[str, str | None], ...]) -> Row:
-        return Row(
-            keys=keys,
-            requests=self.requests,
-            tokens_before=self.before,
-            tokens_after=self.after,
-            cost_before_usd=usd(math.fsum(self.cost_before), self.priced),
-            cost_after_usd=usd(math.fsum(self.cost_after), self.priced),
-            saved_usd=usd(math.fsum(self.saved), self.priced),
-            fail_open=self.fail_open,
-            price_missing=self.unpriced,
-        )
-
-
 def _group_value(record: dict[str, Any], key: str) -> str | None:
     if key == "day":
         ts = record.get("ts")
@@ -163,14 +75,14 @@ def _sort_key(row: Row) -> tuple[tuple[bool, str], ...]:
 def aggregate_records(
     records: Iterable[dict[str, Any]], *, by: Sequence[str], since: str | None
 ) -> list[Row]:
-    groups: dict[tuple[str | None, ...], _Sums] = {}
+    groups: dict[tuple[str | None, ...], Sums] = {}
     for record in records:
         if since is not None and str(record.get("ts", "")) < since:
             continue
         group = tuple(_group_value(record, key) for key in by)
         sums = groups.get(group)
         if sums is None:
-            sums = groups[group] = _Sums()
+            sums = groups[group] = Sums()
         sums.add(record)
     rows = [sums.row(tuple(zip(by, group, strict=True))) for group, sums in groups.items()]
     return sorted(rows, key=_sort_key)
@@ -197,18 +109,18 @@ def aggregate_files(paths: Sequence[Path], *, by: Sequence[str], since: str | No
 
 
 def _total(rows: Sequence[Row]) -> Row:
-    priced = any(row.cost_after_usd is not None for row in rows)
-    return Row(
-        keys=(),
-        requests=sum(r.requests for r in rows),
-        tokens_before=sum(r.tokens_before for r in rows),
-        tokens_after=sum(r.tokens_after for r in rows),
-        cost_before_usd=usd(math.fsum(r.cost_before_usd or 0.0 for r in rows), priced),
-        cost_after_usd=usd(math.fsum(r.cost_after_usd or 0.0 for r in rows), priced),
-        saved_usd=usd(math.fsum(r.saved_usd or 0.0 for r in rows), priced),
-        fail_open=sum(r.fail_open for r in rows),
-        price_missing=sum(r.price_missing for r in rows),
+    totals = (
+        sum(r.requests for r in rows),
+        sum(r.tokens_before for r in rows),
+        sum(r.tokens_after for r in rows),
+        math.fsum(r.cost_before_usd or 0.0 for r in rows),
+        math.fsum(r.cost_after_usd or 0.0 for r in rows),
+        math.fsum(r.saved_usd or 0.0 for r in rows),
+        sum(r.cost_after_usd is not None for r in rows),
+        sum(r.fail_open for r in rows),
+        sum(r.price_missing for r in rows),
     )
+    return row_of((), totals)
 
 
 def _money(value: float | None) -> str:

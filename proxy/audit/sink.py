@@ -32,8 +32,7 @@ import orjson
 
 from proxy.audit.index import LiveIndexer
 from proxy.config.model import AuditConfig
-from proxy.errors import unavailable
-from proxy.exchange import Exchange
+from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
 from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.usage import normalize_usage
@@ -283,12 +282,8 @@ class JsonlAuditSink:
         future: asyncio.Future[bool] = loop.create_future()
         self._queue.put(_Item(record, future, loop))
         # Shielded: a cancelled request still gets its record, and the future stays valid.
-        if await asyncio.shield(future):
-            return
-        if self._config.on_error == "fail-closed":  # the caller counts it and answers 503
-            raise unavailable("The audit log cannot be written (audit.on_error: fail-closed).")
-        self._metrics.audit_write_errors.labels(team=exchange.team).inc()
-        log.warning("audit: record lost request_id=%s team=%s", exchange.request_id, exchange.team)
+        if not await asyncio.shield(future):
+            raise AuditLost(f"{self._file.path} cannot be written")  # the server counts it
 
     def healthy(self) -> bool:
         if not self._healthy:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from proxy.audit.sink import GENESIS
+from proxy.audit.sink import GENESIS, record_hash
 
 __all__ = ["ChainReport", "expand_paths", "register", "verify_chain"]
 
@@ -54,10 +53,7 @@ def _check_line(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not a JSON record"
     if not isinstance(record, dict) or not isinstance(record.get("hash"), str):
         return None, "not an audit record (no hash)"
-    stated = record.pop("hash")
-    actual = hashlib.sha256(orjson.dumps(record, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    record["hash"] = stated
-    return record, None if actual == stated else "hash mismatch"
+    return record, None if record_hash(record) == record["hash"] else "hash mismatch"
 
 
 def verify_chain(paths: Sequence[Path]) -> ChainReport:

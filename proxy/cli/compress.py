@@ -23,9 +23,8 @@ from rich.table import Table
 
 from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
-from proxy.policy.engine import PolicyRewriter
 from proxy.server.services import build_services
-from proxy.usage import prepare_stream
+from proxy.usage import forwarded_body
 
 __all__ = ["register", "rewrite_request"]
 
@@ -55,15 +54,10 @@ async def rewrite_request(
             model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
             stream=parsed.get("stream") is True,
         )
-        if isinstance(services.rewriter, PolicyRewriter):
-            await services.rewriter.warm_up()  # as a running server has: models loaded before requests
+        await services.rewriter.ready()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
-        new = rewrite.body
-        if exchange.stream:  # as the server does: ask the upstream for stream usage
-            prepared, injected = prepare_stream(new if new is not None else parsed, route=route)
-            if injected:
-                new = prepared
-        return (orjson.dumps(new) if new is not None else body), rewrite
+        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=route)
+        return out, rewrite
     finally:
         await services.aclose()
 

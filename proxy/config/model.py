@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, default_of, load_yaml
 
 __all__ = [
     "AuditConfig",
@@ -123,7 +123,7 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         lambda v: urlsplit(str(v)).scheme in ("http", "https") and bool(urlsplit(str(v)).netloc),
         "must be an http(s) URL",
     )
-    api_key_env = f.get("api_key_env", str, "OPENAI_API_KEY")
+    api_key_env = f.get_field(UpstreamConfig, "api_key_env", str)
     f.check("api_key_env", lambda v: bool(_ENV_NAME.match(str(v))), "must be an environment variable name")
     for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections"):
         f.check(key, _positive, "must be a positive number")
@@ -131,10 +131,10 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         name=name,
         base_url=base_url,
         api_key_env=api_key_env,
-        timeout_s=f.get("timeout_s", float, 600.0),
-        connect_timeout_s=f.get("connect_timeout_s", float, 10.0),
-        stream_idle_timeout_s=f.get("stream_idle_timeout_s", float, 300.0),
-        max_connections=f.get("max_connections", int, 1000),
+        timeout_s=f.get_field(UpstreamConfig, "timeout_s", float),
+        connect_timeout_s=f.get_field(UpstreamConfig, "connect_timeout_s", float),
+        stream_idle_timeout_s=f.get_field(UpstreamConfig, "stream_idle_timeout_s", float),
+        max_connections=f.get_field(UpstreamConfig, "max_connections", int),
     )
     f.finish()
     return upstream
@@ -163,8 +163,8 @@ def _parse_team(name: str, node: Node, errors: list[ConfigError], auth: str) -> 
                 hashes.add(hashlib.sha256(key.strip().encode()).hexdigest())
     team = TeamConfig(
         name=name,
-        policy=f.get("policy", str, None),
-        upstream=f.get("upstream", str, None),
+        policy=f.get_field(TeamConfig, "policy", str),
+        upstream=f.get_field(TeamConfig, "upstream", str),
         key_hashes=frozenset(hashes),
     )
     f.finish()
@@ -176,17 +176,19 @@ def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> Au
         return AuditConfig()
     f = Fields(node, errors, what="audit")
     path = f.get("path", str, None)
-    on_error = f.get("on_error", str, "fail-open")
+    on_error = f.get_field(AuditConfig, "on_error", str)
     f.check("on_error", lambda v: v in ("fail-open", "fail-closed"), "must be fail-open or fail-closed")
     f.check("rotate_bytes", _positive, "must be a positive integer")
     sqlite = f.get("sqlite", str, None)
     audit = AuditConfig(
         path=_resolve(base, path) if path else None,
-        all_routes=f.get("all_routes", bool, False),
-        include_text=f.get("include_text", bool, False),
-        on_error=on_error if on_error in ("fail-open", "fail-closed") else "fail-open",
-        rotate_bytes=f.get("rotate_bytes", int, None),
-        rotate_daily=f.get("rotate_daily", bool, False),
+        all_routes=f.get_field(AuditConfig, "all_routes", bool),
+        include_text=f.get_field(AuditConfig, "include_text", bool),
+        on_error=on_error
+        if on_error in ("fail-open", "fail-closed")
+        else default_of(AuditConfig, "on_error"),
+        rotate_bytes=f.get_field(AuditConfig, "rotate_bytes", int),
+        rotate_daily=f.get_field(AuditConfig, "rotate_daily", bool),
         sqlite=_resolve(base, sqlite) if sqlite else None,
     )
     f.finish()
@@ -200,7 +202,8 @@ def _parse_compression(node: Node | None, errors: list[ConfigError]) -> Compress
     f.check("memo_bytes", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
     f.check("workers", _positive, "must be a positive integer")
     result = CompressionConfig(
-        memo_bytes=f.get("memo_bytes", int, 256 * 1024 * 1024), workers=f.get("workers", int, 2)
+        memo_bytes=f.get_field(CompressionConfig, "memo_bytes", int),
+        workers=f.get_field(CompressionConfig, "workers", int),
     )
     f.finish()
     return result
@@ -211,7 +214,9 @@ def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
         return ListenConfig()
     f = Fields(node, errors, what="listen")
     f.check("port", lambda v: isinstance(v, int) and 0 <= v <= 65535, "must be a port number 0-65535")
-    listen = ListenConfig(host=f.get("host", str, "127.0.0.1"), port=f.get("port", int, 8080))
+    listen = ListenConfig(
+        host=f.get_field(ListenConfig, "host", str), port=f.get_field(ListenConfig, "port", int)
+    )
     f.finish()
     return listen
 
@@ -261,7 +266,7 @@ def load_config(path: Path) -> Config:
     errors: list[ConfigError] = []
     f = Fields(root, errors, what="config")
     base = path.resolve().parent
-    auth = f.get("auth", str, "passthrough")
+    auth = f.get_field(Config, "auth", str)
     f.check("auth", lambda v: v in ("keys", "passthrough"), "must be keys or passthrough")
     f.check("max_body_bytes", _positive, "must be a positive integer")
     f.check(
@@ -282,15 +287,15 @@ def load_config(path: Path) -> Config:
         path=path,
         listen=_parse_listen(f.node_of("listen"), errors),
         auth="keys" if auth == "keys" else "passthrough",
-        default_team=f.get("default_team", str, "default"),
+        default_team=f.get_field(Config, "default_team", str),
         upstreams=upstreams,
-        default_upstream=f.get("default_upstream", str, "openai"),
-        policies_dir=_resolve(base, f.get("policies_dir", str, "policies")),
-        max_body_bytes=f.get("max_body_bytes", int, 32 * 1024 * 1024),
+        default_upstream=f.get_field(Config, "default_upstream", str),
+        policies_dir=_resolve(base, str(f.get_field(Config, "policies_dir", str))),
+        max_body_bytes=f.get_field(Config, "max_body_bytes", int),
         audit=_parse_audit(f.node_of("audit"), base, errors),
         compression=_parse_compression(f.node_of("compression"), errors),
         teams=teams,
-        log_level=str(f.get("log_level", str, "info")).lower(),
+        log_level=str(f.get_field(Config, "log_level", str)).lower(),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},
     )
     f.finish()

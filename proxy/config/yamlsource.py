@@ -8,6 +8,7 @@ first, so ``tersegate check`` can print them all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "ConfigErrors", "Fields", "Node", "load_yaml"]
+__all__ = ["ConfigError", "ConfigErrors", "Fields", "Node", "default_of", "load_yaml"]
 
 T = TypeVar("T")
 
@@ -124,6 +125,19 @@ _TYPE_NAMES: dict[type, str] = {
 }
 
 
+def default_of(cls: type[Any], key: str) -> Any:
+    """The default of field ``key`` of the dataclass ``cls``: parsers take defaults from the model."""
+    for found in dataclasses.fields(cls):
+        if found.name != key:
+            continue
+        if found.default is not dataclasses.MISSING:
+            return found.default
+        if found.default_factory is not dataclasses.MISSING:
+            return found.default_factory()
+        break
+    raise KeyError(f"{cls.__name__}.{key} has no default")
+
+
 def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
@@ -131,7 +145,8 @@ def _type_name(types: tuple[type, ...]) -> str:
 class Fields:
     """Reads a mapping node's keys with type checks, collecting errors.
 
-    ``fields.get("port", int, 8080)`` returns the value or the default;
+    ``fields.get("port", int, 8080)`` returns the value or the default
+    (``fields.get_field(ListenConfig, "port", int)``: the model's default);
     ``fields.finish()`` reports keys nobody asked for as unknown.
     """
 
@@ -181,6 +196,10 @@ class Fields:
             self.errors.append(child.error(f"{self.what}.{key} must be {_type_name(allowed)}, got {shown}"))
             return default
         return child.plain() if isinstance(value, (dict, list)) else value
+
+    def get_field(self, cls: type[Any], key: str, types: type | tuple[type, ...]) -> Any:
+        """``get(key, types, default)`` with the default of the dataclass field ``cls.key``."""
+        return self.get(key, types, default_of(cls, key))
 
     def check(self, key: str, ok: Callable[[Any], bool], message: str) -> None:
         """Record ``message`` at ``key`` unless ``ok(value)``; missing keys pass."""

@@ -125,13 +125,13 @@ class PolicyRewriter:
             self._warming.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def start_warm_up(self) -> None:
+    def start(self) -> None:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
-        self._warming = asyncio.get_running_loop().create_task(self.warm_up(), name="tersegate-warm-up")
+        self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
-    async def warm_up(self) -> None:
+    async def ready(self) -> None:
         """Run each rule's compressor once on a small text, in the worker pool."""
         loop = asyncio.get_running_loop()
         jobs: list[asyncio.Future[None]] = []

@@ -24,10 +24,10 @@ from compressors.base import Compressor, OptionsError, Target
 from compressors.preserve import PreserveSpec
 from compressors.registry import create, names
 from proxy.config.model import Config
-from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, load_yaml
+from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, default_of, load_yaml
+from proxy.exchange import COMPRESSIBLE_ROUTES
 
 __all__ = [
-    "COMPRESSIBLE_ROUTES",
     "ROLES",
     "Match",
     "Policy",
@@ -38,7 +38,6 @@ __all__ = [
     "load_policy",
 ]
 
-COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
 ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "function")
 MODES: tuple[str, ...] = ("enforce", "shadow", "off")
 _CACHE_WARNING = (
@@ -137,11 +136,11 @@ def _parse_match(node: Node | None, what: str, errors: list[ConfigError]) -> Mat
     f.check("older_than_turns", lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1")
     match = Match(
         roles=frozenset(roles) if roles is not None else None,
-        min_tokens=f.get("min_tokens", int, 0),
-        max_tokens=f.get("max_tokens", int, None),
-        tool_names=_str_list(f, "tool_names", None),
-        skip_last_user=f.get("skip_last_user", bool, False),
-        older_than_turns=f.get("older_than_turns", int, None),
+        min_tokens=f.get_field(Match, "min_tokens", int),
+        max_tokens=f.get_field(Match, "max_tokens", int),
+        tool_names=_str_list(f, "tool_names", default_of(Match, "tool_names")),
+        skip_last_user=f.get_field(Match, "skip_last_user", bool),
+        older_than_turns=f.get_field(Match, "older_than_turns", int),
     )
     for key in ("older_than_turns", "skip_last_user"):
         child = f.node_of(key)
@@ -286,11 +285,11 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
         errors.append(
             root.error(f"policy name {name!r} must match its file name {expected_name!r}", key="name")
         )
-    mode = f.get("mode", str, "enforce")
+    mode = f.get_field(Policy, "mode", str)
     f.check("mode", lambda v: v in MODES, "must be enforce, shadow or off")
     f.check("min_saving_tokens", lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0")
     f.check("latency_budget_ms", lambda v: isinstance(v, (int, float)) and v > 0, "must be > 0")
-    routes = _str_list(f, "routes", COMPRESSIBLE_ROUTES) or ()
+    routes = _str_list(f, "routes", default_of(Policy, "routes")) or ()
     for route in routes:
         if not any(fnmatch.fnmatchcase(r, route) for r in COMPRESSIBLE_ROUTES):
             at = f.node_of("routes") or root
@@ -300,12 +299,12 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
     policy = Policy(
         name=name,
         file=root.file,
-        mode=mode if mode in MODES else "enforce",
+        mode=mode if mode in MODES else default_of(Policy, "mode"),
         routes=routes,
-        models=_str_list(f, "models", ("*",)) or (),
-        min_saving_tokens=f.get("min_saving_tokens", int, 50),
-        latency_budget_ms=f.get("latency_budget_ms", float, 300.0),
-        allow_client_override=f.get("allow_client_override", bool, False),
+        models=_str_list(f, "models", default_of(Policy, "models")) or (),
+        min_saving_tokens=f.get_field(Policy, "min_saving_tokens", int),
+        latency_budget_ms=f.get_field(Policy, "latency_budget_ms", float),
+        allow_client_override=f.get_field(Policy, "allow_client_override", bool),
         query=_parse_query(f),
         rules=_parse_rules(f),
     )

@@ -15,7 +15,6 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,25 +22,20 @@ import orjson
 from cachetools import LRUCache
 
 from proxy.config.model import Config, UpstreamConfig
-from proxy.errors import ProxyError, error_body, internal, too_large, unavailable
+from proxy.errors import ProxyError, error_body, failing_closed, internal, too_large, unavailable
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
+from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.relay import relay_stream, watch_disconnect
 from proxy.server.routes import COMPRESSIBLE, metric_route, split_path
 from proxy.server.services import Services
-from proxy.usage import UsageTap, prepare_stream
+from proxy.usage import UsageTap, forwarded_body
 
 __all__ = ["ProxyApp", "create_app"]
 
 log = logging.getLogger("tersegate.app")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Request headers never forwarded (hop-by-hop, or recomputed by the client library).
 _HOP_REQUEST = frozenset(
@@ -279,11 +273,10 @@ class ProxyApp:
 
     async def _healthz(self, send: Send) -> None:
         audit = self.services.audit
-        config = self.services.config
         audit_state = "off" if audit is None else "ok" if audit.healthy() else "failing"
-        failing_closed = audit_state == "failing" and config.audit.on_error == "fail-closed"
-        body = orjson.dumps({"status": "unavailable" if failing_closed else "ok", "audit": audit_state})
-        await _send_simple(send, 503 if failing_closed else 200, body, _JSON_HEADERS)
+        refusing = audit_state == "failing" and self._fails_closed()
+        body = orjson.dumps({"status": "unavailable" if refusing else "ok", "audit": audit_state})
+        await _send_simple(send, 503 if refusing else 200, body, _JSON_HEADERS)
 
     async def _metrics(self, send: Send) -> None:
         body = self.services.metrics.render()
@@ -374,8 +367,13 @@ class ProxyApp:
         ctx.started = True
         await _send_simple(send, exc.status, exc.body(), headers)
 
+    def _fails_closed(self) -> bool:
+        """The one reading of ``audit.on_error``: whether an audit that cannot write refuses requests."""
+        return self.services.config.audit.on_error == "fail-closed"
+
     async def _commit(self, ctx: _Ctx, *, fail_closed_raises: bool = True) -> None:
-        """Hand the exchange to the audit once; fail-closed audits turn a failed write into a 503."""
+        """Hand the exchange to the audit once; a lost record is counted here, and when the audit
+        fails closed it turns into a 503 (``fail_closed_raises``: unless the answer is already decided)."""
         audit = self.services.audit
         if ctx.committed or not ctx.audited or audit is None or ctx.exchange is None:
             return
@@ -387,8 +385,8 @@ class ProxyApp:
             log.error(
                 "audit write failed request_id=%s error=%s", ctx.exchange.request_id, type(exc).__name__
             )
-            if fail_closed_raises and self.services.config.audit.on_error == "fail-closed":
-                raise unavailable("The audit log cannot be written; the proxy is failing closed.") from None
+            if fail_closed_raises and self._fails_closed():
+                raise failing_closed() from None
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, ctx: _Ctx) -> None:
         bound = self._bind()
@@ -414,13 +412,8 @@ class ProxyApp:
         )
         audit = self.services.audit
         ctx.audited = audit is not None and (exchange.compressible or config.audit.all_routes)
-        if (
-            ctx.audited
-            and audit is not None
-            and not audit.healthy()
-            and config.audit.on_error == "fail-closed"
-        ):
-            raise unavailable("The audit log cannot be written; the proxy is failing closed.")
+        if ctx.audited and audit is not None and not audit.healthy() and self._fails_closed():
+            raise failing_closed()
         if ctx.audited:
             _limit_encodings(headers)
         body = await _read_body(receive, config.max_body_bytes, declared)
@@ -499,14 +492,10 @@ class ProxyApp:
             if name not in KEY_HEADERS
         }
         rewrite = exchange.rewrite = await self.services.rewriter(exchange, parsed, client_headers)
-        new = rewrite.body
-        tap = None
-        if exchange.stream:
-            prepared, injected = prepare_stream(new if new is not None else parsed, route=exchange.route)
-            tap = UsageTap(injected)
-            if injected:
-                new = prepared
-        return (orjson.dumps(new) if new is not None else body), exchange.stream, tap
+        out, injected = forwarded_body(
+            body, parsed, rewrite.body, stream=exchange.stream, route=exchange.route
+        )
+        return out, exchange.stream, UsageTap(injected) if exchange.stream else None
 
     async def _respond(
         self,

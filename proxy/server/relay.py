@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from proxy.exchange import Exchange
+from proxy.server.asgi import Receive, Send
 from proxy.server.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
@@ -26,8 +26,6 @@ log = logging.getLogger("tersegate.relay")
 _FRAME_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _DONE = b"data: [DONE]"
 
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Commit = Callable[[], Awaitable[None]]
 
 

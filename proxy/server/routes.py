@@ -6,10 +6,11 @@ the part after the prefix.
 
 from __future__ import annotations
 
+from proxy.exchange import COMPRESSIBLE_ROUTES
+
 __all__ = ["COMPRESSIBLE", "KNOWN", "metric_route", "split_path"]
 
-# Endpoints whose request bodies carry prompts the rewrite hook may compress.
-COMPRESSIBLE = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/completions"})
+COMPRESSIBLE = frozenset(COMPRESSIBLE_ROUTES)
 
 # Routes reported as themselves in metrics; anything else is folded (ids in paths
 # would give metrics unbounded cardinality).

@@ -28,6 +28,15 @@ class NoRewrite:
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         return Rewrite()
 
+    def start(self) -> None:
+        pass
+
+    async def ready(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 @dataclass(slots=True)
 class Services:
@@ -38,24 +47,21 @@ class Services:
     reloader: PolicyReloader | None = None
 
     async def start(self) -> None:
-        """Start background work (hot reload); the app's lifespan calls it at startup."""
+        """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
-        if isinstance(self.rewriter, PolicyRewriter):
-            self.rewriter.start_warm_up()
+        self.rewriter.start()
 
     async def aclose(self) -> None:
         if self.reloader is not None:
             await self.reloader.aclose()
-        if isinstance(self.rewriter, PolicyRewriter):
-            self.rewriter.close()
+        self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
 
 
 def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
     metrics = metrics or Metrics()
-    # Policy engine and audit sink are plugged in here as they land.
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
     if config.audit.path is not None:
@@ -71,7 +77,7 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config
         rewriter.policies = policies
-        rewriter.start_warm_up()
+        rewriter.start()
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services

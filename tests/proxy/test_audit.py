@@ -283,6 +283,7 @@ def test_fail_closed_answers_503_when_the_audit_cannot_be_written(
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 503
+    assert "failing closed" in caught.value.message
     assert httpx.get(proxy.url + "/healthz").status_code == 503
     # Routes outside the audit still work.
     assert client.models.list().data

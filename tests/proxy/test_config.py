@@ -7,6 +7,17 @@ from pathlib import Path
 
 from harness import tersegate_command
 
+from proxy.config.model import (
+    AuditConfig,
+    CompressionConfig,
+    Config,
+    ListenConfig,
+    TeamConfig,
+    UpstreamConfig,
+    load_config,
+)
+from proxy.policy.model import Match, Policy, load_policy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = """\
@@ -72,3 +83,32 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         [*tersegate_command(), "check", "--config", "nope.yaml"], capture_output=True, text=True, cwd=tmp_path
     )
     assert out.returncode == 1 and "nope.yaml:0: file not found" in out.stderr
+
+
+def test_keys_left_out_take_the_models_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "upstreams: {openai: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "teams: {default: {}}\naudit: {}\ncompression: {}\nlisten: {}\n",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.upstreams == {"openai": UpstreamConfig("openai", "http://127.0.0.1:9/v1")}
+    assert config.teams == {"default": TeamConfig("default")}
+    assert (config.audit, config.compression, config.listen) == (
+        AuditConfig(),
+        CompressionConfig(),
+        ListenConfig(),
+    )
+    plain = Config(path=path)
+    for name in ("auth", "default_team", "default_upstream", "max_body_bytes", "log_level"):
+        assert getattr(config, name) == getattr(plain, name), name
+    assert config.policies_dir == tmp_path / plain.policies_dir
+
+    policy_path = tmp_path / "p.yaml"
+    policy_path.write_text(
+        "name: p\nrules:\n  - {name: tidy, compressor: normalize, match: {}}\n", encoding="utf-8"
+    )
+    policy, _ = load_policy(policy_path)
+    assert policy == Policy(name="p", file=str(policy_path), rules=policy.rules)
+    assert policy.rules[0].match == Match()

@@ -268,6 +268,7 @@ def test_fail_closed_audit_that_is_unhealthy_refuses_with_503(
     with pytest.raises(openai.APIStatusError) as caught:
         client(proxy.base_url).chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert caught.value.status_code == 503
+    assert "failing closed" in caught.value.message
     assert upstream.requests == []
 
 

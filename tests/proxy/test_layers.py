@@ -81,3 +81,33 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     found = [room_of(name) for _, name in imports_of(bad)]
     assert found == ["server", "cli", "vocabulary"]
     assert RANK["server"] > RANK["audit"]
+
+
+# Storage never imports presentation (report tables, commands, rich): shared pieces such as report rows
+# live below both (proxy/audit/rows.py).
+PRESENTATION = ("proxy.audit.report", "proxy.cli", "rich")
+STORAGE = ("audit/index.py", "audit/sink.py", "audit/rows.py")
+
+
+def presentation_imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+    return [(line, n) for line, n in found if any(n == p or n.startswith(p + ".") for p in PRESENTATION)]
+
+
+@pytest.mark.parametrize("storage", STORAGE)
+def test_storage_does_not_import_presentation(storage: str) -> None:
+    assert presentation_imports(PACKAGE / storage) == [], f"proxy/{storage} imports presentation"
+
+
+def test_the_checker_sees_storage_importing_presentation(tmp_path: Path) -> None:
+    bad = tmp_path / "index.py"
+    bad.write_text(
+        "from proxy.audit.report import Row\nimport rich.table\nfrom proxy.audit.rows import Row\n"
+    )
+    assert presentation_imports(bad) == [(1, "proxy.audit.report"), (2, "rich.table")]

@@ -11,7 +11,8 @@ from harness import tersegate_command
 from compressors.base import Target
 from proxy.config.model import load_config
 from proxy.config.yamlsource import ConfigErrors
-from proxy.policy.model import COMPRESSIBLE_ROUTES, load_policies, load_policy
+from proxy.exchange import COMPRESSIBLE_ROUTES
+from proxy.policy.model import load_policies, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("default", "rag", "agents", "support")
