@@ -133,3 +133,16 @@ def test_a_long_one_line_question_message_is_compressed(
     assert "below min_saving_tokens" not in run.stderr.decode()
     if compressor == "relevance":  # its question kept verbatim and used as the query
         assert out.startswith(asked) and "Alder37 " in out
+
+
+def test_a_part_that_saves_nothing_says_why(tmp_path: Path) -> None:
+    # One sentence, so relevance cannot drop a unit: the note was "below min_saving_tokens".
+    content = " ".join(f"word{i} and more" for i in range(200))
+    request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}).encode()
+    config = _question_policy_config(tmp_path, "relevance", "{scorer: bm25, units: sentences}")
+    run = compress(config, request, "--team", "qa", "--explain")
+    assert run.returncode == 0, run.stderr.decode()
+    assert json.loads(run.stdout)["messages"][0]["content"] == content
+    table = " ".join(run.stderr.decode().split())
+    assert "below min_saving_tokens" not in table
+    assert "over the budget" in table
