@@ -34,6 +34,7 @@ _LABEL = re.compile(r"^[ \t]*(?:question|query|key)[ \t]*:[ \t]*", re.IGNORECASE
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _BLANK_LINES = re.compile(r"(?:[ \t]*\n)*")
 _SPACES = re.compile(r"[ \t]*")
+_NON_SPACE = re.compile(r"\S")
 _SENTENCE_BREAKS = "\n.!?"
 _MAX_MARKS = 64  # question marks tried from the end when looking anywhere
 
@@ -154,7 +155,7 @@ def _opening(text: str, start: int, end: int) -> Question | None:
 
 def _admissible(text: str, question: Question) -> bool:
     """Bounded, and not all there is: something to compress must lie before or after it."""
-    alone = not text[: question.start].strip() and is_short_trailer(text, question.end, len(text))
+    alone = _NON_SPACE.search(text, 0, question.start) is None and is_short_trailer(text, question.end)
     return not alone and _bounded(question.text)
 
 
