@@ -8,7 +8,9 @@ nothing is ever downloaded (``local_files_only``). A model loads once per
 process behind a lock (:func:`compressors.models.load_once`); encoding holds a
 per-model lock, so one :class:`Embedder` is safe to share between threads.
 Vectors of texts seen before come from a bounded per-model cache: chat clients
-resend the same documents turn after turn.
+resend the same documents turn after turn. Cached vectors are kept per scope
+(:func:`cache_scope`): a caller serving several tenants names the tenant, so one
+tenant's cached document does not make another's call faster (a timing oracle).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import importlib.util
 import logging
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -41,6 +45,7 @@ __all__ = [
     "DEFAULT_MODEL_SHA256",
     "Embedder",
     "ModelIntegrityError",
+    "cache_scope",
     "default_model_path",
     "file_sha256",
     "torch_model",
@@ -54,6 +59,18 @@ log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 
+_scope: ContextVar[str] = ContextVar("compressors_embedding_cache_scope", default="")
+
+
+@contextmanager
+def cache_scope(scope: str) -> Iterator[None]:
+    """Within the block (this thread or task), cached vectors are those of ``scope`` only."""
+    token = _scope.set(scope)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
 
 class _Loaded:
     """One loaded model (torch or an exported runtime), the lock its encode calls take, and its vector cache."""
@@ -64,7 +81,7 @@ class _Loaded:
         self.tokenizer: Any = runtime.tokenizer if runtime is not None else model.tokenizer
         self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
-        self.cache: LRUCache[str, Vectors] = LRUCache(maxsize=cache_size)
+        self.cache: LRUCache[tuple[str, str], Vectors] = LRUCache(maxsize=cache_size)  # (scope, text)
 
     def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
         if self.runtime is not None:
@@ -171,11 +188,12 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-length vectors of ``texts``, shape (len(texts), dim), in the caller's order."""
         loaded = self._loaded()
+        scope = _scope.get()
         found: dict[str, Vectors] = {}
         missing: list[str] = []
         with loaded.lock:
             for text in dict.fromkeys(texts):
-                vector = loaded.cache.get(text)  # a hit becomes the most recent entry
+                vector = loaded.cache.get((scope, text))  # a hit becomes the most recent entry
                 if vector is None:
                     missing.append(text)
                 else:
@@ -183,7 +201,7 @@ class Embedder:
             if missing:
                 vectors = loaded.encode(missing, batch_size=self.batch_size)
                 for text, vector in zip(missing, vectors, strict=True):
-                    found[text] = loaded.cache[text] = np.asarray(vector, dtype=np.float32)
+                    found[text] = loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
         return np.stack([found[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
 
     def clear_cache(self) -> None:

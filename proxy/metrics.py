@@ -45,6 +45,18 @@ class Metrics:
             ["team", "reason"],
             registry=r,
         )
+        self.memo_lookups = Counter(
+            "tersegate_memo_lookups_total",
+            "Parts looked up in the compress-once memo, by where their form was found (lru, store, miss)",
+            ["level"],
+            registry=r,
+        )
+        self.memo_store_errors = Counter(
+            "tersegate_memo_store_errors_total",
+            "Memo store calls that failed or were skipped while it was down (served from the process's memo)",
+            ["backend", "op"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "tersegate_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=r
         )

@@ -2,7 +2,9 @@
 
 Only text is ever rewritten: string message contents, ``text`` / ``input_text``
 / ``output_text`` parts of content arrays, Responses ``instructions`` and
-``function_call_output`` outputs, and completions prompts. Everything else
+``function_call_output`` outputs, completions prompts, and in Anthropic Messages
+bodies the ``system`` text, message text blocks and ``tool_result`` content
+(:mod:`proxy.anthropic` finds them). Everything else
 (images, audio, files, tool calls and their arguments, tool definitions,
 response formats, fields we do not know) is never looked at and reaches the
 upstream as the same value: :func:`rewrite_body` copies only the containers on
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from proxy import anthropic
 
 __all__ = ["Part", "extract_parts", "rewrite_body"]
 
@@ -32,6 +36,8 @@ class Part:
     ``instructions``, the prompt index for completions); ``message_path`` is that
     message's path (what ``action: drop`` removes). ``age`` counts the assistant
     turns that followed the message; ``last_user`` marks the last user message.
+    ``turn`` counts the assistant replies (runs of assistant items) up to and including the
+    message: the parts of turns ``<= turn`` are the request in which the part was first sent.
     """
 
     path: Path
@@ -44,6 +50,8 @@ class Part:
     age: int = 0
     last_user: bool = False
     droppable: bool = False  # removing the whole message leaves a valid request
+    turn: int = 0
+    blank: str = ""  # what the text becomes when dropped but its message must stay
 
 
 @dataclass(slots=True)
@@ -58,6 +66,7 @@ class _Item:
     assistant_turn: bool
     droppable: bool
     roles: frozenset[str] | None = None
+    blank: str = ""
 
 
 def _content_texts(content: Any, base: Path, types: frozenset[str]) -> list[tuple[Path, str]]:
@@ -154,9 +163,47 @@ def _completions_items(body: Mapping[str, Any]) -> list[_Item]:
     return []  # token-id prompts are not text
 
 
+# Anthropic rejects empty text blocks: a dropped one keeps this (a tool_result may be empty).
+_ANTHROPIC_BLANK = "[omitted]"
+
+
+def _anthropic_items(body: Mapping[str, Any]) -> list[_Item]:
+    """One item per tool_result (role ``tool``), one per system prompt, and one per message
+    for its text blocks; messages are never dropped (roles must alternate)."""
+    items: list[_Item] = []
+    by_message: dict[int, _Item] = {}
+    for block in anthropic.blocks(body):
+        if block.kind == "tool_result":
+            items.append(
+                _Item(
+                    block.message,
+                    "tool",
+                    ("messages", block.message),
+                    list(block.texts),
+                    block.tool_name,
+                    False,
+                    False,
+                )
+            )
+            continue
+        if not block.texts and block.role != "assistant":
+            continue  # an assistant message of tool_use / thinking blocks still counts as a turn
+        item = by_message.get(block.message)
+        if item is None:
+            path: Path = ("system",) if block.message < 0 else ("messages", block.message)
+            item = _Item(block.message, block.role, path, [], None, block.role == "assistant", False)
+            item.blank = _ANTHROPIC_BLANK
+            by_message[block.message] = item
+            items.append(item)
+        item.texts.extend(block.texts)
+    return items
+
+
 def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
     """Every rewritable text part of ``body`` for ``route``, in body order."""
-    if route.endswith("/chat/completions"):
+    if route.endswith("/messages"):
+        items = _anthropic_items(body)
+    elif route.endswith("/chat/completions"):
         items = _chat_items(body)
     elif route.endswith("/responses"):
         items = _responses_items(body)
@@ -167,7 +214,10 @@ def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
     last_user = max((k for k, it in enumerate(items) if it.role == "user"), default=-1)
     ages = _assistant_turns_after(items)
     parts: list[Part] = []
+    turn = 0
     for k, item in enumerate(items):
+        if item.assistant_turn and (k == 0 or not items[k - 1].assistant_turn):
+            turn += 1
         for path, text in item.texts:
             parts.append(
                 Part(
@@ -181,6 +231,8 @@ def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
                     age=ages[k],
                     last_user=k == last_user,
                     droppable=item.droppable,
+                    turn=turn,
+                    blank=item.blank,
                 )
             )
     return parts

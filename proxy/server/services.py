@@ -18,6 +18,8 @@ from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
+from proxy.store.base import SharedStore
+from proxy.store.factory import open_store
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -45,6 +47,7 @@ class Services:
     rewriter: Rewriter
     audit: AuditSink | None = None
     reloader: PolicyReloader | None = None
+    store: SharedStore | None = None  # compression.memo's backend: the memo's shared level
 
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
@@ -58,6 +61,8 @@ class Services:
         self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
+        if self.store is not None:
+            await self.store.aclose()
 
 
 def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
@@ -66,13 +71,17 @@ def build_services(config: Config, *, metrics: Metrics | None = None) -> Service
     audit: AuditSink | None = None
     if config.audit.path is not None:
         audit = JsonlAuditSink(config.audit, metrics=metrics)
+    memo = config.compression.memo
+    store = open_store(memo)  # connects on first use
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
         workers=config.compression.workers,
         metrics=metrics,
+        store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
+        memo=memo,
     )
-    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit)
+    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store)
 
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config
