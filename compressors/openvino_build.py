@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.onnx_encoder import INPUTS, META, TOKENIZER, trace_onnx
-from compressors.openvino_encoder import MODEL_XML
+from compressors.openvino_encoder import BUILD_STEP, MODEL_XML
 from compressors.weights import torch_model, verify
 
 __all__ = ["build", "calibration_texts", "main"]
@@ -50,27 +52,34 @@ def _calibration_feeds(tokenizer: Any, max_length: int) -> Iterator[dict[str, np
 
 def build(model_path: str, sha256: str, target: Path) -> None:
     """Build the int8 IR of the verified model at ``model_path`` into ``target`` (run in the child)."""
-    import logging
-
     import nncf
     import openvino as ov
 
     verify(model_path, sha256)  # the weights on disk now, not just when the parent checked them
     nncf.set_log_level(logging.ERROR)
+    _step("loading the verified weights")
     model = torch_model(model_path)
     raw = target / "raw.onnx"
+    _step("tracing to ONNX")
     meta = trace_onnx(model, raw)
     calibration = list(_calibration_feeds(model.tokenizer, meta["max_seq_length"]))
+    _step(f"quantizing to int8 on {len(calibration)} calibration batches (the longest step)")
     quantized = nncf.quantize(
         ov.Core().read_model(str(raw)),
         nncf.Dataset(calibration),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
     )
+    _step("saving")
     ov.save_model(quantized, str(target / MODEL_XML))
     raw.unlink()
     model.tokenizer.save_pretrained(str(target / TOKENIZER))
     (target / META).write_text(json.dumps(meta))
+
+
+def _step(text: str) -> None:
+    """A build step, for the parent to log."""
+    print(f"{BUILD_STEP}{text}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ _DEFAULT_KEY_ENV = {
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # server processes sharing the port (docs/workers.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +322,11 @@ def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
         return ListenConfig()
     f = Fields(node, errors, what="listen")
     f.check("port", lambda v: isinstance(v, int) and 0 <= v <= 65535, "must be a port number 0-65535")
+    f.check("workers", lambda v: isinstance(v, int) and 1 <= v <= 64, "must be an integer 1-64")
     listen = ListenConfig(
-        host=f.get_field(ListenConfig, "host", str), port=f.get_field(ListenConfig, "port", int)
+        host=f.get_field(ListenConfig, "host", str),
+        port=f.get_field(ListenConfig, "port", int),
+        workers=f.get_field(ListenConfig, "workers", int),
     )
     f.finish()
     return listen

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +48,8 @@ log = logging.getLogger("tersegate.policy")
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
+# Token counters loaded before /readyz says ready: (encoding, a model that uses it).
+_WARM_ENCODINGS = (("o200k_base", "gpt-4o"), ("cl100k_base", "gpt-4"))
 _WARM_TEXT = (
     "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
     "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
@@ -127,6 +129,10 @@ class PolicyRewriter:
         self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
+        self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
+        self._failed: dict[str, str] = {}  # the same, whose warm-up raised: why
+        self._warm_done: set[str] = set()  # tokenizers loaded (once per process)
+        self.on_warm_change: Callable[[], None] | None = None  # readiness changed (worker board)
 
     def close(self) -> None:
         if self._warming is not None:
@@ -137,21 +143,53 @@ class PolicyRewriter:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
+        self._failed.clear()
         self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
+        once every model the loaded policies need is warm (``GET /readyz``)."""
+        if not self.warmed.is_set():
+            return sorted(self._pending) or ["policies (warm-up starting)"], dict(self._failed)
+        return [], dict(self._failed)
+
     async def ready(self) -> None:
-        """Run each rule's compressor once on a small text, in the worker pool."""
-        loop = asyncio.get_running_loop()
-        jobs: list[asyncio.Future[None]] = []
+        """Run each rule's compressor once on a small text, in the worker pool; load the
+        token counters of OpenAI's current encodings too (every audited request counts)."""
+        jobs = []
+        for encoding, model in _WARM_ENCODINGS:
+            label = f"tokenizer {encoding}"
+            if label not in self._warm_done:
+                self._pending.add(label)
+                jobs.append(self._warm_one(label, _count_once, model))
         for policy in self.policies.policies.values():
             for rule in policy.rules:
                 if rule.compressor is not None and rule.compressor not in self._warmed:
                     self._warmed.add(rule.compressor)
-                    jobs.append(loop.run_in_executor(self._pool, _warm, rule))
-        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
-            if isinstance(outcome, BaseException):  # it will fail open, and say why, at first use
-                log.warning("warm-up failed: %s", outcome)
+                    label = f"{policy.name}/{rule.name} ({rule.compressor_name})"
+                    self._pending.add(label)
+                    jobs.append(self._warm_one(label, _warm, rule))
+        self._changed()
+        await asyncio.gather(*jobs)
         self.warmed.set()
+        self._changed()
+
+    async def _warm_one(self, label: str, work: Callable[[Any], None], arg: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, work, arg)
+        except Exception as exc:  # it will fail open, and say why, at first use
+            log.warning("warm-up of %s failed: %s", label, exc)
+            self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            self._warm_done.add(label)
+            log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
+        finally:
+            self._pending.discard(label)
+
+    def _changed(self) -> None:
+        if self.on_warm_change is not None:
+            self.on_warm_change()
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         policy = self.policies.for_team(exchange.team)
@@ -432,6 +470,10 @@ def _compress_part(job: _Job) -> Form:
     if after >= job.tokens:
         return Form(None, job.tokens, ms, note or "no saving")
     return Form(new_text, after, ms, note)
+
+
+def _count_once(model: str) -> None:
+    tokenizer_for(model).count("warm-up")
 
 
 def _warm(rule: Rule) -> None:
