@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 __all__ = [
     "Costs",
@@ -96,7 +97,8 @@ class PriceBook:
         self._map_path = map_path
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] | None = None
-        self._resolved: dict[str, Price | None] = {}
+        # Model names come from clients: the cache is bounded.
+        self._resolved: LRUCache[str, Price | None] = LRUCache(maxsize=10_000)
         self._source: str | None = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -127,12 +129,12 @@ class PriceBook:
     def price_for(self, model: str | None) -> Price | None:
         if not model:
             return None
-        if model in self._resolved:
-            return self._resolved[model]
+        with self._lock:  # a read reorders an LRU cache too
+            if model in self._resolved:
+                return self._resolved[model]
         price = self._resolve(model)
         with self._lock:
-            if len(self._resolved) < 10_000:  # model names come from clients: bound the cache
-                self._resolved[model] = price
+            self._resolved[model] = price
         return price
 
     def _resolve(self, model: str) -> Price | None:
