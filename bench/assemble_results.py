@@ -16,6 +16,7 @@ ORDER = (
     "quality_relevance",
     "quality_tokens",
     "policy",
+    "cost",
     "anthropic",
     "memo",
     "audit",

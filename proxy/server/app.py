@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import (
@@ -227,7 +228,9 @@ class ProxyApp:
         self.services = services
         self.pool = UpstreamPool()
         self._bound: _Bound | None = None
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        # labels() takes a lock and builds tuples: children cached per (team, route, status), bounded
+        # (team names come from clients in passthrough mode). One event loop: no lock needed.
+        self._request_counters: LRUCache[tuple[str, str, int], Any] = LRUCache(maxsize=10_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -332,10 +335,8 @@ class ProxyApp:
         key = (team, route, status)
         counter = self._request_counters.get(key)
         if counter is None:
-            # labels() takes a lock and builds tuples; children are cached per (team, route, status).
             counter = self.services.metrics.requests.labels(team, metric_route(route), str(status))
-            if len(self._request_counters) < 10_000:
-                self._request_counters[key] = counter
+            self._request_counters[key] = counter
         counter.inc()
 
     async def _fail(self, send: Send, ctx: _Ctx, exc: ProxyError) -> None:
@@ -481,6 +482,7 @@ class ProxyApp:
             # The deployment is in the path, or (/openai/responses, /openai/v1) the body's model.
             exchange.model = upstream.deployments.get(exchange.deployment or exchange.model or "")
         exchange.stream = parsed.get("stream") is True
+        exchange.prompt = parsed
         if self.services.config.audit.include_text:
             exchange.request_body = parsed
         client_headers = {
