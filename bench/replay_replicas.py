@@ -1,7 +1,7 @@
 """Compress-once across replicas and restarts: the SWE-agent replay's prefix breaks and bill, and
 what the memo's shared level adds per compressible request.
 
-Replay (the bill model of bench/replay.py: the longest byte-identical message prefix of the previous
+Replay (the bill model of bench/replay_engine.py: the longest byte-identical message prefix of the previous
 turn's forwarded request is cached at 10%): each trace turn by turn, turns alternating between
 replicas. A replica is a :class:`PolicyRewriter` with its own in-process LRU and its own store client
 (its own SQLite connection, its own Redis connection pool), as separate processes would have;
@@ -34,7 +34,15 @@ from typing import Any
 
 import orjson
 import redis
-from replay import CACHED_FRACTION, MODEL, TRACES, agent_messages, load_policies, message_tokens, replay
+from replay_engine import (
+    CACHED_FRACTION,
+    MODEL,
+    TRACES,
+    agent_messages,
+    load_policies,
+    message_tokens,
+    replay,
+)
 
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange

@@ -22,10 +22,11 @@ from typing import Any
 import uvicorn
 
 from proxy.cli.check import problems
-from proxy.config.model import Config, ConfigErrors
+from proxy.config.model import Config, ConfigErrors, LimitsConfig
 from proxy.logs import setup_logging
 from proxy.server.app import create_app
 from proxy.server.drain import DrainingServer
+from proxy.server.limits import limited_protocol
 from proxy.server.services import build_services
 from proxy.server.supervisor import Supervisor, bind_socket, worker_command
 from proxy.server.workers import WorkerSeat
@@ -36,16 +37,22 @@ log = logging.getLogger("tersegate.serve")
 
 
 def uvicorn_config(
-    app: Any, *, host: str, port: int, log_level: str, shutdown_grace_s: float = 5.0
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    limits: LimitsConfig | None = None,
+    shutdown_grace_s: float = 5.0,
 ) -> uvicorn.Config:
-    """uvicorn with uvloop and httptools, no access log, our own logging setup; on shutdown,
-    requests in flight get ``shutdown_grace_s`` before they are ended (see proxy.server.drain)."""
+    """uvicorn with uvloop and httptools (with the client limits), no access log, our own logging
+    setup; on shutdown, requests in flight get ``shutdown_grace_s`` (see proxy.server.drain)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits or LimitsConfig()),
         ws="none",
         lifespan="on",
         access_log=False,
@@ -83,7 +90,12 @@ def _serve_worker(config: Config, seat: WorkerSeat) -> int:
     app = create_app(services)
     server = DrainingServer(  # the drain runs in each worker (SIGTERM/Ctrl-C: see proxy.server.drain)
         uvicorn_config(
-            app, host="", port=0, log_level=config.log_level, shutdown_grace_s=config.shutdown_grace_s
+            app,
+            host="",
+            port=0,
+            log_level=config.log_level,
+            limits=config.limits,
+            shutdown_grace_s=config.shutdown_grace_s,
         )
     )
     threading.Thread(target=_exit_with, args=(seat.parent_fd, server), daemon=True).start()
@@ -138,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
             host=host,
             port=port,
             log_level=config.log_level,
+            limits=config.limits,
             shutdown_grace_s=config.shutdown_grace_s,
         )
     )

@@ -93,7 +93,7 @@ def _run(job: Job, cache: dict[str, Compressor]) -> Done:
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
     if after >= job.tokens:
-        return Done(None, job.tokens, ms, "no saving")
+        return Done(None, job.tokens, ms, note or "no saving")
     return Done(new_text, after, ms, note)
 
 

@@ -84,7 +84,7 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
 def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above() -> None:
     import asyncio
 
-    from replay import load_policies, replay_anthropic, two_turns_old
+    from replay_engine import load_policies, replay_anthropic, two_turns_old
 
     agents = load_policies()["agents"]
     for trace in CHOSEN:
