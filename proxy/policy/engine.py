@@ -339,7 +339,11 @@ class PolicyRewriter:
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
     ) -> _Outcome:
         outcome = _Outcome(namespace=scope)
-        digests = [text_digest(part.text) for part in parts]
+        texts = [part.text for part in parts]
+        if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
+            digests = [text_digest(t) for t in texts]
+        else:  # hashing a huge body (its encoding step holds the GIL) off the loop
+            digests = await asyncio.to_thread(lambda: [text_digest(t) for t in texts])
         turns = turn_digests(parts, digests)
         for i, (part, tokens) in enumerate(zip(parts, counts, strict=True)):
             rule = next((r for r in policy.rules if _matches(r, part, tokens)), None)
