@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,8 +33,10 @@ from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import Policy, PolicySet, load_policy
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
+
 REPO = Path(__file__).resolve().parents[1]
-TRACES = REPO.parent / "shared" / "evaldata" / "swe-agent-traces"
 MODEL = "gpt-4o"
 CACHED_FRACTION = 0.10
 COUNT = tokenizer_for(MODEL).count
@@ -65,18 +67,6 @@ class Bill:
         self.dollars += other.dollars
         self.compress_ms += other.compress_ms
         self.fail_open += other.fail_open
-
-
-def agent_messages(path: Path) -> list[dict[str, Any]]:
-    messages = []
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
-    return messages
 
 
 def message_tokens(message: dict[str, Any]) -> int:
@@ -110,10 +100,8 @@ async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: f
         await rewriter.ready()
     bill = Bill()
     previous: list[bytes] = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant" or k == 0:
-            continue
-        body = {"model": MODEL, "messages": messages[:k]}
+    for turn in evaldata.turns(messages):
+        body = {"model": MODEL, "messages": turn}
         forwarded = body["messages"]
         if rewriter is not None:
             exchange = Exchange("b", "POST", "/v1/chat/completions", "t", None, "u", time.time(), True)
@@ -140,15 +128,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--price-per-mtok", type=float, default=2.50, help="input $ per 1M tokens (gpt-4o)")
     args = parser.parse_args()
-    traces = sorted(TRACES.glob("*.traj"))
-    if not traces:
-        raise SystemExit(f"no traces in {TRACES}")
+    traces = evaldata.trace_paths()
+    if evaldata.missing(*evaldata.TRACES):
+        raise SystemExit(f"no SWE-agent traces in {evaldata.root()} (python -m evaldata.fetch)")
     rows: dict[str, Bill] = {}
     per_trace: dict[tuple[str, str], Bill] = {}
     for name, policy in [("none", None), *load_policies().items()]:
         total = Bill()
         for trace in traces:
-            bill = await replay(policy, agent_messages(trace), args.price_per_mtok)
+            bill = await replay(policy, evaldata.agent_messages(trace), args.price_per_mtok)
             per_trace[(name, trace.stem)] = bill
             total.add(bill)
         rows[name] = total

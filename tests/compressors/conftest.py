@@ -9,31 +9,23 @@ through the same ``from_pretrained(local_files_only=True)`` path as real ones.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-NQ = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-GSM8K_PROMPT = EVALDATA / "gsm8k" / "prompt_hardest.txt"
+import evaldata
 
 
+# Tests using these two carry the evaldata marker by way of tests/conftest.py (DATA_FIXTURES).
 @pytest.fixture(scope="session")
 def nq_rows() -> list[dict[str, object]]:
-    if not NQ.exists():
-        pytest.skip(f"evaldata missing: {NQ}")
-    with gzip.open(NQ, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+    return evaldata.nq_rows()
 
 
 @pytest.fixture(scope="session")
 def gsm8k_prompt() -> str:
-    if not GSM8K_PROMPT.exists():
-        pytest.skip(f"evaldata missing: {GSM8K_PROMPT}")
-    return GSM8K_PROMPT.read_text(encoding="utf-8")
+    return evaldata.text(evaldata.GSM8K_PROMPT)
 
 
 def _corpus(nq_rows: list[dict[str, object]]) -> Iterator[str]:

@@ -10,25 +10,14 @@ import httpx
 import pytest
 from harness import MakeProxy, Upstream, tersegate_command
 
+import evaldata
+
 REPO = Path(__file__).resolve().parents[2]
-TRACE = (
-    REPO.parent
-    / "shared"
-    / "evaldata"
-    / "swe-agent-traces"
-    / "marshmallow-1867__function_calling_replace_from_source.traj"
-)
+TRACE = "swe-agent-traces/marshmallow-1867__function_calling_replace_from_source.traj"
 
 
 def agent_request(turn: int) -> bytes:
-    messages = []
-    for m in json.loads(TRACE.read_text(encoding="utf-8"))["history"][:turn]:
-        msg = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
+    messages = evaldata.agent_messages(TRACE)[:turn]
     return json.dumps({"model": "gpt-4o", "messages": messages}, indent=1).encode()
 
 
@@ -42,7 +31,7 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
+@pytest.mark.evaldata(TRACE)
 def test_compress_prints_what_the_server_forwards(make_proxy: MakeProxy, upstream: Upstream) -> None:
     agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
     proxy = make_proxy(
@@ -72,7 +61,7 @@ def test_compress_prints_what_the_server_forwards(make_proxy: MakeProxy, upstrea
     assert f"tokens {before} -> {after}" in table
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
+@pytest.mark.evaldata(TRACE)
 def test_unchanged_requests_come_back_as_the_original_bytes(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(

@@ -8,7 +8,6 @@ parts must shrink as configured; modes, client override, fail-open and
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ import orjson
 import pytest
 from harness import MakeProxy, Upstream
 
+import evaldata
 from compressors.tokenizer import tokenizer_for
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")
+PYDICOM = "swe-agent-traces/gpt4__pydicom-1458.traj"
+needs_evaldata = pytest.mark.evaldata(evaldata.OPENAPI, PYDICOM, evaldata.NQ, evaldata.QA_PROMPT)
 COUNT = tokenizer_for("gpt-4o").count
 
 NORMALIZE_ALL = """\
@@ -56,13 +56,13 @@ def post(proxy: Any, route: str, body: dict[str, Any], **headers: str) -> httpx.
 
 def pretty_schema() -> str:
     """A real tool output: a pretty-printed JSON schema from the OpenAI spec."""
-    spec = json.loads((EVALDATA / "openai-openapi" / "openapi.json").read_text())
+    spec = json.loads(evaldata.text(evaldata.OPENAPI))
     return json.dumps(spec["components"]["schemas"]["CreateChatCompletionRequest"], indent=4)
 
 
 def observation() -> str:
     """A real user-role observation from a SWE-agent trace (long, with layout to tidy)."""
-    history = json.loads((EVALDATA / "swe-agent-traces" / "gpt4__pydicom-1458.traj").read_text())["history"]
+    history = evaldata.agent_messages(PYDICOM)
     return str(max((m["content"] for m in history if m["role"] == "user"), key=len))
 
 
@@ -308,15 +308,12 @@ rules:
 
 @needs_evaldata
 def test_nq_question_and_instruction_survive_relevance(make_proxy: MakeProxy, upstream: Upstream) -> None:
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as lines:
-        rows = [json.loads(line) for _, line in zip(range(20), lines, strict=False)]
+    rows = evaldata.nq_rows(20)
     gold = rows[7]
-    documents = "\n".join(
-        f"Document [{i + 1}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}"
-        for i, row in enumerate(rows)
+    prompt = evaldata.qa_prompt(
+        [evaldata.document(row, i + 1) for i, row in enumerate(rows)], gold["question"]
     )
-    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
-    prompt = template.format(search_results=documents, question=gold["question"])
+    template = evaldata.text(evaldata.QA_PROMPT)
     rag = (Path(__file__).resolve().parents[2] / "policies" / "rag.yaml").read_text()
     proxy = make_proxy(
         team_config("rag"),
