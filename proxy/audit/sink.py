@@ -31,10 +31,10 @@ from typing import Any
 import orjson
 
 from proxy.audit.index import LiveIndexer
+from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.config.model import AuditConfig
 from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
-from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.usage import normalize_usage
 
 __all__ = [

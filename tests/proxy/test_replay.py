@@ -1,4 +1,5 @@
-"""SWE-agent traces replayed turn by turn through a real proxy with the shipped policies.
+"""Coding-agent traces replayed turn by turn through a real proxy with the shipped policies: one made
+here (:mod:`samples`) and the SWE-agent traces of the evaluation data.
 
 Cache stability: each forwarded request must start with the previous forwarded
 request's messages, byte for byte, so the provider's prompt cache keeps
@@ -14,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from harness import MakeProxy, Upstream
+from samples import write_agent_trace
 
 import evaldata
 from compressors.tokenizer import tokenizer_for
@@ -22,7 +24,17 @@ REPO = Path(__file__).resolve().parents[2]
 COUNT = tokenizer_for("gpt-4o").count
 
 
-def replay(proxy: Any, upstream: Upstream, trace: str, team: str) -> list[tuple[list[Any], list[Any]]]:
+BUILT = "built"
+# The made-up trace, then each trace of the evaluation data (skipped where it is absent).
+TRACES = [BUILT, *(pytest.param(t, marks=pytest.mark.evaldata(t), id=Path(t).stem) for t in evaldata.TRACES)]
+
+
+@pytest.fixture(scope="module")
+def built_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_agent_trace(tmp_path_factory.mktemp("trace") / "built.traj")
+
+
+def replay(proxy: Any, upstream: Upstream, trace: str | Path, team: str) -> list[tuple[list[Any], list[Any]]]:
     """``(sent messages, forwarded messages)`` per turn."""
     out = []
     with httpx.Client(timeout=120) as client:
@@ -50,24 +62,27 @@ def proxy(make_proxy: MakeProxy) -> Any:
     return running
 
 
-@pytest.mark.evaldata(*evaldata.TRACES)
 @pytest.mark.parametrize("team", ["agents", "default", "support"])
-@pytest.mark.parametrize("trace", evaldata.TRACES, ids=lambda name: Path(name).stem)
+@pytest.mark.parametrize("trace", TRACES)
 def test_each_turn_resends_the_previous_turn_byte_identical(
-    proxy: Any, upstream: Upstream, trace: str, team: str
+    proxy: Any, upstream: Upstream, built_trace: Path, trace: str, team: str
 ) -> None:
     previous: list[bytes] = []
-    for sent, forwarded in replay(proxy, upstream, trace, team):
+    for sent, forwarded in replay(proxy, upstream, built_trace if trace == BUILT else trace, team):
         assert len(forwarded) == len(sent)  # nothing dropped or reordered
         encoded = [orjson.dumps(m) for m in forwarded]
         assert encoded[: len(previous)] == previous
         previous = encoded
 
 
-@pytest.mark.evaldata(*evaldata.TRACES)
-def test_agents_policy_shrinks_tool_outputs_and_nothing_else(proxy: Any, upstream: Upstream) -> None:
+@pytest.mark.parametrize(
+    "source", [BUILT, pytest.param("evaldata", marks=pytest.mark.evaldata(*evaldata.TRACES))]
+)
+def test_agents_policy_shrinks_tool_outputs_and_nothing_else(
+    proxy: Any, upstream: Upstream, built_trace: Path, source: str
+) -> None:
     saved = 0
-    for trace in evaldata.TRACES:
+    for trace in [built_trace] if source == BUILT else evaldata.TRACES:
         sent, forwarded = replay(proxy, upstream, trace, "agents")[-1]
         for original, out in zip(sent, forwarded, strict=True):
             selected = original["role"] in ("tool", "function") or (

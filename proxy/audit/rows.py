@@ -1,0 +1,153 @@
+"""Report rows and the sums they are made of, shared by the JSONL scan (:mod:`proxy.audit.report`)
+and the SQLite index (:mod:`proxy.audit.index`), so both add records up the same way.
+
+Dollar sums cover the requests that had a price and usage; ``price_missing``
+counts the requests that could not be priced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["GROUP_KEYS", "Row", "Sums", "row_of", "usd"]
+
+GROUP_KEYS = ("team", "model", "day", "route", "policy")
+_USD_DIGITS = 8
+
+# The totals of a group, in this order: requests, tokens before, tokens after, cost before,
+# cost after, saved, priced requests, fail-open requests, unpriced requests.
+Totals = tuple[int, int, int, float, float, float, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    keys: tuple[tuple[str, str | None], ...]  # (group key, value) in --by order
+    requests: int
+    tokens_before: int
+    tokens_after: int
+    cost_before_usd: float | None
+    cost_after_usd: float | None
+    saved_usd: float | None
+    fail_open: int
+    price_missing: int
+
+    @property
+    def saving_pct(self) -> float:
+        if self.tokens_before <= 0:
+            return 0.0
+        return round(100.0 * (self.tokens_before - self.tokens_after) / self.tokens_before, 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **dict(self.keys),
+            "requests": self.requests,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "saving_pct": self.saving_pct,
+            "cost_before_usd": self.cost_before_usd,
+            "cost_after_usd": self.cost_after_usd,
+            "saved_usd": self.saved_usd,
+            "fail_open": self.fail_open,
+            "price_missing": self.price_missing,
+        }
+
+
+def usd(total: float, priced: int) -> float | None:
+    """A dollar sum for a report: None when no request in the group had a cost."""
+    return round(total, _USD_DIGITS) if priced else None
+
+
+def row_of(keys: tuple[tuple[str, str | None], ...], totals: Sequence[Any]) -> Row:
+    """The row of a group from its :data:`Totals` (as :meth:`Sums.totals` gives or SQL sums them)."""
+    priced = int(totals[6])
+    return Row(
+        keys=keys,
+        requests=int(totals[0]),
+        tokens_before=int(totals[1]),
+        tokens_after=int(totals[2]),
+        cost_before_usd=usd(totals[3], priced),
+        cost_after_usd=usd(totals[4], priced),
+        saved_usd=usd(totals[5], priced),
+        fail_open=int(totals[7]),
+        price_missing=int(totals[8]),
+    )
+
+
+class _ExactSum:
+    """A running float sum rounded once, as ``math.fsum`` of every value added (Shewchuk's partials)."""
+
+    __slots__ = ("partials",)
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        kept = 0
+        for y in self.partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            high = x + y
+            low = y - (high - x)
+            if low:
+                self.partials[kept] = low
+                kept += 1
+            x = high
+        del self.partials[kept:]
+        self.partials.append(x)
+
+    def value(self) -> float:
+        return math.fsum(self.partials)
+
+
+class Sums:
+    """The running totals of one group of audit records."""
+
+    __slots__ = (
+        "after",
+        "before",
+        "cost_after",
+        "cost_before",
+        "fail_open",
+        "priced",
+        "requests",
+        "saved",
+        "unpriced",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.before = self.after = self.fail_open = self.unpriced = self.priced = 0
+        self.cost_before = _ExactSum()
+        self.cost_after = _ExactSum()
+        self.saved = _ExactSum()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.requests += 1
+        self.before += record.get("tokens_before") or 0
+        self.after += record.get("tokens_after") or 0
+        self.fail_open += record.get("fail_open") is not None
+        self.unpriced += record.get("price_missing") is True
+        after = record.get("cost_after_usd")
+        if after is not None:
+            self.priced += 1
+            self.cost_before.add(record.get("cost_before_usd") or 0.0)
+            self.cost_after.add(after)
+            self.saved.add(record.get("saved_usd") or 0.0)
+
+    def totals(self) -> Totals:
+        return (
+            self.requests,
+            self.before,
+            self.after,
+            self.cost_before.value(),
+            self.cost_after.value(),
+            self.saved.value(),
+            self.priced,
+            self.fail_open,
+            self.unpriced,
+        )
+
+    def row(self, keys: tuple[tuple[str, str | None], ...]) -> Row:
+        return row_of(keys, self.totals())
