@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("overhead", "speed", "quality_relevance", "quality_tokens", "policy", "audit")
+ORDER = ("overhead", "speed", "quality_relevance", "quality_tokens", "policy", "anthropic", "audit")
 
 
 def main() -> None:

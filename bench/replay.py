@@ -12,12 +12,22 @@ its anti-pattern twin "halve tools once 2 turns old" (the same truncation,
 selected by age), which saves tokens but breaks the cache.
 
     python bench/replay.py [--price-per-mtok 2.50] [--repeats 1]
+    python bench/replay.py --api anthropic   # the same traces in Anthropic Messages shape
+
+``--api anthropic`` replays the traces as a Claude Code-like client sends them
+(bench/anthropic_shape.py: tool calls as ``tool_use`` blocks, outputs as ``tool_result``
+blocks, ``cache_control`` on the system prompt (1 h) and the newest user block (5 min))
+through the same rewrite hook on ``/v1/messages``, and bills them with Anthropic's cache
+rules (reads 0.1x, 5-minute writes 1.25x, 1-hour writes 2x, at claude-sonnet-4-5's $3/M).
+Each shipped policy is shown next to its "compress when 2 turns old" twin (every rule with
+``older_than_turns: 2``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -35,6 +45,11 @@ from proxy.policy.model import Policy, PolicySet, load_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
 import evaldata
+
+try:
+    from anthropic_shape import CacheBill, turns  # run as `python bench/replay.py`
+except ImportError:  # imported as bench.replay
+    from bench.anthropic_shape import CacheBill, turns
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4o"
@@ -124,13 +139,108 @@ async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: f
     return bill
 
 
+def two_turns_old(policy: Policy) -> Policy:
+    """The strawman twin: the same rules, each selecting a part only once 2 turns old."""
+    rules = tuple(
+        dataclasses.replace(r, match=dataclasses.replace(r.match, older_than_turns=2)) for r in policy.rules
+    )
+    return dataclasses.replace(policy, name=policy.name + "@2-turns-old", rules=rules)
+
+
+def _rewriter(policy: Policy) -> PolicyRewriter:
+    generous = dataclasses.replace(policy, latency_budget_ms=60000.0)
+    return PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
+
+
+async def replay_anthropic(
+    policy: Policy | None, bodies: list[dict[str, Any]], price: float
+) -> tuple[CacheBill, int]:
+    """``(bill, fail-open count)`` of one trace's turns forwarded through ``policy``."""
+    rewriter = _rewriter(policy) if policy is not None else None
+    if rewriter is not None:
+        await rewriter.ready()
+    bill = CacheBill(price / 1e6)
+    fail_open = 0
+    for body in bodies:
+        forwarded = body
+        if rewriter is not None:
+            exchange = Exchange(
+                "b", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic"
+            )
+            rewrite = await rewriter(exchange, body, {})
+            forwarded = rewrite.body or body
+            fail_open += rewrite.fail_open is not None
+        bill.add(forwarded)
+    if rewriter is not None:
+        rewriter.close()
+    return bill, fail_open
+
+
+async def main_anthropic(price: float, traces: list[Path]) -> None:
+    shipped = {n: p for n, p in load_policies().items() if not n.startswith("halve")}
+    halves = {n: p for n, p in load_policies().items() if n.startswith("halve")}
+    rows: dict[str, tuple[CacheBill, int]] = {}
+    per_trace: dict[tuple[str, str], float] = {}
+    candidates: list[tuple[str, Policy | None]] = [("none", None)]
+    for name, policy in shipped.items():
+        candidates += [(name, policy), (name + "@2-turns-old", two_turns_old(policy))]
+    candidates += list(halves.items())
+    bodies = {trace.stem: turns(trace) for trace in traces}
+    for name, candidate in candidates:
+        total, fails = CacheBill(price / 1e6), 0
+        for stem, trace_bodies in bodies.items():
+            bill, failed = await replay_anthropic(candidate, trace_bodies, price)
+            per_trace[(name, stem)] = bill.dollars
+            for key in ("tokens", "read", "written_5m", "written_1h", "dollars"):
+                setattr(total, key, getattr(total, key) + getattr(bill, key))
+            fails += failed
+        rows[name] = (total, fails)
+    base = rows["none"][0]
+    print(
+        f"{len(traces)} SWE-agent traces in Anthropic shape ({sum(map(len, bodies.values()))} requests), "
+        f"o200k token estimate, ${price}/M input; reads 0.1x, 5-minute writes 1.25x, 1-hour writes 2x\n"
+    )
+    print(
+        "| policy | input tokens | vs none | read | written 5m | written 1h | bill $ | bill vs none | "
+        "compress when 2 turns old: bill vs none | fail-open |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def pct(a: float, b: float) -> str:
+        return f"{100 * (a / b - 1):+.1f}%"
+
+    for name, (bill, fails) in rows.items():
+        if name.endswith("@2-turns-old"):
+            continue
+        twin = rows.get(name + "@2-turns-old")
+        side = pct(twin[0].dollars, base.dollars) if twin else "-"
+        print(
+            f"| {name} | {bill.tokens:,} | {pct(bill.tokens, base.tokens)} | {bill.read:,} | {bill.written_5m:,} | "
+            f"{bill.written_1h:,} | {bill.dollars:.4f} | {pct(bill.dollars, base.dollars)} | {side} | {fails} |"
+        )
+    names = [n for n in rows if n != "none"]
+    print("\nPer trace, bill vs none:\n")
+    print("| trace | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for stem in bodies:
+        none = per_trace[("none", stem)]
+        print(f"| {stem} | " + " | ".join(pct(per_trace[(n, stem)], none) for n in names) + " |")
+    above = [(n, s) for (n, s), d in per_trace.items() if n in shipped and d > per_trace[("none", s)] + 1e-12]
+    print(f"\nShipped policies billed above passthrough on any trace: {above or 'none'}")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--price-per-mtok", type=float, default=2.50, help="input $ per 1M tokens (gpt-4o)")
+    parser.add_argument("--price-per-mtok", type=float, default=None, help="input $ per 1M tokens")
+    parser.add_argument("--api", choices=("openai", "anthropic"), default="openai")
     args = parser.parse_args()
     traces = evaldata.trace_paths()
     if evaldata.missing(*evaldata.TRACES):
         raise SystemExit(f"no SWE-agent traces in {evaldata.root()} (python -m evaldata.fetch)")
+    if args.api == "anthropic":
+        await main_anthropic(args.price_per_mtok or 3.00, traces)
+        return
+    args.price_per_mtok = args.price_per_mtok or 2.50
     rows: dict[str, Bill] = {}
     per_trace: dict[tuple[str, str], Bill] = {}
     for name, policy in [("none", None), *load_policies().items()]:

@@ -1,6 +1,8 @@
-"""Errors the proxy itself answers, in OpenAI's shape ``{"error": {message, type, param, code}}``.
+"""Errors the proxy itself answers, in the caller's API shape.
 
-Clients (the official SDKs) parse this shape into their own exception types, so
+OpenAI (and Azure): ``{"error": {message, type, param, code}}``. Anthropic:
+``{"type": "error", "error": {"type", "message"}}`` with Anthropic's error types.
+Clients (the official SDKs) parse these shapes into their own exception types, so
 a proxy-side failure looks like any other API error to them. Messages never
 carry keys or prompt text.
 """
@@ -11,9 +13,11 @@ import orjson
 
 __all__ = [
     "ProxyError",
+    "anthropic_error_body",
     "error_body",
     "failing_closed",
     "internal",
+    "not_found",
     "timed_out",
     "too_large",
     "unauthorized",
@@ -24,6 +28,18 @@ __all__ = [
 
 def error_body(message: str, *, type: str, code: str | None = None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def anthropic_error_body(message: str, *, type: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
+
+
+# Anthropic's error type for each of our kinds (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    "unauthorized": "authentication_error",
+    "too_large": "request_too_large",
+    "not_found": "not_found_error",
+}
 
 
 class ProxyError(Exception):
@@ -40,8 +56,18 @@ class ProxyError(Exception):
         self.code = code
         self.kind = kind
 
-    def body(self) -> bytes:
+    @property
+    def anthropic_type(self) -> str:
+        return _ANTHROPIC_TYPES.get(self.kind, "api_error")
+
+    def body(self, api: str = "openai") -> bytes:
+        if api == "anthropic":
+            return anthropic_error_body(self.message, type=self.anthropic_type)
         return error_body(self.message, type=self.type, code=self.code)
+
+
+def not_found(message: str) -> ProxyError:
+    return ProxyError(404, message, type="invalid_request_error", code="not_found", kind="not_found")
 
 
 def unauthorized(message: str) -> ProxyError:

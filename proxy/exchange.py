@@ -15,7 +15,12 @@ from typing import Any, Protocol
 __all__ = ["COMPRESSIBLE_ROUTES", "UNCHANGED", "AuditLost", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
 
 # Endpoints whose request bodies carry prompts the rewrite hook may compress (and the audit records).
-COMPRESSIBLE_ROUTES: tuple[str, ...] = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
+COMPRESSIBLE_ROUTES: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/completions",
+    "/v1/messages",  # Anthropic Messages; Azure's deployment paths route to their OpenAI twins
+)
 
 
 @dataclass(slots=True)
@@ -33,6 +38,9 @@ class Rewrite:
     rules: tuple[str, ...] = ()
     tokens_before: int | None = None
     tokens_after: int | None = None
+    # Estimated tokens of the rest of what is sent (tools, tool calls' inputs; Anthropic routes),
+    # so the upstream's exact input count can calibrate the estimate (see docs/audit.md).
+    tokens_other: int | None = None
     compress_ms: float = 0.0
     fail_open: str | None = None  # why the original was forwarded after an error / budget overrun
     skipped: str | None = None  # why the hook did not look (e.g. "body is not valid JSON")
@@ -49,7 +57,7 @@ class Exchange:
 
     request_id: str
     method: str
-    route: str  # the path with any /v1 prefix normalised: "/v1/chat/completions"
+    route: str  # the path with any /v1 prefix normalised: "/v1/chat/completions"; Azure: its OpenAI twin
     team: str
     key_id: str | None  # first 12 hex of the proxy key's SHA-256; never the key
     upstream: str
@@ -66,6 +74,8 @@ class Exchange:
     request_body: dict[str, Any] | None = None
     error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
     client_disconnected: bool = False
+    api: str = "openai"  # openai | anthropic | azure: the API the route speaks
+    deployment: str | None = None  # Azure: the deployment named in the path
 
 
 class Rewriter(Protocol):

@@ -6,6 +6,9 @@ the upstream for it and :class:`UsageTap` removes what the client did not ask
 for: the usage-only chunk (``choices: []``) and the ``"usage": null`` field the
 upstream then adds to every other chunk. Clients that asked get the stream
 unchanged. Responses-API streams always report usage in ``response.completed``.
+Anthropic Messages streams report it in ``message_start`` (input and cache tokens) and
+``message_delta`` (output tokens, cumulative): :class:`AnthropicUsageTap` merges the two and
+never changes a frame.
 
 The tap is on the hot path of every chunk: a frame is parsed only when its
 bytes contain ``"usage"``.
@@ -19,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["UsageTap", "forwarded_body", "normalize_usage", "prepare_stream"]
+__all__ = ["AnthropicUsageTap", "UsageTap", "forwarded_body", "normalize_usage", "prepare_stream"]
 
 # Routes whose streams honour stream_options.include_usage.
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -38,11 +41,38 @@ def _detail(usage: Mapping[str, Any], key: str, field: str) -> int | None:
     return _int(details.get(field)) if isinstance(details, Mapping) else None
 
 
-def normalize_usage(raw: Mapping[str, Any] | None) -> dict[str, int | None] | None:
+def _anthropic_usage(raw: Mapping[str, Any]) -> dict[str, int | None]:
+    """Anthropic's usage: ``input_tokens`` excludes cached tokens, so the prompt is the sum of
+    input, cache writes and cache reads; writes are split into 5-minute and 1-hour caches
+    (``cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``; without that
+    split every write counts as 5-minute, Anthropic's default TTL)."""
+    fresh = _int(raw.get("input_tokens"))
+    written = _int(raw.get("cache_creation_input_tokens")) or 0
+    read = _int(raw.get("cache_read_input_tokens")) or 0
+    one_hour = _detail(raw, "cache_creation", "ephemeral_1h_input_tokens")
+    five_min = _detail(raw, "cache_creation", "ephemeral_5m_input_tokens")
+    if one_hour is None and five_min is None:
+        five_min, one_hour = written, 0
+    return {
+        "prompt_tokens": None if fresh is None else fresh + written + read,
+        "completion_tokens": _int(raw.get("output_tokens")),
+        "cached_tokens": read,
+        "reasoning_tokens": None,
+        "input_tokens": fresh,
+        "cache_write_tokens": written,
+        "cache_write_5m_tokens": five_min or 0,
+        "cache_write_1h_tokens": one_hour or 0,
+    }
+
+
+def normalize_usage(raw: Mapping[str, Any] | None, *, api: str = "openai") -> dict[str, int | None] | None:
     """The upstream's usage object in the audit record's names, for chat, completions,
-    embeddings (prompt tokens only) and the Responses API (input/output tokens)."""
+    embeddings (prompt tokens only), the Responses API (input/output tokens) and, with
+    ``api="anthropic"``, Anthropic Messages (see :func:`_anthropic_usage`)."""
     if not isinstance(raw, Mapping):
         return None
+    if api == "anthropic":
+        return _anthropic_usage(raw)
     if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
         return {
             "prompt_tokens": _int(raw.get("input_tokens")),
@@ -111,11 +141,12 @@ class UsageTap:
     ``usage`` holds the upstream's usage object once seen (as reported, not normalised).
     """
 
-    __slots__ = ("injected", "usage")
+    __slots__ = ("injected", "model", "usage")
 
     def __init__(self, injected: bool) -> None:
         self.injected = injected
         self.usage: dict[str, Any] | None = None
+        self.model: str | None = None  # the model the upstream named with the usage (Azure pricing)
 
     def frame(self, data: bytes) -> bytes | None:
         if b'"usage"' not in data:
@@ -135,6 +166,8 @@ class UsageTap:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+            if isinstance(chunk.get("model"), str):
+                self.model = chunk["model"]
         if not self.injected:
             return data
         if isinstance(usage, dict) and chunk.get("choices") == []:
@@ -152,3 +185,40 @@ class UsageTap:
         usage = response.get("usage") if isinstance(response, dict) else None
         if isinstance(usage, dict):
             self.usage = usage
+            if isinstance(response, dict) and isinstance(response.get("model"), str):
+                self.model = response["model"]
+
+
+class AnthropicUsageTap(UsageTap):
+    """Per Anthropic stream: usage from ``message_start`` updated by each ``message_delta``
+    (whose counts are cumulative). Frames pass unchanged, always."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(False)
+
+    def frame(self, data: bytes) -> bytes | None:
+        if b'"usage"' not in data:
+            return data
+        payload = _event_data(data)
+        if payload is None:
+            return data
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(event, dict):
+            return data
+        kind = event.get("type")
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            usage = event["message"].get("usage")
+            if isinstance(usage, dict):
+                self.usage = dict(usage)
+            if isinstance(event["message"].get("model"), str):
+                self.model = event["message"]["model"]
+        elif kind == "message_delta" and isinstance(event.get("usage"), dict):
+            merged = dict(self.usage or {})
+            merged.update({k: v for k, v in event["usage"].items() if v is not None})
+            self.usage = merged
+        return data

@@ -22,6 +22,11 @@ Every request is recorded (:class:`Recorded`: method, path, query, headers, raw
 body bytes, and for streams when the first frame was sent and when the client
 went away) unless ``record=False`` (benchmarks).
 
+It also answers Anthropic's Messages API (``/v1/messages``, see :mod:`fake_anthropic`) and
+Azure OpenAI's paths (``/openai/deployments/{name}/chat/completions`` and its completions
+twin, ``/openai/responses``; ``api-version`` query required; the answer's ``model`` is
+``x-fake-azure-model`` or ``gpt-4o-2024-08-06``, as Azure names the deployed model).
+
 Run standalone: ``python tests/fake_upstream.py --port 9000``.
 """
 
@@ -38,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import fake_anthropic
 import orjson
 import uvicorn
 
@@ -410,6 +416,16 @@ class FakeUpstream:
 
     async def _route(self, call: _Call, receive: Receive, send: Send) -> None:
         method, path = call.scope["method"], call.scope["path"]
+        if path.startswith("/v1/messages") or "anthropic-version" in call.headers:
+            await self._anthropic(call, receive, send)
+            return
+        if path.startswith("/openai/"):
+            if "api-version=" not in call.scope["query_string"].decode():
+                await _json(send, call, 404, _error(404))
+                return
+            call.model = call.headers.get("x-fake-azure-model", "gpt-4o-2024-08-06")
+            deployed = path.startswith("/openai/deployments/")
+            path = "/v1/" + path.split("/", 4 if deployed else 2)[-1]
         if call.model.startswith("error-"):
             await self._error(call, send, int(call.model[6:]))
             return
@@ -445,6 +461,34 @@ class FakeUpstream:
         else:
             await _json(send, call, 404, _error(404))
 
+    async def _anthropic(self, call: _Call, receive: Receive, send: Send) -> None:
+        method, path = call.scope["method"], call.scope["path"]
+        request_id = call.headers.get("x-request-id", call.request_id)
+
+        async def answer(status: int, payload: Any) -> None:
+            body = orjson.dumps(payload)
+            head = [*fake_anthropic.headers(request_id, b"application/json")]
+            head.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": status, "headers": head})
+            await send({"type": "http.response.body", "body": body})
+
+        if call.model.startswith("error-"):
+            await answer(int(call.model[6:]), fake_anthropic.error(int(call.model[6:])))
+        elif method == "POST" and path == "/v1/messages/count_tokens":
+            await answer(200, {"input_tokens": fake_anthropic.prompt_tokens(call.parsed)})
+        elif method == "POST" and path == "/v1/messages" and call.parsed.get("stream") is True:
+            head = fake_anthropic.headers(request_id, b"text/event-stream; charset=utf-8")
+            await self._stream(call, receive, send, fake_anthropic.frames(call.parsed, call.headers), head)
+        elif method == "POST" and path == "/v1/messages":
+            await answer(200, fake_anthropic.message(call.parsed, call.headers))
+        elif method == "GET" and path == "/v1/models":
+            models = [
+                {"type": "model", "id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"}
+            ]
+            await answer(200, {"data": models, "has_more": False, "first_id": None, "last_id": None})
+        else:
+            await answer(404, {"type": "error", "error": {"type": "not_found_error", "message": "Not found"}})
+
     async def _error(self, call: _Call, send: Send, status: int) -> None:
         extra: list[tuple[bytes, bytes]] = []
         if status == 429:
@@ -467,8 +511,15 @@ class FakeUpstream:
         await asyncio.gather(delay, watch, return_exceptions=True)
         return not gone
 
-    async def _stream(self, call: _Call, receive: Receive, send: Send, frames: list[bytes]) -> None:
-        headers = _headers(call, b"text/event-stream; charset=utf-8")
+    async def _stream(
+        self,
+        call: _Call,
+        receive: Receive,
+        send: Send,
+        frames: list[bytes],
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = headers or _headers(call, b"text/event-stream; charset=utf-8")
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         emit = asyncio.ensure_future(self._emit(call, send, frames))
         watch = asyncio.ensure_future(_until_disconnect(receive))

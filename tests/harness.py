@@ -13,7 +13,8 @@ it received (method, path, query, headers, raw body bytes, stream timings);
 ``config.yaml`` (and ``policies/<name>.yaml``) into a fresh folder and serves the
 proxy in-process (uvicorn thread, free port). ``config`` is either YAML text, in
 which ``{upstream}`` is replaced by the fake's base URL (with ``/v1``), or a
-dict (``{upstream}`` works in its strings too) whose top-level keys replace those of :data:`BASE_CONFIG` (an upstream
+dict (``{upstream}`` works in its strings too; ``{upstream_root}`` is the URL without ``/v1``, for
+Anthropic and Azure upstreams) whose top-level keys replace those of :data:`BASE_CONFIG` (an upstream
 ``fake`` pointing at the fake, ``auth: passthrough``, team ``default`` without
 a policy, no audit). ``env`` is set for the test (config reads keys from it).
 Returns a :class:`RunningProxy`: ``.url``, ``.base_url`` (with ``/v1``, for
@@ -104,7 +105,7 @@ def write_config_dir(
     """Write config.yaml and policies/ into ``folder``; return the config path."""
     if not isinstance(config, str):
         config = yaml.safe_dump({**base_config(upstream.base_url), **config}, sort_keys=False)
-    text = config.replace("{upstream}", upstream.base_url)
+    text = config.replace("{upstream_root}", upstream.url).replace("{upstream}", upstream.base_url)
     path = folder / "config.yaml"
     path.write_text(text, encoding="utf-8")
     (folder / "policies").mkdir(exist_ok=True)

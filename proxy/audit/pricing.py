@@ -23,11 +23,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Costs", "Price", "PriceBook", "PricingError", "costs_for", "request_cost_usd"]
+__all__ = [
+    "Costs",
+    "Price",
+    "PriceBook",
+    "PricingError",
+    "anthropic_cost_usd",
+    "costs_for",
+    "request_cost_usd",
+]
 
 _MAP_FILE = "model_prices_and_context_window_backup.json"
-# Snapshot suffixes OpenAI-style names carry: -2024-08-06, -0613, -1106.
-_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+# Snapshot suffixes names carry: -2024-08-06, -0613, -1106 (OpenAI), -20250929 (Anthropic).
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 _DIGITS = 10  # dollars rounded to 1e-10: whole-token prices are >= 1e-9, float noise is not
 
 
@@ -41,6 +49,9 @@ class Price:
     input: float  # dollars per prompt token
     output: float  # dollars per completion token
     cached_input: float  # dollars per cached prompt token (the input price when the map has none)
+    # Anthropic cache writes, per token: 5-minute and 1-hour TTL (the input price when the map has none).
+    cache_write_5m: float = 0.0
+    cache_write_1h: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +73,19 @@ def _price_of(key: str, entry: dict[str, Any]) -> Price | None:
     given_in, given_out = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
     if not isinstance(given_in, (int, float)) or not isinstance(given_out, (int, float)):
         return None
-    cached = entry.get("cache_read_input_token_cost")
+
+    def per_token(name: str, default: float) -> float:
+        value = entry.get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    write_5m = per_token("cache_creation_input_token_cost", float(given_in))
     return Price(
         key=key,
         input=float(given_in),
         output=float(given_out),
-        cached_input=float(cached) if isinstance(cached, (int, float)) else float(given_in),
+        cached_input=per_token("cache_read_input_token_cost", float(given_in)),
+        cache_write_5m=write_5m,
+        cache_write_1h=per_token("cache_creation_input_token_cost_above_1hr", write_5m),
     )
 
 
@@ -148,6 +166,20 @@ def request_cost_usd(
     return uncached * price.input + cached * price.cached_input + max(completion_tokens, 0) * price.output
 
 
+def anthropic_cost_usd(price: Price, usage: dict[str, int | None], *, extra_input: int = 0) -> float:
+    """What Anthropic bills for a normalised usage (see :func:`proxy.usage.normalize_usage`):
+    uncached input, cache writes at the 5-minute and 1-hour prices, cache reads, output;
+    ``extra_input`` more tokens at the input price."""
+    fresh = max((usage.get("input_tokens") or 0) + extra_input, 0)
+    return (
+        fresh * price.input
+        + max(usage.get("cache_write_5m_tokens") or 0, 0) * price.cache_write_5m
+        + max(usage.get("cache_write_1h_tokens") or 0, 0) * price.cache_write_1h
+        + max(usage.get("cached_tokens") or 0, 0) * price.cached_input
+        + max(usage.get("completion_tokens") or 0, 0) * price.output
+    )
+
+
 def costs_for(
     price: Price | None,
     usage: dict[str, int | None] | None,
@@ -165,13 +197,19 @@ def costs_for(
         return Costs(None, None, None, price_missing=True)
     if not usage or usage.get("prompt_tokens") is None:
         return Costs(None, None, None, price_missing=False)
-    prompt = usage.get("prompt_tokens") or 0
-    completion = usage.get("completion_tokens") or 0
-    cached = usage.get("cached_tokens") or 0
-    after = request_cost_usd(price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
-    before = request_cost_usd(
-        price, prompt_tokens=prompt + prompt_delta, completion_tokens=completion, cached_tokens=cached
-    )
+    if "cache_write_tokens" in usage:  # Anthropic: writes priced by TTL
+        after = anthropic_cost_usd(price, usage)
+        before = anthropic_cost_usd(price, usage, extra_input=prompt_delta)
+    else:
+        prompt = usage.get("prompt_tokens") or 0
+        completion = usage.get("completion_tokens") or 0
+        cached = usage.get("cached_tokens") or 0
+        after = request_cost_usd(
+            price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        )
+        before = request_cost_usd(
+            price, prompt_tokens=prompt + prompt_delta, completion_tokens=completion, cached_tokens=cached
+        )
     return Costs(
         before_usd=round(before, _DIGITS),
         after_usd=round(after, _DIGITS),

@@ -45,6 +45,7 @@ __all__ = [
     "iter_records",
     "record_hash",
     "rotated_name",
+    "token_scale",
 ]
 
 log = logging.getLogger("tersegate.audit")
@@ -65,13 +66,30 @@ def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def token_scale(exchange: Exchange, usage: dict[str, int | None] | None) -> float | None:
+    """Anthropic routes: the upstream's exact input count over our estimate of what was sent
+    (tiktoken o200k: there is no offline Claude tokenizer), by which the estimated saving is
+    scaled before it is priced. None when either side is unknown."""
+    rw = exchange.rewrite
+    if exchange.api != "anthropic" or not usage or rw.tokens_after is None:
+        return None
+    exact = usage.get("prompt_tokens")
+    estimate = rw.tokens_after + (rw.tokens_other or 0)
+    if not exact or estimate <= 0:
+        return None
+    return round(exact / estimate, 4)
+
+
 def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -> dict[str, Any]:
     """The audit record of a finished exchange, without ``prev_hash`` and ``hash``."""
     rw = exchange.rewrite
-    usage = normalize_usage(exchange.usage)
+    usage = normalize_usage(exchange.usage, api=exchange.api)
     applied = rw.mode == "enforce" and rw.fail_open is None
     counted = rw.tokens_before is not None and rw.tokens_after is not None
     delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    scale = token_scale(exchange, usage)
+    if scale is not None:
+        delta = round(delta * scale)
     try:
         price = prices.price_for(exchange.model)
         costs = costs_for(price, usage, prompt_delta=delta)
@@ -90,11 +108,13 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         "rules": list(rw.rules),
         "mode": rw.mode,
         "route": exchange.route,
+        "api": exchange.api,
         "model": exchange.model,
         "stream": exchange.stream,
         "status": exchange.status,
         "tokens_before": rw.tokens_before,
         "tokens_after": rw.tokens_after,
+        "tokens_scale": scale,
         "usage": usage,
         "cost_before_usd": costs.before_usd,
         "cost_after_usd": costs.after_usd,

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from proxy.config.model import AuditConfig, ConfigErrors, load_config
 from proxy.exchange import Exchange, Rewrite
+from proxy.server.routes import route_of
 from proxy.server.services import build_services
 from proxy.usage import forwarded_body
 
@@ -42,21 +43,24 @@ async def rewrite_request(
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):
             raise ValueError("the request body must be a JSON object")
+        found = route_of(route)
         exchange = Exchange(
             request_id="compress-cmd",
             method="POST",
-            route=route,
+            route=found.route,
             team=team,
             key_id=None,
-            upstream=config.upstream_for(team).name,
+            upstream=config.upstream_for(team, found.api).name,
             started=time.time(),
             compressible=True,
             model=parsed.get("model") if isinstance(parsed.get("model"), str) else None,
             stream=parsed.get("stream") is True,
+            api=found.api,
+            deployment=found.deployment,
         )
         await services.rewriter.ready()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
-        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=route)
+        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=found.route)
         return out, rewrite
     finally:
         await services.aclose()
@@ -93,7 +97,7 @@ def _explain(rewrite: Rewrite, console: Console) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    route = args.route if args.route.startswith("/v1/") else "/v1/" + args.route.lstrip("/")
+    route = args.route if args.route.startswith(("/v1/", "/openai/")) else "/v1/" + args.route.lstrip("/")
     headers = {"x-tersegate-mode": args.mode} if args.mode else {}
     try:
         out, rewrite = asyncio.run(

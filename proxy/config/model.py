@@ -32,6 +32,13 @@ __all__ = [
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+APIS = ("openai", "anthropic", "azure")
+# The environment variable an upstream's key is read from when api_key_env is not given.
+_DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "azure": "AZURE_OPENAI_API_KEY",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,11 @@ class UpstreamConfig:
     name: str
     base_url: str  # no trailing slash, e.g. https://api.openai.com/v1
     api_key_env: str | None = "OPENAI_API_KEY"
+    # openai: base_url ends in /v1; anthropic: the API root (https://api.anthropic.com);
+    # azure: the resource root (https://<resource>.openai.azure.com).
+    api: Literal["openai", "anthropic", "azure"] = "openai"
+    # azure: deployment -> model, for pricing (not hashed: the config is a dict key in the pool)
+    deployments: dict[str, str] = field(default_factory=dict, hash=False)
     timeout_s: float = 600.0  # total time for a non-streaming response
     connect_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 300.0  # max silence between stream chunks
@@ -56,6 +68,7 @@ class TeamConfig:
     name: str
     policy: str | None = None
     upstream: str | None = None
+    anthropic_upstream: str | None = None  # for Anthropic routes; else default_anthropic_upstream
     # SHA-256 hex digests of the team's proxy keys (from keys_sha256 and keys_env).
     key_hashes: frozenset[str] = frozenset()
 
@@ -85,6 +98,7 @@ class Config:
     default_team: str = "default"
     upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
     default_upstream: str = "openai"
+    default_anthropic_upstream: str | None = None
     policies_dir: Path = Path("policies")
     max_body_bytes: int = 32 * 1024 * 1024
     audit: AuditConfig = AuditConfig()
@@ -94,10 +108,23 @@ class Config:
     # Positions of team policy references, for policy errors that point into config.yaml.
     team_lines: dict[str, int] = field(default_factory=dict)
 
-    def upstream_for(self, team: str) -> UpstreamConfig:
+    def upstream_for(self, team: str, api: str = "openai") -> UpstreamConfig:
+        """The upstream serving ``team``'s requests of ``api`` (Anthropic routes have their own
+        choice: the team's ``anthropic_upstream``, else ``default_anthropic_upstream``, else the
+        only upstream with ``api: anthropic``, else the team's OpenAI upstream as before)."""
         team_cfg = self.teams.get(team)
+        if api == "anthropic":
+            name = (team_cfg.anthropic_upstream if team_cfg else None) or self.anthropic_default()
+            if name is not None:
+                return self.upstreams[name]
         name = team_cfg.upstream if team_cfg and team_cfg.upstream else self.default_upstream
         return self.upstreams[name]
+
+    def anthropic_default(self) -> str | None:
+        if self.default_anthropic_upstream is not None:
+            return self.default_anthropic_upstream
+        named = [u.name for u in self.upstreams.values() if u.api == "anthropic"]
+        return named[0] if len(named) == 1 else None
 
     def team_for_key_hash(self, key_hash: str) -> str | None:
         for team in self.teams.values():
@@ -123,7 +150,17 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         lambda v: urlsplit(str(v)).scheme in ("http", "https") and bool(urlsplit(str(v)).netloc),
         "must be an http(s) URL",
     )
-    api_key_env = f.get_field(UpstreamConfig, "api_key_env", str)
+    api = f.get_field(UpstreamConfig, "api", str)
+    f.check("api", lambda v: v in APIS, "must be openai, anthropic or azure")
+    if api in ("anthropic", "azure"):
+        root = "https://api.anthropic.com" if api == "anthropic" else "https://<resource>.openai.azure.com"
+        f.check(
+            "base_url",
+            lambda v: not str(v).rstrip("/").endswith("/v1"),
+            f"is the API root for api: {api} ({root}), without /v1",
+        )
+    deployments = _parse_deployments(f, api, errors)
+    api_key_env = f.get("api_key_env", str, _DEFAULT_KEY_ENV.get(api, "OPENAI_API_KEY"))
     f.check("api_key_env", lambda v: bool(_ENV_NAME.match(str(v))), "must be an environment variable name")
     for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections"):
         f.check(key, _positive, "must be a positive number")
@@ -135,9 +172,31 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         connect_timeout_s=f.get_field(UpstreamConfig, "connect_timeout_s", float),
         stream_idle_timeout_s=f.get_field(UpstreamConfig, "stream_idle_timeout_s", float),
         max_connections=f.get_field(UpstreamConfig, "max_connections", int),
+        api="anthropic" if api == "anthropic" else "azure" if api == "azure" else "openai",
+        deployments=deployments,
     )
     f.finish()
     return upstream
+
+
+def _parse_deployments(f: Fields, api: str, errors: list[ConfigError]) -> dict[str, str]:
+    node = f.node_of("deployments")
+    raw = f.get("deployments", dict, {})
+    if node is None:
+        return {}
+    if api != "azure":
+        errors.append(node.error(f"{f.what}.deployments: only an upstream with api: azure has deployments"))
+        return {}
+    deployments: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(value, str) or not value:
+            line = node.key_lines.get(key, node.line) if isinstance(node.value, dict) else node.line
+            errors.append(
+                ConfigError(node.file, line, f"{f.what}.deployments.{key}: must be a model name (gpt-4o)")
+            )
+        else:
+            deployments[str(key)] = value
+    return deployments
 
 
 def _parse_team(name: str, node: Node, errors: list[ConfigError], auth: str) -> TeamConfig:
@@ -165,6 +224,7 @@ def _parse_team(name: str, node: Node, errors: list[ConfigError], auth: str) -> 
         name=name,
         policy=f.get_field(TeamConfig, "policy", str),
         upstream=f.get_field(TeamConfig, "upstream", str),
+        anthropic_upstream=f.get_field(TeamConfig, "anthropic_upstream", str),
         key_hashes=frozenset(hashes),
     )
     f.finish()
@@ -230,6 +290,15 @@ def _parse_mapping_of(node: Node | None, what: str, errors: list[ConfigError]) -
     return list(node.value.items())
 
 
+def _anthropic_problem(config: Config, name: str) -> str | None:
+    upstream = config.upstreams.get(name)
+    if upstream is None:
+        return "is not in upstreams"
+    if upstream.api != "anthropic":
+        return f"has api: {upstream.api}, not api: anthropic"
+    return None
+
+
 def _cross_check(config: Config, root: Node, errors: list[ConfigError]) -> None:
     if config.default_upstream not in config.upstreams:
         errors.append(
@@ -237,13 +306,35 @@ def _cross_check(config: Config, root: Node, errors: list[ConfigError]) -> None:
                 f"default_upstream {config.default_upstream!r} is not in upstreams", key="default_upstream"
             )
         )
+    anthropic = config.default_anthropic_upstream
+    if anthropic is not None:
+        problem = _anthropic_problem(config, anthropic)
+        if problem:
+            errors.append(
+                root.error(
+                    f"default_anthropic_upstream {anthropic!r} {problem}", key="default_anthropic_upstream"
+                )
+            )
     teams_node = root.value.get("teams") if isinstance(root.value, dict) else None
     for team in config.teams.values():
         line = teams_node.key_lines.get(team.name, teams_node.line) if teams_node else root.line
+        team_node = (
+            teams_node.value.get(team.name) if teams_node and isinstance(teams_node.value, dict) else None
+        )
         if team.upstream and team.upstream not in config.upstreams:
             errors.append(
                 ConfigError(
                     root.file, line, f"teams.{team.name}.upstream {team.upstream!r} is not in upstreams"
+                )
+            )
+        problem = _anthropic_problem(config, team.anthropic_upstream) if team.anthropic_upstream else None
+        if problem:
+            at = team_node.key_lines.get("anthropic_upstream", line) if team_node is not None else line
+            errors.append(
+                ConfigError(
+                    root.file,
+                    at,
+                    f"teams.{team.name}.anthropic_upstream {team.anthropic_upstream!r} {problem}",
                 )
             )
     if config.auth == "keys":
@@ -290,6 +381,7 @@ def load_config(path: Path) -> Config:
         default_team=f.get_field(Config, "default_team", str),
         upstreams=upstreams,
         default_upstream=f.get_field(Config, "default_upstream", str),
+        default_anthropic_upstream=f.get_field(Config, "default_anthropic_upstream", str),
         policies_dir=_resolve(base, str(f.get_field(Config, "policies_dir", str))),
         max_body_bytes=f.get_field(Config, "max_body_bytes", int),
         audit=_parse_audit(f.node_of("audit"), base, errors),

@@ -29,6 +29,7 @@ from typing import Any
 
 from compressors.base import Compressor, CompressorError
 from compressors.tokenizer import Tokenizer, tokenizer_for
+from proxy.anthropic import other_texts
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
 from proxy.policy.memo import Memo
@@ -169,7 +170,17 @@ class PolicyRewriter:
         else:
             counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
+        rewrite.tokens_other = await self._count_other(exchange.route, body, tokenizer)
         return rewrite
+
+    async def _count_other(self, route: str, body: dict[str, Any], tokenizer: Tokenizer) -> int | None:
+        """Anthropic routes: tokens of what is sent besides the parts (tools, tool inputs)."""
+        if not route.endswith("/messages"):
+            return None
+        texts = other_texts(body)
+        if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
+            return sum(self._count_texts(tokenizer, texts))
+        return sum(await asyncio.to_thread(self._count_texts, tokenizer, texts))
 
     def _mode(self, policy: Policy, headers: Mapping[str, str]) -> str:
         asked = _header(headers, _MODE_HEADER)
@@ -197,19 +208,24 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        return self._result(policy, mode, body, parts, counts, outcome)
+        result = self._result(policy, mode, body, parts, counts, outcome)
+        result.tokens_other = await self._count_other(exchange.route, body, tokenizer)
+        return result
 
     def _count_fail_open(self, team: str, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 
     def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part]) -> list[int]:
+        return self._count_texts(tokenizer, [part.text for part in parts])
+
+    def _count_texts(self, tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
         counts: list[int] = []
-        for part in parts:
-            key = (tokenizer.encoding, _digest(part.text))
+        for text in texts:
+            key = (tokenizer.encoding, _digest(text))
             count = self._counts.get(key)
             if count is None:
-                count = self._counts.setdefault(key, tokenizer.count(part.text), size=100)
+                count = self._counts.setdefault(key, tokenizer.count(text), size=100)
             counts.append(count)
         return counts
 
@@ -334,7 +350,7 @@ class PolicyRewriter:
             if part.message_path not in drops:
                 drops.append(part.message_path)
         else:
-            texts[part.path] = ""  # tool results must stay paired with their call
+            texts[part.path] = part.blank  # tool results must stay paired with their call
 
 
 def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> dict[str, Any]:

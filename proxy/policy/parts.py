@@ -2,7 +2,9 @@
 
 Only text is ever rewritten: string message contents, ``text`` / ``input_text``
 / ``output_text`` parts of content arrays, Responses ``instructions`` and
-``function_call_output`` outputs, and completions prompts. Everything else
+``function_call_output`` outputs, completions prompts, and in Anthropic Messages
+bodies the ``system`` text, message text blocks and ``tool_result`` content
+(:mod:`proxy.anthropic` finds them). Everything else
 (images, audio, files, tool calls and their arguments, tool definitions,
 response formats, fields we do not know) is never looked at and reaches the
 upstream as the same value: :func:`rewrite_body` copies only the containers on
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from proxy import anthropic
 
 __all__ = ["Part", "extract_parts", "rewrite_body"]
 
@@ -44,6 +48,7 @@ class Part:
     age: int = 0
     last_user: bool = False
     droppable: bool = False  # removing the whole message leaves a valid request
+    blank: str = ""  # what the text becomes when dropped but its message must stay
 
 
 @dataclass(slots=True)
@@ -58,6 +63,7 @@ class _Item:
     assistant_turn: bool
     droppable: bool
     roles: frozenset[str] | None = None
+    blank: str = ""
 
 
 def _content_texts(content: Any, base: Path, types: frozenset[str]) -> list[tuple[Path, str]]:
@@ -154,9 +160,47 @@ def _completions_items(body: Mapping[str, Any]) -> list[_Item]:
     return []  # token-id prompts are not text
 
 
+# Anthropic rejects empty text blocks: a dropped one keeps this (a tool_result may be empty).
+_ANTHROPIC_BLANK = "[omitted]"
+
+
+def _anthropic_items(body: Mapping[str, Any]) -> list[_Item]:
+    """One item per tool_result (role ``tool``), one per system prompt, and one per message
+    for its text blocks; messages are never dropped (roles must alternate)."""
+    items: list[_Item] = []
+    by_message: dict[int, _Item] = {}
+    for block in anthropic.blocks(body):
+        if block.kind == "tool_result":
+            items.append(
+                _Item(
+                    block.message,
+                    "tool",
+                    ("messages", block.message),
+                    list(block.texts),
+                    block.tool_name,
+                    False,
+                    False,
+                )
+            )
+            continue
+        if not block.texts and block.role != "assistant":
+            continue  # an assistant message of tool_use / thinking blocks still counts as a turn
+        item = by_message.get(block.message)
+        if item is None:
+            path: Path = ("system",) if block.message < 0 else ("messages", block.message)
+            item = _Item(block.message, block.role, path, [], None, block.role == "assistant", False)
+            item.blank = _ANTHROPIC_BLANK
+            by_message[block.message] = item
+            items.append(item)
+        item.texts.extend(block.texts)
+    return items
+
+
 def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
     """Every rewritable text part of ``body`` for ``route``, in body order."""
-    if route.endswith("/chat/completions"):
+    if route.endswith("/messages"):
+        items = _anthropic_items(body)
+    elif route.endswith("/chat/completions"):
         items = _chat_items(body)
     elif route.endswith("/responses"):
         items = _responses_items(body)
@@ -181,6 +225,7 @@ def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
                     age=ages[k],
                     last_user=k == last_user,
                     droppable=item.droppable,
+                    blank=item.blank,
                 )
             )
     return parts

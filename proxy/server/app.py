@@ -21,16 +21,25 @@ from typing import Any
 import orjson
 
 from proxy.config.model import Config, UpstreamConfig
-from proxy.errors import ProxyError, error_body, failing_closed, internal, too_large, unavailable
+from proxy.errors import (
+    ProxyError,
+    anthropic_error_body,
+    error_body,
+    failing_closed,
+    internal,
+    not_found,
+    too_large,
+    unavailable,
+)
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.relay import relay_stream, watch_disconnect
-from proxy.server.routes import COMPRESSIBLE, metric_route, split_path
+from proxy.server.routes import Route, metric_route, route_of, upstream_path
 from proxy.server.services import Services
-from proxy.usage import UsageTap, forwarded_body
+from proxy.usage import AnthropicUsageTap, UsageTap, forwarded_body
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -69,6 +78,7 @@ _HOP_RESPONSE = frozenset(
 _TERSEGATE_PREFIX = b"x-tersegate-"
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_ANTHROPIC_VERSION = b"anthropic-version"
 
 
 def _request_id() -> str:
@@ -136,9 +146,10 @@ class _DisconnectWatch:
 class _Ctx:
     """What the outer handler needs to know about a request in progress."""
 
-    __slots__ = ("audited", "committed", "exchange", "started", "status", "team")
+    __slots__ = ("audited", "committed", "exchange", "route", "started", "status", "team")
 
-    def __init__(self) -> None:
+    def __init__(self, route: Route) -> None:
+        self.route = route
         self.exchange: Exchange | None = None
         self.started = False
         self.status = 0
@@ -223,23 +234,45 @@ def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _usage_of(body: bytes, encoding: bytes | None) -> dict[str, Any] | None:
-    """The ``usage`` object of a JSON response body, if any (decoding gzip/deflate to read it)."""
+def _usage_of(body: bytes, encoding: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """``(usage, model)`` of a JSON response body, if any (decoding gzip/deflate to read it)."""
     if encoding:
         import zlib
 
         if encoding.strip().lower() not in (b"gzip", b"deflate"):
-            return None
+            return None, None
         try:
             body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
         except zlib.error:
-            return None
+            return None, None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    return usage if isinstance(usage, dict) else None
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    usage, model = parsed.get("usage"), parsed.get("model")
+    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
+
+
+def _route_of(scope: Scope) -> Route:
+    has_version = any(name == _ANTHROPIC_VERSION for name, _ in scope["headers"])
+    return route_of(scope["path"], anthropic_version=has_version)
+
+
+def _path_qs(scope: Scope, upstream: UpstreamConfig) -> bytes:
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    path_qs = upstream_path(raw_path, upstream.api)
+    return path_qs + b"?" + scope["query_string"] if scope["query_string"] else path_qs
+
+
+def _upstream_for(config: Config, team: str, route: Route) -> UpstreamConfig:
+    upstream = config.upstream_for(team, route.api)
+    if route.api == "azure" and upstream.api != "azure":
+        raise not_found(
+            f"Azure OpenAI paths need an upstream with api: azure; team {team!r} uses {upstream.name!r}."
+        )
+    return upstream
 
 
 class ProxyApp:
@@ -302,8 +335,8 @@ class ProxyApp:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics = self.services.metrics
-        ctx = _Ctx()
-        route = split_path(scope["path"])[0]
+        ctx = _Ctx(_route_of(scope))
+        route = ctx.route.route
         metrics.in_flight.inc()
         try:
             await self._forward(scope, receive, send, ctx)
@@ -364,7 +397,7 @@ class ProxyApp:
         if exchange is not None:
             headers.append((b"x-tersegate-request-id", exchange.request_id.encode()))
         ctx.started = True
-        await _send_simple(send, exc.status, exc.body(), headers)
+        await _send_simple(send, exc.status, exc.body(ctx.route.api), headers)
 
     def _fails_closed(self) -> bool:
         """The one reading of ``audit.on_error``: whether an audit that cannot write refuses requests."""
@@ -391,23 +424,24 @@ class ProxyApp:
         bound = self._bind()
         config = bound.config
         method: str = scope["method"]
-        route, _ = split_path(scope["path"])
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        found = ctx.route
         headers, creds, declared = _request_headers(
             scope["headers"], strip_keys=bound.auth.strips_client_keys
         )
-        identity = bound.auth.identify(creds)
+        identity = bound.auth.identify(creds, found.api)
         ctx.team = identity.team
-        upstream = config.upstream_for(identity.team)
+        upstream = _upstream_for(config, identity.team, found)
         exchange = ctx.exchange = Exchange(
             request_id=_request_id(),
             method=method,
-            route=route,
+            route=found.route,
             team=identity.team,
             key_id=identity.key_id,
             upstream=upstream.name,
             started=time.time(),
-            compressible=method == "POST" and route in COMPRESSIBLE,
+            compressible=method == "POST" and found.compressible,
+            api=found.api,
+            deployment=found.deployment,
         )
         audit = self.services.audit
         ctx.audited = audit is not None and (exchange.compressible or config.audit.all_routes)
@@ -416,12 +450,9 @@ class ProxyApp:
         if ctx.audited:
             _limit_encodings(headers)
         body = await _read_body(receive, config.max_body_bytes, declared)
-        body, streaming, tap = await self._prepare(exchange, body, scope["headers"])
+        body, streaming, tap = await self._prepare(exchange, body, scope["headers"], upstream)
         headers.extend(identity.upstream_auth)
-        path_qs = raw_path[3:] if raw_path.startswith(b"/v1/") or raw_path == b"/v1" else raw_path
-        if scope["query_string"]:
-            path_qs += b"?" + scope["query_string"]
-        request = _Request(method, path_qs, headers, body, streaming)
+        request = _Request(method, _path_qs(scope, upstream), headers, body, streaming)
         if streaming:  # the relay watches for a client that goes away itself
             await self._exchange(upstream, request, receive, send, ctx, tap)
             return
@@ -467,7 +498,11 @@ class ProxyApp:
             response.release()
 
     async def _prepare(
-        self, exchange: Exchange, body: bytes, raw_headers: list[tuple[bytes, bytes]]
+        self,
+        exchange: Exchange,
+        body: bytes,
+        raw_headers: list[tuple[bytes, bytes]],
+        upstream: UpstreamConfig,
     ) -> tuple[bytes, bool, UsageTap | None]:
         """The rewrite hook: ``(bytes to send, streaming, usage tap)``."""
         if not exchange.compressible:
@@ -482,6 +517,9 @@ class ProxyApp:
             return body, False, None
         model = parsed.get("model")
         exchange.model = model if isinstance(model, str) else None
+        if exchange.api == "azure":  # priced by the deployments map, else the response's model
+            # The deployment is in the path, or (/openai/responses, /openai/v1) the body's model.
+            exchange.model = upstream.deployments.get(exchange.deployment or exchange.model or "")
         exchange.stream = parsed.get("stream") is True
         if self.services.config.audit.include_text:
             exchange.request_body = parsed
@@ -494,7 +532,9 @@ class ProxyApp:
         out, injected = forwarded_body(
             body, parsed, rewrite.body, stream=exchange.stream, route=exchange.route
         )
-        return out, exchange.stream, UsageTap(injected) if exchange.stream else None
+        if not exchange.stream:
+            return out, False, None
+        return out, True, AnthropicUsageTap() if exchange.api == "anthropic" else UsageTap(injected)
 
     async def _respond(
         self,
@@ -525,7 +565,8 @@ class ProxyApp:
             raise read_failure(upstream, exc, streaming=False) from None
         exchange.upstream_ms = (time.perf_counter() - t0) * 1000
         if ctx.audited and response.status < 400:
-            exchange.usage = _usage_of(body, response.header(b"content-encoding"))
+            exchange.usage, model = _usage_of(body, response.header(b"content-encoding"))
+            exchange.model = exchange.model or model
         await self._commit(ctx)
         headers.append((b"content-length", str(len(body)).encode()))
         ctx.started = True
@@ -553,6 +594,7 @@ class ProxyApp:
             exchange.upstream_ms = (time.perf_counter() - t0) * 1000
             if tap is not None:
                 exchange.usage = tap.usage
+                exchange.model = exchange.model or tap.model
             await self._commit(ctx)
 
         try:
@@ -571,8 +613,15 @@ class ProxyApp:
             exchange.error = failure.kind
             self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
             await commit()
-            # OpenAI's SDKs raise an APIError for a data frame holding an "error" object.
-            frame = b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
+            # OpenAI's SDKs raise an APIError for a data frame holding an "error" object;
+            # Anthropic's for an `error` event.
+            if exchange.api == "anthropic":
+                data = anthropic_error_body(failure.message, type=failure.anthropic_type)
+                frame = b"event: error\ndata: " + data + b"\n\n"
+            else:
+                frame = (
+                    b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
+                )
             await send({"type": "http.response.body", "body": frame, "more_body": False})
         if exchange.client_disconnected:
             ctx.status = 499

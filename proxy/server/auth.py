@@ -1,10 +1,12 @@
 """Who is calling: the team and key id of a request, and the Authorization the upstream gets.
 
 ``auth: keys``: the client's proxy key (``Authorization: Bearer``, ``api-key``
-or ``x-api-key``) is hashed with SHA-256 and looked up in the config; the
-upstream receives the key from the upstream's ``api_key_env`` instead.
-``auth: passthrough``: the client's own credentials go upstream; the team comes
-from ``X-Tersegate-Team`` or ``default_team``.
+or ``x-api-key``, as the OpenAI, Azure and Anthropic SDKs send it) is hashed with
+SHA-256 and looked up in the config; the upstream receives the key from the
+upstream's ``api_key_env`` instead, in the header its API reads (``Authorization:
+Bearer`` for OpenAI, ``x-api-key`` for Anthropic, ``api-key`` for Azure).
+``auth: passthrough``: the client's own credentials go upstream unchanged; the team
+comes from ``X-Tersegate-Team`` or ``default_team``.
 
 Keys are never stored, logged or echoed: only their SHA-256 and a 12-hex key id.
 """
@@ -56,11 +58,16 @@ class Identity:
     upstream_auth: tuple[tuple[bytes, bytes], ...]
 
 
-def _bearer(key: str | None) -> tuple[tuple[bytes, bytes], ...]:
+def _upstream_key(key: str | None, api: str) -> tuple[tuple[bytes, bytes], ...]:
     # A key with line breaks would inject headers; it is not used (config check reports unset keys).
     if not key or any(c in key for c in "\r\n\0"):
         return ()
-    return ((b"authorization", b"Bearer " + key.strip().encode("latin-1", "replace")),)
+    value = key.strip().encode("latin-1", "replace")
+    if api == "anthropic":
+        return ((b"x-api-key", value),)
+    if api == "azure":
+        return ((b"api-key", value),)
+    return ((b"authorization", b"Bearer " + value),)
 
 
 class Authenticator:
@@ -71,7 +78,7 @@ class Authenticator:
         self._keys_mode = config.auth == "keys"
         # Upstream keys are read here, at load/reload, not per request.
         self._upstream_auth: dict[str, tuple[tuple[bytes, bytes], ...]] = {
-            name: _bearer(os.environ.get(up.api_key_env) if up.api_key_env else None)
+            name: _upstream_key(os.environ.get(up.api_key_env) if up.api_key_env else None, up.api)
             for name, up in config.upstreams.items()
         }
 
@@ -80,19 +87,20 @@ class Authenticator:
         """In keys mode the client's key headers must not reach the upstream."""
         return self._keys_mode
 
-    def identify(self, creds: Credentials) -> Identity:
-        """Raise :class:`ProxyError` (401) when the request may not pass."""
-        return self._by_key(creds) if self._keys_mode else self._passthrough(creds)
+    def identify(self, creds: Credentials, api: str = "openai") -> Identity:
+        """Raise :class:`ProxyError` (401) when the request may not pass; ``api`` is the route's."""
+        return self._by_key(creds, api) if self._keys_mode else self._passthrough(creds)
 
-    def _by_key(self, creds: Credentials) -> Identity:
+    def _by_key(self, creds: Credentials, api: str) -> Identity:
         key = creds.key()
         if key is None:
-            raise unauthorized("Missing API key: send your tersegate key as 'Authorization: Bearer <key>'.")
+            where = "'x-api-key: <key>'" if api == "anthropic" else "'Authorization: Bearer <key>'"
+            raise unauthorized(f"Missing API key: send your tersegate key as {where}.")
         digest = hashlib.sha256(key.encode()).hexdigest()
         team = self._config.team_for_key_hash(digest)
         if team is None:
             raise unauthorized(f"Incorrect API key provided (key id {digest[:12]}).")
-        upstream = self._config.upstream_for(team)
+        upstream = self._config.upstream_for(team, api)
         return Identity(team=team, key_id=digest[:12], upstream_auth=self._upstream_auth[upstream.name])
 
     def _passthrough(self, creds: Credentials) -> Identity:

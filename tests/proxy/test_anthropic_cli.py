@@ -1,0 +1,112 @@
+"""``tersegate compress --explain`` and ``report`` on Anthropic Messages requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+from harness import MakeProxy, Upstream, tersegate_command
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from anthropic_shape import TRACES_DIR, turns  # noqa: E402
+
+TRACE = TRACES_DIR / "marshmallow-1867__function_calling_replace_from_source.traj"
+
+
+def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {
+        "COLUMNS": "160",
+        "PATH": "/usr/bin:/bin",
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
+    }
+    return subprocess.run(
+        [*tersegate_command(), "compress", "--config", str(config), *args],
+        input=request,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def anthropic_proxy(make: MakeProxy) -> object:
+    agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
+    return make(
+        {
+            "upstreams": {
+                "claude": {
+                    "api": "anthropic",
+                    "base_url": "{upstream_root}",
+                    "api_key_env": "FAKE_UPSTREAM_KEY",
+                }
+            },
+            "default_upstream": "claude",
+            "audit": {"path": "audit/audit.jsonl"},
+            "teams": {"default": {"policy": "agents"}},
+        },
+        policies={"agents": agents.replace("latency_budget_ms: 300", "latency_budget_ms: 30000")},
+    )
+
+
+@pytest.mark.skipif(not TRACE.is_file(), reason="SWE-agent traces not available")
+def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    proxy = anthropic_proxy(make_proxy)
+    request = json.dumps(turns(TRACE)[-1], indent=1).encode()
+    response = httpx.post(
+        proxy.url + "/v1/messages",  # type: ignore[attr-defined]
+        content=request,
+        headers={"x-api-key": "k", "anthropic-version": "2023-06-01", "content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    run = compress(proxy.config_path, request, "--team", "default", "--route", "/v1/messages", "--explain")  # type: ignore[attr-defined]
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout == upstream.last().body + b"\n"
+    assert len(run.stdout) < len(request)
+    table = run.stderr.decode()
+    assert "tool (" in table and "tool-output" in table and "system" in table
+    before, after = (
+        response.headers["x-tersegate-tokens-before"],
+        response.headers["x-tersegate-tokens-after"],
+    )
+    assert int(before) > int(after) and f"tokens {before} -> {after}" in table
+
+
+def test_report_sums_anthropic_dollars(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = anthropic_proxy(make_proxy)
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)  # type: ignore[attr-defined]
+    for _ in range(2):
+        client.messages.create(
+            model="claude-sonnet-4-5-20250929",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-cache-write-1h": "1"},
+        )
+    out = subprocess.run(
+        [
+            *tersegate_command(),
+            "report",
+            "--config",
+            str(proxy.config_path),
+            "--format",
+            "json",
+            "--no-index",
+        ],  # type: ignore[attr-defined]
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    [row] = (
+        json.loads(out.stdout)["rows"] if isinstance(json.loads(out.stdout), dict) else json.loads(out.stdout)
+    )
+    assert row["model"] == "claude-sonnet-4-5-20250929" and row["requests"] == 2
+    assert row["cost_after_usd"] > 0

@@ -1,0 +1,73 @@
+"""Anthropic Messages bodies as parts: what a rule can select, with roles, tool names and ages."""
+
+from __future__ import annotations
+
+from proxy.anthropic import blocks, breakpoints
+from proxy.policy.parts import extract_parts, rewrite_body
+
+MARK = {"type": "ephemeral", "ttl": "1h"}
+BODY = {
+    "model": "claude-sonnet-4-5",
+    "tools": [{"name": "bash", "input_schema": {"type": "object"}, "cache_control": MARK}],
+    "system": [{"type": "text", "text": "You are an agent.", "cache_control": MARK}],
+    "messages": [
+        {"role": "user", "content": "Fix the bug."},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Let me look.", "signature": "sig"},
+                {"type": "tool_use", "id": "t1", "name": "bash", "input": {"cmd": "ls"}},
+            ],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "a.py\nb.py"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t2", "name": "bash", "input": {"cmd": "cat"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t2",
+                    "content": [{"type": "text", "text": "print(1)"}, {"type": "image", "source": {}}],
+                    "cache_control": {"type": "ephemeral"},
+                }
+            ],
+        },
+    ],
+}
+
+
+def test_parts_are_the_text_of_system_messages_and_tool_results_with_ages() -> None:
+    parts = extract_parts("/v1/messages", BODY)
+    found = [(p.path, p.role, p.tool_name, p.age) for p in parts]
+    assert found == [
+        (("system", 0, "text"), "system", None, 2),
+        (("messages", 0, "content"), "user", None, 2),
+        (("messages", 2, "content", 0, "content"), "tool", "bash", 1),  # tool_use-only turns count
+        (("messages", 4, "content", 0, "content", 0, "text"), "tool", "bash", 0),
+    ]
+
+
+def test_rewriting_a_part_keeps_every_marker_and_the_other_blocks() -> None:
+    path = ("messages", 4, "content", 0, "content", 0, "text")
+    new = rewrite_body(BODY, {path: "print()"})
+    assert new["messages"][4]["content"][0]["content"][0]["text"] == "print()"
+    assert [(b.path, b.ttl) for b in breakpoints(new)] == [(b.path, b.ttl) for b in breakpoints(BODY)]
+    assert [(b.path, b.ttl) for b in breakpoints(BODY)] == [
+        (("tools", 0), "1h"),
+        (("system", 0), "1h"),
+        (("messages", 4, "content", 0), "5m"),
+    ]
+    assert new["messages"][:4] == BODY["messages"][:4] and new["tools"] is BODY["tools"]
+    assert [b.kind for b in blocks(BODY)] == [
+        "tool",
+        "text",
+        "text",
+        "thinking",
+        "tool_use",
+        "tool_result",
+        "tool_use",
+        "tool_result",
+    ]

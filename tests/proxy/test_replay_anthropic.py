@@ -1,0 +1,97 @@
+"""SWE-agent traces in Anthropic shape, turn by turn through a real proxy with the agents policy.
+
+As Claude Code sends them: tool calls as ``tool_use`` blocks, outputs as ``tool_result``
+blocks, ``cache_control`` on the system prompt and the newest user block. Every forwarded
+request must equal the previous forwarded one, block by block and byte for byte, up to the
+previous request's last breakpoint (so that breakpoint's cache entry is read), and carry the
+same markers at the same positions as the client sent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from harness import MakeProxy, Upstream
+
+from proxy.anthropic import breakpoints
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from anthropic_shape import TRACES_DIR, block_values, turns, without_markers  # noqa: E402
+
+TRACE_FILES = sorted(TRACES_DIR.glob("*.traj")) if TRACES_DIR.is_dir() else []
+# One function-calling trace (tool_result blocks) and one text agent (observations as user text).
+CHOSEN = [
+    p for p in TRACE_FILES if p.stem in ("marshmallow-1867__function_calling_replace", "gpt4__pydicom-1458")
+]
+
+
+def markers(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
+    listed = block_values(body)
+    return [(b.path, listed[b.block]["cache_control"]) for b in breakpoints(body)]
+
+
+@pytest.mark.skipif(len(CHOSEN) != 2, reason="SWE-agent traces not available")
+@pytest.mark.parametrize("trace", CHOSEN, ids=[p.stem for p in CHOSEN])
+def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
+    trace: Path, make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    policy = (
+        (REPO / "policies" / "agents.yaml")
+        .read_text(encoding="utf-8")
+        .replace("latency_budget_ms: 300", "latency_budget_ms: 30000")
+    )
+    proxy = make_proxy(
+        {
+            "upstreams": {
+                "claude": {
+                    "api": "anthropic",
+                    "base_url": "{upstream_root}",
+                    "api_key_env": "FAKE_UPSTREAM_KEY",
+                }
+            },
+            "default_upstream": "claude",
+            "teams": {"default": {"policy": "agents"}},
+        },
+        policies={"agents": policy},
+    )
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
+    sent = turns(trace)
+    for body in sent:
+        client.messages.create(**body)
+    forwarded = [r.json() for r in upstream.requests]
+    assert len(forwarded) == len(sent) > 4
+    shrunk = 0
+    for k, (client_body, body) in enumerate(zip(sent, forwarded, strict=True)):
+        assert markers(body) == markers(client_body)  # count, positions, TTLs
+        assert body.get("tools") == client_body.get("tools")
+        shrunk += len(str(body["messages"])) < len(str(client_body["messages"]))
+        if k == 0:
+            continue
+        previous = forwarded[k - 1]
+        last = breakpoints(previous)[-1].block
+        before = [without_markers(v) for v in block_values(previous)[: last + 1]]
+        now = [without_markers(v) for v in block_values(body)[: last + 1]]
+        assert now == before, f"turn {k}: the cached prefix changed"
+    assert shrunk > 0  # the policy did compress something, so the prefix check means something
+
+
+@pytest.mark.skipif(len(CHOSEN) != 2, reason="SWE-agent traces not available")
+def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above() -> None:
+    import asyncio
+
+    from replay import load_policies, replay_anthropic, two_turns_old
+
+    agents = load_policies()["agents"]
+    for trace in CHOSEN:
+        bodies = turns(trace)
+        none, _ = asyncio.run(replay_anthropic(None, bodies, 3.0))
+        once, fails = asyncio.run(replay_anthropic(agents, bodies, 3.0))
+        aged, _ = asyncio.run(replay_anthropic(two_turns_old(agents), bodies, 3.0))
+        assert fails == 0
+        assert once.dollars < none.dollars < aged.dollars, trace.stem
+        assert once.tokens < none.tokens and aged.tokens < none.tokens  # the twin saves tokens too
