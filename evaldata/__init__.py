@@ -2,8 +2,8 @@
 
 The data is not part of the repository (about 14 MiB, each file under its own
 licence; see ``evaldata/sources.py`` and the README's "Evaluation data"): it lies in
-``../shared/evaldata`` beside the checkout, or wherever ``TERSEGATE_EVALDATA``
-points. ``python -m evaldata.fetch`` downloads it where a network exists.
+``../shared/evaldata`` beside the checkout (a worktree also finds it two levels up),
+or wherever ``TERSEGATE_EVALDATA`` points. ``python -m evaldata.fetch`` downloads it where a network exists.
 
 This package is not shipped in the wheel. Tests import it from the repository
 root (pytest's ``pythonpath``); benchmarks, run as ``python bench/x.py``, put the
@@ -63,9 +63,14 @@ TRACES = tuple(
 
 
 def root() -> Path:
-    """Where the data lies: ``$TERSEGATE_EVALDATA``, else ``../shared/evaldata`` beside the checkout."""
+    """Where the data lies: ``$TERSEGATE_EVALDATA``, else ``../shared/evaldata`` beside the checkout
+    (or two levels up, beside the folder of a git worktree such as ``wt/<name>``)."""
     configured = os.environ.get(ENV)
-    return Path(configured).expanduser() if configured else REPO.parent / "shared" / "evaldata"
+    if configured:
+        return Path(configured).expanduser()
+    beside = REPO.parent / "shared" / "evaldata"
+    worktree = REPO.parents[1] / "shared" / "evaldata"
+    return worktree if not beside.is_dir() and worktree.is_dir() else beside
 
 
 def path(name: str) -> Path:
