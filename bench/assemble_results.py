@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ORDER = ("overhead", "speed", "quality_relevance", "quality_tokens", "policy", "anthropic", "audit")
+ORDER = (
+    "overhead",
+    "speed",
+    "quality_relevance",
+    "quality_tokens",
+    "policy",
+    "anthropic",
+    "memo",
+    "audit",
+    "workers",
+)
 
 
 def main() -> None:

@@ -25,7 +25,13 @@ direct has none), which is a property of the machine rather than of the proxy;
 the one-CPU figure is the proxy's own added latency. Streaming time to first
 chunk is measured in the one-CPU placement.
 
+Scale-out: ``--workers 2`` adds a tersegate target with the audit on and ``listen.workers: 2``
+(its workers are placed with the proxy), and a *free* placement at c=32 where nothing is pinned,
+so one worker and two can be compared on both cores. ``--baseline DIR`` adds the audit-on target
+run from another checkout of tersegate (``PYTHONPATH=DIR``), e.g. the commit before a change.
+
     python bench/overhead.py [--duration 8] [--repeats 3] [--stream-n 200] [--no-litellm]
+        [--workers 2] [--baseline /tmp/tersegate-before]
 
 Prints a table and writes it, with the command, to bench/results/overhead.md.
 """
@@ -82,11 +88,24 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else argv
 
 
-def place(pid: int, cpu: str) -> None:
-    """Move every thread of ``pid`` to ``cpu`` (sched_setaffinity on a pid moves one thread only)."""
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor's workers)."""
+    found = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(task.name), {int(cpu)})
+            for child in (task / "children").read_text().split():
+                found.extend(tree(int(child)))
+    return found
+
+
+def place(pid: int, cpu: str | None) -> None:
+    """Move every thread of ``pid`` and its children to ``cpu`` (None: any CPU)."""
+    cpus = set(range(os.cpu_count() or 1)) if cpu is None else {int(cpu)}
+    for proc in tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{proc}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), cpus)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 120) -> None:
@@ -125,16 +144,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def tersegate_config(folder: Path, upstream_port: int, port: int, *, audit: bool) -> Path:
-    path = folder / f"tersegate-{'audit' if audit else 'noaudit'}.yaml"
+def tersegate_config(
+    folder: Path, upstream_port: int, port: int, *, audit: bool, workers: int = 1, index: bool = True
+) -> Path:
+    path = folder / f"tersegate-{'audit' if audit else 'noaudit'}-{port}.yaml"
+    sub = folder / f"audit-{port}"
     # As config.yaml ships: the JSONL plus the SQLite report index the proxy keeps current.
     audit_line = (
-        f"audit: {{path: {folder / 'audit' / 'bench.jsonl'}, sqlite: {folder / 'audit' / 'bench.sqlite'}}}"
+        (f"audit: {{path: {sub / 'bench.jsonl'}" + (f", sqlite: {sub / 'bench.sqlite'}}}" if index else "}"))
         if audit
         else "audit: {}"
     )
     path.write_text(
-        f"""listen: {{host: 127.0.0.1, port: {port}}}
+        f"""listen: {{host: 127.0.0.1, port: {port}{f", workers: {workers}" if workers > 1 else ""}}}
 auth: passthrough
 default_team: default
 upstreams:
@@ -193,18 +215,21 @@ def _ms(text: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (Linux /proc), 0 where unavailable."""
+    total = 0.0
+    for proc in tree(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def run_wrk(url: str, script: Path, *, conc: int, duration: int, cell: Cell, pid: int) -> None:
-    argv = pinned(
-        LOAD_CPU, ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "-s", str(script), url]
-    )
+    argv = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    if len(os.sched_getaffinity(0)) == 1:  # not the free placement
+        argv = pinned(LOAD_CPU, argv)
     cpu_before = cpu_seconds(pid)
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(pid) - cpu_before
@@ -239,7 +264,7 @@ def first_chunk_ms(url: str, n: int) -> float:
 
 
 def start_targets(
-    folder: Path, *, litellm: bool
+    folder: Path, *, litellm: bool, workers: int = 1, baseline: str | None = None
 ) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, str]]:
     up_port = free_port()
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -250,12 +275,25 @@ def start_targets(
     urls["direct"] = f"http://127.0.0.1:{up_port}/v1/chat/completions"
     wait_ready(urls["direct"], procs["direct"])
     tersegate = shutil.which("tersegate", path=str(Path(sys.executable).parent)) or "tersegate"
-    for name, audit in (("tersegate (audit off)", False), ("tersegate (audit on)", True)):
+    variants: list[tuple[str, bool, int, dict[str, str]]] = [
+        ("tersegate (audit off)", False, 1, {}),
+        ("tersegate (audit on)", True, 1, {}),
+    ]
+    if baseline:
+        variants.append(("tersegate baseline (audit on)", True, 1, {"PYTHONPATH": baseline}))
+    if workers > 1:
+        variants.append((f"tersegate (audit on, workers: {workers})", True, workers, {}))
+    for name, audit, count, env in variants:
         port = free_port()
-        config = tersegate_config(folder, up_port, port, audit=audit)
-        procs[name] = start([tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log")
+        config = tersegate_config(folder, up_port, port, audit=audit, workers=count)
+        procs[name] = start(
+            [tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log", env=env
+        )
         urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
         wait_ready(urls[name], procs[name])
+        if count > 1:  # every worker answered (each loads the price map on its first request)
+            for _ in range(20 * count):
+                httpx.post(urls[name], content=BODY, headers=HEADERS, timeout=10)
     if litellm:
         port = free_port()
         procs["litellm proxy"] = start(
@@ -269,10 +307,13 @@ def start_targets(
 
 
 def apply_layout(layout: str, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    """``one``: everything on the load CPU; ``split``: proxies on their own CPU."""
+    """``one``: everything on the load CPU; ``split``: proxies on their own CPU; ``free``: unpinned."""
     for name, proc in procs.items():
-        place(proc.pid, LOAD_CPU if layout == "one" or name == "direct" else PROXY_CPU)
-    os.sched_setaffinity(0, {int(LOAD_CPU)})
+        if layout == "free":
+            place(proc.pid, None)
+        else:
+            place(proc.pid, LOAD_CPU if layout == "one" or name == "direct" else PROXY_CPU)
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) if layout == "free" else {int(LOAD_CPU)})
 
 
 def measure(
@@ -280,7 +321,7 @@ def measure(
 ) -> tuple[dict[tuple[str, int, str], Cell], dict[str, float]]:
     targets = list(urls)
     cells = {(t, c, lay): Cell() for t in targets for c, lay in RUNS}
-    for layout in ("one", "split"):
+    for layout in LAYOUTS:
         apply_layout(layout, procs)
         for name in targets:  # warm-up
             run_wrk(urls[name], script, conc=8, duration=2, cell=Cell(), pid=procs[name].pid)
@@ -298,7 +339,8 @@ def measure(
     return cells, ttfc
 
 
-RUNS = ((1, "one"), (1, "split"), (32, "split"))
+RUNS = ((1, "one"), (1, "split"), (32, "split"), (32, "free"))
+LAYOUTS = ("one", "split", "free")
 
 
 def main() -> int:
@@ -307,7 +349,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stream-n", type=int, default=200)
     parser.add_argument("--no-litellm", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/overhead.md")
+    parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="also run an audit-on target with N workers")
+    parser.add_argument("--baseline", help="also run the audit-on target from this tersegate checkout")
     args = parser.parse_args()
     if shutil.which("wrk") is None or (os.cpu_count() or 1) < 2:
         print("needs wrk (apt-get install -y wrk) and 2 CPUs", file=sys.stderr)
@@ -320,7 +365,9 @@ def main() -> int:
     load_start = os.getloadavg()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs, urls = start_targets(folder, litellm=not args.no_litellm)
+        procs, urls = start_targets(
+            folder, litellm=not args.no_litellm, workers=args.workers, baseline=args.baseline
+        )
         cells, ttfc = measure(args, procs, urls, script)
     finally:
         for proc in procs.values():
@@ -328,8 +375,8 @@ def main() -> int:
     report = render(args, list(urls), cells, ttfc, load_start, os.getloadavg())
     print(report)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(report, encoding="utf-8")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report, encoding="utf-8")
     return 0
 
 
@@ -349,7 +396,10 @@ def render(
         "# Forwarding overhead (bench/overhead.py)",
         "",
         f"Command: `python bench/overhead.py --duration {args.duration} --repeats {args.repeats} "
-        f"--stream-n {args.stream_n}{' --no-litellm' if args.no_litellm else ''}`",
+        f"--stream-n {args.stream_n}{' --no-litellm' if args.no_litellm else ''}"
+        f"{f' --workers {args.workers}' if args.workers > 1 else ''}"
+        f"{f' --baseline {args.baseline}' if args.baseline else ''}"
+        f"{f' --out {args.out.relative_to(ROOT)}' if args.out != RESULTS and args.out.is_relative_to(ROOT) else ''}`",
         "",
         f"Machine: {os.cpu_count()} CPUs (a VM); 1-minute load average {load_start[0]:.2f} at start, "
         f"{load_end[0]:.2f} at end: other engineers' jobs share the machine, so req/s and latencies are "
@@ -357,12 +407,13 @@ def render(
         "the upstream's) is barely moved by background load. Medians over the repeats; non-streaming chat "
         "completions via `wrk -t1 --latency` with a POST body. Placement: *one CPU* = proxy, fake upstream, "
         "wrk and the streaming client all on CPU 1; *split* = proxy on CPU 0, the rest on CPU 1 (cross-CPU "
-        "wake-ups are slow in this VM: four per proxied request, none for direct).",
+        "wake-ups are slow in this VM: four per proxied request, none for direct); *free* = nothing pinned "
+        "(every process, every worker and wrk may use both CPUs).",
         "",
         "| target | c=1 p50 ms (one CPU) | c=1 p99 ms (one CPU) | c=1 req/s (one CPU) | c=1 p50 ms (split) "
         "| c=32 req/s (split) | c=32 p50 ms | c=32 p99 ms | stream first chunk ms (one CPU) "
-        "| CPU us/request | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU us/request | c=32 req/s (free) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in targets:
         errors = sum(cells[(name, c, lay)].errors for c, lay in RUNS)
@@ -371,10 +422,10 @@ def render(
             f"| {m(name, 1, 'one', 'rps'):,.0f} | {m(name, 1, 'split', 'p50_ms'):.3f} "
             f"| {m(name, 32, 'split', 'rps'):,.0f} | {m(name, 32, 'split', 'p50_ms'):.2f} "
             f"| {m(name, 32, 'split', 'p99_ms'):.2f} | {ttfc[name]:.2f} | {m(name, 32, 'split', 'cpu_us'):.0f} "
-            f"| {errors} |"
+            f"| {m(name, 32, 'free', 'rps'):,.0f} | {errors} |"
         )
     lines += ["", "Bars:"]
-    for name in ("tersegate (audit off)", "tersegate (audit on)"):
+    for name in [t for t in targets if t.startswith("tersegate")]:
         added = (m(name, 1, "one", "p50_ms") - m("direct", 1, "one", "p50_ms")) * 1000
         added_split = (m(name, 1, "split", "p50_ms") - m("direct", 1, "split", "p50_ms")) * 1000
         rps = m(name, 32, "split", "rps")

@@ -7,7 +7,9 @@ nothing is ever downloaded (``local_files_only``). A model loads once per
 process behind a lock (:func:`compressors.models.load_once`); encoding holds a
 per-model lock, so one :class:`Embedder` is safe to share between threads.
 Vectors of texts seen before come from a bounded per-model cache: chat clients
-resend the same documents turn after turn.
+resend the same documents turn after turn. Cached vectors are kept per scope
+(:func:`cache_scope`): a caller serving several tenants names the tenant, so one
+tenant's cached document does not make another's call faster (a timing oracle).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import logging
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ __all__ = [
     "DEFAULT_MODEL_SHA256",
     "Embedder",
     "ModelIntegrityError",
+    "cache_scope",
     "default_model_path",
     "file_sha256",
     "torch_model",
@@ -49,6 +54,18 @@ DEFAULT_BACKEND = "openvino-int8"
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
+
+_scope: ContextVar[str] = ContextVar("compressors_embedding_cache_scope", default="")
+
+
+@contextmanager
+def cache_scope(scope: str) -> Iterator[None]:
+    """Within the block (this thread or task), cached vectors are those of ``scope`` only."""
+    token = _scope.set(scope)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
 
 
 class ModelIntegrityError(RuntimeError):
@@ -100,7 +117,7 @@ class _Loaded:
         self.tokenizer: Any = runtime.tokenizer if runtime is not None else model.tokenizer
         self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
-        self.cache: OrderedDict[str, Vectors] = OrderedDict()
+        self.cache: OrderedDict[tuple[str, str], Vectors] = OrderedDict()  # (scope, text)
         self.cache_size = cache_size
 
     def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
@@ -220,17 +237,20 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> Vectors:
         """Unit-length vectors of ``texts``, shape (len(texts), dim), in the caller's order."""
         loaded = self._loaded()
+        scope = _scope.get()
         with loaded.lock:
-            missing = list(dict.fromkeys(text for text in texts if text not in loaded.cache))
+            missing = list(dict.fromkeys(text for text in texts if (scope, text) not in loaded.cache))
             if missing:
                 vectors = loaded.encode(missing, batch_size=self.batch_size)
                 for text, vector in zip(missing, vectors, strict=True):
-                    loaded.cache[text] = np.asarray(vector, dtype=np.float32)
+                    loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
             result = (
-                np.stack([loaded.cache[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+                np.stack([loaded.cache[(scope, text)] for text in texts])
+                if texts
+                else np.zeros((0, 0), np.float32)
             )
             for text in texts:
-                loaded.cache.move_to_end(text)
+                loaded.cache.move_to_end((scope, text))
             while len(loaded.cache) > loaded.cache_size:
                 loaded.cache.popitem(last=False)
         return result

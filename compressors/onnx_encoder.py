@@ -17,15 +17,18 @@ Runtime encoder: the traced graph fused by ONNX Runtime's BERT optimizer and, fo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,30 +196,53 @@ def verify_build(directory: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _build_lock(final: Path) -> Iterator[None]:
+    """One builder per machine: other processes (workers starting together) wait, then reuse.
+
+    The lock is a ``flock`` on the build's parent folder (no lock file is left behind).
+    """
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process building %s", final)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
     """``final``, verified; ``build(tmp)`` fills a temporary sibling first if no complete build exists.
 
     A build is complete once its manifest (every file's sha256) is written, last, just
     before the build is renamed into place; loading re-hashes the files against it.
+    Concurrent callers in other processes wait on a lock file and reuse the build.
     """
     if (final / MANIFEST).is_file():
         verify_build(final)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
-    try:
-        log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
-        build(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=1))
-        if final.is_dir() and not (final / MANIFEST).is_file():
-            shutil.rmtree(final, ignore_errors=True)  # a build from before manifests, or a half-copied one
+    with _build_lock(final):
+        if (final / MANIFEST).is_file():  # built by the process we waited for
+            verify_build(final)
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
+            log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
+            started = time.monotonic()
+            build(tmp)
+            (tmp / MANIFEST).write_text(json.dumps(_file_hashes(tmp), indent=1))
+            if final.is_dir() and not (final / MANIFEST).is_file():
+                shutil.rmtree(
+                    final, ignore_errors=True
+                )  # a build from before manifests, or a half-copied one
             tmp.rename(final)
-        except OSError:
-            if not (final / MANIFEST).is_file():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("built %s in %.0f s", final.name, time.monotonic() - started)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

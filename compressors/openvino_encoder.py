@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ OPENVINO_RECIPE = "openvino-int8-v2"  # v2: the metadata carries the pooling con
 _XML = "model.xml"
 _CALIBRATION_BATCH = 8
 _BUILD_TIMEOUT_S = 900
+_STEP = "tersegate-build-step: "
+log = logging.getLogger(__name__)
 
 
 def calibration_texts() -> list[str]:
@@ -70,8 +75,6 @@ def _calibration_feeds(tokenizer: Any, max_length: int) -> Iterator[dict[str, np
 
 def build(model_path: str, sha256: str, target: Path) -> None:
     """Build the int8 IR of the verified model at ``model_path`` into ``target`` (run in the child)."""
-    import logging
-
     import nncf
     import openvino as ov
 
@@ -79,29 +82,58 @@ def build(model_path: str, sha256: str, target: Path) -> None:
 
     verify(model_path, sha256)  # the weights on disk now, not just when the parent checked them
     nncf.set_log_level(logging.ERROR)
+    _step("loading the verified weights")
     model = torch_model(model_path)
     raw = target / "raw.onnx"
+    _step("tracing to ONNX")
     meta = trace_onnx(model, raw)
     calibration = list(_calibration_feeds(model.tokenizer, meta["max_seq_length"]))
+    _step(f"quantizing to int8 on {len(calibration)} calibration batches (the longest step)")
     quantized = nncf.quantize(
         ov.Core().read_model(str(raw)),
         nncf.Dataset(calibration),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(calibration),
     )
+    _step("saving")
     ov.save_model(quantized, str(target / _XML))
     raw.unlink()
     model.tokenizer.save_pretrained(str(target / TOKENIZER))
     (target / META).write_text(json.dumps(meta))
 
 
+def _step(text: str) -> None:
+    """A build step, for the parent to log (the child's stderr is otherwise NNCF's chatter)."""
+    print(f"{_STEP}{text}", file=sys.stderr, flush=True)
+
+
 def _build_in_child(model_path: str, sha256: str, target: Path) -> None:
     env = {**os.environ, "NNCF_CI": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [sys.executable, "-m", "compressors.openvino_encoder", model_path, sha256, str(target)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
-        raise RuntimeError(f"building the OpenVINO int8 model failed: {tail[0]}")
+    started = time.monotonic()
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as child:
+        timer = threading.Timer(_BUILD_TIMEOUT_S, child.kill)
+        timer.start()
+        tail = ""
+        try:
+            assert child.stderr is not None
+            for line in child.stderr:
+                if line.startswith(_STEP):
+                    log.warning(
+                        "building the int8 embedding model: %s (%.0f s)",
+                        line[len(_STEP) :].strip(),
+                        time.monotonic() - started,
+                    )
+                elif line.strip():
+                    tail = line.strip()
+        finally:
+            timer.cancel()
+    if child.returncode != 0:
+        raise RuntimeError(
+            f"building the OpenVINO int8 model failed: {tail or f'exit status {child.returncode}'}"
+        )
 
 
 def ensure_openvino_build(model_path: str, sha256: str) -> Path:

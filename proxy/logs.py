@@ -15,9 +15,12 @@ __all__ = ["setup_logging"]
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, tag: str | None = None) -> None:
+    """``tag`` (a worker's ``w1``) goes before every line's logger name."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(
+        logging.Formatter(_FORMAT.replace("%(name)s", f"[{tag}] %(name)s") if tag else _FORMAT)
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -1,9 +1,19 @@
-"""Prometheus metrics, one registry per running app (tests run several apps in one process)."""
+"""Prometheus metrics, one registry per running app (tests run several apps in one process).
+
+With several worker processes (``listen.workers``), the supervisor gives every worker
+``PROMETHEUS_MULTIPROC_DIR`` (a fresh folder per run): prometheus-client then keeps each
+process's values in files there, and ``/metrics``, whichever worker answers it, sums
+them across all workers (counters and histograms summed; the in-flight gauge summed
+over live workers).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -13,6 +23,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Set by the supervisor for its workers only (read by prometheus-client at import, too).
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         # Forwarding core.
         self.requests = Counter(
@@ -28,7 +40,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("tersegate_requests_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge(
+            "tersegate_requests_in_flight", "Requests being served", multiprocess_mode="livesum", registry=r
+        )
         self.upstream_errors = Counter(
             "tersegate_upstream_errors_total",
             "Proxy-side upstream failures",
@@ -43,6 +57,18 @@ class Metrics:
             "tersegate_fail_open_total",
             "Requests forwarded uncompressed after an error",
             ["team", "reason"],
+            registry=r,
+        )
+        self.memo_lookups = Counter(
+            "tersegate_memo_lookups_total",
+            "Parts looked up in the compress-once memo, by where their form was found (lru, store, miss)",
+            ["level"],
+            registry=r,
+        )
+        self.memo_store_errors = Counter(
+            "tersegate_memo_store_errors_total",
+            "Memo store calls that failed or were skipped while it was down (served from the process's memo)",
+            ["backend", "op"],
             registry=r,
         )
         self.policy_reloads = Counter(
@@ -66,4 +92,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

@@ -1,15 +1,21 @@
-"""The cost audit: one tamper-evident JSON line per request, written off the event loop.
+"""The cost audit: one tamper-evident JSON line per request, in the OS before the response ends.
 
 Each record carries ``prev_hash`` (the previous record's ``hash``) and ``hash``
 (SHA-256 over its canonical JSON without ``hash``), so editing, dropping or
 reordering lines breaks the chain (``tersegate audit verify``). Rotation renames
 the active file to ``<stem>.<UTC timestamp><suffix>`` and the chain continues
-into the new file.
+into the new file. Each process writes its own chain (:mod:`proxy.audit.chains`).
 
-:class:`JsonlAuditSink` hands records to one writer thread through a queue;
-the thread writes every record waiting at that moment in one ``write()``
-(group commit) and then resolves each caller's future, so ``commit`` returns
-once its line is in the OS: a SIGKILL after that loses nothing.
+:meth:`JsonlAuditSink.commit` returns once its line is in the OS, so a SIGKILL
+after that loses nothing. Records go to one writer thread, which writes everything
+waiting in one ``write()`` (group commit) under the chain's lock and then resolves
+each caller's future. With ``inline_writes`` a small record is instead hashed and
+written right on the event loop under the same lock when the lock is free (the
+record stays in the OS before the last byte, without the thread round trip); a busy
+lock, a large record (``include_text``), a due rotation or a failing file still go
+to the thread. It is off by default: cheaper per record in isolation
+(bench/audit_commit.py), not faster end to end on this shared machine
+(bench/audit_inline.py, docs/workers.md).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.chains import audit_files, chain_files, claim_chain, rotated_name
 from proxy.audit.index import LiveIndexer
 from proxy.audit.pricing import PriceBook, PricingError, costs_for
 from proxy.config.model import AuditConfig
@@ -54,6 +61,7 @@ GENESIS = "0" * 64  # prev_hash of the first record ever written
 _BATCH = 4096  # records per group commit at most
 _PROBE_EVERY_S = 1.0  # how often an unhealthy sink retries opening its file
 _TAIL_BYTES = 1 << 20  # the last record is found within this many bytes of a file's end
+_INLINE_BYTES = 16 * 1024  # records up to this size are written on the event loop
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -134,19 +142,6 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
     return record
 
 
-def rotated_name(path: Path, when: float) -> Path:
-    """``audit.jsonl`` -> ``audit.20250102T030405123456Z.jsonl``: sorts before the active file, in time order."""
-    stamp = datetime.fromtimestamp(when, UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-
-
-def audit_files(path: Path) -> list[Path]:
-    """The rotated files of ``path`` in chain order, then ``path`` itself (if present)."""
-    pattern = f"{path.stem}.[0-9]*T*Z{path.suffix}"
-    rotated = sorted(p for p in path.parent.glob(pattern) if p.is_file())
-    return rotated + ([path] if path.is_file() else [])
-
-
 def _last_line(path: Path) -> tuple[bytes | None, int]:
     """``(last complete line, size up to and including it)``; a torn tail after it is not counted."""
     with path.open("rb") as f:
@@ -167,7 +162,7 @@ def _last_line(path: Path) -> tuple[bytes | None, int]:
 
 
 def _last_hash(path: Path) -> str | None:
-    for candidate in reversed(audit_files(path)):
+    for candidate in reversed(chain_files(path)):
         line, _ = _last_line(candidate)
         if line:
             value = orjson.loads(line).get("hash")
@@ -199,20 +194,42 @@ def _settle(futures: list[asyncio.Future[bool]], ok: bool) -> None:
             future.set_result(ok)
 
 
-class _ChainFile:
-    """The active audit file and the chain's head; used by the writer thread only."""
+def _utc_day(now: float) -> tuple[str, float]:
+    """``(YYYY-MM-DD, when the next UTC day starts)``."""
+    day = datetime.fromtimestamp(now, UTC)
+    start = day.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return day.strftime("%Y-%m-%d"), start + 86400
 
-    def __init__(self, config: AuditConfig, path: Path) -> None:
-        self.path = path
+
+class _ChainFile:
+    """This process's chain: its active file and head. Used under the sink's lock only.
+
+    ``base`` is the configured audit path; the chain slot (and so the file name) is
+    claimed on the first open and held until :meth:`release`.
+    """
+
+    def __init__(self, config: AuditConfig, base: Path) -> None:
+        self.base = base
+        self.path = base
         self.rotate_bytes = config.rotate_bytes
         self.rotate_daily = config.rotate_daily
         self.fd: int | None = None
+        self.lock_fd: int | None = None
         self.size = 0
         self.day = ""
         self.last_hash = GENESIS
+        self._today = ("", 0.0)
+
+    def today(self) -> str:
+        now = time.time()
+        if now >= self._today[1]:
+            self._today = _utc_day(now)
+        return self._today[0]
 
     def open(self) -> None:
-        """Open for append, resuming the chain from the last record on disk."""
+        """Claim a chain slot (first time), open for append, resume the chain from disk."""
+        if self.lock_fd is None:
+            self.path, self.lock_fd = claim_chain(self.base)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
@@ -236,6 +253,13 @@ class _ChainFile:
     def close(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def release(self) -> None:
+        """Close, and give the chain slot back (another process may continue the chain)."""
+        self.close()
+        if self.lock_fd is not None:
+            fd, self.lock_fd = self.lock_fd, None
             os.close(fd)
 
     def needs_rotation(self, pending: int, extra: int, day: str) -> bool:
@@ -267,7 +291,16 @@ class _ChainFile:
 class JsonlAuditSink:
     """The :class:`~proxy.exchange.AuditSink` writing the JSONL audit file (see module docs)."""
 
-    def __init__(self, config: AuditConfig, *, metrics: Metrics, prices: PriceBook | None = None) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        metrics: Metrics,
+        prices: PriceBook | None = None,
+        inline_writes: bool = False,
+    ) -> None:
+        """``inline_writes=True``: small records are written from the event loop (off by default:
+        it did not win end to end here, see docs/workers.md; kept for re-measuring)."""
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config
@@ -275,6 +308,9 @@ class JsonlAuditSink:
         self._prices = prices or PriceBook()
         self._file = _ChainFile(config, config.path)
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # the chain's head and file: one writer at a time
+        self._inline = inline_writes
+        self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
         try:
@@ -298,12 +334,46 @@ class JsonlAuditSink:
             return
         record = build_record(exchange, prices=self._prices, include_text=self._config.include_text)
         self._count(exchange.team, record)
+        if self._write_inline(record):
+            return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
         self._queue.put(_Item(record, future, loop))
         # Shielded: a cancelled request still gets its record, and the future stays valid.
         if not await asyncio.shield(future):
             raise AuditLost(f"{self._file.path} cannot be written")  # the server counts it
+
+    @property
+    def chain(self) -> Path:
+        """The file this process's chain is written to."""
+        return self._file.path
+
+    def _write_inline(self, record: dict[str, Any]) -> bool:
+        """Hash and write ``record`` now if that is quick; False: the writer thread must."""
+        if not self._inline or not self._healthy or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            chain = self._file
+            if chain.fd is None:
+                return False
+            record["prev_hash"] = chain.last_hash
+            record["hash"] = record_hash(record)
+            line = orjson.dumps(record) + b"\n"
+            day = chain.today()
+            if len(line) > _INLINE_BYTES or chain.needs_rotation(0, len(line), day):
+                return False
+            try:
+                chain.write(line, day)
+            except OSError as exc:
+                chain.close()  # reopening drops a torn tail and re-reads the head from disk
+                self._fail(f"cannot write {chain.path}: {exc}")
+                return False
+            chain.last_hash = record["hash"]
+        finally:
+            self._lock.release()
+        if self._indexer is not None:
+            self._indexer.notify()
+        return True
 
     def healthy(self) -> bool:
         if not self._healthy:
@@ -342,6 +412,7 @@ class JsonlAuditSink:
             self._prices.price_for("gpt-4o")  # load the cost map here, not on the first request
         except PricingError as exc:
             log.error("audit: %s", exc)
+        self.prices_loaded.set()
         stop = False
         while not stop:
             batch: list[_Item] = []
@@ -360,24 +431,28 @@ class JsonlAuditSink:
                 except queue.Empty:
                     break
             if batch:
-                self._write_batch(batch)
+                with self._lock:
+                    self._write_batch(batch)
                 if self._indexer is not None:
                     self._indexer.notify()
-        self._file.close()
+        with self._lock:
+            self._file.release()
 
     def _probe(self) -> None:
-        if self._file.fd is not None:
-            return
-        try:
-            self._file.open()
-        except OSError:
-            return
+        with self._lock:
+            if self._file.fd is not None:
+                return
+            try:
+                self._file.open()
+            except OSError:
+                return
         log.warning("audit: %s is writable again", self._file.path)
         self._healthy = True
 
     def _write_batch(self, batch: list[_Item]) -> None:
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        """Hash and write ``batch`` in order (the caller holds the lock), then resolve its futures."""
         chain = self._file
+        day = chain.today()
         written = 0  # batch[:written] are on disk
         pending: list[bytes] = []
         pending_size = 0

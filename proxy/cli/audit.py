@@ -1,9 +1,12 @@
-"""``tersegate audit verify PATH...``: check the audit hash chain across files.
+"""``tersegate audit verify [PATH...]``: check the audit hash chains across files.
 
-Files are checked in the order given (a folder or a quoted glob expands to its
-``*.jsonl`` files sorted by name, which puts rotated files before the active
-one). Exit 0 with a count when every record's ``hash`` matches its content and
-its ``prev_hash`` matches the record before; exit 1 naming the first broken line.
+Without PATH: every chain of the config's ``audit.path`` (``--config``, default
+config.yaml). Files are split by chain (``audit.jsonl``, ``audit.w1.jsonl``, ...:
+one per writing process, see :mod:`proxy.audit.chains`) and each chain is checked
+in the order given (a folder or a quoted glob expands to its ``*.jsonl`` files
+sorted by name, which puts rotated files before the active one). Exit 0 with a
+count when every record's ``hash`` matches its content and its ``prev_hash``
+matches the record before; exit 1 naming the first broken line.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.chains import audit_files, group_chains
 from proxy.audit.sink import GENESIS, record_hash
+from proxy.config.model import ConfigErrors, load_config
 
 __all__ = ["ChainReport", "expand_paths", "register", "verify_chain"]
 
@@ -86,18 +91,46 @@ def verify_chain(paths: Sequence[Path]) -> ChainReport:
     return ChainReport(count, len(paths), prev, first_prev, None)
 
 
+def _paths(args: argparse.Namespace) -> list[Path] | str:
+    """The files to check, or why there are none."""
+    if args.paths:
+        return expand_paths(args.paths)
+    try:
+        config = load_config(Path(args.config))
+    except (ConfigErrors, OSError) as exc:
+        return f"no PATH given and {args.config} cannot be loaded:\n{exc}"
+    if config.audit.path is None:
+        return f"{args.config} has no audit.path; pass PATH"
+    return audit_files(config.audit.path)
+
+
 def _verify(args: argparse.Namespace) -> int:
-    paths = expand_paths(args.paths)
-    if not paths:
-        print("audit verify: no audit files found", file=sys.stderr)
+    paths = _paths(args)
+    if isinstance(paths, str) or not paths:
+        print(f"audit verify: {paths or 'no audit files found'}", file=sys.stderr)
         return 1
-    report = verify_chain(paths)
-    if report.problem is not None:
-        print(f"{report.problem} (after {report.records} good records)", file=sys.stderr)
-        return 1
-    print(f"ok: {report.records} records in {report.files} file(s), chain intact, head {report.head}")
-    if report.first_prev not in (None, GENESIS):
-        print(f"note: the chain starts after record {report.first_prev} (earlier files were not given)")
+    chains = group_chains(paths)
+    reports = []
+    for files in chains:
+        report = verify_chain(files)
+        if report.problem is not None:
+            print(f"{report.problem} (after {report.records} good records)", file=sys.stderr)
+            return 1
+        reports.append((files, report))
+    records = sum(r.records for _, r in reports)
+    if len(reports) == 1:
+        print(f"ok: {records} records in {len(paths)} file(s), chain intact, head {reports[0][1].head}")
+    else:
+        print(f"ok: {records} records in {len(paths)} file(s), {len(reports)} chains intact")
+    for files, report in reports:
+        if len(reports) > 1:
+            print(
+                f"  {files[-1].name}: {report.records} records in {report.files} file(s), head {report.head}"
+            )
+        if report.first_prev not in (None, GENESIS):
+            print(
+                f"note: {files[0].name} starts after record {report.first_prev} (earlier files were not given)"
+            )
     return 0
 
 
@@ -109,6 +142,10 @@ def register(subparsers: Any) -> None:
         help="check the hash chain of audit files (rotated files in name order, then the active one)",
     )
     verify.add_argument(
-        "paths", nargs="+", metavar="PATH", help="audit .jsonl files, folders or quoted globs"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="audit .jsonl files, folders or quoted globs (default: every chain of the config's audit.path)",
     )
+    verify.add_argument("--config", default="config.yaml", help="config.yaml, for audit.path without PATH")
     verify.set_defaults(func=_verify)

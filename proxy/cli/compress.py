@@ -21,7 +21,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from proxy.config.model import AuditConfig, ConfigErrors, load_config
+from proxy.config.model import AuditConfig, ConfigErrors, MemoConfig, load_config
 from proxy.exchange import Exchange, Rewrite
 from proxy.server.routes import route_of
 from proxy.server.services import build_services
@@ -37,8 +37,10 @@ async def rewrite_request(
     config = load_config(config_path)
     if team not in config.teams:
         raise ValueError(f"team {team!r} is not in {config_path} (teams: {', '.join(config.teams)})")
-    # The audit sink is not needed to rewrite, and must not open the audit log here.
-    services = build_services(dataclasses.replace(config, audit=AuditConfig()))
+    # The audit sink is not needed to rewrite, and must not open the audit log here; a dry run
+    # must not decide the forms live conversations get either (the shared memo stays out of it).
+    compression = dataclasses.replace(config.compression, memo=MemoConfig())
+    services = build_services(dataclasses.replace(config, audit=AuditConfig(), compression=compression))
     try:
         parsed = orjson.loads(body)
         if not isinstance(parsed, dict):

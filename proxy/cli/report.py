@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from proxy.audit.chains import audit_files
 from proxy.audit.index import AuditIndex, covers
 from proxy.audit.report import ReportError, aggregate_files, parse_by, parse_since, render
 from proxy.audit.rows import Row
-from proxy.audit.sink import audit_files
 from proxy.cli.audit import expand_paths
 from proxy.config.model import ConfigErrors, load_config
 

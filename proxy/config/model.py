@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ConfigErrors",
     "ListenConfig",
+    "MemoConfig",
     "TeamConfig",
     "UpstreamConfig",
     "load_config",
@@ -45,6 +46,7 @@ _DEFAULT_KEY_ENV = {
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # server processes sharing the port (docs/workers.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +86,27 @@ class AuditConfig:
     sqlite: Path | None = None
 
 
+MEMO_BACKENDS: tuple[str, ...] = ("memory", "sqlite", "redis")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoConfig:
+    """Where the first-sent form of every part is kept beyond the in-process LRU (``compression.memo``)."""
+
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    path: Path | None = None  # sqlite: the database file (relative paths: to config.yaml's folder)
+    url: str | None = None  # redis: redis://host:port/db (rediss:// for TLS)
+    shared_across_teams: bool = False  # True: one team may reuse a form another team's request made
+    max_bytes: int | None = None  # sqlite/memory: pruned (oldest first) past this; None: 1 GiB / 64 MiB
+    max_age_s: float = 7 * 24 * 3600.0  # every backend: an entry older than this is gone
+    timeout_s: float = 0.5  # one store call; past it the request is served as if the store were down
+
+
 @dataclass(frozen=True, slots=True)
 class CompressionConfig:
     memo_bytes: int = 256 * 1024 * 1024
     workers: int = 2
+    memo: MemoConfig = MemoConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +274,35 @@ def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> Au
     return audit
 
 
-def _parse_compression(node: Node | None, errors: list[ConfigError]) -> CompressionConfig:
+def _parse_memo(node: Node | None, base: Path, errors: list[ConfigError]) -> MemoConfig:
+    if node is None or node.value is None:
+        return MemoConfig()
+    f = Fields(node, errors, what="compression.memo")
+    backend = f.get_field(MemoConfig, "backend", str)
+    f.check("backend", lambda v: v in MEMO_BACKENDS, f"must be one of {', '.join(MEMO_BACKENDS)}")
+    path = f.get("path", str, None)
+    url = f.get("url", str, None)
+    f.check("url", lambda v: urlsplit(str(v)).scheme in ("redis", "rediss", "unix"), "must be a redis:// URL")
+    for key in ("max_bytes", "max_age_s", "timeout_s"):
+        f.check(key, _positive, "must be a positive number")
+    if backend == "sqlite" and not path:
+        errors.append(node.error("compression.memo: backend sqlite needs path (e.g. state/memo.sqlite)"))
+    if backend == "redis" and not url:
+        errors.append(node.error("compression.memo: backend redis needs url (e.g. redis://127.0.0.1:6379/0)"))
+    memo = MemoConfig(
+        backend=backend if backend in ("sqlite", "redis") else "memory",
+        path=_resolve(base, path) if path else None,
+        url=url,
+        shared_across_teams=f.get_field(MemoConfig, "shared_across_teams", bool),
+        max_bytes=f.get_field(MemoConfig, "max_bytes", int),
+        max_age_s=f.get_field(MemoConfig, "max_age_s", float),
+        timeout_s=f.get_field(MemoConfig, "timeout_s", float),
+    )
+    f.finish()
+    return memo
+
+
+def _parse_compression(node: Node | None, base: Path, errors: list[ConfigError]) -> CompressionConfig:
     if node is None or node.value is None:
         return CompressionConfig()
     f = Fields(node, errors, what="compression")
@@ -264,6 +311,7 @@ def _parse_compression(node: Node | None, errors: list[ConfigError]) -> Compress
     result = CompressionConfig(
         memo_bytes=f.get_field(CompressionConfig, "memo_bytes", int),
         workers=f.get_field(CompressionConfig, "workers", int),
+        memo=_parse_memo(f.node_of("memo"), base, errors),
     )
     f.finish()
     return result
@@ -274,8 +322,11 @@ def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
         return ListenConfig()
     f = Fields(node, errors, what="listen")
     f.check("port", lambda v: isinstance(v, int) and 0 <= v <= 65535, "must be a port number 0-65535")
+    f.check("workers", lambda v: isinstance(v, int) and 1 <= v <= 64, "must be an integer 1-64")
     listen = ListenConfig(
-        host=f.get_field(ListenConfig, "host", str), port=f.get_field(ListenConfig, "port", int)
+        host=f.get_field(ListenConfig, "host", str),
+        port=f.get_field(ListenConfig, "port", int),
+        workers=f.get_field(ListenConfig, "workers", int),
     )
     f.finish()
     return listen
@@ -385,7 +436,7 @@ def load_config(path: Path) -> Config:
         policies_dir=_resolve(base, str(f.get_field(Config, "policies_dir", str))),
         max_body_bytes=f.get_field(Config, "max_body_bytes", int),
         audit=_parse_audit(f.node_of("audit"), base, errors),
-        compression=_parse_compression(f.node_of("compression"), errors),
+        compression=_parse_compression(f.node_of("compression"), base, errors),
         teams=teams,
         log_level=str(f.get_field(Config, "log_level", str)).lower(),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},

@@ -9,33 +9,37 @@ Cache stability shapes everything here. Providers bill a cached prompt prefix
 at 10-50% of the price, and the cache matches exact bytes, so a part must be
 forwarded in the same form on every turn. The form a part is first forwarded
 in (compressed, or unchanged after an error, a budget overrun or a too-small
-saving) is memoized by (rule, model encoding, sha256 of the text), without the
-query: later turns re-send it byte-identical even after the query changed.
+saving) is memoized for the conversation that sent it (:mod:`proxy.policy.forms`:
+keys, the in-process LRU and the shared store), without the query: later turns
+re-send it byte-identical even after the query changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import hashlib
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from compressors.base import Compressor, CompressorError
+from compressors.embedding import cache_scope
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.anthropic import other_texts
+from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
+from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.parts import Part, extract_parts, rewrite_body
 from proxy.policy.query import QueryPlan, compress_around, plan_query
+from proxy.store.base import SharedStore
 
 __all__ = ["PolicyRewriter"]
 
@@ -44,6 +48,8 @@ log = logging.getLogger("tersegate.policy")
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
+# Token counters loaded before /readyz says ready: (encoding, a model that uses it).
+_WARM_ENCODINGS = (("o200k_base", "gpt-4o"), ("cl100k_base", "gpt-4"))
 _WARM_TEXT = (
     "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
     "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
@@ -51,23 +57,14 @@ _WARM_TEXT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class _Form:
-    """How a part is forwarded: ``text`` None means as it came."""
-
-    text: str | None
-    tokens_after: int
-    ms: float = 0.0
-    note: str = ""
-
-
 @dataclass(slots=True)
 class _Selected:
     part: Part
     rule: Rule
     tokens: int
-    key: tuple[str, str, str]
-    form: _Form | None = None
+    keys: FormKeys
+    form: Form | None = None
+    made: Form | None = None  # what the compressor returned, for a new part
     source: str = "new"  # new | memo | drop | kept (a drop called off)
 
 
@@ -75,13 +72,10 @@ class _Selected:
 class _Outcome:
     """The rewrite being built for one request."""
 
+    namespace: str
     selected: list[_Selected] = field(default_factory=list)
     fail_open: str | None = None
     compress_ms: float = 0.0
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -110,16 +104,35 @@ class PolicyRewriter:
     """Implements :class:`proxy.exchange.Rewriter`. ``policies`` is swapped whole on reload."""
 
     def __init__(
-        self, policies: PolicySet, *, memo_bytes: int, workers: int, metrics: Metrics | None = None
+        self,
+        policies: PolicySet,
+        *,
+        memo_bytes: int,
+        workers: int,
+        metrics: Metrics | None = None,
+        store: SharedStore | None = None,
+        memo: MemoConfig | None = None,
     ) -> None:
         self.policies = policies
         self.metrics = metrics
-        self.forms: Memo[_Form] = Memo(max_bytes=memo_bytes)
+        memo = memo or MemoConfig()
+        self.forms = FormMemory(
+            lru_bytes=memo_bytes,
+            store=store,
+            backend=memo.backend,
+            timeout_s=memo.timeout_s,
+            shared_across_teams=memo.shared_across_teams,
+            metrics=metrics,
+        )
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tersegate-compress")
         self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
+        self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
+        self._failed: dict[str, str] = {}  # the same, whose warm-up raised: why
+        self._warm_done: set[str] = set()  # tokenizers loaded (once per process)
+        self.on_warm_change: Callable[[], None] | None = None  # readiness changed (worker board)
 
     def close(self) -> None:
         if self._warming is not None:
@@ -130,21 +143,53 @@ class PolicyRewriter:
         """Load the policies' models in the background (at start and after a reload),
         so the first requests do not spend their latency budget on loading."""
         self.warmed.clear()
+        self._failed.clear()
         self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
+        once every model the loaded policies need is warm (``GET /readyz``)."""
+        if not self.warmed.is_set():
+            return sorted(self._pending) or ["policies (warm-up starting)"], dict(self._failed)
+        return [], dict(self._failed)
+
     async def ready(self) -> None:
-        """Run each rule's compressor once on a small text, in the worker pool."""
-        loop = asyncio.get_running_loop()
-        jobs: list[asyncio.Future[None]] = []
+        """Run each rule's compressor once on a small text, in the worker pool; load the
+        token counters of OpenAI's current encodings too (every audited request counts)."""
+        jobs = []
+        for encoding, model in _WARM_ENCODINGS:
+            label = f"tokenizer {encoding}"
+            if label not in self._warm_done:
+                self._pending.add(label)
+                jobs.append(self._warm_one(label, _count_once, model))
         for policy in self.policies.policies.values():
             for rule in policy.rules:
                 if rule.compressor is not None and rule.compressor not in self._warmed:
                     self._warmed.add(rule.compressor)
-                    jobs.append(loop.run_in_executor(self._pool, _warm, rule))
-        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
-            if isinstance(outcome, BaseException):  # it will fail open, and say why, at first use
-                log.warning("warm-up failed: %s", outcome)
+                    label = f"{policy.name}/{rule.name} ({rule.compressor_name})"
+                    self._pending.add(label)
+                    jobs.append(self._warm_one(label, _warm, rule))
+        self._changed()
+        await asyncio.gather(*jobs)
         self.warmed.set()
+        self._changed()
+
+    async def _warm_one(self, label: str, work: Callable[[Any], None], arg: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, work, arg)
+        except Exception as exc:  # it will fail open, and say why, at first use
+            log.warning("warm-up of %s failed: %s", label, exc)
+            self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            self._warm_done.add(label)
+            log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
+        finally:
+            self._pending.discard(label)
+
+    def _changed(self) -> None:
+        if self.on_warm_change is not None:
+            self.on_warm_change()
 
     async def __call__(self, exchange: Exchange, body: dict[str, Any], headers: Mapping[str, str]) -> Rewrite:
         policy = self.policies.for_team(exchange.team)
@@ -165,22 +210,25 @@ class PolicyRewriter:
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
+        scope = self.forms.namespace(exchange.team)
         if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
-            counts = self._count_all(tokenizer, parts)
+            counts = self._count_all(tokenizer, parts, scope)
         else:
-            counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
+            counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
-        rewrite.tokens_other = await self._count_other(exchange.route, body, tokenizer)
+        rewrite.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
         return rewrite
 
-    async def _count_other(self, route: str, body: dict[str, Any], tokenizer: Tokenizer) -> int | None:
+    async def _count_other(
+        self, route: str, body: dict[str, Any], tokenizer: Tokenizer, scope: str
+    ) -> int | None:
         """Anthropic routes: tokens of what is sent besides the parts (tools, tool inputs)."""
         if not route.endswith("/messages"):
             return None
         texts = other_texts(body)
         if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
-            return sum(self._count_texts(tokenizer, texts))
-        return sum(await asyncio.to_thread(self._count_texts, tokenizer, texts))
+            return sum(self._count_texts(tokenizer, texts, scope))
+        return sum(await asyncio.to_thread(self._count_texts, tokenizer, texts, scope))
 
     def _mode(self, policy: Policy, headers: Mapping[str, str]) -> str:
         asked = _header(headers, _MODE_HEADER)
@@ -200,109 +248,130 @@ class PolicyRewriter:
             return await self._measured(Rewrite(policy=policy.name, mode="off"), exchange, body)
         parts = extract_parts(exchange.route, body)
         tokenizer = tokenizer_for(model)
-        counts = await asyncio.to_thread(self._count_all, tokenizer, parts)
-        outcome = self._select(policy, parts, counts, tokenizer)
+        scope = self.forms.namespace(exchange.team)
+        counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
+        outcome = await self._select(policy, parts, counts, tokenizer, scope)
         await self._compress_new(policy, outcome, parts, model)
-        self._settle(policy, outcome)
+        await self._settle(policy, outcome)
         if outcome.fail_open is not None:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0])
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         result = self._result(policy, mode, body, parts, counts, outcome)
-        result.tokens_other = await self._count_other(exchange.route, body, tokenizer)
+        result.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
         return result
 
     def _count_fail_open(self, team: str, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 
-    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part]) -> list[int]:
-        return self._count_texts(tokenizer, [part.text for part in parts])
+    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part], scope: str) -> list[int]:
+        return self._count_texts(tokenizer, [part.text for part in parts], scope)
 
-    def _count_texts(self, tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
-        counts: list[int] = []
+    def _count_texts(self, tokenizer: Tokenizer, texts: Sequence[str], scope: str) -> list[int]:
+        counts: list[int] = []  # per scope: a count cached for one team must not speed up another's request
         for text in texts:
-            key = (tokenizer.encoding, _digest(text))
+            key = (scope, tokenizer.encoding, text_digest(text))
             count = self._counts.get(key)
             if count is None:
                 count = self._counts.setdefault(key, tokenizer.count(text), size=100)
             counts.append(count)
         return counts
 
-    def _select(
-        self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer
+    async def _select(
+        self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
     ) -> _Outcome:
-        outcome = _Outcome()
-        for part, tokens in zip(parts, counts, strict=True):
+        outcome = _Outcome(namespace=scope)
+        digests = [text_digest(part.text) for part in parts]
+        turns = turn_digests(parts, digests)
+        for i, (part, tokens) in enumerate(zip(parts, counts, strict=True)):
             rule = next((r for r in policy.rules if _matches(r, part, tokens)), None)
             if rule is None:
                 continue
-            key = (rule.identity, tokenizer.encoding, _digest(part.text))
-            chosen = _Selected(part, rule, tokens, key)
+            # The kept spans of a part depend on its own text only; the query on the whole request.
+            keep = plan_query(policy.query, [part], part).keep if rule.action == "compress" else ()
+            keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
+            chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
-                chosen.form, chosen.source = _Form(None, 0, note="dropped"), "drop"
+                chosen.form, chosen.source = Form(None, 0, note="dropped"), "drop"
             elif tokens == 0:
-                chosen.form, chosen.source = _Form(None, 0), "memo"
-            else:
-                memo = self.forms.get(key)
-                if memo is not None:
-                    chosen.form, chosen.source = memo, "memo"
+                chosen.form, chosen.source = Form(None, 0), "memo"
             outcome.selected.append(chosen)
+        lookups = [c for c in outcome.selected if c.source == "new"]
+        wanted = [[c.keys.conversation, *([c.keys.shared] if c.keys.shared else [])] for c in lookups]
+        for chosen, form in zip(lookups, await self.forms.recall(scope, wanted), strict=True):
+            if form is not None:
+                chosen.form, chosen.source = form, "memo"
         return outcome
 
     async def _compress_new(
         self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None
     ) -> None:
-        jobs: dict[tuple[str, str, str], asyncio.Future[_Form]] = {}
+        jobs: dict[tuple[str, str, QueryPlan], asyncio.Future[Form]] = {}
+        wanted: dict[int, tuple[str, str, QueryPlan]] = {}
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        for chosen in outcome.selected:
-            if chosen.form is not None or chosen.key in jobs:
+        for i, chosen in enumerate(outcome.selected):
+            if chosen.form is not None:
                 continue
             plan = plan_query(policy.query, parts, chosen.part)
-            jobs[chosen.key] = loop.run_in_executor(
-                self._pool, _compress_part, chosen.rule, chosen.part.text, chosen.tokens, plan, model
-            )
+            job = wanted[i] = (chosen.rule.identity, chosen.part.text, plan)  # one job per distinct input
+            if job not in jobs:
+                jobs[job] = loop.run_in_executor(
+                    self._pool,
+                    _compress_part,
+                    _Job(chosen.rule, chosen.part.text, chosen.tokens, plan, model, outcome.namespace),
+                )
         if not jobs:
             return
         _, pending = await asyncio.wait(jobs.values(), timeout=policy.latency_budget_ms / 1000)
         outcome.compress_ms = (time.perf_counter() - started) * 1000
-        results: dict[tuple[str, str, str], _Form] = {}
-        for key, job in jobs.items():
-            if job in pending:
+        results: dict[tuple[str, str, QueryPlan], Form] = {}
+        for key, future in jobs.items():
+            if future in pending:
                 outcome.fail_open = outcome.fail_open or "latency_budget"
-                job.cancel()  # a queued job never starts; a running one finishes unused
+                future.cancel()  # a queued job never starts; a running one finishes unused
                 continue
-            error = job.exception()
+            error = future.exception()
             if error is not None:
                 reason = str(error) if isinstance(error, CompressorError) else repr(error)
                 outcome.fail_open = outcome.fail_open or f"compressor_error: {reason}"[:300]
                 continue
-            results[key] = job.result()
-        for chosen in outcome.selected:
-            if chosen.source == "new":
-                chosen.form = results.get(chosen.key)
+            results[key] = future.result()
+        for i, job in wanted.items():
+            outcome.selected[i].made = results.get(job)
 
-    def _settle(self, policy: Policy, outcome: _Outcome) -> None:
-        """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize
-        the form each new part is forwarded in (first writer wins)."""
-        saving = sum(
-            c.tokens - c.form.tokens_after for c in outcome.selected if c.form and c.form.text is not None
-        )
+    async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
+        """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
+        new part is forwarded in (first writer wins, across processes when the store is up)."""
+        new = [c for c in outcome.selected if c.source == "new"]
+        saving = sum(c.tokens - c.made.tokens_after for c in new if c.made and c.made.text is not None)
         saving += sum(c.tokens for c in outcome.selected if c.source == "drop")
         keep_new = outcome.fail_open is None and saving >= policy.min_saving_tokens
+        writes: list[tuple[str, Form]] = []
         for chosen in outcome.selected:
             if chosen.source == "drop" and not keep_new:
                 note = outcome.fail_open or "below min_saving_tokens"
-                chosen.form, chosen.source = _Form(None, chosen.tokens, note=note), "kept"
-            if chosen.source != "new":
-                continue
-            form = chosen.form if keep_new and chosen.form is not None else None
+                chosen.form, chosen.source = Form(None, chosen.tokens, note=note), "kept"
+        for chosen in new:
+            made = chosen.made
+            form = made if keep_new and made is not None else None
             if form is None:
-                note = outcome.fail_open or ("below min_saving_tokens" if chosen.form else "")
-                form = _Form(None, chosen.tokens, chosen.form.ms if chosen.form else 0.0, note)
-            size = len(form.text or "") * 2 + 64
-            chosen.form = self.forms.setdefault(chosen.key, form, size=size)
+                note = outcome.fail_open or ("below min_saving_tokens" if made else "")
+                form = Form(None, chosen.tokens, made.ms if made else 0.0, note)
+            chosen.form = form
+            if chosen.keys.shared is not None and made is not None:
+                writes.append((chosen.keys.shared, made))  # the text's form, for any conversation
+                if form == made:
+                    continue  # the shared entry is what later turns find
+            writes.append((chosen.keys.conversation, form))  # this conversation's form
+        if not writes:
+            return
+        won = await self.forms.keep(outcome.namespace, writes)
+        for chosen in new:
+            key = chosen.keys.conversation if chosen.keys.conversation in won else chosen.keys.shared
+            if key is not None and key in won:
+                chosen.form = won[key]
 
     def _result(
         self,
@@ -370,20 +439,42 @@ def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> di
     }
 
 
-def _compress_part(rule: Rule, text: str, tokens: int, plan: QueryPlan, model: str | None) -> _Form:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    rule: Rule
+    text: str
+    tokens: int
+    plan: QueryPlan
+    model: str | None
+    scope: str  # whose cached vectors the compressor may use
+
+
+def _compress_part(job: _Job) -> Form:
     """Runs in a worker thread. Raises CompressorError on failure."""
+    rule = job.rule
     assert rule.compressor is not None
     started = time.perf_counter()
-    new_text, note = compress_around(
-        rule.compressor, text, target=rule.target, plan=plan, preserve=rule.preserve, model=model
-    )
-    after = tokenizer_for(model).count(new_text)
+    with cache_scope(job.scope):
+        new_text, note = compress_around(
+            rule.compressor,
+            job.text,
+            target=rule.target,
+            plan=job.plan,
+            preserve=rule.preserve,
+            model=job.model,
+        )
+    after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
-    if after >= tokens:
-        return _Form(None, tokens, ms, "no saving")
-    return _Form(new_text, after, ms, note)
+    if after >= job.tokens:
+        return Form(None, job.tokens, ms, "no saving")
+    return Form(new_text, after, ms, note)
+
+
+def _count_once(model: str) -> None:
+    tokenizer_for(model).count("warm-up")
 
 
 def _warm(rule: Rule) -> None:
     assert rule.compressor is not None
-    rule.compressor.compress(_WARM_TEXT, target=rule.target, query="warm-up", preserve=rule.preserve)
+    with cache_scope("warm-up"):
+        rule.compressor.compress(_WARM_TEXT, target=rule.target, query="warm-up", preserve=rule.preserve)

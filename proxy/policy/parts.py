@@ -36,6 +36,8 @@ class Part:
     ``instructions``, the prompt index for completions); ``message_path`` is that
     message's path (what ``action: drop`` removes). ``age`` counts the assistant
     turns that followed the message; ``last_user`` marks the last user message.
+    ``turn`` counts the assistant replies (runs of assistant items) up to and including the
+    message: the parts of turns ``<= turn`` are the request in which the part was first sent.
     """
 
     path: Path
@@ -48,6 +50,7 @@ class Part:
     age: int = 0
     last_user: bool = False
     droppable: bool = False  # removing the whole message leaves a valid request
+    turn: int = 0
     blank: str = ""  # what the text becomes when dropped but its message must stay
 
 
@@ -211,7 +214,10 @@ def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
     last_user = max((k for k, it in enumerate(items) if it.role == "user"), default=-1)
     ages = _assistant_turns_after(items)
     parts: list[Part] = []
+    turn = 0
     for k, item in enumerate(items):
+        if item.assistant_turn and (k == 0 or not items[k - 1].assistant_turn):
+            turn += 1
         for path, text in item.texts:
             parts.append(
                 Part(
@@ -225,6 +231,7 @@ def extract_parts(route: str, body: Mapping[str, Any]) -> list[Part]:
                     age=ages[k],
                     last_user=k == last_user,
                     droppable=item.droppable,
+                    turn=turn,
                     blank=item.blank,
                 )
             )

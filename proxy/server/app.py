@@ -15,6 +15,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,9 +289,9 @@ class ProxyApp:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
-            if scope["method"] == "GET" and path in ("/healthz", "/metrics"):
+            if scope["method"] == "GET" and path in _OWN:
                 try:
-                    await (self._healthz(send) if path == "/healthz" else self._metrics(send))
+                    await _OWN[path](self, send)
                 except Exception as exc:  # never a 500 from the proxy, even here
                     log.error("%s failed error=%s", path, type(exc).__name__)
                     await _send_simple(send, 503, unavailable(f"{path} failed").body(), _JSON_HEADERS)
@@ -307,6 +308,18 @@ class ProxyApp:
         refusing = audit_state == "failing" and self._fails_closed()
         body = orjson.dumps({"status": "unavailable" if refusing else "ok", "audit": audit_state})
         await _send_simple(send, 503 if refusing else 200, body, _JSON_HEADERS)
+
+    async def _readyz(self, send: Send) -> None:
+        """Readiness, for load balancers: 200 once policies are loaded and every model they
+        need is warm (in every worker); 503 saying what is pending until then."""
+        pending, failed = self.services.readiness()
+        ready = not pending and not failed
+        body: dict[str, Any] = {"status": "ready" if ready else "failed" if not pending else "warming"}
+        if pending:
+            body["pending"] = pending
+        if failed:
+            body["failed"] = failed
+        await _send_simple(send, 200 if ready else 503, orjson.dumps(body), _JSON_HEADERS)
 
     async def _metrics(self, send: Send) -> None:
         body = self.services.metrics.render()
@@ -636,6 +649,13 @@ async def _send_simple(send: Send, status: int, body: bytes, headers: list[tuple
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+_OWN: dict[str, Callable[[ProxyApp, Send], Awaitable[None]]] = {
+    "/healthz": ProxyApp._healthz,
+    "/readyz": ProxyApp._readyz,
+    "/metrics": ProxyApp._metrics,
+}
 
 
 def create_app(services: Services) -> ProxyApp:

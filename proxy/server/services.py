@@ -7,8 +7,10 @@ one code path. ``Services.config`` is swapped as a whole on hot reload.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.audit.sink import JsonlAuditSink
@@ -18,8 +20,13 @@ from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
+from proxy.server.workers import WorkerSeat
+from proxy.store.base import SharedStore
+from proxy.store.factory import open_store
 
 __all__ = ["NoRewrite", "Services", "build_services"]
+
+log = logging.getLogger("tersegate.serve")
 
 
 class NoRewrite:
@@ -45,34 +52,84 @@ class Services:
     rewriter: Rewriter
     audit: AuditSink | None = None
     reloader: PolicyReloader | None = None
+    seat: WorkerSeat | None = None  # one of several worker processes (listen.workers > 1)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def own_readiness(self) -> tuple[list[str], dict[str, str]]:
+        """``(what is still loading, what failed to load: why)`` in this process."""
+        pending: list[str] = []
+        failed: dict[str, str] = {}
+        if isinstance(self.rewriter, PolicyRewriter):
+            pending, failed = self.rewriter.readiness()
+        if isinstance(self.audit, JsonlAuditSink) and not self.audit.prices_loaded.is_set():
+            pending.append("audit price map")
+        return pending, failed
+
+    def readiness(self) -> tuple[list[str], dict[str, str]]:
+        """The same over every worker (``GET /readyz``)."""
+        pending, failed = self.own_readiness()
+        if self.seat is not None:
+            more, more_failed = self.seat.siblings()
+            pending += more
+            failed.update(more_failed)
+        return pending, failed
+
+    def publish_readiness(self) -> None:
+        if self.seat is not None:
+            pending, failed = self.own_readiness()
+            try:
+                self.seat.publish(pending, failed)
+            except OSError as exc:
+                log.warning("cannot publish readiness to %s: %s", self.seat.run_dir, exc)
+
+    async def _publish_when_priced(self, sink: JsonlAuditSink) -> None:
+        await asyncio.to_thread(sink.prices_loaded.wait)
+        self.publish_readiness()
+
+    store: SharedStore | None = None  # compression.memo's backend: the memo's shared level
 
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
         if self.reloader is not None:
             await self.reloader.start()
         self.rewriter.start()
+        if self.seat is not None and isinstance(self.audit, JsonlAuditSink):
+            self.background.append(asyncio.create_task(self._publish_when_priced(self.audit)))
 
     async def aclose(self) -> None:
+        for task in self.background:
+            task.cancel()
         if self.reloader is not None:
             await self.reloader.aclose()
         self.rewriter.close()
         if self.audit is not None:
             await self.audit.aclose()
+        if self.store is not None:
+            await self.store.aclose()
 
 
-def build_services(config: Config, *, metrics: Metrics | None = None) -> Services:
+def build_services(
+    config: Config, *, metrics: Metrics | None = None, seat: WorkerSeat | None = None
+) -> Services:
     metrics = metrics or Metrics()
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
     if config.audit.path is not None:
         audit = JsonlAuditSink(config.audit, metrics=metrics)
+    memo = config.compression.memo
+    store = open_store(memo)  # connects on first use
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
         workers=config.compression.workers,
         metrics=metrics,
+        store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
+        memo=memo,
     )
-    services = Services(config=config, metrics=metrics, rewriter=rewriter, audit=audit)
+    services = Services(
+        config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat
+    )
+    rewriter.on_warm_change = services.publish_readiness
 
     def apply(new_config: Config, policies: PolicySet) -> None:
         services.config = new_config

@@ -259,3 +259,33 @@ def test_exported_runtimes_pool_as_the_model_says(
         ).encode(texts, normalize_embeddings=True)
     )
     assert (mean_pooled * exported).sum(axis=1).min() < 0.999
+
+
+_CONCURRENT_BUILD = """
+import os, sys, time
+from pathlib import Path
+from compressors.onnx_encoder import ensure_built
+
+def build(tmp: Path) -> None:
+    with open(sys.argv[2], "a") as calls:
+        calls.write(f"{os.getpid()}\\n")
+    time.sleep(3.0)
+    (tmp / "model.bin").write_bytes(b"built once")
+
+print(ensure_built(Path(sys.argv[1]), build))
+"""
+
+
+def test_processes_building_at_once_build_once_and_share_it(tmp_path: Path) -> None:
+    final = tmp_path / "sha" / "recipe"
+    calls = tmp_path / "calls.txt"
+    argv = [sys.executable, "-c", _CONCURRENT_BUILD, str(final), str(calls)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], outputs
+    assert all(out.strip() == str(final) for out, _ in outputs)
+    assert len(calls.read_text().split()) == 1  # one build, the others waited and reused it
+    assert any("waiting for another process building" in err for _, err in outputs)
+    assert (final / "model.bin").read_bytes() == b"built once"

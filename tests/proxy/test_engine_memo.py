@@ -108,16 +108,23 @@ async def test_a_part_past_the_latency_budget_stays_uncompressed_on_later_turns(
         second = await rewriter(exchange(), body, {})
         assert second.body is None and second.fail_open is None
         assert second.tokens_after == second.tokens_before
-        # A new part is compressed normally.
-        third = await rewriter(
-            exchange(),
-            conversation("q", {"role": "tool", "tool_call_id": "c1", "content": documents(12)}),
-            {},
+        # A new part of the same conversation is compressed normally; the old one stays as sent.
+        question = body["messages"][0]["content"]
+        later = conversation(
+            question,
+            {"role": "assistant", "content": "Let me look further."},
+            {"role": "tool", "tool_call_id": "c1", "content": documents(12)},
         )
+        third = await rewriter(exchange(), later, {})
         assert (
             third.body is not None and third.body["messages"][2]["content"] == body["messages"][2]["content"]
         )
-        assert len(third.body["messages"][3]["content"]) < len(documents(12))
+        assert len(third.body["messages"][4]["content"]) < len(documents(12))
+        # The failed-open form belongs to the conversation that sent it: a new conversation with
+        # the same documents gets them compressed.
+        other = await rewriter(exchange(), conversation("who wrote the iliad?"), {})
+        assert other.body is not None
+        assert len(other.body["messages"][2]["content"]) < len(body["messages"][2]["content"])
     finally:
         rewriter.close()
 

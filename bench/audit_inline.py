@@ -1,0 +1,113 @@
+"""The audit-on path end to end: this checkout against another (the same code writing small records
+inline from the event loop), plus the audit off, by CPU time per request as well as latency and req/s.
+
+On a machine shared with other jobs, req/s and latency move with their load; the proxy process's own
+CPU time per request (user + system, from /proc) moves much less, and it is what a request costs. Each
+target is a ``tersegate serve`` (compression off, the audit on with the live SQLite index as
+config.yaml ships it) pinned to CPU 0; wrk and the fake upstream run on CPU 1. Cells are interleaved
+across targets, ``--repeats`` times; medians are reported.
+
+    python bench/audit_inline.py --other /tmp/tersegate-inline [--duration 4] [--repeats 5] [--no-index]
+
+``--other`` is a copy of the package whose audit writes small records inline, made with
+``git archive HEAD proxy compressors | tar -x -C /tmp/tersegate-inline`` and
+``inline_writes: bool = True`` in its ``proxy/audit/sink.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from overhead import (
+    LOAD_CPU,
+    PROXY_CPU,
+    Cell,
+    free_port,
+    lua_script,
+    place,
+    run_wrk,
+    start,
+    stop,
+    tersegate_config,
+    wait_ready,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--other", required=True, help="checkout whose audit writes inline")
+    parser.add_argument("--duration", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-index", action="store_true", help="the audit without the live SQLite index")
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    folder = Path(tempfile.mkdtemp(prefix="tersegate-audit-inline-"))
+    script = lua_script(folder)
+    tersegate = shutil.which("tersegate", path=str(Path(sys.executable).parent)) or "tersegate"
+    up_port = free_port()
+    procs = {
+        "upstream": start(
+            [sys.executable, "tests/fake_upstream.py", "--port", str(up_port)], log=folder / "up"
+        )
+    }
+    urls: dict[str, str] = {}
+    targets = {
+        "audit off": (False, {}),
+        "audit on, writer thread (default)": (True, {}),
+        "audit on, inline write": (True, {"PYTHONPATH": args.other}),
+    }
+    try:
+        wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", procs["upstream"])
+        place(procs["upstream"].pid, LOAD_CPU)
+        for name, (audit, env) in targets.items():
+            port = free_port()
+            config = tersegate_config(folder, up_port, port, audit=audit, index=not args.no_index)
+            procs[name] = start(
+                [tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log", env=env
+            )
+            urls[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            wait_ready(urls[name], procs[name])
+            place(procs[name].pid, PROXY_CPU)
+        cells = {(name, conc): Cell() for name in targets for conc in (1, 32)}
+        for name in targets:  # warm-up
+            run_wrk(urls[name], script, conc=8, duration=2, cell=Cell(), pid=procs[name].pid)
+        for _ in range(args.repeats):
+            for conc in (1, 32):
+                for name in targets:
+                    run_wrk(
+                        urls[name],
+                        script,
+                        conc=conc,
+                        duration=args.duration,
+                        cell=cells[(name, conc)],
+                        pid=procs[name].pid,
+                    )
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    med = statistics.median
+    print(
+        f"Command: `python bench/audit_inline.py --other {args.other} --duration {args.duration} "
+        f"--repeats {args.repeats}{' --no-index' if args.no_index else ''}`\n"
+    )
+    print(
+        "| target | c=1 CPU us/request | c=1 p50 ms | c=32 CPU us/request | c=32 req/s | c=32 p50 ms | errors |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in targets:
+        one, many = cells[(name, 1)], cells[(name, 32)]
+        print(
+            f"| {name} | {med(one.cpu_us):.0f} | {med(one.p50_ms):.3f} | {med(many.cpu_us):.0f} "
+            f"| {med(many.rps):,.0f} | {med(many.p50_ms):.2f} | {one.errors + many.errors} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
