@@ -32,7 +32,6 @@ from proxy.anthropic import blocks
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
 import evaldata
 
-TRACES_DIR = evaldata.path("swe-agent-traces")
 COUNT = tokenizer_for("claude-sonnet-4-5").count  # o200k: there is no offline Claude tokenizer
 READ, WRITE_5M, WRITE_1H = 0.1, 1.25, 2.0
 MODEL = "claude-sonnet-4-5-20250929"

@@ -421,9 +421,11 @@ class DroppingServer:
         import contextlib
 
         self.connections += 1
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
-            await self._answer(reader, writer)
-        writer.close()
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
+                await self._answer(reader, writer)
+        finally:  # also when stop() cancels a connection still waiting for its second request
+            writer.close()
 
     async def _answer(self, reader: Any, writer: Any) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
