@@ -9,11 +9,14 @@ from __future__ import annotations
 import functools
 import json
 import random
+import time
 from pathlib import Path
 
 from wordfreq import top_n_list
 
-__all__ = ["agent_history", "corpus", "few_shot_prompt", "passages", "write_agent_trace"]
+from proxy.exchange import Exchange, Rewrite
+
+__all__ = ["agent_history", "audited_exchange", "corpus", "few_shot_prompt", "passages", "write_agent_trace"]
 
 _NAMES = ("Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Ken Thompson")
 _PLACES = ("Bonn", "Vienna", "Lisbon", "Oslo", "Kyoto", "Quito", "Nairobi", "Perth")
@@ -121,3 +124,21 @@ def write_agent_trace(path: Path, turns: int = 6, *, seed: int = 0) -> Path:
     """:func:`agent_history` written as a ``.traj`` file, as the evaluation data's traces are."""
     path.write_text(json.dumps({"history": agent_history(turns, seed=seed), "info": {}}), encoding="utf-8")
     return path
+
+
+def audited_exchange(i: int) -> Exchange:
+    """A finished, compressed chat request for the audit sink (request id ``req<i>``)."""
+    return Exchange(
+        request_id=f"req{i}",
+        method="POST",
+        route="/v1/chat/completions",
+        team="default",
+        key_id=None,
+        upstream="openai",
+        started=time.time(),
+        compressible=True,
+        model="gpt-4o",
+        status=200,
+        rewrite=Rewrite(policy="p", mode="enforce", tokens_before=100, tokens_after=60),
+        usage={"prompt_tokens": 80, "completion_tokens": 5},
+    )
