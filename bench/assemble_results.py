@@ -11,10 +11,12 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = (
     "overhead",
+    "forwarding_hardening",
     "speed",
     "quality_relevance",
     "quality_tokens",
     "policy",
+    "cost",
     "anthropic",
     "memo",
     "audit",

@@ -1,60 +1,68 @@
-"""Replay the SWE-agent traces turn by turn through the policy engine and price them.
+"""Replay the SWE-agent traces through a real proxy to a prefix-caching upstream: invoice vs audit.
 
-Each trace's history is sent as the agent sent it (turn k = messages up to the
-k-th assistant reply) through :class:`proxy.policy.engine.PolicyRewriter`, the proxy's
-rewrite hook, once per policy. The bill uses a prompt-cache model: the longest
-prefix of whole messages that is byte-identical to the previous turn's
-forwarded request is cached and billed at 10% (a 90% discount); the rest at
-the full input price. Output tokens are the same for every policy and left out.
+Each trace's history is sent turn by turn (turn k = messages up to the k-th assistant reply), as
+the agent sent it, through an in-process proxy (the ``serve`` app) with the JSONL audit on, to
+tests/prefix_cache_upstream.py, which reports ``cached_tokens`` as OpenAI's prefix cache would
+(>= 1,024 tokens, 128-token steps). One team per policy, one cache scope per team. Three models
+give three cached discounts: gpt-4o (50%), gpt-4.1 (75%), gpt-5 (90%). The traces are also sent as
+Anthropic Messages the way Claude Code sends them (bench/anthropic_shape.py: tool_use / tool_result
+blocks, breakpoints on the system prompt for 1 hour and the newest user block for 5 minutes) to the
+same upstream's Anthropic cache rules.
 
-Rows: no compression; each shipped policy; "halve tools when first sent" and
-its anti-pattern twin "halve tools once 2 turns old" (the same truncation,
-selected by age), which saves tokens but breaks the cache.
+For each policy and discount: the simulated invoice's change (priced from the upstream's usage,
+against the passthrough team's invoice), the audit's reported change (its own cost_before_usd and
+cost_after_usd sums), their difference, and what the audit reported before the cache model
+(cost_before assuming the compressed request's cached tokens). Then the cache model's own cost:
+CPU per request and per 1,000 tracked prefixes, and memory per 1,000 tracked prefixes.
 
-    python bench/replay.py [--price-per-mtok 2.50] [--repeats 1]
-    python bench/replay.py --api anthropic   # the same traces in Anthropic Messages shape
-
-``--api anthropic`` replays the traces as a Claude Code-like client sends them
-(bench/anthropic_shape.py: tool calls as ``tool_use`` blocks, outputs as ``tool_result``
-blocks, ``cache_control`` on the system prompt (1 h) and the newest user block (5 min))
-through the same rewrite hook on ``/v1/messages``, and bills them with Anthropic's cache
-rules (reads 0.1x, 5-minute writes 1.25x, 1-hour writes 2x, at claude-sonnet-4-5's $3/M).
-Each shipped policy is shown next to its "compress when 2 turns old" twin (every rule with
-``older_than_turns: 2``).
+    PYTHONPATH=. python bench/replay.py [--keep-audit audit.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import statistics
+import json
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
-
-from compressors.tokenizer import tokenizer_for
-from proxy.exchange import Exchange
-from proxy.policy.engine import PolicyRewriter
-from proxy.policy.model import Policy, PolicySet, load_policy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
-import evaldata
-
-try:
-    from anthropic_shape import CacheBill, turns  # run as `python bench/replay.py`
-except ImportError:  # imported as bench.replay
-    from bench.anthropic_shape import CacheBill, turns
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = "gpt-4o"
-CACHED_FRACTION = 0.10
-COUNT = tokenizer_for(MODEL).count
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from anthropic_shape import MODEL as ANTHROPIC_MODEL  # noqa: E402
+from anthropic_shape import turns as anthropic_turns  # noqa: E402
+from fake_upstream import ServerThread  # noqa: E402
+from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
+
+from proxy.audit.cache_model import CacheModel  # noqa: E402
+from proxy.audit.pricing import PriceBook, request_cost_usd  # noqa: E402
+from proxy.cli.serve import uvicorn_config  # noqa: E402
+from proxy.config.model import load_config  # noqa: E402
+from proxy.server.app import create_app  # noqa: E402
+from proxy.server.services import build_services  # noqa: E402
+from proxy.store.memory import MemoryStore  # noqa: E402
+
+TRACES = next(
+    (
+        p / "shared" / "evaldata" / "swe-agent-traces"
+        for p in (REPO.parent, REPO.parent.parent)
+        if (p / "shared").is_dir()
+    ),
+    REPO.parent / "shared" / "evaldata" / "swe-agent-traces",
+)
+MODELS = {"gpt-4o": "50%", "gpt-4.1": "75%", "gpt-5": "90%"}
+ANTHROPIC = ANTHROPIC_MODEL  # /v1/messages with Claude Code's cache_control breakpoints
+SHIPPED = ("default", "agents", "support", "rag")
 # Observations arrive as tool messages (function calling) or user messages (text agents).
 HALVE = """\
 name: {name}
@@ -66,213 +74,220 @@ rules:
     rate: 0.5
     options: {{mode: middle, unit: line}}
 """
+STRAWMEN = {"halve-when-first-sent": "", "halve-once-2-turns-old": ", older_than_turns: 2"}
 
 
-@dataclass
-class Bill:
-    tokens: int = 0
-    cached: int = 0
-    dollars: float = 0.0
-    compress_ms: list[float] = field(default_factory=list)
-    fail_open: int = 0
-
-    def add(self, other: Bill) -> None:
-        self.tokens += other.tokens
-        self.cached += other.cached
-        self.dollars += other.dollars
-        self.compress_ms += other.compress_ms
-        self.fail_open += other.fail_open
+def agent_messages(path: Path) -> list[dict[str, Any]]:
+    messages = []
+    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = m["tool_calls"]
+        if m.get("tool_call_ids"):
+            msg["tool_call_id"] = m["tool_call_ids"][0]
+        messages.append(msg)
+    return messages
 
 
-def message_tokens(message: dict[str, Any]) -> int:
-    content = message.get("content")
-    text = content if isinstance(content, str) else ""
-    calls = orjson.dumps(message["tool_calls"]).decode() if message.get("tool_calls") else ""
-    return COUNT(text) + COUNT(calls) + 4  # ~4 tokens of per-message framing
+def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
 
 
-def load_policies() -> dict[str, Policy]:
-    policies: dict[str, Policy] = {}
-    for name in ("default", "agents", "support", "rag"):
-        policy, _ = load_policy(REPO / "policies" / f"{name}.yaml", expected_name=name)
-        policies[name] = policy
-    with tempfile.TemporaryDirectory() as folder:
-        for name, age in (("halve-when-first-sent", ""), ("halve-once-2-turns-old", ", older_than_turns: 2")):
-            path = Path(folder) / f"{name}.yaml"
-            path.write_text(HALVE.format(name=name, age=age), encoding="utf-8")
-            policies[name] = load_policy(path)[0]
-    return policies
+def write_config(folder: Path, upstream_url: str) -> Path:
+    (folder / "policies").mkdir()
+    for name in SHIPPED:
+        text = (REPO / "policies" / f"{name}.yaml").read_text(encoding="utf-8")
+        # A generous budget: this measures what a policy saves, not how busy this machine is.
+        policy = yaml.safe_load(text)
+        policy["latency_budget_ms"] = 60000
+        (folder / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
+    for name, age in STRAWMEN.items():
+        (folder / "policies" / f"{name}.yaml").write_text(HALVE.format(name=name, age=age), encoding="utf-8")
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "auth": "passthrough",
+        "default_team": "none",
+        "upstreams": {"fake": {"base_url": upstream_url, "api_key_env": "NO_KEY", "timeout_s": 300}},
+        "default_upstream": "fake",
+        "policies_dir": str(folder / "policies"),
+        "teams": {"none": {}, **{name: {"policy": name} for name in (*SHIPPED, *STRAWMEN)}},
+        "audit": {"path": str(folder / "audit.jsonl")},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
 
 
-async def replay(policy: Policy | None, messages: list[dict[str, Any]], price: float) -> Bill:
-    rewriter = None
-    if policy is not None:
-        # A generous budget: this measures what the policy saves, not how fast this machine is.
-        generous = Policy(
-            **{**{f: getattr(policy, f) for f in policy.__slots__}, "latency_budget_ms": 60000.0}
+def billed(usage: dict[str, Any], price: Any) -> tuple[float, int, int]:
+    """``(dollars, prompt tokens, cached tokens)`` the upstream's usage bills (OpenAI or Anthropic)."""
+    if "cache_read_input_tokens" in usage:
+        written, read = usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"]
+        prompt = usage["input_tokens"] + written + read
+        dollars = request_cost_usd(
+            price,
+            prompt_tokens=prompt,
+            completion_tokens=usage["output_tokens"],
+            cached_tokens=read,
+            written_tokens=written,
+            written_1h_tokens=usage["cache_creation"]["ephemeral_1h_input_tokens"],
         )
-        rewriter = PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
-        await rewriter.ready()
-    bill = Bill()
-    previous: list[bytes] = []
-    for turn in evaldata.turns(messages):
-        body = {"model": MODEL, "messages": turn}
-        forwarded = body["messages"]
-        if rewriter is not None:
-            exchange = Exchange("b", "POST", "/v1/chat/completions", "t", None, "u", time.time(), True)
-            rewrite = await rewriter(exchange, body, {})
-            forwarded = (rewrite.body or body)["messages"]
-            bill.compress_ms.append(rewrite.compress_ms)
-            bill.fail_open += rewrite.fail_open is not None
-        encoded = [orjson.dumps(m) for m in forwarded]
-        same = 0
-        while same < min(len(previous), len(encoded)) and previous[same] == encoded[same]:
-            same += 1
-        counts = [message_tokens(m) for m in forwarded]
-        cached, total = sum(counts[:same]), sum(counts)
-        bill.tokens += total
-        bill.cached += cached
-        bill.dollars += (cached * CACHED_FRACTION + (total - cached)) * price / 1e6
-        previous = encoded
-    if rewriter is not None:
-        rewriter.close()
-    return bill
-
-
-def two_turns_old(policy: Policy) -> Policy:
-    """The strawman twin: the same rules, each selecting a part only once 2 turns old."""
-    rules = tuple(
-        dataclasses.replace(r, match=dataclasses.replace(r.match, older_than_turns=2)) for r in policy.rules
+        return dollars, prompt, read
+    prompt, cached = usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"]
+    dollars = request_cost_usd(
+        price, prompt_tokens=prompt, completion_tokens=usage["completion_tokens"], cached_tokens=cached
     )
-    return dataclasses.replace(policy, name=policy.name + "@2-turns-old", rules=rules)
+    return dollars, prompt, cached
 
 
-def _rewriter(policy: Policy) -> PolicyRewriter:
-    generous = dataclasses.replace(policy, latency_budget_ms=60000.0)
-    return PolicyRewriter(PolicySet({"p": generous}, {"t": "p"}), memo_bytes=1 << 28, workers=2)
+def requests_of(trace: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, body)`` of every turn: once per OpenAI model, then as Claude Code sends it."""
+    out = [
+        ("/chat/completions", {"model": model, "messages": messages})
+        for model in MODELS
+        for messages in turns(agent_messages(trace))
+    ]
+    return out + [("/messages", body) for body in anthropic_turns(trace)]
 
 
-async def replay_anthropic(
-    policy: Policy | None, bodies: list[dict[str, Any]], price: float
-) -> tuple[CacheBill, int]:
-    """``(bill, fail-open count)`` of one trace's turns forwarded through ``policy``."""
-    rewriter = _rewriter(policy) if policy is not None else None
-    if rewriter is not None:
-        await rewriter.ready()
-    bill = CacheBill(price / 1e6)
-    fail_open = 0
-    for body in bodies:
-        forwarded = body
-        if rewriter is not None:
-            exchange = Exchange(
-                "b", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic"
+def replay_all(base_url: str, traces: list[Path]) -> None:
+    with httpx.Client(timeout=600) as client:
+        for team in ("none", *SHIPPED, *STRAWMEN):
+            for trace in traces:
+                for path, body in requests_of(trace):
+                    response = client.post(
+                        base_url + path,
+                        content=orjson.dumps(body),
+                        headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
+                    )
+                    response.raise_for_status()
+
+
+def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
+    prices = PriceBook()
+    invoice: dict[tuple[str, str], float] = {}
+    tokens: dict[tuple[str, str], list[int]] = {}
+    for _, scope, usage in upstream.served:
+        key, model, _ = scope.split("|")
+        team = key.removeprefix("Bearer sk-")
+        dollars, prompt, cached = billed(usage, prices.price_for(model))
+        invoice[(team, model)] = invoice.get((team, model), 0.0) + dollars
+        acc = tokens.setdefault((team, model), [0, 0])
+        acc[0] += prompt
+        acc[1] += cached
+    sums: dict[tuple[str, str], list[float]] = {}
+    for line in audit.read_bytes().splitlines():
+        r = orjson.loads(line)
+        acc_f = sums.setdefault((r["team"], r["model"]), [0.0, 0.0, 0.0])
+        price = prices.price_for(r["model"])
+        assert price is not None
+        old_before = request_cost_usd(  # the audit before the cache model: same cache use as sent
+            price,
+            prompt_tokens=r["prompt_tokens_before_est"],
+            completion_tokens=r["usage"]["completion_tokens"],
+            cached_tokens=r["cached_tokens"],
+            written_tokens=r["usage"].get("cache_write_tokens") or 0,
+            written_1h_tokens=r["usage"].get("cache_write_1h_tokens") or 0,
+        )
+        acc_f[0] += r["cost_before_usd"]
+        acc_f[1] += r["cost_after_usd"]
+        acc_f[2] += old_before
+    print(
+        "| policy | input tokens vs none | cached share | discount | invoice change | audit change | difference | audit before | old audit change |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for team in (*SHIPPED, *STRAWMEN):
+        for model, discount in {**MODELS, ANTHROPIC: "90%, writes 1.25x / 2x"}.items():
+            base = invoice[("none", model)]
+            bill = invoice[(team, model)] / base - 1
+            before, after, old = sums[(team, model)]
+            reported, old_reported = after / before - 1, after / old - 1
+            worst = max(worst, abs(reported - bill))
+            sign = "" if (reported < 0) == (bill < 0) else " SIGN WRONG"
+            t, b = tokens[(team, model)], tokens[("none", model)]
+            print(
+                f"| {team} | {100 * (t[0] / b[0] - 1):+.1f}% | {100 * t[1] / t[0]:.1f}% | {discount} | "
+                f"{100 * bill:+.2f}% | {100 * reported:+.2f}% | {100 * (reported - bill):+.2f} pp{sign} | "
+                f"{100 * (before / base - 1):+.2f}% | {100 * old_reported:+.1f}% |"
             )
-            rewrite = await rewriter(exchange, body, {})
-            forwarded = rewrite.body or body
-            fail_open += rewrite.fail_open is not None
-        bill.add(forwarded)
-    if rewriter is not None:
-        rewriter.close()
-    return bill, fail_open
+    print(f"\nworst |audit change - invoice change|: {100 * worst:.2f} pp")
 
 
-async def main_anthropic(price: float, traces: list[Path]) -> None:
-    shipped = {n: p for n, p in load_policies().items() if not n.startswith("halve")}
-    halves = {n: p for n, p in load_policies().items() if n.startswith("halve")}
-    rows: dict[str, tuple[CacheBill, int]] = {}
-    per_trace: dict[tuple[str, str], float] = {}
-    candidates: list[tuple[str, Policy | None]] = [("none", None)]
-    for name, policy in shipped.items():
-        candidates += [(name, policy), (name + "@2-turns-old", two_turns_old(policy))]
-    candidates += list(halves.items())
-    bodies = {trace.stem: turns(trace) for trace in traces}
-    for name, candidate in candidates:
-        total, fails = CacheBill(price / 1e6), 0
-        for stem, trace_bodies in bodies.items():
-            bill, failed = await replay_anthropic(candidate, trace_bodies, price)
-            per_trace[(name, stem)] = bill.dollars
-            for key in ("tokens", "read", "written_5m", "written_1h", "dollars"):
-                setattr(total, key, getattr(total, key) + getattr(bill, key))
-            fails += failed
-        rows[name] = (total, fails)
-    base = rows["none"][0]
-    print(
-        f"{len(traces)} SWE-agent traces in Anthropic shape ({sum(map(len, bodies.values()))} requests), "
-        f"o200k token estimate, ${price}/M input; reads 0.1x, 5-minute writes 1.25x, 1-hour writes 2x\n"
-    )
-    print(
-        "| policy | input tokens | vs none | read | written 5m | written 1h | bill $ | bill vs none | "
-        "compress when 2 turns old: bill vs none | fail-open |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-
-    def pct(a: float, b: float) -> str:
-        return f"{100 * (a / b - 1):+.1f}%"
-
-    for name, (bill, fails) in rows.items():
-        if name.endswith("@2-turns-old"):
-            continue
-        twin = rows.get(name + "@2-turns-old")
-        side = pct(twin[0].dollars, base.dollars) if twin else "-"
-        print(
-            f"| {name} | {bill.tokens:,} | {pct(bill.tokens, base.tokens)} | {bill.read:,} | {bill.written_5m:,} | "
-            f"{bill.written_1h:,} | {bill.dollars:.4f} | {pct(bill.dollars, base.dollars)} | {side} | {fails} |"
+async def _run_model(model: CacheModel, bodies: list[dict[str, Any]]) -> tuple[float, int]:
+    """``(CPU seconds, prefixes looked up)`` for every body through both streams."""
+    usage: dict[str, int | None] = {"cached_tokens": 0}  # no prompt_tokens: never skipped as too short
+    looked = 0
+    t0 = time.process_time()
+    for body in bodies:
+        estimate = await model.estimate(
+            team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage=usage
         )
-    names = [n for n in rows if n != "none"]
-    print("\nPer trace, bill vs none:\n")
-    print("| trace | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for stem in bodies:
-        none = per_trace[("none", stem)]
-        print(f"| {stem} | " + " | ".join(pct(per_trace[(n, stem)], none) for n in names) + " |")
-    above = [(n, s) for (n, s), d in per_trace.items() if n in shipped and d > per_trace[("none", s)] + 1e-12]
-    print(f"\nShipped policies billed above passthrough on any trace: {above or 'none'}")
+        assert estimate is not None
+        looked += estimate.before.prompt // 128 + estimate.after.prompt // 128
+    return time.process_time() - t0, looked
+
+
+async def model_cost(traces: list[Path]) -> None:
+    """The cache model alone over every turn of every trace (both streams, as in the proxy)."""
+    bodies = [{"model": "gpt-5", "messages": t} for trace in traces for t in turns(agent_messages(trace))]
+    model = CacheModel(MemoryStore(max_bytes=1 << 30))
+    cold, looked = await _run_model(model, bodies)  # every block tokenized once
+    store = MemoryStore(max_bytes=1 << 30)
+    model.store = store
+    warm, _ = await _run_model(model, bodies)  # token memo filled; a fresh store
+    keys = list(store._items)
+    tracemalloc.start()
+    copy = MemoryStore(max_bytes=1 << 30)
+    for namespace, key in keys:
+        await copy.put(namespace, [(key, b"1")], ttl_s=600)
+    store_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    memo_bytes = model._tokens._bytes
+    n = len(bodies)
+    print(
+        f"\nCache model alone, {n} requests (both streams), {looked:,} prefix digests looked up, "
+        f"{len(keys):,} tracked prefixes at the end:\n"
+    )
+    print("| token memo | CPU per request | CPU per 1,000 prefixes looked up |")
+    print("|---|---:|---:|")
+    print(
+        f"| cold (tokenizes each block once) | {1000 * cold / n:.2f} ms | {1000 * 1000 * cold / looked:.2f} ms |"
+    )
+    print(f"| warm | {1000 * warm / n:.2f} ms | {1000 * 1000 * warm / looked:.2f} ms |")
+    print(
+        f"\nMemory per 1,000 tracked prefixes (MemoryStore, Python objects included): "
+        f"{store_bytes / len(keys) * 1000 / 1024:.0f} KiB; token memo: {memo_bytes / 1024:.0f} KiB "
+        f"for every block of the {len(traces)} traces (4 bytes a token)."
+    )
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--price-per-mtok", type=float, default=None, help="input $ per 1M tokens")
-    parser.add_argument("--api", choices=("openai", "anthropic"), default="openai")
+    parser.add_argument(
+        "--keep-audit", type=Path, help="copy the run's audit JSONL here (for tersegate report)"
+    )
     args = parser.parse_args()
-    traces = evaldata.trace_paths()
-    if evaldata.missing(*evaldata.TRACES):
-        raise SystemExit(f"no SWE-agent traces in {evaldata.root()} (python -m evaldata.fetch)")
-    if args.api == "anthropic":
-        await main_anthropic(args.price_per_mtok or 3.00, traces)
-        return
-    args.price_per_mtok = args.price_per_mtok or 2.50
-    rows: dict[str, Bill] = {}
-    per_trace: dict[tuple[str, str], Bill] = {}
-    for name, policy in [("none", None), *load_policies().items()]:
-        total = Bill()
-        for trace in traces:
-            bill = await replay(policy, evaldata.agent_messages(trace), args.price_per_mtok)
-            per_trace[(name, trace.stem)] = bill
-            total.add(bill)
-        rows[name] = total
-    base = rows["none"]
-    print(
-        f"{len(traces)} SWE-agent traces, gpt-4o tokenizer, ${args.price_per_mtok}/M input, cached prefix at 10%\n"
-    )
-    print(
-        "| policy | input tokens | tokens vs none | cached share | bill $ | bill vs none | compress ms p50 | fail-open |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, bill in rows.items():
-        ms = f"{statistics.median(bill.compress_ms):.1f}" if bill.compress_ms else "-"
-        print(
-            f"| {name} | {bill.tokens:,} | {100 * (bill.tokens / base.tokens - 1):+.1f}% | "
-            f"{100 * bill.cached / bill.tokens:.1f}% | {bill.dollars:.4f} | "
-            f"{100 * (bill.dollars / base.dollars - 1):+.1f}% | {ms} | {bill.fail_open} |"
-        )
-    print("\nPer trace, bill vs none:\n")
-    names = list(rows)
-    print("| trace | " + " | ".join(names[1:]) + " |")
-    print("|---|" + "---:|" * (len(names) - 1))
-    for trace in traces:
-        none = per_trace[("none", trace.stem)].dollars
-        cells = [f"{100 * (per_trace[(n, trace.stem)].dollars / none - 1):+.1f}%" for n in names[1:]]
-        print(f"| {trace.stem} | " + " | ".join(cells) + " |")
+    traces = sorted(TRACES.glob("*.traj"))
+    if not traces:
+        raise SystemExit(f"no traces in {TRACES}")
+    upstream = PrefixCacheUpstream()
+    up = ServerThread(upstream).start()
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_config(Path(folder), up.url + "/v1")
+        services = build_services(load_config(path))
+        app = create_app(services)
+        proxy = ServerThread(app, config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"))
+        proxy.start()
+        t0 = time.perf_counter()
+        await asyncio.to_thread(replay_all, proxy.url + "/v1", traces)
+        elapsed = time.perf_counter() - t0
+        proxy.stop()
+        up.stop()
+        print(f"{len(traces)} SWE-agent traces, {len(upstream.served)} requests in {elapsed:.0f} s\n")
+        tables(upstream, Path(folder) / "audit.jsonl")
+        if args.keep_audit is not None:
+            shutil.copyfile(Path(folder) / "audit.jsonl", args.keep_audit)
+    await model_cost(traces)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Compress-once across replicas and restarts: the SWE-agent replay's prefix breaks and bill, and
 what the memo's shared level adds per compressible request.
 
-Replay (the bill model of bench/replay.py: the longest byte-identical message prefix of the previous
+Replay (the bill model of bench/replay_engine.py: the longest byte-identical message prefix of the previous
 turn's forwarded request is cached at 10%): each trace turn by turn, turns alternating between
 replicas. A replica is a :class:`PolicyRewriter` with its own in-process LRU and its own store client
 (its own SQLite connection, its own Redis connection pool), as separate processes would have;
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import json
 import shutil
 import socket
 import statistics
@@ -32,9 +34,16 @@ from typing import Any
 
 import orjson
 import redis
-from replay import CACHED_FRACTION, MODEL, load_policies, message_tokens, replay
+from replay_engine import (
+    CACHED_FRACTION,
+    MODEL,
+    TRACES,
+    agent_messages,
+    load_policies,
+    message_tokens,
+    replay,
+)
 
-import evaldata  # on sys.path: replay puts the repository root there
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
@@ -165,8 +174,8 @@ async def scenario(
                 policies, memo_bytes=1 << 28, workers=2, store=store, memo=MemoConfig(backend=backend)
             )  # type: ignore[arg-type]
 
-        for trace in evaldata.trace_paths():
-            await replay_trace(evaldata.agent_messages(trace), make, replicas, restart, price, run)
+        for trace in sorted(TRACES.glob("*.traj")):
+            await replay_trace(agent_messages(trace), make, replicas, restart, price, run)
         for store in stores:
             await store.aclose()
     return run
@@ -205,8 +214,12 @@ async def cross_team(rag: Policy) -> list[tuple[str, float, str]]:
     """Team A then team B send the same 20 NQ documents (as a tool result), each with its own
     question, through one rewriter with the shipped rag policy: B's compression time and whether B
     got A's selection (the issue's timing oracle), against B alone in a fresh process."""
-    rows = evaldata.nq_rows(20)
-    docs = "\n\n".join(evaldata.document(r, i + 1) for i, r in enumerate(rows))
+    with gzip.open(TRACES.parent / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as lines:
+        rows = [json.loads(line) for _, line in zip(range(20), lines, strict=False)]
+    docs = "\n\n".join(
+        f"Document [{i + 1}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
+        for i, r in enumerate(rows)
+    )
     call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
 
     def body(question: str) -> dict[str, Any]:
@@ -273,10 +286,8 @@ async def main() -> None:
         print("| request | compress ms | B's documents |\n|---|---:|---|")
         for label, ms, whose in await cross_team(everything["rag"]):
             print(f"| {label} | {ms:.0f} | {whose} |")
-        traces = evaldata.trace_paths()
-        none = sum(
-            [(await replay(None, evaldata.agent_messages(t), args.price_per_mtok)).dollars for t in traces]
-        )
+        traces = sorted(TRACES.glob("*.traj"))
+        none = sum([(await replay(None, agent_messages(t), args.price_per_mtok)).dollars for t in traces])
         for name in filter(None, args.policies.split(",")):  # --policies "": the latency table only
             print(
                 f"\nPolicy {name}: {len(traces)} SWE-agent traces, ${args.price_per_mtok}/M input, cached prefix at 10%"

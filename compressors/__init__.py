@@ -1,4 +1,4 @@
-"""tersegate's compression library: usable without the proxy (no server imports)."""
+"""tersegate's compression library: it stands alone and imports nothing from ``proxy``."""
 
 from compressors.base import Compressed, Compressor, CompressorError, Decision, OptionsError, Target
 from compressors.preserve import PreserveSpec

@@ -20,7 +20,7 @@ from compressors.tokenizer import Tokenizer, tokenizer_for
 
 
 class CompressorError(Exception):
-    """A compressor failed on an input. Callers (the proxy) fail open on it."""
+    """A compressor failed on an input. Callers fail open on it: the text goes uncompressed."""
 
 
 class OptionsError(ValueError):

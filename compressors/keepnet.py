@@ -10,20 +10,19 @@ no torch. Loaded once, lazily, behind a lock.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from compressors.models import load_once
 
 __all__ = ["WEIGHTS_FILE", "KeepNet", "keep_net"]
 
 _Floats = npt.NDArray[np.float64]
 _Singles = npt.NDArray[np.float32]
 WEIGHTS_FILE = Path(__file__).with_name("keepnet.npz")
-_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +78,9 @@ class KeepNet:
 
 def keep_net() -> KeepNet:
     """The shipped network, read from :data:`WEIGHTS_FILE` on first use."""
-    with _LOCK:
-        return _load(WEIGHTS_FILE)
+    return load_once(("keepnet", WEIGHTS_FILE), lambda: _load(WEIGHTS_FILE))
 
 
-@lru_cache(maxsize=1)
 def _load(path: Path) -> KeepNet:
     with np.load(path, allow_pickle=False) as data:
         return KeepNet(

@@ -35,17 +35,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from compressors.threads import cap_torch_threads, cpu_threads
+
 __all__ = [
     "ONNX_RECIPE",
     "BuildIntegrityError",
     "OnnxEncoder",
     "PooledEncoder",
     "cache_root",
-    "cpu_threads",
     "ensure_built",
     "ensure_export",
     "export_dir",
-    "leave_a_core_to_the_proxy",
     "trace_onnx",
     "verify_build",
 ]
@@ -75,23 +75,6 @@ def cache_root() -> Path:
 def export_dir(sha256: str) -> Path:
     """The folder holding every build of the weights with this sha256."""
     return cache_root() / sha256.lower()
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def leave_a_core_to_the_proxy() -> None:
-    """Cap torch's intra-op threads at cores - 1 (at least 1), process-wide.
-
-    On 2 busy cores, 1 thread encoded 20 NQ passages in 4.0 s against 8.5 s with 2:
-    spinning threads fight the proxy's event loop (and another runtime's threads) for the CPU.
-    """
-    import torch
-
-    threads = max(1, cpu_threads() - 1)
-    if torch.get_num_threads() > threads:
-        torch.set_num_threads(threads)
 
 
 def trace_onnx(model: Any, path: Path) -> dict[str, Any]:
@@ -263,7 +246,7 @@ class PooledEncoder(ABC):
         self.dim = int(meta["dim"])
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), local_files_only=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        leave_a_core_to_the_proxy()  # pooling is a few small tensor ops
+        cap_torch_threads()  # pooling is a few small tensor ops
         self._pooling = Pooling(**meta["pooling"])
         self._normalize = Normalize()  # unit length always, as Embedder promises (and torch encodes)
 
@@ -319,7 +302,7 @@ class OnnxEncoder(PooledEncoder):
         super().__init__(directory)
         options = ort.SessionOptions()
         # Every core, but no spin-waiting: idle, 2 threads halve a cold encode; busy,
-        # non-spinning threads yield the CPU to the proxy's event loop.
+        # non-spinning threads yield the CPU to the caller's other threads (an event loop).
         options.intra_op_num_threads = cpu_threads()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.inter_op_num_threads = 1

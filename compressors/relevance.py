@@ -18,6 +18,7 @@ from compressors.base import Compressed, Compressor, Decision, OptionsError, Tar
 from compressors.bm25 import bm25_scores
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
 from compressors.preserve import PreserveSpec, find_spans, split_tags
+from compressors.question import find_question
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
 
@@ -25,8 +26,6 @@ __all__ = ["SCORERS", "Relevance", "derive_query"]
 
 SCORERS: tuple[str, ...] = ("bm25", "embedding", "hybrid")
 
-_QUERY_LINE = re.compile(r"^[ \t]*(?:Question|Query|Key)[ \t]*:[ \t]*(\S.*)$", re.MULTILINE | re.IGNORECASE)
-_QUESTION = re.compile(r"[^\s.!?][^.!?\n]*\?")
 # Identifiers (UUIDs, hashes, snake_case, v1.2-style names) and quoted strings in a
 # query must match exactly: embeddings and word pieces blur them.
 _IDENTIFIER = re.compile(r"[\w][\w.\-/:]{4,}[\w]")
@@ -53,18 +52,16 @@ class QueryMatch:
 
 
 def derive_query(text: str, layout: Layout) -> QueryMatch | None:
-    """The question a prompt asks: a ``Question:``/``Key:`` line, else the last ``?`` sentence.
+    """The question a prompt asks (:func:`compressors.question.find_question`).
 
-    The fixed parts are searched first (suffix, then prefix), then the units.
+    The fixed parts are searched first (suffix, then prefix), then the whole text, where a
+    question may sit anywhere: its unit is kept whole.
     """
-    regions = ((layout.suffix_start, len(text)), (0, layout.prefix_end), (0, len(text)))
-    for pattern in (_QUERY_LINE, _QUESTION):
-        for start, end in regions:
-            matches = list(pattern.finditer(text, start, end))
-            if matches:
-                last = matches[-1]
-                group = 1 if pattern.groups else 0
-                return QueryMatch(last.group(group).strip(), last.start(), last.end())
+    regions = ((layout.suffix_start, len(text), False), (0, layout.prefix_end, False), (0, len(text), True))
+    for start, end, anywhere in regions:
+        found = find_question(text, start, end, anywhere=anywhere)
+        if found is not None:
+            return QueryMatch(found.text, found.start, found.end)
     return None
 
 

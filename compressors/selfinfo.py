@@ -13,7 +13,7 @@ numpy at run time, no language model, nothing downloaded. Content
 words next to a better content word are then lifted towards it, so compounds stay
 whole ("thylakoid *membrane*", "36 *passengers*").
 
-Without a query (and none derivable from a trailing question), the query features
+Without a query (given, or the question the text asks: :mod:`compressors.question`), the query features
 are zero and numbers count as the facts of the text.
 """
 
@@ -31,9 +31,10 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.keepnet import WEIGHTS_FILE, keep_net
+from compressors.question import query_of
 from compressors.words import Unit, Units, zipf
 
-__all__ = ["FEATURES", "WEIGHTS", "SelfInfo", "derive_query", "unit_matrix"]
+__all__ = ["FEATURES", "WEIGHTS", "SelfInfo", "unit_matrix"]
 
 _Floats = npt.NDArray[np.float64]
 _Ints = npt.NDArray[np.int64]
@@ -65,8 +66,6 @@ _YEAR = re.compile(r"\b1\d{3}\b|\b20\d{2}\b")
 _PUNCT_INFO = {".": 0.3, "?": 0.3, "!": 0.3, ":": 0.25, ";": 0.2}
 # A sentence ends after . ! ? (and closing quotes/brackets) before a capital or digit, and at newlines.
 _SENTENCE_BREAK = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n")
-_TRAILING_QUESTION = re.compile(r"(?:^|\n)[ \t]*Question:[ \t]*([^\n]+)\s*\Z")
-_LAST_SENTENCE = re.compile(r"([^.!?\n]+\?)\s*\Z")
 # Closed-class words: they glue phrases but carry no content of their own.
 _FUNCTION_WORDS = frozenset(
     """a an the of in on at to for from by with as into onto upon about over under between through during
@@ -217,13 +216,6 @@ def _features(unit: str) -> _Features:
     )
 
 
-def derive_query(text: str) -> str | None:
-    """The question a text ends with: a trailing ``Question:`` line, else a final ``?`` sentence."""
-    tail = text[-2000:]
-    match = _TRAILING_QUESTION.search(tail) or _LAST_SENTENCE.search(tail)
-    return match.group(1).strip() if match else None
-
-
 @dataclass(frozen=True, slots=True)
 class SelfInfo:
     """Scores units with the shipped keep network over :data:`FEATURES`.
@@ -249,7 +241,7 @@ class SelfInfo:
         matrix, content = unit_matrix(text, units, query, window=self.window)
         boost = np.array([self.query_boost if name in _QUERY_FEATURES else 1.0 for name in FEATURES])
         starts, ends = _bounds(units)
-        if self.query_boost > 0 and _query_terms(query if query is not None else derive_query(text)):
+        if self.query_boost > 0 and _query_terms(query if query is not None else query_of(text)):
             net = keep_net()
             if net.features != FEATURES:
                 raise ValueError(f"selfinfo: {WEIGHTS_FILE.name} was trained on other features; refit it")
@@ -294,7 +286,7 @@ def unit_matrix(
     sentence = np.searchsorted(np.array([m.end() for m in matches], np.int64), starts, side="right")
     lead = np.array([True] + ["\n" in m.group() for m in matches], bool)
     if query is None:
-        query = derive_query(text)
+        query = query_of(text)
     wanted = _answer_type(query)
     opens_sentence = np.ones(n, bool)
     opens_sentence[1:] = sentence[1:] != sentence[:-1]

@@ -20,12 +20,13 @@ import base64
 import hashlib
 import importlib.util
 import os
-import threading
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import tiktoken
+
+from compressors.models import load_once
 
 __all__ = ["EncodingUnavailable", "Tokenizer", "encoding_name_for", "tokenizer_for"]
 
@@ -172,23 +173,22 @@ def _parse_bpe(data: bytes) -> dict[bytes, int]:
     return ranks
 
 
-_load_lock = threading.Lock()
-
-
-@cache
 def _encoding(name: str) -> tiktoken.Encoding:
-    with _load_lock:
-        spec = _SPECS[name]
-        # Parsed here, not with tiktoken's load_tiktoken_bpe: that one copies the file into
-        # TIKTOKEN_CACHE_DIR (and raises if that directory is read-only).
-        ranks = _parse_bpe(_local_bpe_bytes(spec))
-        return tiktoken.Encoding(
-            name=name,
-            pat_str=spec.pat_str,
-            mergeable_ranks=ranks,
-            special_tokens=spec.special_tokens,
-            explicit_n_vocab=spec.explicit_n_vocab,
-        )
+    return load_once(("tiktoken", name), lambda: _load_encoding(name))
+
+
+def _load_encoding(name: str) -> tiktoken.Encoding:
+    spec = _SPECS[name]
+    # Parsed here, not with tiktoken's load_tiktoken_bpe: that one copies the file into
+    # TIKTOKEN_CACHE_DIR (and raises if that directory is read-only).
+    ranks = _parse_bpe(_local_bpe_bytes(spec))
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=spec.pat_str,
+        mergeable_ranks=ranks,
+        special_tokens=spec.special_tokens,
+        explicit_n_vocab=spec.explicit_n_vocab,
+    )
 
 
 class Tokenizer:

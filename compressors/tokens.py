@@ -7,7 +7,7 @@ position. Scorers: ``selfinfo`` (word frequencies and cheap cues weighed by a ti
 network trained offline and shipped as numbers; no language model), ``llmlingua2``
 (a token-classification model)
 and ``perplexity`` (a causal LM). The query (given, or the question the text
-ends with) is kept verbatim where the text holds it (its line's ``Question:``
+asks: :mod:`compressors.question`) is kept verbatim where the text holds it (its line's ``Question:``
 label is an ordinary unit) and counts against the budget.
 """
 
@@ -24,7 +24,8 @@ import numpy.typing as npt
 
 from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
 from compressors.preserve import PreserveSpec, find_spans
-from compressors.selfinfo import SelfInfo, derive_query
+from compressors.question import query_of
+from compressors.selfinfo import SelfInfo
 from compressors.tokenizer import Tokenizer
 from compressors.words import Unit, Units, assemble, atomic_spans, segment
 
@@ -146,7 +147,7 @@ class Tokens(Compressor):
         if tokens_before <= budget:
             return Compressed(text, tokens_before, tokens_before, self.name, target_tokens=budget)
         # No query given: the question the text ends with, if any, is the query (and its line is kept).
-        query = query if query and query.strip() else derive_query(text)
+        query = query if query and query.strip() else query_of(text)
         plan = self._plan(text, query, preserve, tokenizer)
         raw = self._scorer.scores(plan.text, plan.units, query, keep_ratio=budget / tokens_before)
         scores = _ranked(raw, plan.preserved, float(self.options["preserve_boost"]))

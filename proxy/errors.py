@@ -39,6 +39,7 @@ _ANTHROPIC_TYPES = {
     "unauthorized": "authentication_error",
     "too_large": "request_too_large",
     "not_found": "not_found_error",
+    "bad_path": "invalid_request_error",
 }
 
 

@@ -72,6 +72,8 @@ class Exchange:
     upstream_ms: float | None = None
     # Only kept when audit.include_text is on: the original and forwarded bodies.
     request_body: dict[str, Any] | None = None
+    # The parsed body as the client sent it, in memory only: the audit's cache model digests it.
+    prompt: dict[str, Any] | None = None
     error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
     client_disconnected: bool = False
     api: str = "openai"  # openai | anthropic | azure: the API the route speaks

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from proxy.splice import encode_rewrite
+
 __all__ = ["AnthropicUsageTap", "UsageTap", "forwarded_body", "normalize_usage", "prepare_stream"]
 
 # Routes whose streams honour stream_options.include_usage.
@@ -115,13 +117,17 @@ def forwarded_body(
     original: bytes, parsed: dict[str, Any], rewritten: dict[str, Any] | None, *, stream: bool, route: str
 ) -> tuple[bytes, bool]:
     """``(bytes to send upstream, usage injected)`` after the rewrite hook: the original bytes when
-    neither the hook nor :func:`prepare_stream` changed anything, else the new body serialised."""
+    neither the hook nor :func:`prepare_stream` changed anything, else the changed values spliced into
+    them (:mod:`proxy.splice`). If the new body cannot be encoded, the original bytes (fail open)."""
     injected = False
     if stream:
         prepared, injected = prepare_stream(rewritten if rewritten is not None else parsed, route=route)
         if injected:
             rewritten = prepared
-    return (orjson.dumps(rewritten) if rewritten is not None else original), injected
+    if rewritten is None:
+        return original, False
+    encoded = encode_rewrite(original, parsed, rewritten)
+    return (encoded, injected) if encoded is not None else (original, False)
 
 
 def _event_data(frame: bytes) -> bytes | None:

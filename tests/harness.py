@@ -170,9 +170,13 @@ def make_proxy(upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         folder = tmp_path / f"proxy{len(started)}"
         folder.mkdir()
         path = write_config_dir(folder, config if config is not None else {}, upstream, policies)
-        services = build_services(load_config(path))
+        config = load_config(path)
+        services = build_services(config)
         app = create_app(services)
-        server = ServerThread(app, config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"))
+        server = ServerThread(
+            app,
+            config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", limits=config.limits),
+        )
         proxy = RunningProxy(url=server.url, config_path=path, services=services, server=server.start())
         started.append(proxy)
         return proxy

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 __all__ = [
     "Costs",
@@ -96,7 +97,8 @@ class PriceBook:
         self._map_path = map_path
         self._lock = threading.Lock()
         self._entries: dict[str, dict[str, Any]] | None = None
-        self._resolved: dict[str, Price | None] = {}
+        # Model names come from clients: the cache is bounded.
+        self._resolved: LRUCache[str, Price | None] = LRUCache(maxsize=10_000)
         self._source: str | None = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
@@ -127,12 +129,12 @@ class PriceBook:
     def price_for(self, model: str | None) -> Price | None:
         if not model:
             return None
-        if model in self._resolved:
-            return self._resolved[model]
+        with self._lock:  # a read reorders an LRU cache too
+            if model in self._resolved:
+                return self._resolved[model]
         price = self._resolve(model)
         with self._lock:
-            if len(self._resolved) < 10_000:  # model names come from clients: bound the cache
-                self._resolved[model] = price
+            self._resolved[model] = price
         return price
 
     def _resolve(self, model: str) -> Price | None:
@@ -158,12 +160,31 @@ class PriceBook:
 
 
 def request_cost_usd(
-    price: Price, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int
+    price: Price,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
+    written_tokens: int = 0,
+    written_1h_tokens: int = 0,
 ) -> float:
-    """What the upstream bills. Reasoning tokens are part of completion tokens, so not added."""
-    cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
-    uncached = max(prompt_tokens, 0) - cached
-    return uncached * price.input + cached * price.cached_input + max(completion_tokens, 0) * price.output
+    """What the upstream bills. Reasoning tokens are part of completion tokens, so not added.
+
+    ``written_tokens`` (Anthropic's cache writes, of which ``written_1h_tokens`` with a 1-hour TTL)
+    are part of the prompt tokens, like ``cached_tokens``.
+    """
+    prompt = max(prompt_tokens, 0)
+    cached = min(max(cached_tokens, 0), prompt)
+    written = min(max(written_tokens, 0), prompt - cached)
+    written_1h = min(max(written_1h_tokens, 0), written)
+    uncached = prompt - cached - written
+    return (
+        uncached * price.input
+        + cached * price.cached_input
+        + (written - written_1h) * price.cache_write_5m
+        + written_1h * price.cache_write_1h
+        + max(completion_tokens, 0) * price.output
+    )
 
 
 def anthropic_cost_usd(price: Price, usage: dict[str, int | None], *, extra_input: int = 0) -> float:
@@ -185,31 +206,42 @@ def costs_for(
     usage: dict[str, int | None] | None,
     *,
     prompt_delta: int,
+    cached_before: int | None = None,
+    written_before: dict[str, int] | None = None,
 ) -> Costs:
     """Costs of a request from its normalised usage.
 
     ``prompt_delta`` is how many prompt tokens compression removed from what was
-    forwarded; the uncompressed request is priced with that many more prompt
-    tokens and the same cached tokens the upstream reported (which are
-    unknowable for a request that was never sent). No usage: no costs.
+    forwarded; the uncompressed request is priced with that many more prompt tokens
+    and ``cached_before`` cached tokens (``written_before`` cache writes by TTL): the
+    cache model's estimate (:mod:`proxy.audit.cache_model`). Without an estimate it
+    assumes the cache use the upstream reported. No usage: no costs. A compression
+    that raised the bill has a negative ``saved_usd``.
     """
     if price is None:
         return Costs(None, None, None, price_missing=True)
     if not usage or usage.get("prompt_tokens") is None:
         return Costs(None, None, None, price_missing=False)
+    prompt = usage.get("prompt_tokens") or 0
+    completion = usage.get("completion_tokens") or 0
+    cached = usage.get("cached_tokens") or 0
+    written, written_1h = usage.get("cache_write_tokens") or 0, usage.get("cache_write_1h_tokens") or 0
     if "cache_write_tokens" in usage:  # Anthropic: writes priced by TTL
         after = anthropic_cost_usd(price, usage)
-        before = anthropic_cost_usd(price, usage, extra_input=prompt_delta)
     else:
-        prompt = usage.get("prompt_tokens") or 0
-        completion = usage.get("completion_tokens") or 0
-        cached = usage.get("cached_tokens") or 0
         after = request_cost_usd(
             price, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
         )
-        before = request_cost_usd(
-            price, prompt_tokens=prompt + prompt_delta, completion_tokens=completion, cached_tokens=cached
-        )
+    if written_before is not None:
+        written, written_1h = sum(written_before.values()), written_before.get("1h", 0)
+    before = request_cost_usd(
+        price,
+        prompt_tokens=prompt + prompt_delta,
+        completion_tokens=completion,
+        cached_tokens=cached if cached_before is None else cached_before,
+        written_tokens=written,
+        written_1h_tokens=written_1h,
+    )
     return Costs(
         before_usd=round(before, _DIGITS),
         after_usd=round(after, _DIGITS),

@@ -119,6 +119,10 @@ def _total(rows: Sequence[Row]) -> Row:
         sum(r.cost_after_usd is not None for r in rows),
         sum(r.fail_open for r in rows),
         sum(r.price_missing for r in rows),
+        sum(r.prompt_before for r in rows),
+        sum(r.prompt_after for r in rows),
+        sum(r.cached_before for r in rows),
+        sum(r.cached_after for r in rows),
     )
     return row_of((), totals)
 
@@ -126,7 +130,34 @@ def _total(rows: Sequence[Row]) -> Row:
 def _money(value: float | None) -> str:
     if value is None:
         return "n/a"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"
+    sign = "-" if value < 0 else ""  # a loss is shown as one, never clamped at zero
+    return f"{sign}${abs(value):,.2f}" if abs(value) >= 1 else f"{sign}${abs(value):.4f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _losses(rows: Sequence[Row], by: Sequence[str]) -> list[str]:
+    """One line per group whose cache-adjusted saving is negative, then per team when grouped finer."""
+    out = []
+    if "team" in by and len(by) > 1:
+        teams: dict[str | None, list[float]] = {}
+        for row in rows:
+            teams.setdefault(dict(row.keys)["team"], []).append(row.saved_usd or 0.0)
+        for team, saved in teams.items():
+            total = math.fsum(saved)
+            if total < 0:
+                out.append(f"! team={team}: compression raised the team's bill by {_money(-total)} in all")
+    for row in rows:
+        if row.cache_loss:
+            name = ", ".join(f"{k}={v}" for k, v in row.keys) or "all traffic"
+            out.append(
+                f"! {name}: compression raised the bill by {_money(-(row.saved_usd or 0.0))} "
+                f"(cache reads {_share(row.cached_share_before)} of input before, "
+                f"{_share(row.cached_share_after)} after)"
+            )
+    return out
 
 
 def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
@@ -143,6 +174,8 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
         ("$ before", _money(total.cost_before_usd)),
         ("$ after", _money(total.cost_after_usd)),
         ("$ saved", _money(total.saved_usd)),
+        ("cached before", _share(total.cached_share_before)),
+        ("cached after", _share(total.cached_share_after)),
         ("fail-open", f"{total.fail_open:,}"),
         ("unpriced", f"{total.price_missing:,}"),
     ]
@@ -158,12 +191,14 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
             _money(row.cost_before_usd),
             _money(row.cost_after_usd),
             _money(row.saved_usd),
+            _share(row.cached_share_before),
+            _share(row.cached_share_after),
             f"{row.fail_open:,}",
             f"{row.price_missing:,}",
         )
     out = io.StringIO()
-    Console(file=out, width=160, force_terminal=False, color_system=None).print(table)
-    return out.getvalue()
+    Console(file=out, width=180, force_terminal=False, color_system=None).print(table)
+    return out.getvalue() + "".join(line + "\n" for line in _losses(rows, by))
 
 
 def render(rows: Sequence[Row], *, by: Sequence[str], fmt: str) -> str:

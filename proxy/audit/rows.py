@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GROUP_KEYS", "Row", "Sums", "row_of", "usd"]
+__all__ = ["GROUP_KEYS", "Row", "Sums", "cache_tokens", "row_of", "usd"]
 
 GROUP_KEYS = ("team", "model", "day", "route", "policy")
 _USD_DIGITS = 8
 
 # The totals of a group, in this order: requests, tokens before, tokens after, cost before,
-# cost after, saved, priced requests, fail-open requests, unpriced requests.
-Totals = tuple[int, int, int, float, float, float, int, int, int]
+# cost after, saved, priced requests, fail-open requests, unpriced requests, then over the priced
+# requests: prompt tokens before and after, cached tokens before and after.
+Totals = tuple[int, int, int, float, float, float, int, int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,25 @@ class Row:
     saved_usd: float | None
     fail_open: int
     price_missing: int
+    # Prompt and cached-read tokens of the priced requests: before (the cache model's estimate
+    # for the uncompressed requests) and after (as the upstream reported).
+    prompt_before: int = 0
+    prompt_after: int = 0
+    cached_before: int = 0
+    cached_after: int = 0
+
+    @property
+    def cached_share_before(self) -> float | None:
+        return round(100.0 * self.cached_before / self.prompt_before, 2) if self.prompt_before > 0 else None
+
+    @property
+    def cached_share_after(self) -> float | None:
+        return round(100.0 * self.cached_after / self.prompt_after, 2) if self.prompt_after > 0 else None
+
+    @property
+    def cache_loss(self) -> bool:
+        """Compression raised the bill: the cache-adjusted saving is negative."""
+        return self.saved_usd is not None and self.saved_usd < 0
 
     @property
     def saving_pct(self) -> float:
@@ -52,7 +72,28 @@ class Row:
             "saved_usd": self.saved_usd,
             "fail_open": self.fail_open,
             "price_missing": self.price_missing,
+            "cached_share_before": self.cached_share_before,
+            "cached_share_after": self.cached_share_after,
+            "cache_loss": self.cache_loss,
         }
+
+
+def cache_tokens(record: dict[str, Any]) -> tuple[int, int, int, int]:
+    """``(prompt before, prompt after, cached before, cached after)`` of one record.
+
+    Records written before the cache model count their reported cached tokens on both sides.
+    """
+    usage = record.get("usage") or {}
+    after = usage.get("prompt_tokens") or 0
+    cached = record.get("cached_tokens", usage.get("cached_tokens")) or 0
+    before = record.get("prompt_tokens_before_est")
+    cached_before = record.get("cached_tokens_before_est")
+    return (
+        after if before is None else before,
+        after,
+        cached if cached_before is None else cached_before,
+        cached,
+    )
 
 
 def usd(total: float, priced: int) -> float | None:
@@ -73,6 +114,10 @@ def row_of(keys: tuple[tuple[str, str | None], ...], totals: Sequence[Any]) -> R
         saved_usd=usd(totals[5], priced),
         fail_open=int(totals[7]),
         price_missing=int(totals[8]),
+        prompt_before=int(totals[9]),
+        prompt_after=int(totals[10]),
+        cached_before=int(totals[11]),
+        cached_after=int(totals[12]),
     )
 
 
@@ -108,6 +153,7 @@ class Sums:
     __slots__ = (
         "after",
         "before",
+        "cached",
         "cost_after",
         "cost_before",
         "fail_open",
@@ -122,6 +168,7 @@ class Sums:
         self.cost_before = _ExactSum()
         self.cost_after = _ExactSum()
         self.saved = _ExactSum()
+        self.cached = [0, 0, 0, 0]  # prompt before, prompt after, cached before, cached after
 
     def add(self, record: dict[str, Any]) -> None:
         self.requests += 1
@@ -135,6 +182,8 @@ class Sums:
             self.cost_before.add(record.get("cost_before_usd") or 0.0)
             self.cost_after.add(after)
             self.saved.add(record.get("saved_usd") or 0.0)
+            for i, value in enumerate(cache_tokens(record)):
+                self.cached[i] += value
 
     def totals(self) -> Totals:
         return (
@@ -147,6 +196,10 @@ class Sums:
             self.priced,
             self.fail_open,
             self.unpriced,
+            self.cached[0],
+            self.cached[1],
+            self.cached[2],
+            self.cached[3],
         )
 
     def row(self, keys: tuple[tuple[str, str | None], ...]) -> Row:

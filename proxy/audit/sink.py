@@ -36,9 +36,11 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.cache_model import CacheEstimate, CacheModel
 from proxy.audit.chains import audit_files, chain_files, claim_chain, rotated_name
 from proxy.audit.index import LiveIndexer
 from proxy.audit.pricing import PriceBook, PricingError, costs_for
+from proxy.audit.prompt_layout import ANTHROPIC_ROUTE
 from proxy.config.model import AuditConfig
 from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
@@ -88,19 +90,32 @@ def token_scale(exchange: Exchange, usage: dict[str, int | None] | None) -> floa
     return round(exact / estimate, 4)
 
 
-def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -> dict[str, Any]:
-    """The audit record of a finished exchange, without ``prev_hash`` and ``hash``."""
+def build_record(
+    exchange: Exchange, *, prices: PriceBook, include_text: bool, cache: CacheEstimate | None = None
+) -> dict[str, Any]:
+    """The audit record of a finished exchange, without ``prev_hash`` and ``hash``.
+
+    ``cache`` is the cache model's estimate for the uncompressed request; without one,
+    ``cost_before_usd`` assumes the cache use the upstream reported.
+    """
     rw = exchange.rewrite
     usage = normalize_usage(exchange.usage, api=exchange.api)
-    applied = rw.mode == "enforce" and rw.fail_open is None
-    counted = rw.tokens_before is not None and rw.tokens_after is not None
-    delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
-    scale = token_scale(exchange, usage)
-    if scale is not None:
-        delta = round(delta * scale)
+    delta, scale = _removed(exchange, usage)
+    prompt = usage.get("prompt_tokens") if usage else None
+    if cache is not None and cache.prompt_before is not None and prompt is not None:
+        # Anthropic: the cache model counted the original and the forwarded prompt whole, in the
+        # upstream's units; their difference is what compression removed (framing cancels out).
+        delta = cache.prompt_before - prompt
+    prompt_before = _prompt_before(usage, delta)
+    cached_before = cache.cached_before if cache is not None else None
+    if cached_before is not None and prompt_before is not None:
+        cached_before = min(cached_before, prompt_before)
+    written_before = cache.written_before if cache is not None else None
     try:
         price = prices.price_for(exchange.model)
-        costs = costs_for(price, usage, prompt_delta=delta)
+        costs = costs_for(
+            price, usage, prompt_delta=delta, cached_before=cached_before, written_before=written_before
+        )
         source: str | None = prices.source
     except PricingError as exc:
         log.error("audit: %s", exc)
@@ -124,6 +139,9 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         "tokens_after": rw.tokens_after,
         "tokens_scale": scale,
         "usage": usage,
+        "cached_tokens": usage.get("cached_tokens") if usage else None,
+        "prompt_tokens_before_est": prompt_before,
+        "cached_tokens_before_est": cached_before,
         "cost_before_usd": costs.before_usd,
         "cost_after_usd": costs.after_usd,
         "saved_usd": costs.saved_usd,
@@ -133,6 +151,10 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
         "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
         "fail_open": rw.fail_open,
     }
+    if usage is not None and "cache_write_tokens" in usage:
+        record["cache_write_tokens_before_est"] = (
+            None if written_before is None else sum(written_before.values())
+        )
     if exchange.error is not None:
         record["error"] = exchange.error
     if exchange.client_disconnected:
@@ -140,6 +162,22 @@ def build_record(exchange: Exchange, *, prices: PriceBook, include_text: bool) -
     if include_text:
         record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
     return record
+
+
+def _removed(exchange: Exchange, usage: dict[str, int | None] | None) -> tuple[int, float | None]:
+    """``(prompt tokens compression removed from what was forwarded, Anthropic's token scale)``;
+    nothing was removed in shadow mode or after a fail-open."""
+    rw = exchange.rewrite
+    applied = rw.mode == "enforce" and rw.fail_open is None
+    counted = rw.tokens_before is not None and rw.tokens_after is not None
+    delta = (rw.tokens_before or 0) - (rw.tokens_after or 0) if applied and counted else 0
+    scale = token_scale(exchange, usage)
+    return (delta if scale is None else round(delta * scale)), scale
+
+
+def _prompt_before(usage: dict[str, int | None] | None, delta: int) -> int | None:
+    prompt = usage.get("prompt_tokens") if usage else None
+    return None if prompt is None else prompt + delta
 
 
 def _last_line(path: Path) -> tuple[bytes | None, int]:
@@ -297,6 +335,7 @@ class JsonlAuditSink:
         *,
         metrics: Metrics,
         prices: PriceBook | None = None,
+        cache_model: CacheModel | None = None,
         inline_writes: bool = False,
     ) -> None:
         """``inline_writes=True``: small records are written from the event loop (off by default:
@@ -304,6 +343,7 @@ class JsonlAuditSink:
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config
+        self._cache_model = cache_model
         self._metrics = metrics
         self._prices = prices or PriceBook()
         self._file = _ChainFile(config, config.path)
@@ -332,7 +372,10 @@ class JsonlAuditSink:
     async def commit(self, exchange: Exchange) -> None:
         if not self.audits(exchange):
             return
-        record = build_record(exchange, prices=self._prices, include_text=self._config.include_text)
+        cache = await self._estimate_cache(exchange)
+        record = build_record(
+            exchange, prices=self._prices, include_text=self._config.include_text, cache=cache
+        )
         self._count(exchange.team, record)
         if self._write_inline(record):
             return
@@ -342,6 +385,25 @@ class JsonlAuditSink:
         # Shielded: a cancelled request still gets its record, and the future stays valid.
         if not await asyncio.shield(future):
             raise AuditLost(f"{self._file.path} cannot be written")  # the server counts it
+
+    async def _estimate_cache(self, exchange: Exchange) -> CacheEstimate | None:
+        """The cache model's estimate, for requests the upstream answered with usage; faults fail open."""
+        if self._cache_model is None or exchange.prompt is None or exchange.usage is None:
+            return None
+        usage = normalize_usage(exchange.usage, api=exchange.api)
+        try:
+            return await self._cache_model.estimate(
+                team=exchange.team,
+                model=exchange.model,
+                route=ANTHROPIC_ROUTE if exchange.api == "anthropic" else exchange.route,
+                original=exchange.prompt,
+                forwarded=exchange.rewrite.body,
+                usage=usage,
+                prompt_delta=_removed(exchange, usage)[0],
+            )
+        except Exception as exc:  # the record is written anyway, priced with the reported cache
+            log.error("audit: cache model failed error=%s", type(exc).__name__)
+            return None
 
     @property
     def chain(self) -> Path:

@@ -21,9 +21,10 @@ from typing import Any
 import uvicorn
 
 from proxy.cli.check import problems
-from proxy.config.model import Config, ConfigErrors
+from proxy.config.model import Config, ConfigErrors, LimitsConfig
 from proxy.logs import setup_logging
 from proxy.server.app import create_app
+from proxy.server.limits import limited_protocol
 from proxy.server.services import build_services
 from proxy.server.supervisor import Supervisor, bind_socket, worker_command
 from proxy.server.workers import WorkerSeat
@@ -33,14 +34,16 @@ __all__ = ["register", "uvicorn_config"]
 log = logging.getLogger("tersegate.serve")
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:
-    """uvicorn with uvloop and httptools, no access log, our own logging setup."""
+def uvicorn_config(
+    app: Any, *, host: str, port: int, log_level: str, limits: LimitsConfig | None = None
+) -> uvicorn.Config:
+    """uvicorn with uvloop and httptools (with the client limits), no access log, our own logging setup."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits or LimitsConfig()),
         ws="none",
         lifespan="on",
         access_log=False,
@@ -76,7 +79,9 @@ def _serve_worker(config: Config, seat: WorkerSeat) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader takes SIGHUP over
     services = build_services(config, seat=seat)
     app = create_app(services)
-    server = uvicorn.Server(uvicorn_config(app, host="", port=0, log_level=config.log_level))
+    server = uvicorn.Server(
+        uvicorn_config(app, host="", port=0, log_level=config.log_level, limits=config.limits)
+    )
     threading.Thread(target=_exit_with, args=(seat.parent_fd, server), daemon=True).start()
     server.run(sockets=[socket.socket(fileno=seat.listen_fd)])
     return 0
@@ -123,7 +128,9 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     log.info("serving on http://%s:%d (auth: %s, config: %s)", host, port, config.auth, path)
     server = uvicorn.Server(
-        uvicorn_config(create_app(services), host=host, port=port, log_level=config.log_level)
+        uvicorn_config(
+            create_app(services), host=host, port=port, log_level=config.log_level, limits=config.limits
+        )
     )
     server.run()
     return 0

@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigErrors",
+    "LimitsConfig",
     "ListenConfig",
     "MemoConfig",
     "TeamConfig",
@@ -47,6 +48,19 @@ class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1  # server processes sharing the port (docs/workers.md)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client may hold of the server (enforced by proxy/server/limits.py)."""
+
+    max_header_bytes: int = 64 * 1024  # request line + headers; more gets 431
+    max_headers: int = 100  # header fields per request; more gets 431
+    header_timeout_s: float = (
+        10.0  # from connect (or first byte of the next request) to the end of its headers
+    )
+    keepalive_timeout_s: float = 15.0  # idle time between requests on a kept-alive connection
+    max_connections: int = 2048  # open client connections; requests on more get 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +136,7 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     audit: AuditConfig = AuditConfig()
     compression: CompressionConfig = CompressionConfig()
+    limits: LimitsConfig = LimitsConfig()
     teams: dict[str, TeamConfig] = field(default_factory=dict)
     log_level: str = "info"
     # Positions of team policy references, for policy errors that point into config.yaml.
@@ -317,6 +332,29 @@ def _parse_compression(node: Node | None, base: Path, errors: list[ConfigError])
     return result
 
 
+def _parse_limits(node: Node | None, errors: list[ConfigError]) -> LimitsConfig:
+    if node is None or node.value is None:
+        return LimitsConfig()
+    f = Fields(node, errors, what="limits")
+    for key in ("max_header_bytes", "max_headers", "max_connections"):
+        f.check(
+            key,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "must be a positive integer",
+        )
+    for key in ("header_timeout_s", "keepalive_timeout_s"):
+        f.check(key, _positive, "must be a positive number of seconds")
+    limits = LimitsConfig(
+        max_header_bytes=f.get_field(LimitsConfig, "max_header_bytes", int),
+        max_headers=f.get_field(LimitsConfig, "max_headers", int),
+        header_timeout_s=f.get_field(LimitsConfig, "header_timeout_s", float),
+        keepalive_timeout_s=f.get_field(LimitsConfig, "keepalive_timeout_s", float),
+        max_connections=f.get_field(LimitsConfig, "max_connections", int),
+    )
+    f.finish()
+    return limits
+
+
 def _parse_listen(node: Node | None, errors: list[ConfigError]) -> ListenConfig:
     if node is None or node.value is None:
         return ListenConfig()
@@ -437,6 +475,7 @@ def load_config(path: Path) -> Config:
         max_body_bytes=f.get_field(Config, "max_body_bytes", int),
         audit=_parse_audit(f.node_of("audit"), base, errors),
         compression=_parse_compression(f.node_of("compression"), base, errors),
+        limits=_parse_limits(f.node_of("limits"), errors),
         teams=teams,
         log_level=str(f.get_field(Config, "log_level", str)).lower(),
         team_lines=dict(teams_node.key_lines) if teams_node is not None else {},

@@ -357,7 +357,9 @@ class PolicyRewriter:
             made = chosen.made
             form = made if keep_new and made is not None else None
             if form is None:
-                note = outcome.fail_open or ("below min_saving_tokens" if made else "")
+                own = made.note if made is not None and made.text is None else ""
+                # A part that saved nothing says why (the compressor's note), not the request's total.
+                note = outcome.fail_open or own or ("below min_saving_tokens" if made else "")
                 form = Form(None, chosen.tokens, made.ms if made else 0.0, note)
             chosen.form = form
             if chosen.keys.shared is not None and made is not None:
@@ -466,7 +468,7 @@ def _compress_part(job: _Job) -> Form:
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
     if after >= job.tokens:
-        return Form(None, job.tokens, ms, "no saving")
+        return Form(None, job.tokens, ms, note or "no saving")
     return Form(new_text, after, ms, note)
 
 

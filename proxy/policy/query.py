@@ -1,35 +1,30 @@
 """Where question-aware compressors get their query, and what around it is kept.
 
 ``query: last_user`` (the default) uses the last user message. When the part
-being compressed is that message itself, the query is its final question (a
-trailing ``Question: ...`` / ``Key: ...`` line, else its last sentence ending
-in ``?``), and that question, what follows it, and a short leading instruction
-paragraph are kept verbatim: only the text between them is compressed.
-``query: {pattern: ...}`` takes the regex's group from the newest part it
-matches, with the same keep rule when the match sits in the compressed part.
+being compressed is that message itself, the query is its question
+(:mod:`compressors.question`: a final ``Question: ...`` / ``Key: ...`` line, else a
+final sentence ending in ``?``, else an opening one; never one of more than a few
+hundred tokens or one that is the whole message), and that question, what follows
+it, and a short leading instruction paragraph are kept verbatim: only the text
+between them is compressed. ``query: {pattern: ...}`` takes the regex's group from
+the newest part it matches, with the same keep rule when the match sits in the
+compressed part.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from compressors.base import Compressor, Target
 from compressors.preserve import PreserveSpec
+from compressors.question import find_question, is_short_trailer
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.policy.model import QuerySpec
 from proxy.policy.parts import Part
 
 __all__ = ["QueryPlan", "compress_around", "final_question", "plan_query"]
 
-_KEY_LINE = re.compile(
-    r"^[ \t]*(?:question|query|key)[ \t]*:[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE
-)
-_QUESTION = re.compile(r"[^\n.!?]*[^\s.!?][^\n.!?]*\?")
-# A question is "final" when at most this much follows it (e.g. "Answer:").
-_TRAILING_LINES = 4
-_MAX_TRAILING_CHARS = 600
 _MAX_QUERY_CHARS = 4000  # a whole message as the query: its end, where the question usually is
 _MAX_INSTRUCTION_CHARS = 1200
 
@@ -42,28 +37,17 @@ class QueryPlan:
     keep: tuple[tuple[int, int], ...] = ()
 
 
-def _trailing(text: str, end: int) -> bool:
-    rest = text[end:].strip()
-    return rest.count("\n") < _TRAILING_LINES and len(rest) <= _MAX_TRAILING_CHARS
-
-
 def final_question(text: str) -> tuple[str, int, int] | None:
-    """The final question of ``text`` and the span kept with it: from its line
-    (or sentence) start to the end of the text when only a few lines follow
-    (``Answer:``), else to the end of its line."""
-    matches = list(_KEY_LINE.finditer(text))
-    if matches and _trailing(text, matches[-1].end()):
-        last = matches[-1]
-        return last.group(1), last.start(), len(text)
-    found = None
-    for found in _QUESTION.finditer(text):  # noqa: B007 - the last one is wanted
-        pass
+    """The question of ``text`` (:func:`compressors.question.find_question`) and the span kept
+    with it: to the end of the text when it is final (only a few short lines follow it, such
+    as ``Answer:``), else to the end of its line when the rest of that line is short."""
+    found = find_question(text)
     if found is None:
         return None
-    start = found.start() + (len(found.group(0)) - len(found.group(0).lstrip()))
-    line_end = text.find("\n", found.end())
-    end = len(text) if line_end < 0 or _trailing(text, found.end()) else line_end
-    return found.group(0).strip(), start, end
+    if found.final:
+        return found.text, found.start, len(text)
+    line_end = found.line_end(text)
+    return found.text, found.start, line_end if is_short_trailer(text, found.end, line_end) else found.end
 
 
 def _with_instruction(text: str, start: int, end: int) -> tuple[tuple[int, int], ...]:
@@ -86,7 +70,7 @@ def _pattern_plan(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPl
     if inside is not None:
         start = part.text.rfind("\n", 0, inside.start()) + 1
         line_end = part.text.find("\n", inside.end())
-        end = len(part.text) if line_end < 0 or _trailing(part.text, inside.end()) else line_end
+        end = len(part.text) if line_end < 0 or is_short_trailer(part.text, inside.end()) else line_end
         return QueryPlan(inside.group(1), _with_instruction(part.text, start, end))
     for other in reversed(parts):
         last = None
@@ -151,6 +135,8 @@ def compress_around(
     if pos < len(text):
         stretches.append((pos, len(text), True))
     cores = [text[s:e].strip() for s, e, c in stretches if c and text[s:e].strip()]
+    if not cores:
+        return text, "nothing to compress: the question and its instruction are kept verbatim"
     tokenizer = tokenizer_for(model)
     kept = sum(tokenizer.count(text[s:e]) for s, e, c in stretches if not c)
     targets = iter(_split_target(target, cores, kept, tokenizer))

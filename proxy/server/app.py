@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from cachetools import LRUCache
 
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import (
@@ -36,7 +38,10 @@ from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
+from proxy.server.body import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, usage_of
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
+from proxy.server.hop import HOP_REQUEST, connection_tokens, response_headers, without
+from proxy.server.paths import bad_path, path_problem
 from proxy.server.relay import relay_stream, watch_disconnect
 from proxy.server.routes import Route, metric_route, route_of, upstream_path
 from proxy.server.services import Services
@@ -46,36 +51,6 @@ __all__ = ["ProxyApp", "create_app"]
 
 log = logging.getLogger("tersegate.app")
 
-# Request headers never forwarded (hop-by-hop, or recomputed by the client library).
-_HOP_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"expect",
-    }
-)
-# Response headers never relayed (hop-by-hop; framing is the proxy's own).
-_HOP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"content-length",
-        b"trailer",
-        b"upgrade",
-        b"te",
-    }
-)
 _TERSEGATE_PREFIX = b"x-tersegate-"
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -166,10 +141,13 @@ def _request_headers(
     forward: list[tuple[bytes, bytes]] = []
     creds = Credentials()
     length: int | None = None
+    named: list[bytes] = []
     for name, value in raw:
-        if name in _HOP_REQUEST:
+        if name in HOP_REQUEST:
             if name == b"content-length" and value.isdigit():
                 length = int(value)
+            elif name == b"connection":
+                named.append(value)
             continue
         if name in KEY_HEADERS:
             if name == b"authorization":
@@ -183,6 +161,10 @@ def _request_headers(
                 creds.team = value
             continue
         forward.append((name, value))
+    if named:  # headers the client named in Connection are for this hop only (RFC 9110 7.6.1)
+        tokens = connection_tokens(named)
+        if tokens:
+            forward = without(forward, tokens)
     return forward, creds, length
 
 
@@ -204,22 +186,6 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-_DECODABLE = frozenset({b"gzip", b"deflate", b"identity"})
-
-
-def _limit_encodings(headers: list[tuple[bytes, bytes]]) -> None:
-    """On audited routes, ask only for encodings the proxy can read usage from (zlib's); the
-    client advertised these itself, so it still decodes the response."""
-    for i, (name, value) in enumerate(headers):
-        if name == b"accept-encoding":
-            kept = [p for p in value.split(b",") if p.split(b";")[0].strip().lower() in _DECODABLE]
-            headers[i] = (name, b",".join(kept).strip() or b"identity")
-
-
-def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in raw if name.lower() not in _HOP_RESPONSE]
-
-
 def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     out = [(b"x-tersegate-request-id", exchange.request_id.encode())]
     if not exchange.compressible:
@@ -233,27 +199,6 @@ def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
         out.append((b"x-tersegate-policy", rw.policy.encode("utf-8", "replace")))
         out.append((b"x-tersegate-mode", rw.mode.encode()))
     return out
-
-
-def _usage_of(body: bytes, encoding: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
-    """``(usage, model)`` of a JSON response body, if any (decoding gzip/deflate to read it)."""
-    if encoding:
-        import zlib
-
-        if encoding.strip().lower() not in (b"gzip", b"deflate"):
-            return None, None
-        try:
-            body = zlib.decompress(body, 47)  # 47: gzip or zlib header, auto-detected
-        except zlib.error:
-            return None, None
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(parsed, dict):
-        return None, None
-    usage, model = parsed.get("usage"), parsed.get("model")
-    return (usage if isinstance(usage, dict) else None), (model if isinstance(model, str) else None)
 
 
 def _route_of(scope: Scope) -> Route:
@@ -283,7 +228,9 @@ class ProxyApp:
         self.services = services
         self.pool = UpstreamPool()
         self._bound: _Bound | None = None
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        # labels() takes a lock and builds tuples: children cached per (team, route, status), bounded
+        # (team names come from clients in passthrough mode). One event loop: no lock needed.
+        self._request_counters: LRUCache[tuple[str, str, int], Any] = LRUCache(maxsize=10_000)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -352,6 +299,9 @@ class ProxyApp:
         route = ctx.route.route
         metrics.in_flight.inc()
         try:
+            problem = path_problem(scope.get("raw_path") or scope["path"].encode())
+            if problem is not None:  # before routing, policy and audit look at it
+                raise bad_path(problem)
             await self._forward(scope, receive, send, ctx)
         except ProxyError as exc:
             await self._fail(send, ctx, exc)
@@ -385,10 +335,8 @@ class ProxyApp:
         key = (team, route, status)
         counter = self._request_counters.get(key)
         if counter is None:
-            # labels() takes a lock and builds tuples; children are cached per (team, route, status).
             counter = self.services.metrics.requests.labels(team, metric_route(route), str(status))
-            if len(self._request_counters) < 10_000:
-                self._request_counters[key] = counter
+            self._request_counters[key] = counter
         counter.inc()
 
     async def _fail(self, send: Send, ctx: _Ctx, exc: ProxyError) -> None:
@@ -461,7 +409,7 @@ class ProxyApp:
         if ctx.audited and audit is not None and not audit.healthy() and self._fails_closed():
             raise failing_closed()
         if ctx.audited:
-            _limit_encodings(headers)
+            limit_encodings(headers)
         body = await _read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, body, scope["headers"], upstream)
         headers.extend(identity.upstream_auth)
@@ -534,6 +482,7 @@ class ProxyApp:
             # The deployment is in the path, or (/openai/responses, /openai/v1) the body's model.
             exchange.model = upstream.deployments.get(exchange.deployment or exchange.model or "")
         exchange.stream = parsed.get("stream") is True
+        exchange.prompt = parsed
         if self.services.config.audit.include_text:
             exchange.request_body = parsed
         client_headers = {
@@ -545,6 +494,10 @@ class ProxyApp:
         out, injected = forwarded_body(
             body, parsed, rewrite.body, stream=exchange.stream, route=exchange.route
         )
+        if out is body and rewrite.body is not None:  # could not be encoded: forwarded as sent (fail open)
+            exchange.rewrite = dataclasses.replace(
+                rewrite, body=None, fail_open="the rewritten body could not be encoded"
+            )
         if not exchange.stream:
             return out, False, None
         return out, True, AnthropicUsageTap() if exchange.api == "anthropic" else UsageTap(injected)
@@ -566,25 +519,74 @@ class ProxyApp:
         exchange.status = ctx.status = response.status
         request_id = response.header(b"x-request-id")
         exchange.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
-        headers = _response_headers(response.raw_headers)
+        headers = response_headers(response.raw_headers)
         headers.extend(_tersegate_headers(exchange))
         content_type = response.header(b"content-type")
         if content_type is not None and content_type[:17].lower() == b"text/event-stream":
             await self._stream(response, upstream, t0, headers, receive, send, ctx, tap)
             return
         try:
-            body = await response.read(deadline=deadline)
+            body, complete = await response.read_some(limit=BUFFER_BYTES, deadline=deadline)
         except Exception as exc:
             raise read_failure(upstream, exc, streaming=False) from None
+        if not complete:
+            await self._relay_large(response, body, deadline, upstream, t0, headers, send, ctx)
+            return
         exchange.upstream_ms = (time.perf_counter() - t0) * 1000
         if ctx.audited and response.status < 400:
-            exchange.usage, model = _usage_of(body, response.header(b"content-encoding"))
+            exchange.usage, model = usage_of(body, response.header(b"content-encoding"))
             exchange.model = exchange.model or model
         await self._commit(ctx)
         headers.append((b"content-length", str(len(body)).encode()))
         ctx.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_large(
+        self,
+        response: UpstreamResponse,
+        first: bytes,
+        deadline: float,
+        upstream: UpstreamConfig,
+        t0: float,
+        headers: list[tuple[bytes, bytes]],
+        send: Send,
+        ctx: _Ctx,
+    ) -> None:
+        """A body over BUFFER_BYTES goes to the client as it arrives (proxy/server/body.py)."""
+        exchange = ctx.exchange
+        assert exchange is not None
+        length = response.header(b"content-length")
+        if length is not None and length.strip().isdigit():
+            headers.append((b"content-length", length.strip()))  # the same bytes follow
+        want_usage = ctx.audited and response.status < 400
+        tail = UsageTail(response.header(b"content-encoding")) if want_usage else None
+        loop = asyncio.get_running_loop()
+
+        async def commit() -> None:
+            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+            if tail is not None:
+                exchange.usage = tail.usage()
+            await self._commit(ctx)
+
+        ctx.started = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        try:
+            await relay_body(
+                response,
+                first=first,
+                timeout=lambda: deadline - loop.time(),
+                send=send,
+                tail=tail,
+                commit=commit,
+            )
+        except Exception as exc:
+            # Returning with the body unfinished makes uvicorn drop the connection: the client sees
+            # a cut response, not a complete-looking short one.
+            failure = exc if isinstance(exc, ProxyError) else read_failure(upstream, exc, streaming=False)
+            exchange.error = failure.kind
+            self.services.metrics.upstream_errors.labels(upstream.name, failure.kind).inc()
+            await commit()
 
     async def _stream(
         self,

@@ -35,7 +35,7 @@ from proxy.errors import ProxyError, timed_out, unreachable
 __all__ = ["UpstreamPool", "UpstreamResponse", "read_failure"]
 
 _IDLE_EXPIRY_S = 30.0  # keep-alive connections idle longer than this are not reused
-_PAUSE_BYTES = 1 << 22  # stop reading a stream the client is not keeping up with beyond 4 MiB
+_PAUSE_BYTES = 1 << 20  # stop reading a body the client is not keeping up with beyond 1 MiB
 
 
 class _Timeout(Exception):
@@ -170,15 +170,28 @@ class UpstreamResponse:
         self._conn.resume()
         return data
 
-    async def read(self, *, deadline: float) -> bytes:
-        """The whole body, by ``deadline`` (loop time)."""
-        while not self.complete:
+    async def read_some(self, *, limit: int, deadline: float) -> tuple[bytes, bool]:
+        """``(body, complete)``: the whole body by ``deadline`` (loop time), or its first bytes once
+        more than ``limit`` arrived (``complete`` False: the rest follows through :meth:`next_chunk`).
+
+        Every wait takes what arrived, so reading never stays paused (the pause bounds
+        what one response holds, it must not stall a body being read).
+        """
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            if self._chunks:
+                part = self._take()
+                parts.append(part)
+                size += len(part)
+                continue
+            if self.complete:
+                break
             if self._error is not None:
                 raise self._error
             await self._wait(deadline - self._loop.time())
-        if self._error is not None and not self.complete:
-            raise self._error
-        return self._take() if self._chunks else b""
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        return body, self.complete and not self._chunks
 
     def buffered(self) -> bytes:
         """Body bytes that arrived and were not taken yet, without waiting."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.audit.cache_model import CacheModel
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
@@ -114,10 +115,11 @@ def build_services(
     metrics = metrics or Metrics()
     policies = load_policies(config)  # raises ConfigErrors: serve and compress refuse to run on them
     audit: AuditSink | None = None
-    if config.audit.path is not None:
-        audit = JsonlAuditSink(config.audit, metrics=metrics)
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
+    if config.audit.path is not None:
+        # The audit's cache model keeps its digests in the memo's store: restarts and workers share it.
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store))
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,

@@ -20,7 +20,8 @@ from compressors.embedding import (
     file_sha256,
 )
 from compressors.onnx_encoder import MANIFEST, ONNX_RECIPE, BuildIntegrityError, ensure_built, export_dir
-from compressors.openvino_encoder import OPENVINO_RECIPE, calibration_texts
+from compressors.openvino_build import calibration_texts
+from compressors.openvino_encoder import OPENVINO_RECIPE
 
 
 def test_bundled_weights_match_the_pinned_hash() -> None:

@@ -9,7 +9,8 @@ import numpy as np
 from compressors.base import Target
 from compressors.keepnet import keep_net
 from compressors.preserve import PreserveSpec
-from compressors.selfinfo import FEATURES, WEIGHTS, SelfInfo, derive_query, unit_matrix
+from compressors.question import query_of
+from compressors.selfinfo import FEATURES, WEIGHTS, SelfInfo, unit_matrix
 from compressors.tokens import Tokens
 from compressors.words import atomic_spans, segment
 
@@ -21,17 +22,18 @@ def _normalized(text: str) -> str:
 
 
 def test_query_is_derived_from_a_trailing_question() -> None:
-    assert derive_query("Passage: Paris is big.\nQuestion: what is the capital of france") == (
+    assert query_of("Passage: Paris is big.\nQuestion: what is the capital of france") == (
         "what is the capital of france"
     )
-    assert derive_query("Some context here. Which river flows through Paris?") == (
+    assert query_of("Some context here. Which river flows through Paris?") == (
         "Which river flows through Paris?"
     )
-    assert derive_query("Question: how many legs?\nLet's think step by step\nThe answer is 4") is None
+    steps = "\n".join(f"step {i}" for i in range(8))
+    assert query_of(f"Question: how many legs?\nLet's think step by step\n{steps}\nThe answer is 4") is None
 
 
 def test_gsm8k_prompt_has_no_derived_query(gsm8k_prompt: str) -> None:
-    assert derive_query(gsm8k_prompt) is None
+    assert query_of(gsm8k_prompt) is None
 
 
 def test_a_derived_query_scores_like_the_given_one(nq_rows: list[dict[str, object]]) -> None:

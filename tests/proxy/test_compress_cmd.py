@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
         input=request,
         capture_output=True,
         timeout=120,
-        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        # PYTHONPATH kept: a worktree's code, not the installed package's, is what runs
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
     )
 
 
@@ -87,3 +89,56 @@ def test_unknown_team_and_bad_json_are_errors(tmp_path: Path) -> None:
     assert run.returncode == 1 and b"team 'nobody' is not in" in run.stderr
     run = compress(config, b"{not json", "--team", "default")
     assert run.returncode == 1 and b"tersegate compress:" in run.stderr
+
+
+def _question_policy_config(tmp_path: Path, compressor: str, options: str) -> Path:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "qa.yaml").write_text(
+        "name: qa\nmode: enforce\nmin_saving_tokens: 50\nlatency_budget_ms: 60000\nrules:\n"
+        f"  - {{name: long, match: {{roles: [user], min_tokens: 300}}, compressor: {compressor},"
+        f" rate: 0.25, options: {options}}}\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        'upstreams:\n  openai: {base_url: "http://127.0.0.1:9/v1"}\npolicies_dir: policies\n'
+        "teams:\n  default: {}\n  qa: {policy: qa}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.mark.parametrize(("compressor", "options"), [("relevance", "{scorer: bm25}"), ("tokens", "{}")])
+def test_a_long_one_line_question_message_is_compressed(
+    tmp_path: Path, compressor: str, options: str
+) -> None:
+    # Was: the whole line taken as the question, kept verbatim, and "below min_saving_tokens".
+    docs = " ".join(
+        f"Document [{i}](Title: Mill town {i}) The town of Alder{i} stands on the river and has {i} mills."
+        for i in range(1, 60)
+    )
+    asked = "Question: which town has 37 mills?"
+    content = f"{asked} Answer using these documents. {docs}"
+    request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}).encode()
+    run = compress(
+        _question_policy_config(tmp_path, compressor, options), request, "--team", "qa", "--explain"
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    out = json.loads(run.stdout)["messages"][0]["content"]
+    assert len(out) < 0.6 * len(content), run.stderr.decode()
+    assert "below min_saving_tokens" not in run.stderr.decode()
+    if compressor == "relevance":  # its question kept verbatim and used as the query
+        assert out.startswith(asked) and "Alder37 " in out
+
+
+def test_a_part_that_saves_nothing_says_why(tmp_path: Path) -> None:
+    # One sentence, so relevance cannot drop a unit: the note was "below min_saving_tokens".
+    content = " ".join(f"word{i} and more" for i in range(200))
+    request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}).encode()
+    config = _question_policy_config(tmp_path, "relevance", "{scorer: bm25, units: sentences}")
+    run = compress(config, request, "--team", "qa", "--explain")
+    assert run.returncode == 0, run.stderr.decode()
+    assert json.loads(run.stdout)["messages"][0]["content"] == content
+    table = " ".join(run.stderr.decode().split())
+    assert "below min_saving_tokens" not in table
+    assert "over the budget" in table

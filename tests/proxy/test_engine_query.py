@@ -49,8 +49,21 @@ def test_other_parts_use_the_last_user_message_as_query() -> None:
     parts = extract_parts("/v1/chat/completions", body)
     assert plan_query(QuerySpec(), parts, parts[1]).query == "Which file holds the bug?"
     assert plan_query(QuerySpec(), parts, parts[1]).keep == ()
+    # A question that is the whole message is not a question: nothing would be left to compress.
     own = plan_query(QuerySpec(), parts, parts[2])
-    assert own.query == "Which file holds the bug?" and own.keep == ((0, len("Which file holds the bug?")),)
+    assert own.query is None and own.keep == ()
+
+
+def test_an_opening_question_keeps_its_line_and_a_long_line_only_its_question() -> None:
+    log = "\n".join(f"step {i}: ok" for i in range(30))
+    text = f"Why does the build fail? It worked yesterday.\n\n{log}"
+    question, start, end = final_question(text) or ("", 0, 0)
+    assert question == "Why does the build fail?"
+    assert text[start:end] == "Why does the build fail? It worked yesterday."
+    docs = " ".join(f"Document [{i}](Title: T{i}) Town {i} has {i} mills." for i in range(200))
+    line = f"Question: which town has 7 mills? Answer from these. {docs}"
+    question, start, end = final_question(line) or ("", 0, 0)
+    assert question == "which town has 7 mills?" and line[start:end] == "Question: which town has 7 mills?"
 
 
 def test_pattern_query_from_the_newest_matching_part() -> None:

@@ -22,7 +22,7 @@ RANK: dict[str, int] = {
     "server": 4,
     "cli": 5,
 }
-VOCABULARY = {"exchange", "errors", "metrics", "logs", "usage", "anthropic", "__init__", "__main__"}
+VOCABULARY = {"exchange", "errors", "metrics", "logs", "splice", "usage", "anthropic", "__init__", "__main__"}
 
 
 def room_of(module: str) -> str:

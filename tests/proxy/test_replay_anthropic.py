@@ -98,7 +98,7 @@ def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above(
 ) -> None:
     import asyncio
 
-    from replay import load_policies, replay_anthropic, two_turns_old
+    from replay_engine import load_policies, replay_anthropic, two_turns_old
 
     agents = load_policies()["agents"]
     bodies = turns(trace_path(trace, built_trace))

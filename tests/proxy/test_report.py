@@ -16,6 +16,8 @@ import pytest
 from harness import tersegate_command
 
 from proxy.audit.pricing import PriceBook
+from proxy.audit.report import render
+from proxy.audit.rows import Row
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import AuditConfig
 from proxy.exchange import Exchange, Rewrite
@@ -141,6 +143,9 @@ def test_since_filters_by_day(audit: Path) -> None:
             "saved_usd": 0.0,
             "fail_open": 1,
             "price_missing": 0,
+            "cached_share_before": 0.0,
+            "cached_share_after": 0.0,
+            "cache_loss": False,
         }
     ]
 
@@ -218,3 +223,32 @@ def test_bad_options_are_reported(audit: Path) -> None:
     result = report("--audit", str(audit.parent / "missing.jsonl"), "--no-index", cwd=audit.parent)
     assert result.returncode == 2 and "no such audit file" in result.stderr
     assert os.path.exists(audit)
+
+
+def test_table_flags_losses_per_group_and_per_team() -> None:
+    def row(team: str, model: str, saved: float) -> Row:
+        return Row(
+            keys=(("team", team), ("model", model)),
+            requests=1,
+            tokens_before=100,
+            tokens_after=50,
+            cost_before_usd=1.0,
+            cost_after_usd=1.0 - saved,
+            saved_usd=saved,
+            fail_open=0,
+            price_missing=0,
+            prompt_before=100,
+            prompt_after=50,
+            cached_before=90,
+            cached_after=10,
+        )
+
+    rows = [row("a", "m1", -0.5), row("a", "m2", 0.2), row("b", "m1", -0.1), row("b", "m2", 0.3)]
+    text = render(rows, by=("team", "model"), fmt="table")
+    assert "! team=a: compression raised the team's bill by $0.3000 in all" in text
+    assert "team=b:" not in text  # b saved overall, though not on m1
+    assert (
+        "! team=b, model=m1: compression raised the bill by $0.1000 (cache reads 90.0% of input before"
+        in text
+    )
+    assert "-$0.5000" in text  # the loss is shown, not clamped at zero

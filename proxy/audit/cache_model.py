@@ -1,0 +1,278 @@
+"""The counterfactual prompt cache: what the uncompressed request would have had cached.
+
+Per cache scope (team, model and, when the client sets one, OpenAI's ``prompt_cache_key``) two
+streams are simulated with the provider's rules (:mod:`proxy.audit.cache_rules`): the requests
+as the clients sent them ("before") and as they were forwarded ("after"). The state is digests
+of token prefixes in a :class:`~proxy.store.base.SharedStore` (never text), so it is bounded by
+the store, survives restarts where the store does, and is shared by workers. The upstream's
+reported cached tokens calibrate the "before" estimate (:func:`~proxy.audit.cache_rules.calibrate`).
+
+Each block of a prompt is tokenized once (a bounded memo by the block's SHA-256); OpenAI prefixes
+are digests chained over 128-token steps of the whole prompt, Anthropic prefixes digests chained
+over blocks. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compressors.tokenizer import tokenizer_for
+from proxy.audit import cache_rules as rules
+from proxy.audit.prompt_layout import ANTHROPIC_ROUTE, Block, blocks_of, cache_key_of
+from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.memory import MemoryStore
+
+__all__ = ["CacheEstimate", "CacheModel", "Simulated"]
+
+log = logging.getLogger("tersegate.audit")
+
+_DIGEST_BYTES = 12  # 96-bit prefix digests: collisions are negligible at any store size
+_OFFLOAD_CHARS = 32_768  # untokenized text above this is tokenized in a thread, off the event loop
+_PRESENT = b"1"
+_WARN_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Simulated:
+    """One request under the provider's rules: prompt tokens, cached reads, writes by TTL."""
+
+    prompt: int
+    cached: int
+    written: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def write_total(self) -> int:
+        return sum(self.written.values())
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEstimate:
+    cached_before: int  # calibrated cached (read) tokens of the uncompressed request
+    written_before: dict[str, int]  # Anthropic: calibrated cache writes by TTL
+    before: Simulated
+    after: Simulated
+    prompt_before: int | None = None  # Anthropic: the original's prompt tokens, in the upstream's units
+
+
+class _TokenMemo:
+    """Block SHA-256 -> token ids (uint32 bytes), LRU by bytes; shared by both streams."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._bytes = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: bytes, ids: bytes) -> None:
+        with self._lock:
+            if key in self._items or len(ids) > self._max:
+                return
+            self._items[key] = ids
+            self._bytes += len(ids) + len(key)
+            while self._bytes > self._max:
+                old_key, old = self._items.popitem(last=False)
+                self._bytes -= len(old) + len(old_key)
+
+
+def _surely_shorter(blocks: Sequence[Block], tokens: int) -> bool:
+    """Whether the blocks have fewer than ``tokens`` tokens: a token is at least one UTF-8 byte."""
+    chars = sum(len(b.text) for b in blocks)
+    if chars * 4 < tokens:  # a character is at most 4 bytes
+        return True
+    return chars < tokens and sum(len(b.text.encode("utf-8", "surrogatepass")) for b in blocks) < tokens
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=_DIGEST_BYTES).digest()
+
+
+def _chain(pieces: Sequence[bytes | memoryview]) -> list[str]:
+    """Digests of every prefix: each covers the previous digest and its own piece."""
+    out: list[str] = []
+    previous = b""
+    for piece in pieces:
+        previous = _digest(previous + bytes(piece))
+        out.append(previous.hex())
+    return out
+
+
+class CacheModel:
+    """``await model.estimate(...)`` per audited request (see module docs)."""
+
+    def __init__(self, store: SharedStore | None = None, *, token_memo_bytes: int = 64 << 20) -> None:
+        self.store: SharedStore = store if store is not None else MemoryStore()
+        self._tokens = _TokenMemo(token_memo_bytes)
+        self._warned_at = -_WARN_EVERY_S
+
+    def _tokenize(self, model: str | None, blocks: Sequence[Block]) -> list[bytes]:
+        tokenizer = tokenizer_for(model)
+        out = []
+        for block in blocks:
+            data = block.text.encode("utf-8", "surrogatepass")
+            key = hashlib.sha256(data).digest()
+            ids = self._tokens.get(key)
+            if ids is None:
+                ids = np.asarray(tokenizer.encode(block.text), dtype=np.uint32).tobytes()
+                self._tokens.put(key, ids)
+            out.append(ids)
+        return out
+
+    async def _tokens_of(self, model: str | None, blocks: Sequence[Block]) -> list[bytes]:
+        if sum(len(b.text) for b in blocks) > _OFFLOAD_CHARS:
+            return await asyncio.to_thread(self._tokenize, model, blocks)
+        return self._tokenize(model, blocks)
+
+    async def estimate(
+        self,
+        *,
+        team: str,
+        model: str | None,
+        route: str,
+        original: Mapping[str, Any],
+        forwarded: Mapping[str, Any] | None,
+        usage: Mapping[str, int | None] | None,
+        prompt_delta: int = 0,
+    ) -> CacheEstimate | None:
+        """Simulate both streams for this request and calibrate; None if the store failed.
+
+        ``prompt_delta`` (the prompt tokens compression removed) bounds the original's size: a
+        request too short to be cached on either side costs nothing to estimate.
+        """
+        usage = usage or {}
+        prompt = usage.get("prompt_tokens")
+        shortest = rules.anthropic_min_tokens(model) if route == ANTHROPIC_ROUTE else rules.OPENAI_MIN_TOKENS
+        if prompt is not None and prompt + max(prompt_delta, 0) < shortest:
+            nothing = Simulated(0, 0)
+            return CacheEstimate(usage.get("cached_tokens") or 0, {}, nothing, nothing)
+        scope = f"cache:{team}:{(model or '-')[:200]}"  # model names come from clients: bounded
+        cache_key = cache_key_of(original)
+        if cache_key is not None:
+            scope += ":" + hashlib.sha256(cache_key.encode()).hexdigest()[:16]
+        plan = self._anthropic if route == ANTHROPIC_ROUTE else self._openai
+        blocks = blocks_of(route, original)
+        after_blocks = blocks if forwarded is None else blocks_of(route, forwarded)
+        plans = [await plan("b", model, blocks), await plan("a", model, after_blocks)]
+        try:
+            before, after = await self._run(scope, plans)
+        except StoreUnavailable as exc:
+            if time.monotonic() - self._warned_at >= _WARN_EVERY_S:  # once a minute, not per request
+                self._warned_at = time.monotonic()
+                log.warning(
+                    "audit: cache model store unavailable (%s); cost_before assumes reported cache", exc
+                )
+            return None
+        return _calibrated(before, after, usage, in_upstream_tokens=route == ANTHROPIC_ROUTE)
+
+    async def _run(self, scope: str, plans: Sequence[_Plan]) -> tuple[Simulated, Simulated]:
+        """Both streams in one lookup and one write per TTL (one store round trip each)."""
+        keys = [key for plan in plans for key in plan.lookups]
+        found = await self.store.get_many(scope, keys) if keys else []
+        results: list[Simulated] = []
+        writes: dict[float, list[tuple[str, bytes]]] = {}
+        start = 0
+        for plan in plans:
+            simulated, stored = plan.resolve(found[start : start + len(plan.lookups)])
+            start += len(plan.lookups)
+            results.append(simulated)
+            for key, ttl in stored:
+                writes.setdefault(ttl, []).append((key, _PRESENT))
+        for ttl, items in writes.items():
+            await self.store.put(scope, items, ttl_s=ttl)
+        return results[0], results[1]
+
+    async def _openai(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+        if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
+            return _Plan.nothing()  # too short to be cached: not worth tokenizing
+        ids = b"".join(await self._tokens_of(model, blocks))
+        total = len(ids) // 4
+        step = rules.OPENAI_STEP * 4
+        view = memoryview(ids)
+        keys = [side + d for d in _chain([view[i : i + step] for i in range(0, total // 128 * step, step)])]
+
+        def resolve(found: Sequence[bytes | None]) -> tuple[Simulated, list[tuple[str, float]]]:
+            hits = next((i for i, value in enumerate(found) if value is None), len(found))
+            stored = [(k, rules.OPENAI_TTL_S) for k in keys] if total >= rules.OPENAI_MIN_TOKENS else []
+            return Simulated(total, rules.openai_cached(hits * rules.OPENAI_STEP)), stored
+
+        return _Plan(keys, resolve)
+
+    async def _anthropic(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+        shortest = rules.anthropic_min_tokens(model)
+        breakpoints = [(i, b.breakpoint) for i, b in enumerate(blocks) if b.breakpoint is not None]
+        if not breakpoints or _surely_shorter(blocks, shortest):
+            return _Plan.nothing()  # nothing the client asked to cache, or too short to be
+        counts = [len(ids) // 4 for ids in await self._tokens_of(model, blocks)]
+        ends = np.cumsum(counts).tolist()
+        keys = [side + d for d in _chain([b.text.encode("utf-8", "surrogatepass") for b in blocks])]
+        candidates = rules.lookback(breakpoints)
+        ttls = dict(breakpoints)
+
+        def resolve(found: Sequence[bytes | None]) -> tuple[Simulated, list[tuple[str, float]]]:
+            hit = next((i for i, value in zip(candidates, found, strict=True) if value is not None), None)
+            use = rules.anthropic_use(ends, breakpoints, hit, min_tokens=shortest)
+            stored = [(keys[i], rules.ANTHROPIC_TTL_S[ttls.get(i, "5m")]) for i in use.stored]
+            return Simulated(ends[-1], use.read, dict(use.written)), stored
+
+        return _Plan([keys[i] for i in candidates], resolve)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One stream's part of a request: the digests to look up, then what they mean and what to store."""
+
+    lookups: list[str]
+    resolve: Callable[[Sequence[bytes | None]], tuple[Simulated, list[tuple[str, float]]]]
+
+    @staticmethod
+    def nothing() -> _Plan:
+        return _Plan([], lambda found: (Simulated(0, 0), []))
+
+
+def _calibrated(
+    before: Simulated, after: Simulated, usage: Mapping[str, int | None], *, in_upstream_tokens: bool
+) -> CacheEstimate:
+    """Reads, and writes per TTL, of the original request, calibrated by what the upstream reported.
+
+    ``in_upstream_tokens``: the model counts with o200k, not the upstream's tokenizer (Anthropic's is
+    not available offline), so both simulations are first converted to the upstream's units by the
+    forwarded request's reported prompt tokens over the model's count of it.
+    """
+    prompt = usage.get("prompt_tokens")
+    prompt_before = None
+    if in_upstream_tokens and prompt and after.prompt > 0:
+        ratio = prompt / after.prompt
+        before, after = _scaled(before, ratio), _scaled(after, ratio)
+        prompt_before = before.prompt
+    cached = rules.calibrate(before.cached, after.cached, usage.get("cached_tokens") or 0)
+    reported_1h = usage.get("cache_write_1h_tokens") or 0
+    reported = {"5m": (usage.get("cache_write_tokens") or 0) - reported_1h, "1h": reported_1h}
+    written = {
+        ttl: rules.calibrate(before.written.get(ttl, 0), after.written.get(ttl, 0), reported[ttl])
+        for ttl in ("5m", "1h")
+    }
+    return CacheEstimate(cached, {k: v for k, v in written.items() if v}, before, after, prompt_before)
+
+
+def _scaled(simulated: Simulated, ratio: float) -> Simulated:
+    return Simulated(
+        round(simulated.prompt * ratio),
+        round(simulated.cached * ratio),
+        {ttl: round(n * ratio) for ttl, n in simulated.written.items()},
+    )

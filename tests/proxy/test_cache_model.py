@@ -1,0 +1,176 @@
+"""The counterfactual cache model: provider rules, calibration and its state (digests only, shared)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from redis_server import RedisServer, redis_server
+
+from proxy.audit import cache_rules as rules
+from proxy.audit.cache_model import CacheModel
+from proxy.audit.pricing import Price, costs_for
+from proxy.store.base import StoreUnavailable
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
+from proxy.store.sqlite import SqliteStore
+
+__all__ = ["redis_server"]
+
+WORDS = " ".join(f"word{i}" for i in range(3000))  # ~6,000 tokens of text nobody else has
+SECRET = "the launch code is 0000 " * 100
+
+
+def chat(*contents: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-5", "messages": [{"role": "user", "content": c} for c in contents], **extra}
+
+
+def estimate(
+    model: CacheModel, original: dict[str, Any], forwarded: dict[str, Any] | None = None, **kw: Any
+) -> Any:
+    usage = kw.pop("usage", {"cached_tokens": 0})  # no prompt_tokens: never skipped as too short
+    return asyncio.run(
+        model.estimate(
+            team=kw.pop("team", "t"),
+            model="gpt-5",
+            route=kw.pop("route", "/v1/chat/completions"),
+            original=original,
+            forwarded=forwarded,
+            usage=usage,
+        )
+    )
+
+
+def test_openai_rules_are_1024_tokens_then_128_token_steps() -> None:
+    assert rules.openai_cached(1023) == 0
+    assert rules.openai_cached(1024) == 1024
+    assert rules.openai_cached(1151) == 1024
+    assert rules.openai_cached(1152) == 1152
+
+
+def test_anthropic_breakpoints_read_the_longest_written_prefix_and_write_the_rest() -> None:
+    ends = [1500, 3000, 3100, 5000]
+    use = rules.anthropic_use(ends, [(0, "1h"), (3, "5m")], hit=None, min_tokens=1024)
+    assert (use.read, use.written) == (0, {"1h": 1500, "5m": 3500})
+    use = rules.anthropic_use(ends, [(0, "1h"), (3, "5m")], hit=0, min_tokens=1024)
+    assert (use.read, use.written) == (1500, {"5m": 3500})
+    assert rules.anthropic_use([500, 900], [(1, "5m")], hit=None, min_tokens=1024).written == {}
+    assert rules.lookback([(25, "5m")])[-1] == 5 and rules.lookback([(25, "5m")])[0] == 25
+
+
+def test_calibration_scales_misses_and_keeps_what_the_upstream_said_when_nothing_changed() -> None:
+    assert rules.calibrate(8000, 8000, 8000) == 8000  # nothing compressed: the report stands
+    assert rules.calibrate(8000, 8000, 0) == 0  # the upstream's cache had expired: so would the original's
+    assert rules.calibrate(8000, 2048, 1024) == 4000  # half of the expected hits: half the counterfactual
+    assert rules.calibrate(8000, 2048, 2176) == 8128  # token boundaries the model does not see: added
+    assert rules.calibrate(8000, 0, 0) == 8000  # compression broke the whole cache
+
+
+def test_a_second_turn_is_estimated_cached_and_a_rewritten_history_breaks_the_forwarded_cache() -> None:
+    model = CacheModel()
+    first = chat(WORDS)
+    cut = chat(WORDS[: len(WORDS) // 4])
+    assert estimate(model, first, cut).before.cached == 0
+    second = chat(WORDS, "and now?")
+    est = estimate(model, second, chat(WORDS[:100], "and now?"), usage={"cached_tokens": 0})
+    assert est.before.cached >= 5000 and est.before.cached % 128 == 0  # the original prefix was cached
+    assert est.after.cached == 0  # the forwarded history changed from its first token
+    assert est.cached_before == est.before.cached  # the upstream agreed: nothing to scale
+
+
+def test_prompt_cache_key_and_team_narrow_the_scope() -> None:
+    model = CacheModel()
+    estimate(model, chat(WORDS, prompt_cache_key="user-1"))
+    assert estimate(model, chat(WORDS, prompt_cache_key="user-2")).before.cached == 0
+    assert estimate(model, chat(WORDS), team="other").before.cached == 0
+    assert estimate(model, chat(WORDS, prompt_cache_key="user-1")).before.cached > 5000
+
+
+def test_state_is_digests_only_and_shared_by_workers_using_one_store() -> None:
+    store = MemoryStore()
+    worker_a, worker_b = CacheModel(store), CacheModel(store)
+    estimate(worker_a, chat(SECRET, WORDS, prompt_cache_key="alice@example.com"))
+    assert estimate(worker_b, chat(SECRET, WORDS, prompt_cache_key="alice@example.com")).before.cached > 5000
+    stored = b"".join(ns.encode() + key.encode() + value for (ns, key), (value, _) in store._items.items())
+    assert b"launch" not in stored and b"word1" not in stored and b"alice" not in stored
+    assert all(len(key) == 25 for _, key in store._items)  # a side letter and a 96-bit digest
+
+
+def test_a_bounded_store_forgets_and_the_model_then_expects_no_hit() -> None:
+    model = CacheModel(MemoryStore(max_bytes=1_000))  # ~25 digests: the first ones are evicted
+    estimate(model, chat(WORDS))
+    assert estimate(model, chat(WORDS)).before.cached == 0
+
+
+def test_anthropic_route_uses_the_clients_breakpoints() -> None:
+    model = CacheModel()
+    system = [{"type": "text", "text": WORDS, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    body = {"model": "claude-sonnet-4-5", "system": system, "messages": [{"role": "user", "content": "hi"}]}
+    first = estimate(model, body, route="/v1/messages")
+    assert first.before.cached == 0 and first.before.written["1h"] > 5000
+    second = estimate(model, body, route="/v1/messages")
+    assert second.before.cached == first.before.written["1h"] and second.before.written == {}
+    unmarked = {
+        "model": "claude-sonnet-4-5",
+        "system": WORDS,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert estimate(model, unmarked, route="/v1/messages").before.cached == 0  # no breakpoint: no cache
+
+
+def test_a_compression_that_loses_the_cache_costs_more_than_it_saves() -> None:
+    price = Price(key="m", input=1e-6, output=0.0, cached_input=1e-7)
+    usage: dict[str, int | None] = {"prompt_tokens": 8000, "completion_tokens": 0, "cached_tokens": 0}
+    costs = costs_for(price, usage, prompt_delta=2000, cached_before=9000)
+    assert costs.before_usd is not None and costs.saved_usd is not None
+    assert costs.saved_usd < 0  # 10,000 tokens, 9,000 cached, cost less than 8,000 uncached
+    assert costs.before_usd == round(1000 * 1e-6 + 9000 * 1e-7, 10)
+
+
+class DownStore(MemoryStore):
+    """A backend that cannot be reached (as a Redis store reports a refused connection)."""
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        raise StoreUnavailable("connection refused")
+
+
+def test_an_unreachable_store_gives_no_estimate_so_the_record_falls_back() -> None:
+    assert estimate(CacheModel(DownStore()), chat(WORDS)) is None
+
+
+def test_after_losing_its_state_the_model_takes_the_reported_cache_for_the_original() -> None:
+    before_restart = CacheModel()
+    estimate(before_restart, chat(WORDS))
+    restarted = CacheModel()  # a new process with the in-process store: nothing tracked
+    est = estimate(restarted, chat(WORDS, "next"), chat(WORDS[:500], "next"), usage={"cached_tokens": 1024})
+    assert est.before.cached == est.after.cached == 0
+    assert est.cached_before == 1024  # what the upstream reported, not zero
+    assert estimate(restarted, chat(WORDS, "next", "again")).before.cached > 5000  # tracked again
+
+
+async def _cached(model: CacheModel, body: dict[str, Any]) -> int:
+    found = await model.estimate(
+        team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage={}
+    )
+    assert found is not None
+    return found.before.cached
+
+
+async def test_a_restart_keeps_the_state_in_the_memos_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "memo.sqlite"
+    first = SqliteStore(path, max_bytes=1 << 24)
+    assert await _cached(CacheModel(first), chat(WORDS)) == 0
+    await first.aclose()
+    restarted = SqliteStore(path, max_bytes=1 << 24)  # a new process on the same file
+    assert await _cached(CacheModel(restarted), chat(WORDS, "next")) > 5000
+    await restarted.aclose()
+
+
+async def test_two_workers_share_the_state_through_redis(redis_server: RedisServer) -> None:
+    one, two = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    assert await _cached(CacheModel(one), chat(WORDS)) == 0
+    assert await _cached(CacheModel(two), chat(WORDS, "next")) > 5000  # the other worker's prefix
+    await one.aclose()
+    await two.aclose()
