@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,9 @@ import orjson
 from compressors.tokenizer import tokenizer_for
 from proxy.anthropic import blocks
 
-REPO = Path(__file__).resolve().parents[1]
-# ../shared next to a clone; two levels up from a worktree (/work/wt/<name>).
-TRACES_DIR = (
-    next(
-        (p for p in (REPO.parent / "shared", REPO.parents[1] / "shared") if p.is_dir()),
-        REPO.parent / "shared",
-    )
-    / "evaldata"
-    / "swe-agent-traces"
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
+
 COUNT = tokenizer_for("claude-sonnet-4-5").count  # o200k: there is no offline Claude tokenizer
 READ, WRITE_5M, WRITE_1H = 0.1, 1.25, 2.0
 MODEL = "claude-sonnet-4-5-20250929"
@@ -59,15 +53,15 @@ def _history(path: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]
     system: list[str] = []
     messages: list[dict[str, Any]] = []
     names: dict[str, None] = {}
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
+    for m in evaldata.agent_messages(path):
         role, text = m["role"], m.get("content") or ""
         text = text if isinstance(text, str) else json.dumps(text)
         if role == "system":
             system.append(text)
             continue
         if role == "tool":
-            ids = m.get("tool_call_ids") or ["toolu_unknown"]
-            content = [{"type": "tool_result", "tool_use_id": ids[0], "content": text}]
+            call_id = m.get("tool_call_id") or "toolu_unknown"
+            content = [{"type": "tool_result", "tool_use_id": call_id, "content": text}]
             role = "user"
         elif role == "assistant":
             content = [{"type": "text", "text": text}] if text.strip() else []
@@ -93,10 +87,8 @@ def turns(path: Path) -> list[dict[str, Any]]:
     """The request bodies the client sends, one per assistant reply."""
     system, messages, tools = _history(path)
     bodies = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant" or k == 0:
-            continue
-        history = json.loads(json.dumps(messages[:k]))  # each turn its own copy, as a client re-sends it
+    for turn in evaldata.turns(messages):
+        history = json.loads(json.dumps(turn))  # each turn its own copy, as a client re-sends it
         last = history[-1]
         if last["role"] == "user":
             last["content"][-1]["cache_control"] = dict(NEWEST_MARK)

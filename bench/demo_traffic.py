@@ -1,4 +1,4 @@
-"""Send realistic traffic from ../shared/evaldata through a running tersegate, per team.
+"""Send realistic traffic from the evaluation data (evaldata/) through a running tersegate, per team.
 
 Used to produce the README's audit report:
 
@@ -17,45 +17,34 @@ Used to produce the README's audit report:
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import openai
 
-EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
 
 
 def rag_requests(n: int) -> list[list[dict[str, Any]]]:
-    with gzip.open(EVALDATA / "lost-in-the-middle/nq-open-oracle.jsonl.gz") as lines:
-        rows = [json.loads(line) for line in lines]
-    template = (EVALDATA / "lost-in-the-middle/qa.prompt").read_text()
+    rows = evaldata.nq_rows()
     rng = random.Random(7)
     out = []
     for row in rows[:n]:
         others = [r["ctxs"][0] for r in rng.sample(rows, 19) if r is not row]
         docs = [*others[:19]]
         docs.insert(rng.randrange(20), row["ctxs"][0])
-        search = "\n".join(f"Document [{i + 1}](Title: {d['title']}) {d['text']}" for i, d in enumerate(docs))
-        prompt = template.format(search_results=search, question=row["question"])
+        search = [f"Document [{i + 1}](Title: {d['title']}) {d['text']}" for i, d in enumerate(docs)]
+        prompt = evaldata.qa_prompt(search, row["question"])
         out.append([{"role": "user", "content": prompt}])
     return out
 
 
 def trace_turns() -> list[list[dict[str, Any]]]:
-    turns = []
-    for path in sorted((EVALDATA / "swe-agent-traces").glob("*.traj")):
-        history = json.loads(path.read_text())["history"]
-        messages = [
-            {k: v for k, v in m.items() if k in ("role", "content", "tool_calls", "tool_call_id", "name")}
-            for m in history
-        ]
-        for k, message in enumerate(messages):
-            if message["role"] == "assistant" and k > 0:
-                turns.append(messages[:k])
-    return turns
+    """Every turn of every trace, as the agent sent it (tool results with their ``tool_call_id``)."""
+    return [turn for trace in evaldata.TRACES for turn in evaldata.turns(evaldata.agent_messages(trace))]
 
 
 def main() -> None:

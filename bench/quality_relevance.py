@@ -15,8 +15,6 @@ passes when the gold ``"key": "value"`` pair survives at rate 0.1.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import random
 import statistics
 import sys
@@ -31,7 +29,9 @@ from compressors.bm25 import Bm25Index, terms
 from compressors.preserve import PreserveSpec
 from compressors.relevance import Relevance
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata" / "lost-in-the-middle"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
+
 RESULTS = Path(__file__).resolve().parent / "results" / "quality_relevance.md"
 SEED = 20240103
 DOCUMENTS = 20
@@ -47,15 +47,9 @@ class Case:
     gold: str  # text that must survive
 
 
-def _rows(name: str) -> list[dict[str, Any]]:
-    with gzip.open(DATA / name, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
-
-
 def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
     """The 20-document NQ cases (first ``limit`` questions), built deterministically."""
-    rows = _rows("nq-open-oracle.jsonl.gz")
-    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
+    rows = evaldata.nq_rows()
     passages = [(row["ctxs"][0]["title"], row["ctxs"][0]["text"]) for row in rows]
     index = Bm25Index([terms(f"{title} {text}") for title, text in passages])
     rng = random.Random(seed)
@@ -78,7 +72,7 @@ def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
         chosen.insert(rng.randrange(DOCUMENTS), gold)
         lines = [f"Document [{i + 1}](Title: {title}) {text}" for i, (title, text) in enumerate(chosen)]
         gold_line = lines[chosen.index(gold)]
-        prompt = template.format(question=row["question"], search_results="\n".join(lines))
+        prompt = evaldata.qa_prompt(lines, row["question"])
         cases.append(Case(prompt, gold_line))
     return cases
 
@@ -97,9 +91,9 @@ def long_unit_cases(limit: int, seed: int = SEED) -> list[Case]:
 
 def kv_cases(limit: int | None) -> list[Case]:
     """KV retrieval prompts formatted exactly as lost-in-the-middle formats them."""
-    template = (DATA / "kv_retrieval.prompt").read_text(encoding="utf-8")
+    template = evaldata.text(evaldata.KV_PROMPT)
     cases: list[Case] = []
-    for row in _rows("kv-retrieval-75_keys.jsonl.gz")[:limit]:
+    for row in evaldata.kv_rows(limit):
         records = row["ordered_kv_records"]
         parts = []
         for i, (key, value) in enumerate(records):
@@ -154,13 +148,10 @@ def _warm(scorers: list[str]) -> None:
 
 def speed(scorer: str, repeats: int = 7) -> dict[str, Any]:
     """Median time of one call on a ~20k-token, 150-document prompt (embeddings warm in the cache)."""
-    rows = _rows("nq-open-oracle.jsonl.gz")[:150]
-    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
-    lines = [
-        f"Document [{i + 1}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
-        for i, r in enumerate(rows)
-    ]
-    prompt = template.format(question=rows[0]["question"], search_results="\n".join(lines))
+    rows = evaldata.nq_rows(150)
+    prompt = evaldata.qa_prompt(
+        [evaldata.document(r, i + 1) for i, r in enumerate(rows)], rows[0]["question"]
+    )
     compressor = Relevance({"scorer": scorer})
     millis: list[float] = []
     tokens = 0
@@ -231,8 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED, help="seed of the gold positions")
     parser.add_argument("--write", action="store_true", help=f"write the table to {RESULTS}")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        raise SystemExit(f"evaluation data not found at {DATA}")
+    if evaldata.missing(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT):
+        raise SystemExit(f"evaluation data not found at {evaldata.root()} (python -m evaldata.fetch)")
     rows = run(args)
     lines = list(table(rows))
     print("\n".join(lines))

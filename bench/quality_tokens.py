@@ -13,7 +13,6 @@ that nobody can cheat the rate.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 import statistics
@@ -28,9 +27,11 @@ from compressors.base import Target
 from compressors.tokenizer import tokenizer_for
 from compressors.tokens import Tokens
 
-EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
-NQ = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-GSM8K = EVALDATA / "gsm8k" / "prompt_hardest.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
+
+NQ = evaldata.path(evaldata.NQ)
+GSM8K = evaldata.path(evaldata.GSM8K_PROMPT)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _ANSWER_LINE = re.compile(r"The answer is (\S+)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -46,9 +47,7 @@ def normalize_answer(text: str) -> str:
 
 
 def nq_rows(limit: int | None = None) -> list[dict[str, Any]]:
-    with gzip.open(NQ, "rt", encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle]
-    return rows[:limit] if limit else rows
+    return evaldata.nq_rows(limit or None)
 
 
 def nq_case(compressor: Tokens, row: dict[str, Any], rate: float) -> tuple[bool, bool, int, int, str]:

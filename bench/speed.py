@@ -1,6 +1,6 @@
 """Compression speed: milliseconds per 1,000 input tokens, median over repeats.
 
-Input: a ~20k-token prompt from ../shared/evaldata: a 20-document NQ prompt in
+Input: a ~20k-token prompt from the evaluation data (evaldata/): a 20-document NQ prompt in
 the lost-in-the-middle ``qa.prompt`` format (oracle passages, one question),
 then the tool outputs of a SWE-agent trace (what normalize is for).
 
@@ -15,8 +15,6 @@ seen before, the case of each new RAG request) and warm (every text cached).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import statistics
 import sys
@@ -25,11 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
+import evaldata
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-EVALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "evaldata"
 MODEL = "gpt-4o"
 TARGET_TOKENS = 20_000
 
@@ -51,19 +51,13 @@ def build_prompt() -> tuple[str, str]:
     from compressors.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(MODEL)
-    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as fh:
-        rows = [json.loads(fh.readline()) for _ in range(20)]
-    docs = "\n".join(
-        f"Document [{i}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}"
-        for i, row in enumerate(rows, 1)
-    )
+    rows = evaldata.nq_rows(20)
     question = rows[7]["question"]
-    qa = template.replace("{search_results}", docs).replace("{question}", question)
+    qa = evaldata.qa_prompt([evaldata.document(row, i) for i, row in enumerate(rows, 1)], question)
     tool_outputs: list[str] = []
-    for traj_path in sorted((EVALDATA / "swe-agent-traces").glob("*.traj")):
-        history = json.loads(traj_path.read_text())["history"]
-        tool_outputs += [str(m["content"]) for m in history if m["role"] in ("tool", "user")]
+    for trace in evaldata.TRACES:
+        messages = evaldata.agent_messages(trace)
+        tool_outputs += [str(m["content"]) for m in messages if m["role"] in ("tool", "user")]
     prompt = qa
     for output in tool_outputs:
         if tokenizer.count(prompt) >= TARGET_TOKENS:
@@ -79,16 +73,14 @@ def build_documents_prompt() -> tuple[str, str]:
     from compressors.tokenizer import tokenizer_for
 
     tokenizer = tokenizer_for(MODEL)
-    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as fh:
-        rows = [json.loads(fh.readline()) for _ in range(400)]
+    rows = evaldata.nq_rows(400)
     lines: list[str] = []
     for i, row in enumerate(rows, 1):
-        lines.append(f"Document [{i}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}")
+        lines.append(evaldata.document(row, i))
         if i % 20 == 0 and tokenizer.count("\n".join(lines)) >= TARGET_TOKENS:
             break
     question = rows[7]["question"]
-    return template.replace("{search_results}", "\n".join(lines)).replace("{question}", question), question
+    return evaldata.qa_prompt(lines, question), question
 
 
 def time_row(
@@ -118,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=sorted(ROWS), metavar="NAME")
     args = parser.parse_args(argv)
-    if not EVALDATA.is_dir():
-        print(f"evaldata not found at {EVALDATA}", file=sys.stderr)
+    if evaldata.missing(evaldata.NQ, evaldata.QA_PROMPT, *evaldata.TRACES):
+        print(f"evaldata not found at {evaldata.root()} (python -m evaldata.fetch)", file=sys.stderr)
         return 2
     from compressors.tokenizer import tokenizer_for
 

@@ -29,9 +29,8 @@ def setup_logging(level: str, *, tag: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True
-    # aiohttp and asyncio debug chatter may include URLs; keep them at warning.
-    for noisy in ("aiohttp", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # asyncio's debug chatter may name peers and URLs; keep it at warning.
+    logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
 
 
 class RateLimitedLog:

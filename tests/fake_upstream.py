@@ -161,6 +161,21 @@ def _error(status: int) -> dict[str, Any]:
     }
 
 
+def _invalid_messages(parsed: dict[str, Any]) -> dict[str, Any] | None:
+    """The 400 body OpenAI answers for a tool message without ``tool_call_id``, else None."""
+    messages = parsed.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "tool" and "tool_call_id" not in message:
+            body = _error(400)
+            body["error"].update(
+                message=f"Missing required parameter: 'messages[{i}].tool_call_id'.",
+                param=f"messages.[{i}].tool_call_id",
+                code="missing_required_parameter",
+            )
+            return body
+    return None
+
+
 def chat_completion(call: _Call) -> dict[str, Any]:
     return {
         "id": "chatcmpl-" + call.request_id[4:],
@@ -418,7 +433,10 @@ class FakeUpstream:
             return
         stream = call.parsed.get("stream") is True
         if method == "POST" and path == "/v1/chat/completions":
-            if stream:
+            invalid = _invalid_messages(call.parsed)
+            if invalid is not None:
+                await _json(send, call, 400, invalid)
+            elif stream:
                 await self._stream(call, receive, send, chat_frames(call))
             else:
                 await _json(send, call, 200, chat_completion(call))

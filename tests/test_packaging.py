@@ -44,7 +44,7 @@ def test_compressors_public_names() -> None:
 
 def test_ruff_and_mypy_are_clean() -> None:
     ruff = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "proxy", "compressors", "tests", "bench"],
+        [sys.executable, "-m", "ruff", "check", "proxy", "compressors", "tests", "bench", "evaldata"],
         capture_output=True,
         text=True,
         cwd=ROOT,

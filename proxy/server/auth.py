@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from proxy.config.model import Config
 from proxy.errors import forbidden, unauthorized
 
-__all__ = ["Authenticator", "Credentials", "Identity", "key_id_of"]
+__all__ = ["KEY_HEADERS", "TEAM_HEADER", "Authenticator", "Credentials", "Identity", "key_id_of"]
 
 # Request headers that carry a client key.
 KEY_HEADERS = frozenset({b"authorization", b"api-key", b"x-api-key"})

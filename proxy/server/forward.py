@@ -32,7 +32,7 @@ import httptools
 from proxy.config.model import UpstreamConfig
 from proxy.errors import ProxyError, timed_out, unreachable
 
-__all__ = ["UpstreamPool", "UpstreamResponse"]
+__all__ = ["UpstreamPool", "UpstreamResponse", "read_failure"]
 
 _IDLE_EXPIRY_S = 30.0  # keep-alive connections idle longer than this are not reused
 _PAUSE_BYTES = 1 << 20  # stop reading a body the client is not keeping up with beyond 1 MiB

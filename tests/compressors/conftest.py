@@ -1,51 +1,36 @@
-"""Session fixtures: real evaldata paths and tiny random-weight models saved to disk.
+"""Session fixtures: the evaluation data's NQ rows and GSM8K prompt, and tiny random-weight models saved to disk.
 
 Real LLMLingua-2 / GPT-2 weights cannot be downloaded here, so the model paths
 are driven end to end by tiny models built from scratch: a WordPiece tokenizer
-and a BPE tokenizer trained on NQ passages, a 2-layer BERT token classifier
+and a BPE tokenizer trained on passages the tests make (:mod:`samples`, so the
+models need no evaluation data), a 2-layer BERT token classifier
 (2 labels) and a 2-layer GPT-2. Saved with ``save_pretrained`` and loaded back
 through the same ``from_pretrained(local_files_only=True)`` path as real ones.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from samples import corpus
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-NQ = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-GSM8K_PROMPT = EVALDATA / "gsm8k" / "prompt_hardest.txt"
+import evaldata
 
 
+# Tests using these two carry the evaldata marker by way of tests/conftest.py (DATA_FIXTURES).
 @pytest.fixture(scope="session")
 def nq_rows() -> list[dict[str, object]]:
-    if not NQ.exists():
-        pytest.skip(f"evaldata missing: {NQ}")
-    with gzip.open(NQ, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
+    return evaldata.nq_rows()
 
 
 @pytest.fixture(scope="session")
 def gsm8k_prompt() -> str:
-    if not GSM8K_PROMPT.exists():
-        pytest.skip(f"evaldata missing: {GSM8K_PROMPT}")
-    return GSM8K_PROMPT.read_text(encoding="utf-8")
-
-
-def _corpus(nq_rows: list[dict[str, object]]) -> Iterator[str]:
-    for row in nq_rows[:1500]:
-        ctxs = row["ctxs"]
-        assert isinstance(ctxs, list)
-        yield str(ctxs[0]["text"])
-        yield str(row["question"])
+    return evaldata.text(evaldata.GSM8K_PROMPT)
 
 
 @pytest.fixture(scope="session")
-def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, nq_rows: list[dict[str, object]]) -> Path:
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny BERT token classifier (keep/drop) with a WordPiece tokenizer, saved to a folder."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -56,9 +41,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, nq_rows: list[dict
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend.train_from_iterator(
-        _corpus(nq_rows), trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials)
-    )
+    backend.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials))
     backend.post_processor = processors.BertProcessing(
         ("[SEP]", backend.token_to_id("[SEP]")), ("[CLS]", backend.token_to_id("[CLS]"))
     )
@@ -90,8 +73,8 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, nq_rows: list[dict
 
 
 @pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory, nq_rows: list[dict[str, object]]) -> Path:
-    """A tiny GPT-2 with a byte-level BPE tokenizer trained on NQ, saved to a folder."""
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained on made-up passages, saved to a folder."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -104,7 +87,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory, nq_rows: list[dict[str, 
         special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    backend.train_from_iterator(_corpus(nq_rows), trainer)
+    backend.train_from_iterator(corpus(), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|endoftext|>",

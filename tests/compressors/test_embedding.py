@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import evaldata
 from compressors.embedding import (
     DEFAULT_MODEL_SHA256,
     Embedder,
@@ -91,15 +91,8 @@ def test_bad_long_units_value_is_rejected() -> None:
         Embedder(long_units="tail")
 
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-
-
 def _nq_passages(count: int) -> list[str]:
-    path = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"evaldata not found at {path}")
-    with gzip.open(path, "rt") as handle:
-        rows = [json.loads(line) for line, _ in zip(handle, range(count), strict=False)]
+    rows = evaldata.nq_rows(count)
     return [f"(Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}" for row in rows]
 
 
@@ -112,6 +105,7 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 def test_onnx_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     pytest.importorskip("onnxruntime")
     passages = _nq_passages(40)
@@ -124,6 +118,7 @@ def test_onnx_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     assert export_dir(DEFAULT_MODEL_SHA256).is_relative_to(onnx_cache)
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 def test_openvino_int8_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from samples import passages
 
+import evaldata
 from compressors.keepnet import keep_net
 from compressors.selfinfo import unit_matrix
 from compressors.words import atomic_spans, segment
@@ -19,11 +22,21 @@ def _one_unit(matrix: np.ndarray, i: int) -> float:
     return float(np.maximum(pre, 0.0) @ net.out.astype(np.float64) + net.out_bias)
 
 
-def test_logits_read_each_units_neighbours(nq_rows: list[dict[str, object]]) -> None:
-    ctxs = nq_rows[1900]["ctxs"]
-    assert isinstance(ctxs, list)
-    question = str(nq_rows[1900]["question"])
-    text = f"Passage: {ctxs[0]['text']}\nQuestion: {question}"
+def _passage(source: str, row: int) -> tuple[str, str]:
+    """``(passage, question)``: made here, or NQ's row ``row`` (one the network was not fitted on)."""
+    if source == "built":
+        return passages(1, seed=row)[0]
+    found = evaldata.nq_rows(row + 1)[row]
+    return str(found["ctxs"][0]["text"]), str(found["question"])
+
+
+SOURCES = ["built", pytest.param("nq", marks=pytest.mark.evaldata(evaldata.NQ))]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_logits_read_each_units_neighbours(source: str) -> None:
+    passage, question = _passage(source, 1900)
+    text = f"Passage: {passage}\nQuestion: {question}"
     units = segment(text, atomic_spans(text))
     matrix, _ = unit_matrix(text, units, question)
     logits = keep_net().logits(matrix)
@@ -34,10 +47,9 @@ def test_logits_read_each_units_neighbours(nq_rows: list[dict[str, object]]) -> 
     assert abs(keep_net().logits(matrix[:1])[0] - _one_unit(matrix[:1], 0)) < 1e-4
 
 
-def test_same_input_same_logits(nq_rows: list[dict[str, object]]) -> None:
-    ctxs = nq_rows[2000]["ctxs"]
-    assert isinstance(ctxs, list)
-    text = str(ctxs[0]["text"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_same_input_same_logits(source: str) -> None:
+    text, question = _passage(source, 2000)
     units = segment(text, atomic_spans(text))
-    matrix, _ = unit_matrix(text, units, str(nq_rows[2000]["question"]))
+    matrix, _ = unit_matrix(text, units, question)
     assert keep_net().logits(matrix).tobytes() == keep_net().logits(matrix.copy()).tobytes()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from samples import passages
 
+import evaldata
 from compressors.base import CompressorError, Target
 from compressors.preserve import PreserveSpec
 from compressors.tokens import Tokens
@@ -14,21 +16,24 @@ from compressors.words import atomic_spans, segment
 HUB_MODEL = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
 
 
-def _passages(nq_rows: list[dict[str, object]], count: int) -> str:
-    texts = []
-    for row in nq_rows[:count]:
-        ctxs = row["ctxs"]
-        assert isinstance(ctxs, list)
-        texts.append(f"Passage: {ctxs[0]['text']}\nQuestion: {row['question']}?")
-    return "\n\n".join(texts)
+def _passages(pairs: list[tuple[str, str]]) -> str:
+    return "\n\n".join(f"Passage: {passage}\nQuestion: {question}?" for passage, question in pairs)
+
+
+@pytest.fixture(params=["built", pytest.param("nq", marks=pytest.mark.evaldata(evaldata.NQ))])
+def forty_passages(request: pytest.FixtureRequest) -> str:
+    """About 6k model tokens of passages and questions: made here, or NQ's first 40 rows."""
+    if request.param == "built":
+        return _passages(passages(40))
+    return _passages([(str(r["ctxs"][0]["text"]), str(r["question"])) for r in evaldata.nq_rows(40)])
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_tiny_model_honours_target_and_is_deterministic(
-    tiny_classifier: Path, nq_rows: list[dict[str, object]], pooling: str
+    tiny_classifier: Path, forty_passages: str, pooling: str
 ) -> None:
     # About 6k model tokens: many 510-token chunks, batched.
-    text = _passages(nq_rows, 40)
+    text = forty_passages
     options = {
         "scorer": "llmlingua2",
         "model": str(tiny_classifier),
@@ -78,12 +83,12 @@ def test_missing_model_names_the_model() -> None:
         compressor.compress("a few words to compress here", target=Target(rate=0.5))
 
 
-def test_real_hub_model_when_cached(nq_rows: list[dict[str, object]]) -> None:
+def test_real_hub_model_when_cached() -> None:
     transformers = pytest.importorskip("transformers")
     try:
         transformers.AutoConfig.from_pretrained(HUB_MODEL, local_files_only=True)
     except OSError:
         pytest.skip(f"{HUB_MODEL} is not in the local HF cache (offline machine)")
-    text = _passages(nq_rows, 5)
+    text = _passages(passages(5))
     result = Tokens({"scorer": "llmlingua2"}).compress(text, target=Target(rate=0.5), model="gpt-4o")
     assert result.target_met

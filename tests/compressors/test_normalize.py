@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors import OptionsError, PreserveSpec, Target, create, tokenizer_for
 from compressors.preserve import find_spans
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 FULL = Target(rate=1.0)
+PYDICOM = "swe-agent-traces/gpt4__pydicom-1458.traj"
 
 
 def norm(text: str, **options: object) -> str:
@@ -99,11 +99,9 @@ def test_bad_options_rejected(options: dict[str, object]) -> None:
         create("normalize", options)
 
 
+@pytest.mark.evaldata(PYDICOM)
 def test_swe_agent_trace_shrinks_and_keeps_code_and_paths() -> None:
-    if not EVALDATA.is_dir():
-        pytest.skip("evaldata absent")
-    traj = json.loads((EVALDATA / "swe-agent-traces" / "gpt4__pydicom-1458.traj").read_text())
-    text = "\n\n".join(str(m["content"]) for m in traj["history"])
+    text = "\n\n".join(str(m["content"]) for m in evaldata.agent_messages(PYDICOM))
     compressor = create("normalize")
     result = compressor.compress(text, target=Target(rate=0.9), model="gpt-4o")
     assert result.tokens_after < result.tokens_before

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import re
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors.preserve import CATEGORIES, PreserveSpec, Region, find_spans, split_tags
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
+PYDICOM = "swe-agent-traces/gpt4__pydicom-1458.traj"
 
 
 def spans_of(text: str, *categories: str) -> list[tuple[str, str]]:
@@ -143,22 +142,18 @@ def test_overlaps_merge_into_one_span_named_after_earliest_longest() -> None:
     assert [(s.start, s.end) for s in find_spans("xabcdx", spec)] == [(1, 5)]
 
 
+@pytest.mark.evaldata(PYDICOM)
 def test_spans_sorted_disjoint_and_within_text_on_real_data() -> None:
-    if not EVALDATA.is_dir():
-        pytest.skip("evaldata absent")
-    traj = json.loads((EVALDATA / "swe-agent-traces" / "gpt4__pydicom-1458.traj").read_text())
-    text = "\n".join(str(m["content"]) for m in traj["history"])
+    text = "\n".join(str(m["content"]) for m in evaldata.agent_messages(PYDICOM))
     spans = find_spans(text, PreserveSpec.default())
     assert len(spans) > 100
     assert all(0 <= a.start < a.end <= b.start < b.end <= len(text) for a, b in itertools.pairwise(spans))
     assert {s.category for s in spans} >= {"code", "paths", "numbers", "ids", "quotes"}
 
 
+@pytest.mark.evaldata(evaldata.KV75)
 def test_kv_retrieval_json_prompt_keeps_every_uuid() -> None:
-    if not EVALDATA.is_dir():
-        pytest.skip("evaldata absent")
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "kv-retrieval-75_keys.jsonl.gz", "rt") as fh:
-        row = json.loads(fh.readline())
+    [row] = evaldata.kv_rows(1)
     text = "JSON data:\n" + json.dumps(dict(row["ordered_kv_records"]), indent=1)
     spans = find_spans(text, PreserveSpec(frozenset({"ids"})))
     found = {text[s.start : s.end] for s in spans}

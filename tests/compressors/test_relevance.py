@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import shutil
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors.base import CompressorError, OptionsError, Target
 from compressors.embedding import DEFAULT_MODEL_SHA256, default_model_path
 from compressors.preserve import CATEGORIES, PreserveSpec
@@ -16,14 +16,8 @@ from compressors.registry import create
 from compressors.relevance import Relevance
 from compressors.tokenizer import tokenizer_for
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "lost-in-the-middle"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="evaluation data not present")
+needs_data = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
 NO_JSON = PreserveSpec.parse([c for c in CATEGORIES if c != "json"])
-
-
-def _nq_rows() -> list[dict[str, object]]:
-    with gzip.open(DATA / "nq-open-oracle.jsonl.gz", "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
 
 
 def _qa_prompt(rows: list[dict], question_row: int, doc_rows: list[int]) -> tuple[str, str]:
@@ -32,21 +26,19 @@ def _qa_prompt(rows: list[dict], question_row: int, doc_rows: list[int]) -> tupl
         f"Document [{i + 1}](Title: {rows[r]['ctxs'][0]['title']}) {rows[r]['ctxs'][0]['text']}"
         for i, r in enumerate(doc_rows)
     ]
-    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
+    template = evaldata.text(evaldata.QA_PROMPT)
     gold = lines[doc_rows.index(question_row)]
     return template.format(search_results="\n".join(lines), question=rows[question_row]["question"]), gold
 
 
 def _kv_prompt(index: int) -> tuple[str, str]:
-    with gzip.open(DATA / "kv-retrieval-75_keys.jsonl.gz", "rt", encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle]
-    row = rows[index]
+    row = evaldata.kv_rows(index + 1)[index]
     records = row["ordered_kv_records"]
     body = "".join(
         ("{" if i == 0 else " ") + f'"{k}": "{v}"' + (",\n" if i != len(records) - 1 else "}")
         for i, (k, v) in enumerate(records)
     )
-    template = (DATA / "kv_retrieval.prompt").read_text(encoding="utf-8")
+    template = evaldata.text(evaldata.KV_PROMPT)
     return template.format(formatted_kv_records=body, key=row["key"]), f'"{row["key"]}": "{row["value"]}"'
 
 
@@ -56,9 +48,7 @@ def _kept_documents(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
-    if not DATA.is_dir():
-        pytest.skip("evaluation data not present")
-    return _nq_rows()
+    return evaldata.nq_rows()
 
 
 @needs_data

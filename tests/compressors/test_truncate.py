@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors import OptionsError, PreserveSpec, Target, create, tokenizer_for
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
 MARKER = re.compile(r"\[\.\.\. (\d+) tokens omitted \.\.\.\]")
 
 
 @pytest.fixture(scope="module")
 def docs() -> str:
-    path = EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz"
-    if not path.exists():
-        pytest.skip("evaldata absent")
-    with gzip.open(path, "rt") as fh:
-        rows = [json.loads(fh.readline()) for _ in range(20)]
+    rows = evaldata.nq_rows(20)
     return "\n".join(
         f"Document [{i}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
         for i, r in enumerate(rows, 1)
     )
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 @pytest.mark.parametrize("mode", ["head", "tail", "middle"])
 @pytest.mark.parametrize("unit", ["paragraph", "line", "sentence", "token"])
 @pytest.mark.parametrize("rate", [0.6, 0.2, 0.03])
@@ -52,6 +46,7 @@ def test_budget_filled_within_five_percent(docs: str, mode: str, unit: str, rate
     assert int(marker) > 0
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 def test_line_units_cut_on_line_boundaries(docs: str) -> None:
     result = create("truncate", {"mode": "head", "unit": "line"}).compress(docs, target=Target(rate=0.3))
     kept = MARKER.split(result.text)[0]
@@ -112,6 +107,7 @@ def test_short_input_unchanged_and_no_marker_option() -> None:
     assert "omitted" not in out and text.startswith(out)
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 def test_decisions_per_unit(docs: str) -> None:
     result = create("truncate", {"mode": "tail"}).compress(docs, target=Target(rate=0.5))
     assert len(result.decisions) == docs.count("\n") + 1
@@ -120,6 +116,7 @@ def test_decisions_per_unit(docs: str) -> None:
     assert all(len(d.preview) <= 40 for d in result.decisions)
 
 
+@pytest.mark.evaldata(evaldata.NQ)
 def test_deterministic(docs: str) -> None:
     compressor = create("truncate", {"mode": "middle", "unit": "sentence"})
     outs = {compressor.compress(docs, target=Target(rate=0.37)).text for _ in range(3)}

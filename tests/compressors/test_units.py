@@ -1,25 +1,22 @@
 from __future__ import annotations
 
-import gzip
 import json
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors.units import split_units
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "lost-in-the-middle"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="evaluation data not present")
+needs_data = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
 
 
 def _nq_prompt(count: int) -> tuple[str, list[str], str]:
-    with gzip.open(DATA / "nq-open-oracle.jsonl.gz", "rt", encoding="utf-8") as handle:
-        rows = [json.loads(next(handle)) for _ in range(count)]
+    rows = evaldata.nq_rows(count)
     docs = [
         f"Document [{i + 1}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
         for i, r in enumerate(rows)
     ]
-    template = (DATA / "qa.prompt").read_text(encoding="utf-8")
+    template = evaldata.text(evaldata.QA_PROMPT)
     return (
         template.format(search_results="\n".join(docs), question=rows[0]["question"]),
         docs,
@@ -28,14 +25,13 @@ def _nq_prompt(count: int) -> tuple[str, list[str], str]:
 
 
 def _kv_prompt() -> tuple[str, dict[str, str]]:
-    with gzip.open(DATA / "kv-retrieval-75_keys.jsonl.gz", "rt", encoding="utf-8") as handle:
-        row = json.loads(next(handle))
+    [row] = evaldata.kv_rows(1)
     records = row["ordered_kv_records"]
     body = "".join(
         ("{" if i == 0 else " ") + f'"{k}": "{v}"' + (",\n" if i != len(records) - 1 else "}")
         for i, (k, v) in enumerate(records)
     )
-    template = (DATA / "kv_retrieval.prompt").read_text(encoding="utf-8")
+    template = evaldata.text(evaldata.KV_PROMPT)
     return template.format(formatted_kv_records=body, key=row["key"]), dict(records)
 
 

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import itertools
-import json
 import re
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors.words import Unit, Units, assemble, atomic_spans, segment
-
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "swe-agent-traces"
 
 
 @pytest.fixture(scope="module")
 def tool_output() -> str:
     """Real coding-agent tool output: code, paths, indentation, numbers glued to punctuation."""
-    if not TRACES.is_dir():
-        pytest.skip(f"evaldata missing: {TRACES}")
     texts: list[str] = []
-    for path in sorted(TRACES.glob("*.traj")):
-        history = json.loads(path.read_text(encoding="utf-8"))["history"]
-        texts += [str(m["content"]) for m in history if m["role"] in ("tool", "user")]
+    for trace in sorted(evaldata.TRACES):
+        texts += [str(m["content"]) for m in evaldata.agent_messages(trace) if m["role"] in ("tool", "user")]
     return "\n\n".join(texts)
 
 
+@pytest.mark.evaldata(*evaldata.TRACES)
 def test_units_rebuild_real_tool_output_byte_for_byte(tool_output: str) -> None:
     units = segment(tool_output, atomic_spans(tool_output))
     assert len(units) > 5000
@@ -34,6 +29,7 @@ def test_units_rebuild_real_tool_output_byte_for_byte(tool_output: str) -> None:
     assert all(not gap.strip() for gap in gaps)  # only whitespace between units
 
 
+@pytest.mark.evaldata(*evaldata.TRACES)
 def test_units_is_a_sequence_of_unit(tool_output: str) -> None:
     units = segment(tool_output[:5000])
     assert isinstance(units, Units)

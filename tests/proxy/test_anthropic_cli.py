@@ -12,12 +12,21 @@ import anthropic
 import httpx
 import pytest
 from harness import MakeProxy, Upstream, tersegate_command
+from samples import write_agent_trace
+
+import evaldata
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
-from anthropic_shape import TRACES_DIR, turns  # noqa: E402
+from anthropic_shape import turns  # noqa: E402
 
-TRACE = TRACES_DIR / "marshmallow-1867__function_calling_replace_from_source.traj"
+TRACE = "swe-agent-traces/marshmallow-1867__function_calling_replace_from_source.traj"
+
+
+@pytest.fixture(params=["built", pytest.param("evaldata", marks=pytest.mark.evaldata(TRACE))])
+def trace(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A function-calling agent's trace: made here, or one of SWE-agent's."""
+    return write_agent_trace(tmp_path / "built.traj") if request.param == "built" else evaldata.path(TRACE)
 
 
 def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -54,12 +63,11 @@ def anthropic_proxy(make: MakeProxy) -> object:
     )
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="SWE-agent traces not available")
 def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
-    make_proxy: MakeProxy, upstream: Upstream
+    make_proxy: MakeProxy, upstream: Upstream, trace: Path
 ) -> None:
     proxy = anthropic_proxy(make_proxy)
-    request = json.dumps(turns(TRACE)[-1], indent=1).encode()
+    request = json.dumps(turns(trace)[-1], indent=1).encode()
     response = httpx.post(
         proxy.url + "/v1/messages",  # type: ignore[attr-defined]
         content=request,

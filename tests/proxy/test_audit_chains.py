@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 from harness import tersegate_command
+from samples import audited_exchange
 
 from proxy.audit.chains import audit_chains, audit_files, chain_of
 from proxy.audit.sink import GENESIS, JsonlAuditSink
 from proxy.config.model import AuditConfig
-from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
-
-
-def _exchange(i: int) -> Exchange:
-    return Exchange(
-        request_id=f"req{i}",
-        method="POST",
-        route="/v1/chat/completions",
-        team="default",
-        key_id=None,
-        upstream="openai",
-        started=time.time(),
-        compressible=True,
-        model="gpt-4o",
-        status=200,
-        rewrite=Rewrite(policy="p", mode="enforce", tokens_before=100, tokens_after=60),
-        usage={"prompt_tokens": 80, "completion_tokens": 5},
-    )
 
 
 def sink(path: Path, *, inline_writes: bool = True, **options: object) -> JsonlAuditSink:
@@ -43,7 +25,7 @@ def sink(path: Path, *, inline_writes: bool = True, **options: object) -> JsonlA
 async def interleave(sinks: list[JsonlAuditSink], count: int) -> None:
     """``count`` records per sink, the sinks taking turns (and racing within a turn)."""
     for i in range(count):
-        await asyncio.gather(*(s.commit(_exchange(i * 10 + n)) for n, s in enumerate(sinks)))
+        await asyncio.gather(*(s.commit(audited_exchange(i * 10 + n)) for n, s in enumerate(sinks)))
     for s in sinks:
         await s.aclose()
 
@@ -81,12 +63,12 @@ def test_a_freed_slot_is_resumed_by_the_next_writer(tmp_path: Path) -> None:
 
     async def run() -> Path:
         held = sink(path)  # keeps slot 0 throughout
-        await held.commit(_exchange(0))
+        await held.commit(audited_exchange(0))
         passing = sink(path)
-        await passing.commit(_exchange(1))
+        await passing.commit(audited_exchange(1))
         await passing.aclose()  # gives slot 1 back
         later = sink(path)
-        await later.commit(_exchange(2))
+        await later.commit(audited_exchange(2))
         chain = later.chain
         await later.aclose()
         await held.aclose()

@@ -11,34 +11,17 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import tersegate_command
+from samples import audited_exchange
 
 from proxy.audit.sink import GENESIS, JsonlAuditSink
 from proxy.config.model import AuditConfig
-from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
-
-
-def _exchange(i: int) -> Exchange:
-    return Exchange(
-        request_id=f"req{i}",
-        method="POST",
-        route="/v1/chat/completions",
-        team="default",
-        key_id=None,
-        upstream="openai",
-        started=time.time(),
-        compressible=True,
-        model="gpt-4o",
-        status=200,
-        rewrite=Rewrite(policy="p", mode="enforce", tokens_before=100, tokens_after=60),
-        usage={"prompt_tokens": 80, "completion_tokens": 5},
-    )
 
 
 def write(path: Path, count: int, *, rotate_bytes: int | None = None) -> None:
     async def run() -> None:
         sink = JsonlAuditSink(AuditConfig(path=path, rotate_bytes=rotate_bytes), metrics=Metrics())
-        await asyncio.gather(*(sink.commit(_exchange(i)) for i in range(count)))
+        await asyncio.gather(*(sink.commit(audited_exchange(i)) for i in range(count)))
         await sink.aclose()
 
     asyncio.run(run())
@@ -145,5 +128,5 @@ def test_daily_rotation_starts_a_new_file_on_a_new_utc_day(tmp_path: Path) -> No
 
 async def _write_daily(path: Path) -> None:
     sink = JsonlAuditSink(AuditConfig(path=path, rotate_daily=True), metrics=Metrics())
-    await sink.commit(_exchange(99))
+    await sink.commit(audited_exchange(99))
     await sink.aclose()

@@ -10,26 +10,22 @@ from pathlib import Path
 import httpx
 import pytest
 from harness import MakeProxy, Upstream, tersegate_command
+from samples import write_agent_trace
+
+import evaldata
 
 REPO = Path(__file__).resolve().parents[2]
-TRACE = (
-    REPO.parent
-    / "shared"
-    / "evaldata"
-    / "swe-agent-traces"
-    / "marshmallow-1867__function_calling_replace_from_source.traj"
-)
+TRACE = "swe-agent-traces/marshmallow-1867__function_calling_replace_from_source.traj"
 
 
-def agent_request(turn: int) -> bytes:
-    messages = []
-    for m in json.loads(TRACE.read_text(encoding="utf-8"))["history"][:turn]:
-        msg = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
+@pytest.fixture(params=["built", pytest.param("evaldata", marks=pytest.mark.evaldata(TRACE))])
+def trace(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """A function-calling agent's trace: made here, or one of SWE-agent's."""
+    return write_agent_trace(tmp_path / "built.traj") if request.param == "built" else TRACE
+
+
+def agent_request(trace: str | Path, turn: int) -> bytes:
+    messages = evaldata.agent_messages(trace)[:turn]
     return json.dumps({"model": "gpt-4o", "messages": messages}, indent=1).encode()
 
 
@@ -44,14 +40,15 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
-def test_compress_prints_what_the_server_forwards(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_compress_prints_what_the_server_forwards(
+    make_proxy: MakeProxy, upstream: Upstream, trace: str | Path
+) -> None:
     agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
     proxy = make_proxy(
         {"teams": {"default": {}, "agents": {"policy": "agents"}}}, policies={"agents": agents}
     )
     assert proxy.services is not None and proxy.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
-    request = agent_request(20)
+    request = agent_request(trace, 20)
     response = httpx.post(
         proxy.base_url + "/chat/completions",
         content=request,
@@ -74,13 +71,12 @@ def test_compress_prints_what_the_server_forwards(make_proxy: MakeProxy, upstrea
     assert f"tokens {before} -> {after}" in table
 
 
-@pytest.mark.skipif(not TRACE.is_file(), reason="../shared/evaldata is absent")
-def test_unchanged_requests_come_back_as_the_original_bytes(tmp_path: Path) -> None:
+def test_unchanged_requests_come_back_as_the_original_bytes(tmp_path: Path, trace: str | Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(
         'upstreams:\n  openai: {base_url: "http://127.0.0.1:9/v1"}\nteams:\n  default: {}\n', encoding="utf-8"
     )
-    request = agent_request(6)
+    request = agent_request(trace, 6)
     run = compress(config, request, "--team", "default")
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout == request + b"\n"

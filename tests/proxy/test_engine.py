@@ -8,8 +8,8 @@ parts must shrink as configured; modes, client override, fail-open and
 from __future__ import annotations
 
 import copy
-import gzip
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,11 @@ import orjson
 import pytest
 from harness import MakeProxy, Upstream
 
+import evaldata
 from compressors.tokenizer import tokenizer_for
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")
+PYDICOM = "swe-agent-traces/gpt4__pydicom-1458.traj"
+needs_evaldata = pytest.mark.evaldata(evaldata.NQ, evaldata.QA_PROMPT)
 COUNT = tokenizer_for("gpt-4o").count
 
 NORMALIZE_ALL = """\
@@ -54,16 +55,44 @@ def post(proxy: Any, route: str, body: dict[str, Any], **headers: str) -> httpx.
     return response
 
 
-def pretty_schema() -> str:
-    """A real tool output: a pretty-printed JSON schema from the OpenAI spec."""
-    spec = json.loads((EVALDATA / "openai-openapi" / "openapi.json").read_text())
-    return json.dumps(spec["components"]["schemas"]["CreateChatCompletionRequest"], indent=4)
+@dataclass(frozen=True)
+class Sample:
+    """A tool output (a pretty-printed JSON schema) and a long user-role observation with layout to tidy."""
+
+    schema: str
+    observation: str
 
 
-def observation() -> str:
-    """A real user-role observation from a SWE-agent trace (long, with layout to tidy)."""
-    history = json.loads((EVALDATA / "swe-agent-traces" / "gpt4__pydicom-1458.traj").read_text())["history"]
-    return str(max((m["content"] for m in history if m["role"] == "user"), key=len))
+def built_sample() -> Sample:
+    """Made here, so the engine keeps its tests where the evaluation data is absent."""
+    properties = {
+        f"field_{i}": {"type": "string", "description": f"The value of field {i}, as the caller sent it."}
+        for i in range(40)
+    }
+    schema = {"type": "object", "properties": properties, "required": sorted(properties)[:5]}
+    topics = ("parser", "cache", "scheduler", "renderer", "importer", "billing", "session", "search")
+    lines = [
+        f"The {topic}   module   handles   step {i} of the request,    and its   tests   cover   it.    "
+        for i in range(40)
+        for topic in topics[i % len(topics) : i % len(topics) + 1]
+    ]
+    observation = (
+        "Search results in the repository:\n\n\n\n\n" + "\n\n\n\n\n".join(lines) + "\n\n\n\n\nbash-$"
+    )
+    return Sample(json.dumps(schema, indent=4), observation)
+
+
+def real_sample() -> Sample:
+    """A pretty-printed schema from OpenAI's spec, the longest observation of a SWE-agent trace."""
+    spec = json.loads(evaldata.text(evaldata.OPENAPI))
+    schema = json.dumps(spec["components"]["schemas"]["CreateChatCompletionRequest"], indent=4)
+    history = evaldata.agent_messages(PYDICOM)
+    return Sample(schema, str(max((m["content"] for m in history if m["role"] == "user"), key=len)))
+
+
+@pytest.fixture(params=["built", pytest.param("real", marks=pytest.mark.evaldata(evaldata.OPENAPI, PYDICOM))])
+def sample(request: pytest.FixtureRequest) -> Sample:
+    return built_sample() if request.param == "built" else real_sample()
 
 
 def diff_paths(a: Any, b: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -81,10 +110,9 @@ def at(value: Any, path: tuple[Any, ...]) -> Any:
     return value
 
 
-@needs_evaldata
-def test_chat_only_selected_text_changes(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_chat_only_selected_text_changes(make_proxy: MakeProxy, upstream: Upstream, sample: Sample) -> None:
     proxy = make_proxy(team_config("tidy"), policies=tidy_policy())
-    long_user = observation()
+    long_user = sample.observation
     body = {
         "model": "gpt-4o",
         "messages": [
@@ -110,8 +138,8 @@ def test_chat_only_selected_text_changes(make_proxy: MakeProxy, upstream: Upstre
                     {"id": "call_2", "type": "function", "function": {"name": "search", "arguments": "{}"}},
                 ],
             },
-            {"role": "tool", "tool_call_id": "call_1", "content": pretty_schema()},
-            {"role": "tool", "tool_call_id": "call_2", "content": pretty_schema()},
+            {"role": "tool", "tool_call_id": "call_1", "content": sample.schema},
+            {"role": "tool", "tool_call_id": "call_2", "content": sample.schema},
             {"role": "user", "content": "What    fields are required?"},
         ],
         "tools": [{"type": "function", "function": {"name": "get_schema", "parameters": {"type": "object"}}}],
@@ -142,8 +170,7 @@ def test_chat_only_selected_text_changes(make_proxy: MakeProxy, upstream: Upstre
     assert response.headers["x-tersegate-mode"] == "enforce"
 
 
-@needs_evaldata
-def test_responses_api_inputs(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_responses_api_inputs(make_proxy: MakeProxy, upstream: Upstream, sample: Sample) -> None:
     proxy = make_proxy(team_config("tidy"), policies=tidy_policy())
     body = {
         "model": "gpt-4o",
@@ -153,14 +180,14 @@ def test_responses_api_inputs(make_proxy: MakeProxy, upstream: Upstream) -> None
             {
                 "role": "user",
                 "content": [
-                    {"type": "input_text", "text": observation()},
+                    {"type": "input_text", "text": sample.observation},
                     {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "high"},
                 ],
             },
             {"type": "function_call", "call_id": "c1", "name": "get_schema", "arguments": '{"a":   1}'},
-            {"type": "function_call_output", "call_id": "c1", "output": pretty_schema()},
+            {"type": "function_call_output", "call_id": "c1", "output": sample.schema},
             {"type": "function_call", "call_id": "c2", "name": "search", "arguments": "{}"},
-            {"type": "function_call_output", "call_id": "c2", "output": pretty_schema()},
+            {"type": "function_call_output", "call_id": "c2", "output": sample.schema},
         ],
         "tools": [{"type": "function", "name": "get_schema", "parameters": {"type": "object"}}],
     }
@@ -174,10 +201,11 @@ def test_responses_api_inputs(make_proxy: MakeProxy, upstream: Upstream) -> None
         assert COUNT(at(forwarded, path)) < COUNT(at(body, path))
 
 
-@needs_evaldata
-def test_responses_string_input_and_completions_prompt(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_responses_string_input_and_completions_prompt(
+    make_proxy: MakeProxy, upstream: Upstream, sample: Sample
+) -> None:
     proxy = make_proxy(team_config("tidy"), policies=tidy_policy())
-    text = observation()
+    text = sample.observation
     post(proxy, "/responses", {"model": "gpt-4o", "input": text})
     assert COUNT(upstream.last().json()["input"]) < COUNT(text)
     post(proxy, "/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": [text, "short   one"]})
@@ -185,12 +213,11 @@ def test_responses_string_input_and_completions_prompt(make_proxy: MakeProxy, up
     assert COUNT(prompt[0]) < COUNT(text) and prompt[1] == "short   one"
 
 
-@needs_evaldata
 def test_shadow_forwards_the_original_bytes_and_reports_the_saving(
-    make_proxy: MakeProxy, upstream: Upstream
+    make_proxy: MakeProxy, upstream: Upstream, sample: Sample
 ) -> None:
     proxy = make_proxy(team_config("tidy"), policies=tidy_policy(mode="shadow"))
-    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": observation()}]})
+    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": sample.observation}]})
     response = httpx.post(
         proxy.base_url + "/chat/completions", content=raw, headers={"Authorization": "Bearer k"}, timeout=60
     )
@@ -201,13 +228,12 @@ def test_shadow_forwards_the_original_bytes_and_reports_the_saving(
     )
 
 
-@needs_evaldata
 @pytest.mark.parametrize("override", [True, False])
 def test_client_override_only_where_the_policy_allows(
-    make_proxy: MakeProxy, upstream: Upstream, override: bool
+    make_proxy: MakeProxy, upstream: Upstream, sample: Sample, override: bool
 ) -> None:
     proxy = make_proxy(team_config("tidy"), policies=tidy_policy(override=override))
-    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": observation()}]})
+    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": sample.observation}]})
     for asked in ("off", "shadow"):
         response = httpx.post(
             proxy.base_url + "/chat/completions",
@@ -224,13 +250,14 @@ def test_client_override_only_where_the_policy_allows(
             assert len(upstream.last().body) < len(raw)
 
 
-@needs_evaldata
-def test_min_saving_tokens_leaves_small_savings_alone(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_min_saving_tokens_leaves_small_savings_alone(
+    make_proxy: MakeProxy, upstream: Upstream, sample: Sample
+) -> None:
     strict = NORMALIZE_ALL.format(mode="enforce", override="false").replace(
         "min_saving_tokens: 0", "min_saving_tokens: 100000"
     )
     proxy = make_proxy(team_config("tidy"), policies={"tidy": strict})
-    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": observation()}]})
+    raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": sample.observation}]})
     response = httpx.post(
         proxy.base_url + "/chat/completions", content=raw, headers={"Authorization": "Bearer k"}
     )
@@ -238,8 +265,7 @@ def test_min_saving_tokens_leaves_small_savings_alone(make_proxy: MakeProxy, ups
     assert response.headers["x-tersegate-tokens-after"] == response.headers["x-tersegate-tokens-before"]
 
 
-@needs_evaldata
-def test_compressor_error_fails_open(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_compressor_error_fails_open(make_proxy: MakeProxy, upstream: Upstream, sample: Sample) -> None:
     broken = """\
 name: broken
 min_saving_tokens: 0
@@ -252,7 +278,9 @@ rules:
     options: {scorer: embedding, model: /nonexistent/minilm}
 """
     proxy = make_proxy(team_config("broken"), policies={"broken": broken})
-    question = observation() + "\n\nWhich file should be edited?"
+    # The warm-up has tried (and failed) to load the model: the request's own failure is then quick.
+    assert proxy.services is not None and proxy.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
+    question = sample.observation + "\n\nWhich file should be edited?"
     raw = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": question}]})
     response = httpx.post(
         proxy.base_url + "/chat/completions", content=raw, headers={"Authorization": "Bearer k"}, timeout=120
@@ -263,7 +291,6 @@ rules:
     assert 'tersegate_fail_open_total{reason="compressor_error",team="default"} 1.0' in metrics
 
 
-@needs_evaldata
 def test_drop_rule_removes_only_old_messages(make_proxy: MakeProxy, upstream: Upstream) -> None:
     policy = """\
 name: forgetful
@@ -308,15 +335,12 @@ rules:
 
 @needs_evaldata
 def test_nq_question_and_instruction_survive_relevance(make_proxy: MakeProxy, upstream: Upstream) -> None:
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as lines:
-        rows = [json.loads(line) for _, line in zip(range(20), lines, strict=False)]
+    rows = evaldata.nq_rows(20)
     gold = rows[7]
-    documents = "\n".join(
-        f"Document [{i + 1}](Title: {row['ctxs'][0]['title']}) {row['ctxs'][0]['text']}"
-        for i, row in enumerate(rows)
+    prompt = evaldata.qa_prompt(
+        [evaldata.document(row, i + 1) for i, row in enumerate(rows)], gold["question"]
     )
-    template = (EVALDATA / "lost-in-the-middle" / "qa.prompt").read_text()
-    prompt = template.format(search_results=documents, question=gold["question"])
+    template = evaldata.text(evaldata.QA_PROMPT)
     rag = (Path(__file__).resolve().parents[2] / "policies" / "rag.yaml").read_text()
     proxy = make_proxy(
         team_config("rag"),

@@ -7,8 +7,6 @@ the server call it) so a test can swap policies between turns.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import threading
 import time
 from pathlib import Path
@@ -16,13 +14,13 @@ from typing import Any
 
 import pytest
 
+import evaldata
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.memo import Memo
 from proxy.policy.model import PolicySet, load_policy
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata"
-needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")
+needs_evaldata = pytest.mark.evaldata(evaldata.NQ)
 
 
 def policy_set(tmp_path: Path, text: str) -> PolicySet:
@@ -37,12 +35,7 @@ def exchange() -> Exchange:
 
 
 def documents(n: int = 20) -> str:
-    with gzip.open(EVALDATA / "lost-in-the-middle" / "nq-open-oracle.jsonl.gz", "rt") as lines:
-        rows = [json.loads(line) for _, line in zip(range(n), lines, strict=False)]
-    return "\n\n".join(
-        f"Document [{i + 1}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}"
-        for i, r in enumerate(rows)
-    )
+    return "\n\n".join(evaldata.document(row, i + 1) for i, row in enumerate(evaldata.nq_rows(n)))
 
 
 RELEVANCE_ON_TOOLS = """\

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-from pathlib import Path
 
 import pytest
 
+import evaldata
 from compressors.base import Target
 from compressors.registry import create
 from proxy.policy.model import QuerySpec
 from proxy.policy.parts import extract_parts
 from proxy.policy.query import compress_around, final_question, plan_query
 
-EVALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "evaldata" / "lost-in-the-middle"
-needs_evaldata = pytest.mark.skipif(not EVALDATA.is_dir(), reason="../shared/evaldata is absent")
+needs_evaldata = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
 
 
 def kv_prompt() -> tuple[str, str, str]:
-    with gzip.open(EVALDATA / "kv-retrieval-75_keys.jsonl.gz", "rt") as lines:
-        row = json.loads(next(lines))
+    [row] = evaldata.kv_rows(1)
     records = "{" + ", ".join(f'"{k}": "{v}"' for k, v in row["ordered_kv_records"]) + "}"
-    template = (EVALDATA / "kv_retrieval.prompt").read_text()
+    template = evaldata.text(evaldata.KV_PROMPT)
     return template.format(formatted_kv_records=records, key=row["key"]), row["key"], row["value"]
 
 
@@ -81,12 +77,8 @@ def test_pattern_query_from_the_newest_matching_part() -> None:
 
 @needs_evaldata
 def test_kept_spans_survive_byte_for_byte_around_compression() -> None:
-    with gzip.open(EVALDATA / "nq-open-oracle.jsonl.gz", "rt") as lines:
-        rows = [json.loads(line) for _, line in zip(range(20), lines, strict=False)]
-    docs = "\n".join(
-        f"Document [{i}](Title: {r['ctxs'][0]['title']}) {r['ctxs'][0]['text']}" for i, r in enumerate(rows)
-    )
-    prompt = (EVALDATA / "qa.prompt").read_text().format(search_results=docs, question=rows[3]["question"])
+    rows = evaldata.nq_rows(20)
+    prompt = evaldata.qa_prompt([evaldata.document(r, i) for i, r in enumerate(rows)], rows[3]["question"])
     parts = extract_parts("/v1/completions", {"prompt": prompt})
     plan = plan_query(QuerySpec(), parts, parts[0])
     out, _ = compress_around(

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from harness import MakeProxy, Upstream
-from openapi_shapes import schema_errors
+from openapi_shapes import OPENAPI, schema_errors
 
 from proxy.exchange import Exchange, Rewrite
 
@@ -59,6 +59,7 @@ class ShortenLastMessage:
         return Rewrite(body=new, policy="test", mode="enforce", tokens_before=9, tokens_after=1)
 
 
+@pytest.mark.evaldata(OPENAPI)
 def test_chat_completion_conforms_and_keeps_openai_headers(make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = make_proxy()
     raw = client(proxy.base_url).chat.completions.with_raw_response.create(**CHAT)  # type: ignore[call-overload]
@@ -93,6 +94,7 @@ async def test_async_client_embeddings_and_models(make_proxy: MakeProxy) -> None
     await aclient.close()
 
 
+@pytest.mark.evaldata(OPENAPI)
 def test_completions_and_responses_conform(make_proxy: MakeProxy) -> None:
     proxy = make_proxy()
     c = client(proxy.base_url)
@@ -179,6 +181,7 @@ def test_upstream_errors_pass_through_untouched(make_proxy: MakeProxy, upstream:
     assert caught.value.status_code == 429
 
 
+@pytest.mark.evaldata(OPENAPI)
 def test_rewrite_hook_changes_what_the_upstream_gets(make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = make_proxy()
     assert proxy.services is not None
@@ -418,9 +421,11 @@ class DroppingServer:
         import contextlib
 
         self.connections += 1
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
-            await self._answer(reader, writer)
-        writer.close()
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
+                await self._answer(reader, writer)
+        finally:  # also when stop() cancels a connection still waiting for its second request
+            writer.close()
 
     async def _answer(self, reader: Any, writer: Any) -> None:
         head = await reader.readuntil(b"\r\n\r\n")

@@ -111,3 +111,31 @@ def test_the_checker_sees_storage_importing_presentation(tmp_path: Path) -> None
         "from proxy.audit.report import Row\nimport rich.table\nfrom proxy.audit.rows import Row\n"
     )
     assert presentation_imports(bad) == [(1, "proxy.audit.report"), (2, "rich.table")]
+
+
+def exported(module: str) -> set[str] | None:
+    """The names in ``module``'s ``__all__`` (read from its source), or None without one."""
+    parts = module.split(".")[1:]
+    path = PACKAGE.joinpath(*parts).with_suffix(".py")
+    if not path.is_file():
+        path = PACKAGE.joinpath(*parts, "__init__.py")
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return {str(ast.literal_eval(item)) for item in node.value.elts}  # type: ignore[attr-defined]
+    return None
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_what_a_module_imports_from_another_is_in_its_all(path: Path) -> None:
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("proxy.")):
+            continue
+        names = exported(node.module)
+        if names is None:
+            continue  # a package's __init__ without __all__
+        hidden = [alias.name for alias in node.names if alias.name not in names]
+        assert not hidden, (
+            f"{path.relative_to(PACKAGE)}:{node.lineno} imports {hidden} from {node.module}, not in its __all__"
+        )

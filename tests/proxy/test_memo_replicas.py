@@ -21,12 +21,13 @@ import pytest
 import redis
 from harness import MakeProxy, RunningProxy, Upstream
 from redis_server import RedisServer, redis_server
-from test_replay import TRACE_FILES, agent_messages, turns
+
+import evaldata
 
 __all__ = ["redis_server"]
 
-TRACE = next((t for t in TRACE_FILES if t.stem == "ctf_web_i_got_id_demo"), None)
-needs_trace = pytest.mark.skipif(TRACE is None, reason="../shared/evaldata is absent")
+TRACE = "swe-agent-traces/ctf_web_i_got_id_demo.traj"
+needs_trace = pytest.mark.evaldata(TRACE)
 
 TURNS = 12  # of the trace's 21: enough for the control to break, quick enough for every run
 QUESTION_AWARE = """\
@@ -66,10 +67,9 @@ def replay_alternating(
 ) -> tuple[int, int]:
     """(prefix breaks, turn pairs) replaying TRACE round-robin through two replicas; at turn
     ``restart_at`` the second replica is SIGKILLed and a new one takes its place."""
-    assert TRACE is not None
     replicas = [spawn(config(memo), policies={"qa": QUESTION_AWARE}) for _ in range(2)]
     forwarded: list[list[bytes]] = []
-    for k, messages in enumerate(turns(agent_messages(TRACE))[:TURNS]):
+    for k, messages in enumerate(evaldata.turns(evaldata.agent_messages(TRACE))[:TURNS]):
         if k == restart_at:
             replicas[1].kill()
             replicas[1] = spawn(config(memo), policies={"qa": QUESTION_AWARE})

@@ -1,4 +1,5 @@
-"""SWE-agent traces replayed turn by turn through a real proxy with the shipped policies.
+"""Coding-agent traces replayed turn by turn through a real proxy with the shipped policies: one made
+here (:mod:`samples`) and the SWE-agent traces of the evaluation data.
 
 Cache stability: each forwarded request must start with the previous forwarded
 request's messages, byte for byte, so the provider's prompt cache keeps
@@ -7,7 +8,6 @@ hitting. And the selected parts must shrink as the policy says.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +15,30 @@ import httpx
 import orjson
 import pytest
 from harness import MakeProxy, Upstream
+from samples import write_agent_trace
 
+import evaldata
 from compressors.tokenizer import tokenizer_for
 
 REPO = Path(__file__).resolve().parents[2]
-TRACES = REPO.parent / "shared" / "evaldata" / "swe-agent-traces"
-TRACE_FILES = sorted(TRACES.glob("*.traj")) if TRACES.is_dir() else []
 COUNT = tokenizer_for("gpt-4o").count
 
 
-def agent_messages(path: Path) -> list[dict[str, Any]]:
-    """The trace's history as the agent sent it to an OpenAI-compatible API."""
-    messages = []
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
-    return messages
+BUILT = "built"
+# The made-up trace, then each trace of the evaluation data (skipped where it is absent).
+TRACES = [BUILT, *(pytest.param(t, marks=pytest.mark.evaldata(t), id=Path(t).stem) for t in evaldata.TRACES)]
 
 
-def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The request of each turn: the history up to each assistant reply."""
-    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
+@pytest.fixture(scope="module")
+def built_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_agent_trace(tmp_path_factory.mktemp("trace") / "built.traj")
 
 
-def replay(proxy: Any, upstream: Upstream, path: Path, team: str) -> list[tuple[list[Any], list[Any]]]:
+def replay(proxy: Any, upstream: Upstream, trace: str | Path, team: str) -> list[tuple[list[Any], list[Any]]]:
     """``(sent messages, forwarded messages)`` per turn."""
     out = []
     with httpx.Client(timeout=120) as client:
-        for messages in turns(agent_messages(path)):
+        for messages in evaldata.turns(evaldata.agent_messages(trace)):
             response = client.post(
                 proxy.base_url + "/chat/completions",
                 content=orjson.dumps({"model": "gpt-4o", "messages": messages}),
@@ -70,24 +62,27 @@ def proxy(make_proxy: MakeProxy) -> Any:
     return running
 
 
-@pytest.mark.skipif(not TRACE_FILES, reason="../shared/evaldata is absent")
 @pytest.mark.parametrize("team", ["agents", "default", "support"])
-@pytest.mark.parametrize("trace", TRACE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("trace", TRACES)
 def test_each_turn_resends_the_previous_turn_byte_identical(
-    proxy: Any, upstream: Upstream, trace: Path, team: str
+    proxy: Any, upstream: Upstream, built_trace: Path, trace: str, team: str
 ) -> None:
     previous: list[bytes] = []
-    for sent, forwarded in replay(proxy, upstream, trace, team):
+    for sent, forwarded in replay(proxy, upstream, built_trace if trace == BUILT else trace, team):
         assert len(forwarded) == len(sent)  # nothing dropped or reordered
         encoded = [orjson.dumps(m) for m in forwarded]
         assert encoded[: len(previous)] == previous
         previous = encoded
 
 
-@pytest.mark.skipif(not TRACE_FILES, reason="../shared/evaldata is absent")
-def test_agents_policy_shrinks_tool_outputs_and_nothing_else(proxy: Any, upstream: Upstream) -> None:
+@pytest.mark.parametrize(
+    "source", [BUILT, pytest.param("evaldata", marks=pytest.mark.evaldata(*evaldata.TRACES))]
+)
+def test_agents_policy_shrinks_tool_outputs_and_nothing_else(
+    proxy: Any, upstream: Upstream, built_trace: Path, source: str
+) -> None:
     saved = 0
-    for trace in TRACE_FILES:
+    for trace in [built_trace] if source == BUILT else evaldata.TRACES:
         sent, forwarded = replay(proxy, upstream, trace, "agents")[-1]
         for original, out in zip(sent, forwarded, strict=True):
             selected = original["role"] in ("tool", "function") or (

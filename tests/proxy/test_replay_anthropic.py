@@ -16,18 +16,31 @@ from typing import Any
 import anthropic
 import pytest
 from harness import MakeProxy, Upstream
+from samples import write_agent_trace
 
+import evaldata
 from proxy.anthropic import breakpoints
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
-from anthropic_shape import TRACES_DIR, block_values, turns, without_markers  # noqa: E402
+from anthropic_shape import block_values, turns, without_markers  # noqa: E402
 
-TRACE_FILES = sorted(TRACES_DIR.glob("*.traj")) if TRACES_DIR.is_dir() else []
 # One function-calling trace (tool_result blocks) and one text agent (observations as user text).
 CHOSEN = [
-    p for p in TRACE_FILES if p.stem in ("marshmallow-1867__function_calling_replace", "gpt4__pydicom-1458")
+    "swe-agent-traces/marshmallow-1867__function_calling_replace.traj",
+    "swe-agent-traces/gpt4__pydicom-1458.traj",
 ]
+BUILT = "built"  # a function-calling trace made here (samples), for runs without the evaluation data
+TRACES = [BUILT, *(pytest.param(t, marks=pytest.mark.evaldata(t), id=Path(t).stem) for t in CHOSEN)]
+
+
+@pytest.fixture(scope="module")
+def built_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_agent_trace(tmp_path_factory.mktemp("trace") / "built.traj")
+
+
+def trace_path(trace: str, built_trace: Path) -> Path:
+    return built_trace if trace == BUILT else evaldata.path(trace)
 
 
 def markers(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
@@ -35,10 +48,9 @@ def markers(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
     return [(b.path, listed[b.block]["cache_control"]) for b in breakpoints(body)]
 
 
-@pytest.mark.skipif(len(CHOSEN) != 2, reason="SWE-agent traces not available")
-@pytest.mark.parametrize("trace", CHOSEN, ids=[p.stem for p in CHOSEN])
+@pytest.mark.parametrize("trace", TRACES)
 def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
-    trace: Path, make_proxy: MakeProxy, upstream: Upstream
+    trace: str, built_trace: Path, make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
     policy = (
         (REPO / "policies" / "agents.yaml")
@@ -60,7 +72,7 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
         policies={"agents": policy},
     )
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
-    sent = turns(trace)
+    sent = turns(trace_path(trace, built_trace))
     for body in sent:
         client.messages.create(**body)
     forwarded = [r.json() for r in upstream.requests]
@@ -80,18 +92,19 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
     assert shrunk > 0  # the policy did compress something, so the prefix check means something
 
 
-@pytest.mark.skipif(len(CHOSEN) != 2, reason="SWE-agent traces not available")
-def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above() -> None:
+@pytest.mark.parametrize("trace", TRACES)
+def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above(
+    trace: str, built_trace: Path
+) -> None:
     import asyncio
 
     from replay_engine import load_policies, replay_anthropic, two_turns_old
 
     agents = load_policies()["agents"]
-    for trace in CHOSEN:
-        bodies = turns(trace)
-        none, _ = asyncio.run(replay_anthropic(None, bodies, 3.0))
-        once, fails = asyncio.run(replay_anthropic(agents, bodies, 3.0))
-        aged, _ = asyncio.run(replay_anthropic(two_turns_old(agents), bodies, 3.0))
-        assert fails == 0
-        assert once.dollars < none.dollars < aged.dollars, trace.stem
-        assert once.tokens < none.tokens and aged.tokens < none.tokens  # the twin saves tokens too
+    bodies = turns(trace_path(trace, built_trace))
+    none, _ = asyncio.run(replay_anthropic(None, bodies, 3.0))
+    once, fails = asyncio.run(replay_anthropic(agents, bodies, 3.0))
+    aged, _ = asyncio.run(replay_anthropic(two_turns_old(agents), bodies, 3.0))
+    assert fails == 0
+    assert once.dollars < none.dollars < aged.dollars
+    assert once.tokens < none.tokens and aged.tokens < none.tokens  # the twin saves tokens too
