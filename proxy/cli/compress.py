@@ -46,6 +46,9 @@ async def rewrite_request(
         if not isinstance(parsed, dict):
             raise ValueError("the request body must be a JSON object")
         found = route_of(route)
+        # As a running server has: models loaded before requests. The exchange is made after, since its
+        # latency budget runs from arrival.
+        await services.rewriter.ready()
         exchange = Exchange(
             request_id="compress-cmd",
             method="POST",
@@ -60,7 +63,6 @@ async def rewrite_request(
             api=found.api,
             deployment=found.deployment,
         )
-        await services.rewriter.ready()  # as a running server has: models loaded before requests
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
         out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=found.route)
         return out, rewrite
