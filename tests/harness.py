@@ -179,11 +179,25 @@ def make_proxy(upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         )
         proxy = RunningProxy(url=server.url, config_path=path, services=services, server=server.start())
         started.append(proxy)
+        wait_warm(services)
         return proxy
 
     yield make
     for proxy in started:
         proxy.stop()
+
+
+def wait_warm(services: Services, timeout: float = 180) -> None:
+    """Wait until nothing is pending warm-up (failures allowed), as a load balancer waits for /readyz:
+    compression runs in worker processes that take a moment to start, and a request that arrives
+    before them fails open on its latency budget."""
+    readiness = getattr(services.rewriter, "readiness", None)
+    deadline = time.monotonic() + timeout
+    while readiness is not None and time.monotonic() < deadline:
+        pending, _failed = readiness()
+        if not pending:
+            return
+        time.sleep(0.05)
 
 
 def free_port() -> int:
