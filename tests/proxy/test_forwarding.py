@@ -257,7 +257,9 @@ def test_metrics_and_healthz(make_proxy: MakeProxy) -> None:
     assert 'tersegate_requests_total{route="/v1/embeddings",status="200",team="rag"} 1.0' in text
     assert 'tersegate_upstream_latency_seconds_count{upstream="fake"} 3.0' in text
     health = httpx.get(proxy.url + "/healthz")
-    assert (health.status_code, health.json()) == (200, {"status": "ok", "audit": "off"})
+    body = health.json()
+    assert health.status_code == 200 and (body["status"], body["audit"]) == ("ok", "off")
+    assert body["upstreams"]["fake"]["state"] == "ok" and body["upstreams"]["fake"]["failures_in_a_row"] == 0
 
 
 def test_fail_closed_audit_that_is_unhealthy_refuses_with_503(
