@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -38,12 +37,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
 
 from anthropic_shape import MODEL as ANTHROPIC_MODEL  # noqa: E402
 from anthropic_shape import turns as anthropic_turns  # noqa: E402
 from fake_upstream import ServerThread  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 
+from evaldata import agent_messages, turns  # noqa: E402
 from proxy.audit.cache_model import CacheModel  # noqa: E402
 from proxy.audit.pricing import PriceBook, request_cost_usd  # noqa: E402
 from proxy.cli.serve import uvicorn_config  # noqa: E402
@@ -75,22 +76,6 @@ rules:
     options: {{mode: middle, unit: line}}
 """
 STRAWMEN = {"halve-when-first-sent": "", "halve-once-2-turns-old": ", older_than_turns: 2"}
-
-
-def agent_messages(path: Path) -> list[dict[str, Any]]:
-    messages = []
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
-    return messages
-
-
-def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
 
 
 def write_config(folder: Path, upstream_url: str) -> Path:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,7 +38,10 @@ from typing import Any
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: evaldata
+
 from compressors.tokenizer import tokenizer_for
+from evaldata import agent_messages
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import Policy, PolicySet, load_policy
@@ -88,18 +91,6 @@ class Bill:
         self.dollars += other.dollars
         self.compress_ms += other.compress_ms
         self.fail_open += other.fail_open
-
-
-def agent_messages(path: Path) -> list[dict[str, Any]]:
-    messages = []
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
-    return messages
 
 
 def message_tokens(message: dict[str, Any]) -> int:

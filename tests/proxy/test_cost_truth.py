@@ -23,6 +23,7 @@ import pytest
 from harness import MakeProxy, ServerThread
 from prefix_cache_upstream import PrefixCacheUpstream
 
+from evaldata import agent_messages, turns
 from proxy.audit.pricing import PriceBook, request_cost_usd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -56,22 +57,6 @@ POLICIES = {
     "agents": (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8"),
 }
 pytestmark = pytest.mark.skipif(not TRACE_FILES, reason="../shared/evaldata is absent")
-
-
-def agent_messages(path: Path) -> list[dict[str, Any]]:
-    messages = []
-    for m in json.loads(path.read_text(encoding="utf-8"))["history"]:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = m["tool_calls"]
-        if m.get("tool_call_ids"):
-            msg["tool_call_id"] = m["tool_call_ids"][0]
-        messages.append(msg)
-    return messages
-
-
-def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
 
 
 @pytest.fixture
