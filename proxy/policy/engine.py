@@ -23,14 +23,12 @@ import logging
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressors.base import Compressor
-from compressors.embedding import cache_scope
+from compressors.base import Compressor, Target
+from compressors.preserve import PreserveSpec
 from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.anthropic import other_texts
 from proxy.config.model import MemoConfig
@@ -42,7 +40,7 @@ from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.parts import Part, extract_parts, rewrite_body
 from proxy.policy.query import QueryPlan, plan_query
-from proxy.policy.work import Failed, Job, WorkerPool
+from proxy.policy.work import WARM_MODELS, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
 
 __all__ = ["PolicyRewriter"]
@@ -60,12 +58,7 @@ _COUNT_PIECE = 64 * 1024
 _PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
-_WARM_ENCODINGS = (("o200k_base", "gpt-4o"), ("cl100k_base", "gpt-4"))
-_WARM_TEXT = (
-    "Document [1](Title: Warm-up) The proxy loads its models before the first request.\n\n"
-    "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
-    "Question: what does the proxy load first?"
-)
+_WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
 
 
 @dataclass(slots=True)
@@ -141,8 +134,6 @@ class PolicyRewriter:
             metrics=metrics,
         )
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tersegate-compress")
-        self._warmed: weakref.WeakSet[Compressor] = weakref.WeakSet()
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -153,15 +144,23 @@ class PolicyRewriter:
     def close(self) -> None:
         if self._warming is not None:
             self._warming.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._workers.close()
 
     def start(self) -> None:
-        """Load the policies' models in the background (at start and after a reload),
-        so the first requests do not spend their latency budget on loading."""
+        """Load the policies' models in the background (at start), so the first requests do not
+        spend their latency budget on loading."""
         self.warmed.clear()
         self._failed.clear()
         self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
+
+    async def adopt(self, policies: PolicySet) -> None:
+        """A reload: warm ``policies``' compressors in the workers (one at a time; the others go
+        on serving the current policies), then swap them in whole. No request meets a cold worker."""
+        self._workers.warm(_worker_rules(policies))
+        await self._workers.warmed(timeout=_WARM_TIMEOUT_S)
+        self.policies = policies
+        self._report(policies)
+        self._changed()
 
     def readiness(self) -> tuple[list[str], dict[str, str]]:
         """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
@@ -177,39 +176,29 @@ class PolicyRewriter:
         return self.warmed.is_set() and self._workers.ready()
 
     async def ready(self) -> None:
-        """Run each rule's compressor once on a small text, in the worker pool; load the
-        token counters of OpenAI's current encodings too (every audited request counts)."""
+        """Load the token counters of OpenAI's current encodings here (every audited request
+        counts), and run each rule's compressor once on a small text in every worker process."""
         jobs = []
-        for encoding, model in _WARM_ENCODINGS:
-            label = f"tokenizer {encoding}"
+        for model in WARM_MODELS:
+            label = f"tokenizer {tokenizer_for(model).encoding}"
             if label not in self._warm_done:
                 self._pending.add(label)
-                jobs.append(self._warm_one(label, _count_once, model))
-        for policy in self.policies.policies.values():
-            for rule in policy.rules:
-                if rule.compressor is not None and rule.compressor not in self._warmed:
-                    self._warmed.add(rule.compressor)
-                    label = f"{policy.name}/{rule.name} ({rule.compressor_name})"
-                    self._pending.add(label)
-                    jobs.append(self._warm_one(label, _warm, rule))
+                jobs.append(self._warm_tokenizer(label, model))
+        self._pending |= set(_labels(self.policies).values())
         self._changed()
-        rules = {
-            rule.identity: (rule.identity, rule.compressor, rule.target, rule.preserve)
-            for policy in self.policies.policies.values()
-            for rule in policy.rules
-            if rule.compressor is not None
-        }
-        self._workers.warm(list(rules.values()))
+        self._workers.warm(_worker_rules(self.policies))
         await asyncio.gather(*jobs)
-        await self._workers.warmed(timeout=600)
+        await self._workers.warmed(timeout=_WARM_TIMEOUT_S)
+        self._report(self.policies)
+        self._pending.clear()
         self.warmed.set()
         self._changed()
 
-    async def _warm_one(self, label: str, work: Callable[[Any], None], arg: Any) -> None:
+    async def _warm_tokenizer(self, label: str, model: str) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, work, arg)
-        except Exception as exc:  # it will fail open, and say why, at first use
+            await asyncio.to_thread(tokenizer_for(model).count, "warm-up")
+        except Exception as exc:  # counts fall back, and say why, at first use
             log.warning("warm-up of %s failed: %s", label, exc)
             self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
         else:
@@ -217,6 +206,20 @@ class PolicyRewriter:
             log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
         finally:
             self._pending.discard(label)
+
+    def _report(self, policies: PolicySet) -> None:
+        """Log each rule's warm-up as the workers reported it; keep the failures for /readyz."""
+        for key in [k for k in self._failed if not k.startswith("tokenizer ")]:
+            del self._failed[key]
+        for identity, label in _labels(policies).items():
+            report = self._workers.report.get(identity)
+            if report is None:
+                continue
+            if report.error is not None:
+                log.warning("warm-up of %s failed: %s", label, report.error)
+                self._failed[label] = report.error
+            else:
+                log.info("warm: %s in %.1f s", label, report.seconds)
 
     def _changed(self) -> None:
         if self.on_warm_change is not None:
@@ -541,11 +544,22 @@ def _count(tokenizer: Tokenizer, text: str) -> int:
     return total
 
 
-def _count_once(model: str) -> None:
-    tokenizer_for(model).count("warm-up")
+def _worker_rules(policies: PolicySet) -> list[tuple[str, Compressor, Target, PreserveSpec | None]]:
+    """What the compression workers warm: each distinct rule identity once."""
+    rules = {
+        rule.identity: (rule.identity, rule.compressor, rule.target, rule.preserve)
+        for policy in policies.policies.values()
+        for rule in policy.rules
+        if rule.compressor is not None
+    }
+    return list(rules.values())
 
 
-def _warm(rule: Rule) -> None:
-    assert rule.compressor is not None
-    with cache_scope("warm-up"):
-        rule.compressor.compress(_WARM_TEXT, target=rule.target, query="warm-up", preserve=rule.preserve)
+def _labels(policies: PolicySet) -> dict[str, str]:
+    """Rule identity -> ``policy/rule (compressor)``, as /readyz and the log name them."""
+    labels: dict[str, str] = {}
+    for policy in policies.policies.values():
+        for rule in policy.rules:
+            if rule.compressor is not None:
+                labels.setdefault(rule.identity, f"{policy.name}/{rule.name} ({rule.compressor_name})")
+    return labels

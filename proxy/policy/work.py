@@ -8,6 +8,10 @@ is abandoned: its process is killed and a fresh one (forked from a preloaded for
 with the current rules) takes its place, so neither the loop nor the pool is held. A late result is
 never delivered. Compressor objects are small before their models load, so each job carries its
 rule's compressor; a worker keeps the first one it saw per rule identity (and its loaded models).
+
+Models load in the workers only (the serving process counts tokens, it never compresses). A reload
+warms the new rules worker by worker while the others keep serving (``PolicyRewriter.adopt`` swaps
+the policies once every worker has them), so a reload never leaves the pool with no warm worker.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from compressors.preserve import PreserveSpec
 from compressors.tokenizer import tokenizer_for
 from proxy.policy.query import QueryPlan, compress_around
 
-__all__ = ["Done", "Failed", "Job", "WorkerPool"]
+__all__ = ["WARM_MODELS", "Done", "Failed", "Job", "WarmReport", "WorkerPool"]
 
 log = logging.getLogger("tersegate.policy")
 
@@ -41,6 +45,9 @@ _WARM_TEXT = (
     "Question: what does the proxy load first?"
 )
 _WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
+# Token counters of OpenAI's current encodings (o200k_base, cl100k_base): loaded at warm-up in every
+# process, or the first request for a model of the other encoding spends its budget loading one.
+WARM_MODELS = ("gpt-4o", "gpt-4")
 _PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.work"]
 
 
@@ -79,6 +86,14 @@ class _Warm:
     jobs: tuple[tuple[str, Compressor, Target, PreserveSpec | None], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class WarmReport:
+    """How one rule's warm-up went in a worker: seconds, and why it failed (None: it loaded)."""
+
+    seconds: float
+    error: str | None
+
+
 def _compressor(cache: dict[str, Compressor], identity: str, given: Compressor) -> Compressor:
     return cache.setdefault(identity, given)
 
@@ -97,11 +112,22 @@ def _run(job: Job, cache: dict[str, Compressor]) -> Done:
     return Done(new_text, after, ms, note)
 
 
-def _warm(message: _Warm, cache: dict[str, Compressor]) -> None:
+def _warm(message: _Warm, cache: dict[str, Compressor]) -> dict[str, WarmReport]:
+    for model in WARM_MODELS:
+        with contextlib.suppress(Exception):  # the serving process reports a missing encoding
+            tokenizer_for(model).count("warm-up")
+    report: dict[str, WarmReport] = {}
     for identity, given, target, preserve in message.jobs:
-        with contextlib.suppress(Exception):  # it fails open, and says why, at first use
+        started = time.perf_counter()
+        error = None
+        try:  # a rule that cannot load fails open, and says why, at first use
             compressor = _compressor(cache, identity, given)
-            compressor.compress(_WARM_TEXT, target=target, query="warm-up", preserve=preserve)
+            with cache_scope("warm-up"):
+                compressor.compress(_WARM_TEXT, target=target, query="warm-up", preserve=preserve)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        report[identity] = WarmReport(time.perf_counter() - started, error)
+    return report
 
 
 def _serve(conn: Connection) -> None:
@@ -114,8 +140,7 @@ def _serve(conn: Connection) -> None:
         except (EOFError, OSError):
             return
         if isinstance(message, _Warm):
-            _warm(message, cache)
-            conn.send(None)
+            conn.send(_warm(message, cache))
             continue
         try:
             result: Done | Failed = _run(message, cache)
@@ -202,6 +227,9 @@ class WorkerPool:
         self._warm: _Warm = _Warm(())
         self._generation = 0
         self._context: ForkServerContext | None = None
+        self._warming: set[_Worker] = set()  # a reload warms one worker at a time; the rest serve
+        self._turn = asyncio.Event()  # set (and replaced) to wake idle runners: see _pulse
+        self.report: dict[str, WarmReport] = {}  # identity -> the latest warm-up of that rule
 
     def _start(self) -> asyncio.Queue[tuple[Job, asyncio.Future[Done | Failed | None]]]:
         if self._queue is None:
@@ -223,6 +251,26 @@ class WorkerPool:
             self._warm = _Warm(tuple(rules))
             self._generation += 1
         self._start()
+        self._pulse()
+
+    def _pulse(self) -> None:
+        """Wake every runner waiting for a job, so each sees whether it must warm."""
+        turn, self._turn = self._turn, asyncio.Event()
+        turn.set()
+
+    async def _next(self) -> tuple[Job, asyncio.Future[Done | Failed | None]] | None:
+        """The next job, or None when woken by a pulse first (the queue keeps the job)."""
+        assert self._queue is not None
+        getter = asyncio.ensure_future(self._queue.get())
+        pulse = asyncio.ensure_future(self._turn.wait())
+        try:
+            await asyncio.wait({getter, pulse}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            pulse.cancel()
+            if not getter.done():
+                getter.cancel()  # Queue.get leaves an item it was woken for to the next getter
+        await asyncio.wait({getter})  # its cancellation takes a step; ours still propagates
+        return None if getter.cancelled() else getter.result()
 
     async def warmed(self, timeout: float) -> None:
         """Wait until every worker has warmed the current rules (bounded by ``timeout``)."""
@@ -231,8 +279,9 @@ class WorkerPool:
             await asyncio.sleep(0.02)
 
     def ready(self) -> bool:
-        """Every worker is alive and has warmed the current rules (true before any start)."""
-        return all(w.alive and w.generation == self._generation for w in self._slots)
+        """Every worker is alive and warm (true before any start). During a reload's rolling
+        warm-up the pool stays ready: every worker holds rules it can serve with."""
+        return all(w.alive and w.generation >= 0 for w in self._slots)
 
     def submit(self, job: Job) -> asyncio.Future[Done | Failed | None]:
         future: asyncio.Future[Done | Failed | None] = asyncio.get_running_loop().create_future()
@@ -245,7 +294,10 @@ class WorkerPool:
             await self._bring_up_to_date(worker)
             if not worker.alive:
                 continue
-            job, future = await self._queue.get()
+            item = await self._next()
+            if item is None:
+                continue
+            job, future = item
             if future.done():  # the request stopped waiting (budget, disconnect)
                 continue
             if time.monotonic() >= job.deadline:
@@ -272,9 +324,28 @@ class WorkerPool:
                 return
         if worker.generation == self._generation:
             return
-        generation = self._generation
-        with contextlib.suppress(Exception):  # a compressor that cannot load fails open at first use
-            await worker.call(self._warm, until=time.monotonic() + _WARM_TIMEOUT_S)
+        if worker.generation >= 0 and self._warming:
+            return  # a reload, and another worker is warming: serve with the rules it has
+        self._warming.add(worker)
+        try:
+            await self._warm_worker(worker)
+        finally:
+            self._warming.discard(worker)
+            self._pulse()  # the next worker's turn
+
+    async def _warm_worker(self, worker: _Worker) -> None:
+        generation, message = self._generation, self._warm
+        if worker.generation == generation:
+            return
+        try:
+            report: dict[str, WarmReport] = await worker.call(
+                message, until=time.monotonic() + _WARM_TIMEOUT_S
+            )
+        except Exception as exc:  # the worker died or hung: each rule fails open at first use
+            why = f"compression worker: {type(exc).__name__}"
+            report = {identity: WarmReport(0.0, why) for identity, *_ in message.jobs}
+        if generation == self._generation:
+            self.report.update(report)
         worker.generation = generation
 
     def close(self) -> None:

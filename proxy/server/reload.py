@@ -1,9 +1,10 @@
 """Hot reload of config.yaml and the policies: on SIGHUP, and when a file changes.
 
 A reload parses and validates everything off the event loop (building a
-compressor may import a model library); a valid set is handed to ``apply`` in
-one step, so a request sees either the old config and policies or the new
-ones. An invalid set is logged (``file:line: message``) and the last good one
+compressor may import a model library); a valid set is handed to ``apply``,
+which warms its compressors in the workers while the old set serves, then swaps
+it in one step, so a request sees either the old config and policies or the new
+ones, and never a cold model. An invalid set is logged (``file:line: message``) and the last good one
 keeps serving.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -27,7 +28,7 @@ __all__ = ["PolicyReloader"]
 
 log = logging.getLogger("tersegate.reload")
 
-Apply = Callable[[Config, PolicySet], None]
+Apply = Callable[[Config, PolicySet], Awaitable[None]]
 
 
 class PolicyReloader:
@@ -84,7 +85,7 @@ class PolicyReloader:
             for warning in policies.warnings:
                 log.warning("%s", warning)
             self._config = config
-            self._apply(config, policies)
+            await self._apply(config, policies)
             self._metrics.policy_reloads.labels(outcome="ok").inc()
             log.info("reloaded %s (%s): %d policies", path, reason, len(policies.policies))
             return True

@@ -144,10 +144,9 @@ def build_services(
     )
     rewriter.on_warm_change = services.publish_readiness
 
-    def apply(new_config: Config, policies: PolicySet) -> None:
+    async def apply(new_config: Config, policies: PolicySet) -> None:
+        await rewriter.adopt(policies)  # warm in the workers first; the old set serves meanwhile
         services.config = new_config
-        rewriter.policies = policies
-        rewriter.start()
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services
