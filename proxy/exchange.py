@@ -45,6 +45,7 @@ class Rewrite:
     compress_ms: float = 0.0
     fail_open: str | None = None  # why the original was forwarded after an error / budget overrun
     skipped: str | None = None  # why the hook did not look (e.g. "body is not valid JSON")
+    unparsed: bool = False  # a body above compression.max_parse_bytes: the audit counts the upstream's usage
     override: str | None = None  # the client's X-Tersegate-Mode: "applied" or "refused: why"
     # Per-part details for `tersegate compress --explain` (never written to logs).
     parts: tuple[Mapping[str, Any], ...] = ()

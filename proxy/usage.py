@@ -113,6 +113,20 @@ def prepare_stream(body: dict[str, Any], *, route: str | None = None) -> tuple[d
     return {**body, "stream_options": new_options}, True
 
 
+def prepare_unparsed_stream(body: bytes, *, route: str) -> tuple[bytes, bool]:
+    """:func:`prepare_stream` for a body too large to parse: ``stream_options`` is written in
+    front of the client's first key (the rest is the client's bytes), unless the client named
+    ``stream_options`` itself (then its own choice stands)."""
+    if route not in _INCLUDE_USAGE_ROUTES or b'"stream_options"' in body:
+        return body, False
+    start = len(body) - len(body.lstrip())
+    if body[start : start + 1] != b"{":
+        return body, False
+    rest = body[start + 1 :].lstrip()
+    joint = b"" if rest.startswith(b"}") else b","
+    return b'{"stream_options":{"include_usage":true}' + joint + rest, True
+
+
 def forwarded_body(
     original: bytes, parsed: dict[str, Any], rewritten: dict[str, Any] | None, *, stream: bool, route: str
 ) -> tuple[bytes, bool]:

@@ -37,7 +37,10 @@ __all__ = ["CacheEstimate", "CacheModel", "Simulated"]
 log = logging.getLogger("tersegate.audit")
 
 _DIGEST_BYTES = 12  # 96-bit prefix digests: collisions are negligible at any store size
-_OFFLOAD_CHARS = 32_768  # untokenized text above this is tokenized in a thread, off the event loop
+_OFFLOAD_CHARS = 32_768  # prompts above this are tokenized and digested in a thread, off the event loop
+# Prefixes are tracked up to this many tokens (above any model's context window): a larger prompt
+# is refused upstream anyway, and its digests would only cost the store and the loop.
+_MAX_TRACKED_TOKENS = 2_097_152
 _PRESENT = b"1"
 _WARN_EVERY_S = 60.0
 
@@ -134,11 +137,6 @@ class CacheModel:
             out.append(ids)
         return out
 
-    async def _tokens_of(self, model: str | None, blocks: Sequence[Block]) -> list[bytes]:
-        if sum(len(b.text) for b in blocks) > _OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._tokenize, model, blocks)
-        return self._tokenize(model, blocks)
-
     async def estimate(
         self,
         *,
@@ -168,7 +166,12 @@ class CacheModel:
         plan = self._anthropic if route == ANTHROPIC_ROUTE else self._openai
         blocks = blocks_of(route, original)
         after_blocks = blocks if forwarded is None else blocks_of(route, forwarded)
-        plans = [await plan("b", model, blocks), await plan("a", model, after_blocks)]
+
+        def build() -> list[_Plan]:
+            return [plan("b", model, blocks), plan("a", model, after_blocks)]
+
+        large = sum(len(b.text) for b in blocks) + sum(len(b.text) for b in after_blocks) > _OFFLOAD_CHARS
+        plans = await asyncio.to_thread(build) if large else build()
         try:
             before, after = await self._run(scope, plans)
         except StoreUnavailable as exc:
@@ -197,14 +200,15 @@ class CacheModel:
             await self.store.put(scope, items, ttl_s=ttl)
         return results[0], results[1]
 
-    async def _openai(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+    def _openai(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
         if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
             return _Plan.nothing()  # too short to be cached: not worth tokenizing
-        ids = b"".join(await self._tokens_of(model, blocks))
+        ids = b"".join(self._tokenize(model, blocks))
         total = len(ids) // 4
+        tracked = min(total, _MAX_TRACKED_TOKENS) // rules.OPENAI_STEP
         step = rules.OPENAI_STEP * 4
         view = memoryview(ids)
-        keys = [side + d for d in _chain([view[i : i + step] for i in range(0, total // 128 * step, step)])]
+        keys = [side + d for d in _chain([view[i : i + step] for i in range(0, tracked * step, step)])]
 
         def resolve(found: Sequence[bytes | None]) -> tuple[Simulated, list[tuple[str, float]]]:
             hits = next((i for i, value in enumerate(found) if value is None), len(found))
@@ -213,12 +217,12 @@ class CacheModel:
 
         return _Plan(keys, resolve)
 
-    async def _anthropic(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+    def _anthropic(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
         shortest = rules.anthropic_min_tokens(model)
         breakpoints = [(i, b.breakpoint) for i, b in enumerate(blocks) if b.breakpoint is not None]
         if not breakpoints or _surely_shorter(blocks, shortest):
             return _Plan.nothing()  # nothing the client asked to cache, or too short to be
-        counts = [len(ids) // 4 for ids in await self._tokens_of(model, blocks)]
+        counts = [len(ids) // 4 for ids in self._tokenize(model, blocks)]
         ends = np.cumsum(counts).tolist()
         keys = [side + d for d in _chain([b.text.encode("utf-8", "surrogatepass") for b in blocks])]
         candidates = rules.lookback(breakpoints)

@@ -111,6 +111,9 @@ def build_record(
     if cached_before is not None and prompt_before is not None:
         cached_before = min(cached_before, prompt_before)
     written_before = cache.written_before if cache is not None else None
+    tokens = (rw.tokens_before, rw.tokens_after)
+    if rw.unparsed and prompt is not None:  # not counted by the proxy, forwarded as sent
+        tokens = (prompt, prompt)
     try:
         price = prices.price_for(exchange.model)
         costs = costs_for(
@@ -135,8 +138,8 @@ def build_record(
         "model": exchange.model,
         "stream": exchange.stream,
         "status": exchange.status,
-        "tokens_before": rw.tokens_before,
-        "tokens_after": rw.tokens_after,
+        "tokens_before": tokens[0],
+        "tokens_after": tokens[1],
         "tokens_scale": scale,
         "usage": usage,
         "cached_tokens": usage.get("cached_tokens") if usage else None,

@@ -123,6 +123,9 @@ class CompressionConfig:
     # Longer text parts are forwarded as they came: compressing one must fit a latency budget
     # (the `tokens` scorer does ~50k characters in ~300 ms on a shared 2-core machine).
     max_part_chars: int = 50_000
+    # Larger request bodies are forwarded as they came, unparsed: parsing JSON holds the event
+    # loop (~50 ms for 30 MB here), and no model's context holds that much text anyway.
+    max_parse_bytes: int = 8 * 1024 * 1024
     memo: MemoConfig = MemoConfig()
 
 
@@ -329,10 +332,12 @@ def _parse_compression(node: Node | None, base: Path, errors: list[ConfigError])
     f.check("memo_bytes", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
     f.check("workers", _positive, "must be a positive integer")
     f.check("max_part_chars", lambda v: isinstance(v, int) and v >= 0, "must be a non-negative integer")
+    f.check("max_parse_bytes", _positive, "must be a positive integer")
     result = CompressionConfig(
         memo_bytes=f.get_field(CompressionConfig, "memo_bytes", int),
         workers=f.get_field(CompressionConfig, "workers", int),
         max_part_chars=f.get_field(CompressionConfig, "max_part_chars", int),
+        max_parse_bytes=f.get_field(CompressionConfig, "max_parse_bytes", int),
         memo=_parse_memo(f.node_of("memo"), base, errors),
     )
     f.finish()

@@ -29,7 +29,7 @@ from typing import Any
 
 from compressors.base import Compressor, Target
 from compressors.preserve import PreserveSpec
-from compressors.tokenizer import Tokenizer, tokenizer_for
+from compressors.tokenizer import Tokenizer, encoding_name_for, tokenizer_for
 from proxy.anthropic import other_texts
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
@@ -180,7 +180,7 @@ class PolicyRewriter:
         counts), and run each rule's compressor once on a small text in every worker process."""
         jobs = []
         for model in WARM_MODELS:
-            label = f"tokenizer {tokenizer_for(model).encoding}"
+            label = f"tokenizer {encoding_name_for(model)[0]}"
             if label not in self._warm_done:
                 self._pending.add(label)
                 jobs.append(self._warm_tokenizer(label, model))
@@ -197,7 +197,7 @@ class PolicyRewriter:
     async def _warm_tokenizer(self, label: str, model: str) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(tokenizer_for(model).count, "warm-up")
+            await asyncio.to_thread(_count_once, model)  # loading it parses a 4 MB file
         except Exception as exc:  # counts fall back, and say why, at first use
             log.warning("warm-up of %s failed: %s", label, exc)
             self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
@@ -542,6 +542,10 @@ def _count(tokenizer: Tokenizer, text: str) -> int:
         total += tokenizer.count(text[start:end])
         start = end
     return total
+
+
+def _count_once(model: str) -> None:
+    tokenizer_for(model).count("warm-up")
 
 
 def _worker_rules(policies: PolicySet) -> list[tuple[str, Compressor, Target, PreserveSpec | None]]:

@@ -49,7 +49,7 @@ from proxy.server.paths import bad_path, path_problem
 from proxy.server.relay import relay_stream, watch_disconnect
 from proxy.server.routes import Route, metric_route, route_of, upstream_path
 from proxy.server.services import Services
-from proxy.usage import AnthropicUsageTap, UsageTap, forwarded_body
+from proxy.usage import AnthropicUsageTap, UsageTap, forwarded_body, prepare_unparsed_stream
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -520,6 +520,8 @@ class ProxyApp:
         """The rewrite hook: ``(bytes to send, streaming, usage tap)``."""
         if not exchange.compressible:
             return body, b'"stream"' in body and _STREAM_TRUE.search(body) is not None, None
+        if len(body) > self.services.config.compression.max_parse_bytes:
+            return self._unparsed(exchange, body)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -553,6 +555,19 @@ class ProxyApp:
         if not exchange.stream:
             return out, False, None
         return out, True, AnthropicUsageTap() if exchange.api == "anthropic" else UsageTap(injected)
+
+    def _unparsed(self, exchange: Exchange, body: bytes) -> tuple[bytes, bool, UsageTap | None]:
+        """A body too large to parse on the event loop: forwarded as it came (a stream only gets
+        ``stream_options`` put in front); the model comes from the response, the tokens from the
+        upstream's usage."""
+        exchange.rewrite = Rewrite(skipped="body above compression.max_parse_bytes", unparsed=True)
+        exchange.stream = b'"stream"' in body and _STREAM_TRUE.search(body) is not None
+        if not exchange.stream:
+            return body, False, None
+        if exchange.api == "anthropic":
+            return body, True, AnthropicUsageTap()
+        out, injected = prepare_unparsed_stream(body, route=exchange.route)
+        return out, True, UsageTap(injected)
 
     async def _respond(
         self,

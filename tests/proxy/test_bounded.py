@@ -152,14 +152,7 @@ def other_upstream() -> Iterator[str]:
     "megabytes",
     [
         2,
-        pytest.param(
-            30,
-            marks=pytest.mark.xfail(
-                reason="after merging main at 3edc1ec a ~200 ms stall of the loop on a 30 MB body "
-                "is back (passed before the merge; not yet located)",
-                strict=False,
-            ),
-        ),
+        30,
     ],
 )
 def test_a_huge_prompt_never_delays_others(
@@ -196,6 +189,7 @@ def test_a_huge_prompt_never_delays_others(
         assert probe.p99(started, ended + 0.3) < 100 + 3 * quiet, (name, quiet, ended - started)
     [record] = [r for r in audit_of(proxy) if (r["tokens_before"] or 0) > 100_000]
     assert record["tokens_before"] == record["tokens_after"]
+    assert (megabytes * 1_000_000 > 8 << 20) is (record["tokens_before"] == record["usage"]["prompt_tokens"])
 
 
 def test_a_late_result_is_never_used(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
@@ -245,6 +239,32 @@ def test_parts_above_the_cap_are_forwarded_as_is(spawn_proxy: MakeProxy, upstrea
     sent = upstream.last().json()["messages"]
     assert sent[0]["content"] == above
     assert len(sent[2]["content"]) < len(below)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_body_above_the_parse_cap_is_forwarded_unparsed_and_audited_from_usage(
+    spawn_proxy: MakeProxy, upstream: Upstream, stream: bool
+) -> None:
+    proxy = support_proxy(spawn_proxy, compression={"max_parse_bytes": 20_000})
+    small, large = ticket(4_000, seed=4), ticket(30_000, seed=5)
+    for text in (small, large):
+        raw = orjson.dumps(
+            {"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": text}]}
+        )
+        response = post(proxy.url, raw)
+        assert response.status_code == 200
+        if text is large and not stream:
+            assert upstream.last().body == raw  # byte for byte: not even re-serialized
+        if text is large and stream:  # the client's bytes, with usage asked for in front
+            assert upstream.last().body == b'{"stream_options":{"include_usage":true},' + raw[1:]
+            assert b'"usage"' not in response.content  # what the proxy asked for is not passed on
+    small_record, large_record = audit_of(proxy)
+    assert small_record["tokens_after"] < small_record["tokens_before"]  # compressed as usual
+    usage = large_record["usage"]
+    assert usage is not None and usage["prompt_tokens"] > 1_000
+    assert large_record["tokens_before"] == large_record["tokens_after"] == usage["prompt_tokens"]
+    assert large_record["model"] and large_record["cost_before_usd"] == large_record["cost_after_usd"] > 0
+    assert large_record["stream"] is stream
 
 
 def test_counting_in_pieces_gives_the_same_total() -> None:
