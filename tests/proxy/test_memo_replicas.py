@@ -21,8 +21,10 @@ import pytest
 import redis
 from harness import MakeProxy, RunningProxy, Upstream
 from redis_server import RedisServer, redis_server
+from test_workers import wait_ready
 
 import evaldata
+from proxy.audit.chains import audit_chains
 
 __all__ = ["redis_server"]
 
@@ -104,6 +106,39 @@ def test_two_processes_on_one_sqlite_file_keep_every_prefix_across_a_restart(
     memo = {"backend": "sqlite", "path": str(tmp_path / "state" / "memo.sqlite")}
     breaks, pairs = replay_alternating(spawn_proxy, upstream, memo, restart_at=6)
     assert (breaks, pairs) == (0, TURNS - 1)
+
+
+@needs_trace
+def test_two_workers_on_the_sqlite_memo_keep_every_prefix_across_a_restart(
+    spawn_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
+) -> None:
+    """``listen.workers: 2`` with the shipped sqlite memo: the kernel hands each turn's new
+    connection to either worker, and the whole server is stopped and started again mid-trace."""
+    audit = tmp_path / "audit" / "audit.jsonl"
+    settings = {
+        **config({"backend": "sqlite", "path": str(tmp_path / "state" / "memo.sqlite")}),
+        "listen": {"host": "127.0.0.1", "port": 0, "workers": 2},
+        "audit": {"path": str(audit)},
+    }
+
+    def start() -> RunningProxy:
+        proxy = spawn_proxy(settings, policies={"qa": QUESTION_AWARE})
+        wait_ready(proxy, 2)
+        return proxy
+
+    proxy = start()
+    forwarded: list[list[bytes]] = []
+    for k, messages in enumerate(evaldata.turns(evaldata.agent_messages(TRACE))[:TURNS]):
+        if k == TURNS // 2:
+            proxy.stop()  # SIGTERM: both workers drain and exit
+            proxy = start()
+        post(proxy, messages)
+        forwarded.append([orjson.dumps(m) for m in upstream.last().json()["messages"]])
+    proxy.stop()
+    served = [sum(len(f.read_bytes().splitlines()) for f in chain) for chain in audit_chains(audit)]
+    print(f"workers: 2 + sqlite + restart: records per worker process {served}")
+    assert sum(served) == TURNS and len([n for n in served if n]) >= 2
+    assert prefix_breaks(forwarded) == 0
 
 
 def metric(proxy: RunningProxy, name: str) -> float:
