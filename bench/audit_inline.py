@@ -1,5 +1,5 @@
-"""The audit-on path end to end: this checkout against another (the same code writing small records
-inline from the event loop), plus the audit off, by CPU time per request as well as latency and req/s.
+"""The audit-on path end to end: this checkout against other variants of the audit write (e.g. the
+writer thread only, or inline always), plus the audit off, by CPU time per request, latency and req/s.
 
 On a machine shared with other jobs, req/s and latency move with their load; the proxy process's own
 CPU time per request (user + system, from /proc) moves much less, and it is what a request costs. Each
@@ -7,11 +7,12 @@ target is a ``tersegate serve`` (compression off, the audit on with the live SQL
 config.yaml ships it) pinned to CPU 0; wrk and the fake upstream run on CPU 1. Cells are interleaved
 across targets, ``--repeats`` times; medians are reported.
 
-    python bench/audit_inline.py --other /tmp/tersegate-inline [--duration 4] [--repeats 5] [--no-index]
+    python bench/audit_inline.py --other "writer thread only=/tmp/tersegate-thread" \
+        [--other NAME=DIR ...] [--duration 4] [--repeats 5] [--no-index]
 
-``--other`` is a copy of the package whose audit writes small records inline, made with
-``git archive HEAD proxy compressors | tar -x -C /tmp/tersegate-inline`` and
-``inline_writes: bool = True`` in its ``proxy/audit/sink.py``.
+Each ``--other`` is a copy of the package with one change, made with
+``git archive HEAD proxy compressors | tar -x -C DIR`` and then edited: e.g. ``inline_writes``
+(``proxy/audit/sink.py``) False for the writer thread only, or ``_ADAPTIVE = False`` for inline always.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from overhead import (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--other", required=True, help="checkout whose audit writes inline")
+    parser.add_argument("--other", action="append", required=True, help="NAME=DIR: a variant's package")
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-index", action="store_true", help="the audit without the live SQLite index")
@@ -57,11 +58,13 @@ def main() -> int:
         )
     }
     urls: dict[str, str] = {}
-    targets = {
+    targets: dict[str, tuple[bool, dict[str, str]]] = {
         "audit off": (False, {}),
-        "audit on, writer thread (default)": (True, {}),
-        "audit on, inline write": (True, {"PYTHONPATH": args.other}),
+        "audit on, this checkout": (True, {}),
     }
+    for other in args.other:
+        name, _, path = other.partition("=")
+        targets[f"audit on, {name}"] = (True, {"PYTHONPATH": path})
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", procs["upstream"])
         place(procs["upstream"].pid, LOAD_CPU)
@@ -93,7 +96,8 @@ def main() -> int:
             stop(proc)
     med = statistics.median
     print(
-        f"Command: `python bench/audit_inline.py --other {args.other} --duration {args.duration} "
+        f"Command: `python bench/audit_inline.py {' '.join(repr('--other=' + o) for o in args.other)} "
+        f"--duration {args.duration} "
         f"--repeats {args.repeats}{' --no-index' if args.no_index else ''}`\n"
     )
     print(

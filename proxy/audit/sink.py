@@ -9,13 +9,13 @@ into the new file. Each process writes its own chain (:mod:`proxy.audit.chains`)
 :meth:`JsonlAuditSink.commit` returns once its line is in the OS, so a SIGKILL
 after that loses nothing. Records go to one writer thread, which writes everything
 waiting in one ``write()`` (group commit) under the chain's lock and then resolves
-each caller's future. With ``inline_writes`` a small record is instead hashed and
-written right on the event loop under the same lock when the lock is free (the
-record stays in the OS before the last byte, without the thread round trip); a busy
-lock, a large record (``include_text``), a due rotation or a failing file still go
-to the thread. It is off by default: cheaper per record in isolation
-(bench/audit_commit.py), not faster end to end on this shared machine
-(bench/audit_inline.py, docs/workers.md).
+each caller's future. With ``inline_writes`` (the default) a small record is instead
+hashed and written right on the event loop, under the same lock, when no record is
+waiting for the thread (the record is in the OS before the last byte, without the
+thread round trip: at low concurrency that round trip is most of the audit's cost);
+under load, when records are already queued, they go to the thread and are written
+together. A busy lock, a large record (``include_text``), a due rotation or a failing
+file also go to the thread. Figures: bench/audit_inline.py, in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ _BATCH = 4096  # records per group commit at most
 _PROBE_EVERY_S = 1.0  # how often an unhealthy sink retries opening its file
 _TAIL_BYTES = 1 << 20  # the last record is found within this many bytes of a file's end
 _INLINE_BYTES = 16 * 1024  # records up to this size are written on the event loop
+# Inline only while no record waits for the writer thread (False: whenever the lock is free).
+_ADAPTIVE = True
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -341,10 +343,9 @@ class JsonlAuditSink:
         metrics: Metrics,
         prices: PriceBook | None = None,
         cache_model: CacheModel | None = None,
-        inline_writes: bool = False,
+        inline_writes: bool = True,
     ) -> None:
-        """``inline_writes=True``: small records are written from the event loop (off by default:
-        it did not win end to end here, see docs/workers.md; kept for re-measuring)."""
+        """``inline_writes=False``: every record goes through the writer thread."""
         if config.path is None:
             raise ValueError("JsonlAuditSink needs audit.path")
         self._config = config
@@ -355,6 +356,7 @@ class JsonlAuditSink:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # the chain's head and file: one writer at a time
         self._inline = inline_writes
+        self._queued = 0  # records handed to the writer thread and not yet written (event loop side)
         self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
@@ -390,14 +392,19 @@ class JsonlAuditSink:
             exchange, prices=self._prices, include_text=self._config.include_text, cache=cache
         )
         self._count(exchange.team, record)
-        if self._write_inline(record):
+        if (self._queued == 0 or not _ADAPTIVE) and self._write_inline(record):
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
+        self._queued += 1
+        future.add_done_callback(self._written)
         self._queue.put(_Item(record, future, loop))
         # Shielded: a cancelled request still gets its record, and the future stays valid.
         if not await asyncio.shield(future):
             raise AuditLost(f"{self._file.path} cannot be written")  # the server counts it
+
+    def _written(self, _: asyncio.Future[bool]) -> None:
+        self._queued -= 1
 
     async def _estimate_cache(self, exchange: Exchange) -> CacheEstimate | None:
         """The cache model's estimate, for requests the upstream answered with usage; faults fail open."""
