@@ -21,28 +21,12 @@ from pathlib import Path
 
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import AuditConfig
-from proxy.exchange import Exchange, Rewrite
 from proxy.metrics import Metrics
 
-MODES = {"writer thread (default)": False, "inline write": True}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from samples import audited_exchange
 
-
-def exchange(i: int) -> Exchange:
-    return Exchange(
-        request_id=f"{i:024x}",
-        method="POST",
-        route="/v1/chat/completions",
-        team="default",
-        key_id=None,
-        upstream="openai",
-        started=time.time(),
-        compressible=True,
-        model="gpt-4o-mini",
-        status=200,
-        rewrite=Rewrite(policy="p", mode="enforce", tokens_before=100, tokens_after=60),
-        usage={"prompt_tokens": 80, "completion_tokens": 5, "total_tokens": 85},
-        upstream_ms=1.5,
-    )
+MODES = {"writer thread": False, "inline write (default, adaptive)": True}
 
 
 async def one_run(folder: Path, inline: bool, records: int) -> tuple[float, float, float, float]:
@@ -53,18 +37,18 @@ async def one_run(folder: Path, inline: bool, records: int) -> tuple[float, floa
         inline_writes=inline,
     )
     for i in range(200):  # warm: price map, file
-        await sink.commit(exchange(i))
+        await sink.commit(audited_exchange(i))
     times = []
     for i in range(records):
         t0 = time.perf_counter()
-        await sink.commit(exchange(i))
+        await sink.commit(audited_exchange(i))
         times.append((time.perf_counter() - t0) * 1e6)
     times.sort()
     per_worker = records // 32
 
     async def worker(w: int) -> None:
         for i in range(per_worker):
-            await sink.commit(exchange(w * per_worker + i))
+            await sink.commit(audited_exchange(w * per_worker + i))
 
     t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(w) for w in range(32)))

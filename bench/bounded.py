@@ -37,12 +37,10 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bounded.md"
+sys.path.insert(0, str(ROOT / "tests"))
+import samples  # noqa: E402
+
 BEFORE = "d401771"
-WORDS = str.split(
-    "the printer on floor three keeps jamming whenever someone sends a large job and the support team "
-    "asked the customer about model number firmware version network settings toner cartridge warranty "
-    "status ticket escalation engineer visit schedule tomorrow morning after checking logs error code"
-)
 PROBE = """
 import sys, time, httpx
 latencies = []
@@ -69,17 +67,7 @@ def free_port() -> int:
 
 
 def ticket(chars: int, seed: int) -> str:
-    import random
-
-    rng = random.Random(seed)
-    out: list[str] = []
-    size = 0
-    while size < chars:
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20)))
-        sentence = f"{words.capitalize()} (ref {rng.randint(1000, 99999)}). "
-        out.append(sentence)
-        size += len(sentence)
-    return "".join(out)[:chars] + " Question: what should the engineer check first?"
+    return samples.ticket(chars, seed, end=" ")
 
 
 def tree_for(name: str, folder: Path) -> Path:

@@ -44,6 +44,7 @@ from anthropic_shape import turns as anthropic_turns  # noqa: E402
 from fake_upstream import ServerThread  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 
+import evaldata  # noqa: E402
 from evaldata import agent_messages, turns  # noqa: E402
 from proxy.audit.cache_model import CacheModel  # noqa: E402
 from proxy.audit.pricing import PriceBook, request_cost_usd  # noqa: E402
@@ -53,28 +54,11 @@ from proxy.server.app import create_app  # noqa: E402
 from proxy.server.services import build_services  # noqa: E402
 from proxy.store.memory import MemoryStore  # noqa: E402
 
-TRACES = next(
-    (
-        p / "shared" / "evaldata" / "swe-agent-traces"
-        for p in (REPO.parent, REPO.parent.parent)
-        if (p / "shared").is_dir()
-    ),
-    REPO.parent / "shared" / "evaldata" / "swe-agent-traces",
-)
+TRACES = evaldata.path("swe-agent-traces")
 MODELS = {"gpt-4o": "50%", "gpt-4.1": "75%", "gpt-5": "90%"}
 ANTHROPIC = ANTHROPIC_MODEL  # /v1/messages with Claude Code's cache_control breakpoints
 SHIPPED = ("default", "agents", "support", "rag")
-# Observations arrive as tool messages (function calling) or user messages (text agents).
-HALVE = """\
-name: {name}
-latency_budget_ms: 60000
-rules:
-  - name: halve-observations
-    match: {{roles: [tool, user], min_tokens: 100{age}}}
-    compressor: truncate
-    rate: 0.5
-    options: {{mode: middle, unit: line}}
-"""
+HALVE = evaldata.HALVE_POLICY
 STRAWMEN = {"halve-when-first-sent": "", "halve-once-2-turns-old": ", older_than_turns: 2"}
 
 

@@ -40,6 +40,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: evaldata
 
+import evaldata
 from compressors.tokenizer import tokenizer_for
 from evaldata import agent_messages
 from proxy.exchange import Exchange
@@ -52,29 +53,11 @@ except ImportError:  # imported as bench.replay_engine
     from bench.anthropic_shape import CacheBill, turns
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared next to a clone; two levels up from a worktree (/work/wt/<name>).
-TRACES = (
-    next(
-        (p for p in (REPO.parent / "shared", REPO.parents[1] / "shared") if p.is_dir()),
-        REPO.parent / "shared",
-    )
-    / "evaldata"
-    / "swe-agent-traces"
-)
+TRACES = evaldata.path("swe-agent-traces")
 MODEL = "gpt-4o"
 CACHED_FRACTION = 0.10
 COUNT = tokenizer_for(MODEL).count
-# Observations arrive as tool messages (function calling) or user messages (text agents).
-HALVE = """\
-name: {name}
-latency_budget_ms: 60000
-rules:
-  - name: halve-observations
-    match: {{roles: [tool, user], min_tokens: 100{age}}}
-    compressor: truncate
-    rate: 0.5
-    options: {{mode: middle, unit: line}}
-"""
+HALVE = evaldata.HALVE_POLICY
 
 
 @dataclass

@@ -13,7 +13,7 @@ import abc
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from compressors.preserve import PreserveSpec, Region, split_tags
 from compressors.tokenizer import Tokenizer, tokenizer_for
@@ -72,6 +72,16 @@ class Decision:
     score: float | None = None
     reason: str = ""
     preview: str = ""
+
+
+class Ask(NamedTuple):
+    """What one ``_compress`` call is asked for, besides the text: the target, the query (or None),
+    the spans that must survive, and the target model's token counter."""
+
+    target: Target
+    query: str | None
+    preserve: PreserveSpec
+    tokenizer: Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +166,7 @@ class Compressor(abc.ABC):
             regions = split_tags(text)
             if len(regions) == 1 and regions[0].mode == "compress" and regions[0].text == text:
                 # hot path: no tags, no extra tokenization
-                return self._compress(text, target=target, query=query, preserve=spec, tokenizer=tokenizer)
+                return self._compress(text, Ask(target, query, spec, tokenizer))
             return self._compress_regions(
                 text, regions, target=target, query=query, preserve=spec, tokenizer=tokenizer
             )
@@ -185,11 +195,7 @@ class Compressor(abc.ABC):
         for i, region in enumerate(regions):
             if region.mode == "rate":
                 results[i] = self._compress(
-                    region.text,
-                    target=Target(rate=region.rate),
-                    query=query,
-                    preserve=preserve,
-                    tokenizer=tokenizer,
+                    region.text, Ask(Target(rate=region.rate), query, preserve, tokenizer)
                 )
                 fixed += results[i].tokens_after
             elif region.mode == "keep":
@@ -199,13 +205,8 @@ class Compressor(abc.ABC):
         remaining = budget - fixed
         for i in plain:
             share = counts[i] if remaining >= plain_tokens else remaining * counts[i] // plain_tokens
-            results[i] = self._compress(
-                regions[i].text,
-                target=Target(max_tokens=max(1, share)),
-                query=query,
-                preserve=preserve,
-                tokenizer=tokenizer,
-            )
+            ask = Ask(Target(max_tokens=max(1, share)), query, preserve, tokenizer)
+            results[i] = self._compress(regions[i].text, ask)
         return self._join_regions(regions, counts, results, tokens_before, budget, fixed, tokenizer)
 
     def _join_regions(
@@ -260,13 +261,5 @@ class Compressor(abc.ABC):
         )
 
     @abc.abstractmethod
-    def _compress(
-        self,
-        text: str,
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
-    ) -> Compressed:
-        """Do the work. ``tokenizer`` counts tokens for the target model."""
+    def _compress(self, text: str, ask: Ask) -> Compressed:
+        """Do the work (tags already handled: ``text`` is one plain region)."""

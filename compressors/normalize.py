@@ -17,9 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
+from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
 from compressors.preserve import PreserveSpec, Span, find_spans
-from compressors.tokenizer import Tokenizer
 
 __all__ = ["Normalize"]
 
@@ -87,15 +86,8 @@ class Normalize(Compressor):
         if self.options["min_log_run"] < 3:
             raise OptionsError(f"normalize: min_log_run must be >= 3, got {self.options['min_log_run']}")
 
-    def _compress(
-        self,
-        text: str,
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
-    ) -> Compressed:
+    def _compress(self, text: str, ask: Ask) -> Compressed:
+        target, _, preserve, tokenizer = ask  # no query: not question-aware
         tokens_before = tokenizer.count(text)
         dropped: list[_Dropped] = []
         out = self._normalize(text, preserve, dropped)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
+from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
 from compressors.bm25 import bm25_scores
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
-from compressors.preserve import PreserveSpec, find_spans, split_tags
+from compressors.preserve import find_spans, split_tags
 from compressors.question import find_question
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
@@ -162,15 +162,8 @@ class Relevance(Compressor):
             return [False] * len(units)
         return [any(term in unit.casefold() for term in wanted) for unit in units]
 
-    def _compress(
-        self,
-        text: str,
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
-    ) -> Compressed:
+    def _compress(self, text: str, ask: Ask) -> Compressed:
+        target, query, preserve, tokenizer = ask
         regions = split_tags(text)
         joined = "".join(region.text for region in regions)
         forced_ranges: list[tuple[int, int]] = []

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
+from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
 from compressors.preserve import PreserveSpec, find_spans
 from compressors.question import query_of
 from compressors.selfinfo import SelfInfo
@@ -139,9 +139,8 @@ class Tokens(Compressor):
             query_boost=float(opts["query_boost"]), window=opts["window"], bridge=float(opts["bridge"])
         )
 
-    def _compress(
-        self, text: str, *, target: Target, query: str | None, preserve: PreserveSpec, tokenizer: Tokenizer
-    ) -> Compressed:
+    def _compress(self, text: str, ask: Ask) -> Compressed:
+        target, query, preserve, tokenizer = ask
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:

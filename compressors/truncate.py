@@ -14,8 +14,8 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from compressors.base import Compressed, Compressor, Decision, OptionsError, Target
-from compressors.preserve import PreserveSpec, Span, find_spans
+from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.preserve import Span, find_spans
 from compressors.tokenizer import Tokenizer
 
 __all__ = ["Truncate"]
@@ -148,15 +148,8 @@ class Truncate(Compressor):
                 f"truncate: unit must be one of {', '.join(_LEVELS)}, got {self.options['unit']!r}"
             )
 
-    def _compress(
-        self,
-        text: str,
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
-    ) -> Compressed:
+    def _compress(self, text: str, ask: Ask) -> Compressed:
+        target, _, preserve, tokenizer = ask  # no query: not question-aware
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:

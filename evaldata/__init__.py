@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "GSM8K_PROMPT",
+    "HALVE_POLICY",
     "KV75",
     "KV_PROMPT",
     "NQ",
@@ -39,6 +40,21 @@ __all__ = [
     "trace_paths",
     "turns",
 ]
+
+# The strawman the cost replays measure (bench/replay.py, bench/replay_engine.py,
+# tests/proxy/test_cost_truth.py): halve every observation, when first sent (``age=""``) or once
+# it is two turns old (``age=", older_than_turns: 2"``). Observations arrive as tool messages
+# (function calling) or user messages (text agents).
+HALVE_POLICY = """\
+name: {name}
+latency_budget_ms: 60000
+rules:
+  - name: halve-observations
+    match: {{roles: [tool, user], min_tokens: 100{age}}}
+    compressor: truncate
+    rate: 0.5
+    options: {{mode: middle, unit: line}}
+"""
 
 ENV = "TERSEGATE_EVALDATA"
 REPO = Path(__file__).resolve().parents[1]

@@ -142,3 +142,24 @@ def audited_exchange(i: int) -> Exchange:
         rewrite=Rewrite(policy="p", mode="enforce", tokens_before=100, tokens_after=60),
         usage={"prompt_tokens": 80, "completion_tokens": 5},
     )
+
+
+TICKET_WORDS = str.split(
+    "the printer on floor three keeps jamming whenever someone sends a large job and the support team "
+    "asked the customer about model number firmware version network settings toner cartridge warranty "
+    "status ticket escalation engineer visit schedule tomorrow morning after checking logs error code"
+)
+
+
+def ticket(chars: int, seed: int, *, end: str = "\n") -> str:
+    """A long support ticket of ``chars`` characters: unique per seed, compressible by the ``tokens``
+    compressor, sentences ending in ``end``, then a question (tests/proxy/test_bounded.py, bench/bounded.py)."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    size = 0
+    while size < chars:
+        words = " ".join(rng.choice(TICKET_WORDS) for _ in range(rng.randint(8, 20)))
+        sentence = f"{words.capitalize()} (ref {rng.randint(1000, 99999)}).{end}"
+        out.append(sentence)
+        size += len(sentence)
+    return "".join(out)[:chars] + f"{end[-1:] or ' '}Question: what should the engineer check first?"

@@ -30,10 +30,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.config.model import LimitsConfig
 from proxy.errors import error_body
+from proxy.logs import RateLimitedLog
 
 __all__ = ["limited_protocol"]
 
 log = logging.getLogger("tersegate.limits")
+_shed_log = RateLimitedLog(log)  # one info line per kind per second at most: refusals come in floods
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
@@ -53,6 +55,7 @@ def _refusal(status: int, message: str, code: str) -> bytes:
 
 async def _busy(scope: Any, receive: Any, send: Any) -> None:
     """The app for a request on a connection beyond ``max_connections``."""
+    _shed_log.info(("503",), "shed a request: 503 service_unavailable (limits.max_connections reached)")
     body = error_body(
         "The proxy is at its connection limit (limits.max_connections); retry shortly.",
         type="server_error",
@@ -115,7 +118,7 @@ class _LimitedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str, code: str) -> None:
         self._cancel_head_timer()
         self._in_head = False
-        log.debug("refused a request: %d %s", status, code)
+        _shed_log.info((code,), "refused a request: %d %s", status, code)  # no header or client data
         if not self.transport.is_closing():
             if not self._responding():  # else only the close: never bytes inside another response
                 self.transport.write(_refusal(status, message, code))

@@ -6,9 +6,8 @@ import threading
 
 import pytest
 
-from compressors import CompressorError, OptionsError, PreserveSpec, Target, create, tokenizer_for
-from compressors.base import Compressed, Compressor
-from compressors.tokenizer import Tokenizer
+from compressors import CompressorError, OptionsError, Target, create, tokenizer_for
+from compressors.base import Ask, Compressed, Compressor
 
 LINES = "\n".join(f"filler line {i} about nothing in particular at all" for i in range(120))
 
@@ -64,18 +63,10 @@ def test_no_tags_takes_the_direct_path() -> None:
     class Echo(Compressor):
         name = "echo"
 
-        def _compress(
-            self,
-            text: str,
-            *,
-            target: Target,
-            query: str | None,
-            preserve: PreserveSpec,
-            tokenizer: Tokenizer,
-        ) -> Compressed:
+        def _compress(self, text: str, ask: Ask) -> Compressed:
             calls.append(text)
-            n = tokenizer.count(text)
-            return Compressed(text, n, n, self.name, target.budget(n))
+            n = ask.tokenizer.count(text)
+            return Compressed(text, n, n, self.name, ask.target.budget(n))
 
     Echo().compress("no tags <here> at all", target=Target(rate=1.0))
     Echo().compress("x <keep>k</keep> y", target=Target(rate=1.0))
@@ -86,15 +77,7 @@ def test_failures_are_contained_as_compressor_errors() -> None:
     class Broken(Compressor):
         name = "broken"
 
-        def _compress(
-            self,
-            text: str,
-            *,
-            target: Target,
-            query: str | None,
-            preserve: PreserveSpec,
-            tokenizer: Tokenizer,
-        ) -> Compressed:
+        def _compress(self, text: str, ask: Ask) -> Compressed:
             raise KeyError("boom")
 
     with pytest.raises(CompressorError, match="broken: KeyError"):

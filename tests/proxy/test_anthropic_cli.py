@@ -13,6 +13,7 @@ import httpx
 import pytest
 from harness import MakeProxy, Upstream, tersegate_command
 from samples import write_agent_trace
+from test_anthropic import anthropic_config
 
 import evaldata
 
@@ -47,18 +48,7 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
 def anthropic_proxy(make: MakeProxy) -> object:
     agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
     return make(
-        {
-            "upstreams": {
-                "claude": {
-                    "api": "anthropic",
-                    "base_url": "{upstream_root}",
-                    "api_key_env": "FAKE_UPSTREAM_KEY",
-                }
-            },
-            "default_upstream": "claude",
-            "audit": {"path": "audit/audit.jsonl"},
-            "teams": {"default": {"policy": "agents"}},
-        },
+        anthropic_config(audit={"path": "audit/audit.jsonl"}, teams={"default": {"policy": "agents"}}),
         policies={"agents": agents.replace("latency_budget_ms: 300", "latency_budget_ms: 30000")},
     )
 

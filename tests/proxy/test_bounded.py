@@ -21,26 +21,9 @@ import httpx
 import orjson
 import pytest
 from harness import MakeProxy, Upstream, free_port
+from samples import ticket
 
 SUPPORT = (Path(__file__).resolve().parents[2] / "policies" / "support.yaml").read_text()
-WORDS = str.split(
-    "the printer on floor three keeps jamming whenever someone sends a large job and the support team "
-    "asked the customer about model number firmware version network settings toner cartridge warranty "
-    "status ticket escalation engineer visit schedule tomorrow morning after checking logs error code"
-)
-
-
-def ticket(chars: int, seed: int) -> str:
-    """A long support ticket: unique per seed, compressible by the ``tokens`` compressor."""
-    rng = random.Random(seed)
-    out: list[str] = []
-    size = 0
-    while size < chars:
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20)))
-        sentence = f"{words.capitalize()} (ref {rng.randint(1000, 99999)}).\n"
-        out.append(sentence)
-        size += len(sentence)
-    return "".join(out)[:chars] + "\nQuestion: what should the engineer check first?"
 
 
 def support_proxy(spawn_proxy: MakeProxy, *, budget_ms: int = 300, **config: Any) -> Any:

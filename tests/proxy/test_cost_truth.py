@@ -23,6 +23,7 @@ import pytest
 from harness import MakeProxy, ServerThread
 from prefix_cache_upstream import PrefixCacheUpstream
 
+import evaldata
 from evaldata import agent_messages, turns
 from proxy.audit.pricing import PriceBook, request_cost_usd
 
@@ -31,26 +32,9 @@ from anthropic_shape import MODEL as ANTHROPIC_MODEL
 from anthropic_shape import turns as anthropic_turns
 
 REPO = Path(__file__).resolve().parents[2]
-# ../shared/evaldata next to the checkout (or next to the folder of worktrees).
-TRACES = next(
-    (
-        p / "shared" / "evaldata" / "swe-agent-traces"
-        for p in (REPO.parent, REPO.parent.parent)
-        if (p / "shared").is_dir()
-    ),
-    REPO.parent / "shared",
-)
+TRACES = evaldata.path("swe-agent-traces")
 TRACE_FILES = sorted(TRACES.glob("*.traj")) if TRACES.is_dir() else []
-HALVE = """\
-name: {name}
-latency_budget_ms: 60000
-rules:
-  - name: halve-observations
-    match: {{roles: [tool, user], min_tokens: 100{age}}}
-    compressor: truncate
-    rate: 0.5
-    options: {{mode: middle, unit: line}}
-"""
+HALVE = evaldata.HALVE_POLICY
 POLICIES = {
     "first": HALVE.format(name="first", age=""),
     "aged": HALVE.format(name="aged", age=", older_than_turns: 2"),

@@ -13,6 +13,7 @@ import openai
 import pytest
 from harness import MakeProxy, Upstream
 from openapi_shapes import OPENAPI, schema_errors
+from raw_upstream import RawUpstream
 
 from proxy.exchange import Exchange, Rewrite
 
@@ -407,55 +408,28 @@ class DroppingServer:
     RESPONSE = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 
     def __init__(self, *, answer_first: bool = True) -> None:
-        import asyncio
-        import threading
-
         self.answer_first = answer_first
-        self.connections = 0
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        self._seen: list[Any] = []  # each connection's writer, once it sent a request
+        self._answered: list[Any] = []
+        self.raw = RawUpstream(self._answer)
+        self.port = self.raw.port
 
-    async def _serve(self, reader: Any, writer: Any) -> None:
-        import asyncio
-        import contextlib
+    @property
+    def connections(self) -> int:
+        return len(self._seen)
 
-        self.connections += 1
-        try:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the proxy hung up first
-                await self._answer(reader, writer)
-        finally:  # also when stop() cancels a connection still waiting for its second request
-            writer.close()
-
-    async def _answer(self, reader: Any, writer: Any) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0
-        )
-        await reader.readexactly(length)
-        if self.answer_first:
-            writer.write(self.RESPONSE)
-            await writer.drain()
-            await reader.readuntil(b"\r\n\r\n")  # the second request: dropped
-
-    async def _shutdown(self) -> None:
-        import asyncio
-
-        self.server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _answer(self, head: bytes, body: bytes, writer: Any) -> bool:
+        if not any(w is writer for w in self._seen):
+            self._seen.append(writer)
+        if not self.answer_first or any(w is writer for w in self._answered):
+            return False  # the connection is closed, this request unanswered
+        self._answered.append(writer)
+        writer.write(self.RESPONSE)
+        await writer.drain()
+        return True
 
     def stop(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+        self.raw.stop()
 
 
 def test_request_on_a_stale_keep_alive_connection_is_retried_once(make_proxy: MakeProxy) -> None:

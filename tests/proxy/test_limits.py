@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -93,7 +94,10 @@ def test_default_limits_refuse_16_mib_of_headers_and_20000_fields(
     assert upstream.requests == []
 
 
-def test_too_many_header_fields_get_431(make_proxy: MakeProxy, upstream: Upstream) -> None:
+def test_too_many_header_fields_get_431(
+    make_proxy: MakeProxy, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tersegate.limits")
     proxy = make_proxy({"limits": {"max_headers": 50}})
     for count in (60, 20_000):  # 20,000: over the byte limit first, refused all the same
         sock = connect(proxy.url)
@@ -104,6 +108,9 @@ def test_too_many_header_fields_get_431(make_proxy: MakeProxy, upstream: Upstrea
         assert status == 431, count
         assert error["code"] in ("too_many_headers", "request_headers_too_large")
     assert upstream.requests == []
+    shed = [r.getMessage() for r in caplog.records if r.name == "tersegate.limits"]
+    assert shed and all(m.startswith("refused a request: 431 ") for m in shed)  # at info, one per kind
+    assert not any("x-h" in m for m in shed)  # nothing of the request's headers
 
 
 def test_slowloris_clients_are_cut_off_after_the_header_timeout(make_proxy: MakeProxy) -> None:
@@ -151,13 +158,17 @@ def test_idle_connections_are_closed(make_proxy: MakeProxy) -> None:
     assert closed and time.monotonic() - began < 2
 
 
-def test_connections_beyond_max_connections_get_503_in_openai_shape(make_proxy: MakeProxy) -> None:
+def test_connections_beyond_max_connections_get_503_in_openai_shape(
+    make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tersegate.limits")
     proxy = make_proxy({"limits": {"max_connections": 5, "header_timeout_s": 30}})
     held = [connect(proxy.url) for _ in range(5)]
     time.sleep(0.2)
     reply = httpx.get(proxy.base_url + "/models", headers={"connection": "close"})
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "service_unavailable" and reply.headers["retry-after"] == "1"
+    assert any("shed a request: 503" in r.getMessage() for r in caplog.records)
     for sock in held:
         sock.close()
     time.sleep(0.2)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 from harness import MakeProxy, Upstream
+from test_readyz import RAG_POLICY
 
 TEXT = "A  line   with    runs   of    spaces.\n\n\n\n\n" * 200  # normalize saves plenty
 
@@ -21,13 +22,7 @@ rules:
     match: {roles: [user]}
     compressor: normalize
 """
-BROKEN = """\
-name: tidy
-rules:
-  - name: user-text
-    match: {roles: [robot]}
-    compressor: normalize
-"""
+BROKEN = TIDY.replace("roles: [user]", "roles: [robot]")  # an unknown role: rejected
 
 
 def send(proxy: Any) -> httpx.Response:
@@ -102,16 +97,7 @@ def test_config_change_switches_a_team_policy(make_proxy: MakeProxy, upstream: U
     assert proxy.services is not None and proxy.services.config.teams["default"].policy == "tidy"
 
 
-RAG = """\
-name: tidy
-latency_budget_ms: 5000
-rules:
-  - name: documents
-    match: {roles: [user], min_tokens: 200}
-    compressor: relevance
-    rate: 0.3
-    options: {scorer: embedding}
-"""
+RAG = RAG_POLICY.replace("name: rag", "name: tidy")  # an embedding model: seconds to load
 
 
 def fail_opens(proxy: Any) -> float:

@@ -17,6 +17,7 @@ import anthropic
 import pytest
 from harness import MakeProxy, Upstream
 from samples import write_agent_trace
+from test_anthropic import anthropic_config
 
 import evaldata
 from proxy.anthropic import breakpoints
@@ -58,17 +59,7 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
         .replace("latency_budget_ms: 300", "latency_budget_ms: 30000")
     )
     proxy = make_proxy(
-        {
-            "upstreams": {
-                "claude": {
-                    "api": "anthropic",
-                    "base_url": "{upstream_root}",
-                    "api_key_env": "FAKE_UPSTREAM_KEY",
-                }
-            },
-            "default_upstream": "claude",
-            "teams": {"default": {"policy": "agents"}},
-        },
+        anthropic_config(teams={"default": {"policy": "agents"}}),
         policies={"agents": policy},
     )
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)
