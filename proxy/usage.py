@@ -24,7 +24,7 @@ import orjson
 
 from proxy.splice import encode_rewrite
 
-__all__ = ["AnthropicUsageTap", "UsageTap", "forwarded_body", "normalize_usage", "prepare_stream"]
+__all__ = ["AnthropicUsageTap", "UsageTap", "forwarded_body", "normalize_usage", "prepare_stream", "prepare_unparsed_stream"]
 
 # Routes whose streams honour stream_options.include_usage.
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})

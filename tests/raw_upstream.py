@@ -41,15 +41,17 @@ class RawUpstream:
         self.thread.start()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(header_value(head, b"content-length") or 0)
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
-                if not await self.answer(head, body, writer):
-                    break
-        writer.close()
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(header_value(head, b"content-length") or 0)
+                    body = await reader.readexactly(length)
+                    self.requests.append((head, body))
+                    if not await self.answer(head, body, writer):
+                        break
+        finally:  # also when stop() cancels a connection still waiting for a request
+            writer.close()
 
     async def _shutdown(self) -> None:
         self.server.close()

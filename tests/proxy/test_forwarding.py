@@ -409,8 +409,8 @@ class DroppingServer:
 
     def __init__(self, *, answer_first: bool = True) -> None:
         self.answer_first = answer_first
-        self._seen: list[Any] = []  # each connection's writer, once it sent a request
-        self._answered: list[Any] = []
+        self._seen: set[int] = set()  # id() of each connection's writer, once it sent a request
+        self._answered: set[int] = set()
         self.raw = RawUpstream(self._answer)
         self.port = self.raw.port
 
@@ -419,11 +419,10 @@ class DroppingServer:
         return len(self._seen)
 
     async def _answer(self, head: bytes, body: bytes, writer: Any) -> bool:
-        if not any(w is writer for w in self._seen):
-            self._seen.append(writer)
-        if not self.answer_first or any(w is writer for w in self._answered):
+        self._seen.add(id(writer))  # writers live as long as their connection: ids stay distinct
+        if not self.answer_first or id(writer) in self._answered:
             return False  # the connection is closed, this request unanswered
-        self._answered.append(writer)
+        self._answered.add(id(writer))
         writer.write(self.RESPONSE)
         await writer.drain()
         return True

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,10 +17,20 @@ from harness import MakeProxy, Upstream
 
 from proxy.config.model import ConfigErrors, load_config
 
+_OPEN: list[socket.socket] = []  # the raw client sockets of the running test
+
+
+@pytest.fixture(autouse=True)
+def close_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
 
 def connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
+    _OPEN.append(sock)
     return sock
 
 
