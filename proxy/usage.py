@@ -24,7 +24,14 @@ import orjson
 
 from proxy.splice import encode_rewrite
 
-__all__ = ["AnthropicUsageTap", "UsageTap", "forwarded_body", "normalize_usage", "prepare_stream", "prepare_unparsed_stream"]
+__all__ = [
+    "AnthropicUsageTap",
+    "UsageTap",
+    "forwarded_body",
+    "normalize_usage",
+    "prepare_stream",
+    "prepare_unparsed_stream",
+]
 
 # Routes whose streams honour stream_options.include_usage.
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
