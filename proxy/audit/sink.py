@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -70,12 +71,23 @@ _ADAPTIVE = True
 
 def record_hash(record: dict[str, Any]) -> str:
     """SHA-256 hex of the record's canonical JSON (sorted keys, compact), without ``hash``."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    body = {k: v for k, v in record.items() if k != "hash"} if "hash" in record else record
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _whole_second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``2025-03-01T12:00:00.123Z`` (milliseconds, truncated), as datetime would print it; the
+    whole second is formatted once per second (records come thousands a second)."""
+    whole = int(ts)
+    micros = round((ts - whole) * 1_000_000)  # datetime rounds to the microsecond, then we truncate
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    return f"{_whole_second(whole)}.{micros // 1000:03d}Z"
 
 
 def token_scale(exchange: Exchange, usage: dict[str, int | None] | None) -> float | None:
@@ -357,6 +369,7 @@ class JsonlAuditSink:
         self._lock = threading.Lock()  # the chain's head and file: one writer at a time
         self._inline = inline_writes
         self._queued = 0  # records handed to the writer thread and not yet written (event loop side)
+        self._team_counters: dict[str, tuple[Any, Any, Any]] = {}
         self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
@@ -473,13 +486,21 @@ class JsonlAuditSink:
             await asyncio.to_thread(self._indexer.close)
 
     def _count(self, team: str, record: dict[str, Any]) -> None:
+        counters = self._team_counters.get(team)
+        if counters is None:  # teams come from the config: a few, looked up once each
+            m = self._metrics
+            counters = self._team_counters[team] = (
+                m.tokens_before.labels(team=team),
+                m.tokens_after.labels(team=team),
+                m.saved_usd.labels(team=team),
+            )
         before, after = record["tokens_before"], record["tokens_after"]
         if before is not None and after is not None:
-            self._metrics.tokens_before.labels(team=team).inc(before)
-            self._metrics.tokens_after.labels(team=team).inc(after)
+            counters[0].inc(before)
+            counters[1].inc(after)
         saved = record["saved_usd"]
         if saved is not None and saved > 0:  # counters only go up; compression never adds tokens
-            self._metrics.saved_usd.labels(team=team).inc(saved)
+            counters[2].inc(saved)
 
     def _fail(self, why: str) -> None:
         if self._healthy:
