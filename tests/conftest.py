@@ -8,6 +8,11 @@ are skipped, and the run says once, at its end, how many and how to get the data
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
 import pytest
 from harness import make_proxy, spawn_proxy, upstream
 
@@ -57,3 +62,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "Get it with `python -m evaldata.fetch`; sources and licences: README.md, 'Evaluation data'.",
         yellow=True,
     )
+
+
+@pytest.fixture(autouse=True)
+def close_http_clients() -> Iterator[None]:
+    """Every ``httpx.Client`` a test opens (the openai and anthropic SDK clients are ones) is
+    closed when the test ends: left to the garbage collector, their keep-alive sockets raise
+    ResourceWarning in whichever later test the collector happens to run."""
+    opened: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
+    original = httpx.Client.__init__
+
+    def tracked(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        opened.add(self)
+
+    httpx.Client.__init__ = tracked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        httpx.Client.__init__ = original  # type: ignore[method-assign]
+        for client in list(opened):
+            client.close()
