@@ -207,6 +207,21 @@ def free_port() -> int:
         return port
 
 
+def run_tersegate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``tersegate ARGS`` as a user runs it: output captured as text, at most 60 s."""
+    return subprocess.run([*tersegate_command(), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def wait_compression_ready(proxy: Any, timeout: float = 120) -> Any:
+    """Wait until the proxy's compression workers are up and warm (``/healthz`` says so), as a load
+    balancer would before sending traffic; returns ``proxy``."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(proxy.url + "/healthz").json().get("compression") != "ready":
+        assert time.monotonic() < deadline, "compression never became ready"
+        time.sleep(0.1)
+    return proxy
+
+
 def tersegate_command() -> list[str]:
     exe = shutil.which("tersegate", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "proxy.cli"]

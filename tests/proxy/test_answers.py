@@ -8,14 +8,12 @@ false) means off; ``tersegate audit verify`` with no path checks the config's au
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
-from harness import MakeProxy, Upstream, tersegate_command
+from harness import MakeProxy, Upstream, run_tersegate, tersegate_command, wait_compression_ready
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 SPACED = "The ticket   says   the   printer   jams.\n\n\n\n" * 120  # normalize shrinks it
@@ -36,15 +34,6 @@ def tidy(*, override: bool = False, mode: str = "enforce") -> dict[str, str]:
     return {"tidy": TIDY.format(override=str(override).lower(), mode=mode)}
 
 
-def ready(proxy: Any) -> Any:
-    """Wait until the proxy's compression workers are up and warm (``/healthz`` says so)."""
-    deadline = time.monotonic() + 120
-    while httpx.get(proxy.url + "/healthz").json().get("compression") != "ready":
-        assert time.monotonic() < deadline, "compression never became ready"
-        time.sleep(0.1)
-    return proxy
-
-
 def ask(proxy_url: str, mode: str) -> httpx.Response:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": SPACED}]}
     headers = {"Authorization": "Bearer sk-client", "X-Tersegate-Mode": mode}
@@ -63,14 +52,18 @@ def test_unknown_team_is_403_naming_the_team_header(spawn_proxy: MakeProxy, upst
 
 
 def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
-    strict = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=False)))
+    strict = wait_compression_ready(
+        spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=False))
+    )
     refused = ask(strict.url, "off")
     assert refused.status_code == 200
     assert refused.headers["x-tersegate-mode"] == "enforce"
     assert refused.headers["x-tersegate-mode-override"].startswith("refused")
     assert len(upstream.last().body) < len(SPACED)  # compressed anyway
 
-    open_ = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=True)))
+    open_ = wait_compression_ready(
+        spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=True))
+    )
     applied = ask(open_.url, "off")
     assert applied.headers["x-tersegate-mode"] == "off"
     assert applied.headers["x-tersegate-mode-override"] == "applied"
@@ -83,7 +76,9 @@ def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy,
 
 
 def test_unquoted_mode_off_means_off(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
-    proxy = ready(spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(mode="off")))
+    proxy = wait_compression_ready(
+        spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(mode="off"))
+    )
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": SPACED}]}
     response = httpx.post(
         proxy.base_url + "/chat/completions", json=body, headers={"Authorization": "Bearer k"}
@@ -112,15 +107,8 @@ def test_audit_verify_defaults_to_the_configs_audit_path(spawn_proxy: MakeProxy,
     for _ in range(3):
         client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     folder = proxy.config_path.parent
-    by_config = subprocess.run(
-        [*tersegate_command(), "audit", "verify", "--config", str(proxy.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    by_config = run_tersegate("audit", "verify", "--config", str(proxy.config_path))
     assert by_config.returncode == 0, by_config.stderr
     assert "ok: 3 records" in by_config.stdout
-    in_folder = subprocess.run(  # config.yaml in the working directory, as `report` reads it
-        [*tersegate_command(), "audit", "verify"], capture_output=True, text=True, timeout=60, cwd=folder
-    )
+    in_folder = run_tersegate("audit", "verify", cwd=folder)  # config.yaml in the working directory
     assert in_folder.returncode == 0 and "ok: 3 records" in in_folder.stdout

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, Upstream, free_port
+from harness import MakeProxy, Upstream, free_port, wait_compression_ready
 from samples import ticket
 
 SUPPORT = (Path(__file__).resolve().parents[2] / "policies" / "support.yaml").read_text()
@@ -29,7 +29,7 @@ SUPPORT = (Path(__file__).resolve().parents[2] / "policies" / "support.yaml").re
 def support_proxy(spawn_proxy: MakeProxy, *, budget_ms: int = 300, **config: Any) -> Any:
     policy = SUPPORT.replace("latency_budget_ms: 300", f"latency_budget_ms: {budget_ms}")
     settings = {"teams": {"default": {"policy": "support"}}, "audit": {"path": "audit.jsonl"}, **config}
-    return ready(spawn_proxy(settings, policies={"support": policy}))
+    return wait_compression_ready(spawn_proxy(settings, policies={"support": policy}))
 
 
 def chat_body(text: str) -> bytes:
@@ -94,15 +94,6 @@ class Probe:
         window = [ms for at, ms in self.latencies if start <= at <= end]
         assert len(window) >= 10, len(window)
         return statistics.quantiles(window, n=100)[98]
-
-
-def ready(proxy: Any) -> Any:
-    """Wait until the proxy's compression workers are up and warm."""
-    deadline = time.monotonic() + 60
-    while httpx.get(proxy.url + "/healthz").json().get("compression") != "ready":
-        assert time.monotonic() < deadline, "compression never became ready"
-        time.sleep(0.1)
-    return proxy
 
 
 def audit_of(proxy: Any) -> list[dict[str, Any]]:
@@ -204,7 +195,7 @@ def test_an_abandoned_job_does_not_hold_the_pool(spawn_proxy: MakeProxy, upstrea
     )
     started = time.monotonic()
     assert post(proxy.url, chat_body(ticket(2_000_000, seed=8))).status_code == 200
-    ready(proxy)  # its job was abandoned; a fresh worker is up and warm
+    wait_compression_ready(proxy)  # its job was abandoned; a fresh worker is up and warm
     small = post(proxy.url, chat_body(ticket(3_000, seed=9)))
     assert time.monotonic() - started < 10
     assert int(small.headers["x-tersegate-tokens-after"]) < int(small.headers["x-tersegate-tokens-before"])

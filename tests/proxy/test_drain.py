@@ -8,7 +8,6 @@ upstream has its audit record; the process exits 0 without a traceback.
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, Upstream, tersegate_command
+from harness import MakeProxy, Upstream, run_tersegate
 
 GRACE_S = 3.0
 
@@ -116,12 +115,7 @@ def test_signal_drains_streams_then_ends_the_rest_with_an_error_frame(
     assert len(records) == len(plan)
     cut = [r for r in records if r.get("error") == "shutdown"]
     assert len(cut) == plan.count(("forever", True, {}))
-    verify = subprocess.run(
-        [*tersegate_command(), "audit", "verify", "--config", str(proxy.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    verify = run_tersegate("audit", "verify", "--config", str(proxy.config_path))
     assert verify.returncode == 0, verify.stderr
 
 

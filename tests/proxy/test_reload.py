@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
-from harness import MakeProxy, Upstream
+from harness import MakeProxy, Upstream, wait_compression_ready
 from test_readyz import RAG_POLICY
 
 TEXT = "A  line   with    runs   of    spaces.\n\n\n\n\n" * 200  # normalize saves plenty
@@ -125,9 +125,7 @@ def test_a_reload_warms_the_new_model_while_the_old_policy_serves(
         assert response.status_code == 200
         return response
 
-    deadline = time.monotonic() + 60  # as a load balancer would: only once /readyz says ready
-    while time.monotonic() < deadline and httpx.get(proxy.url + "/readyz").status_code != 200:
-        time.sleep(0.05)
+    wait_compression_ready(proxy)
     fresh(0)
     (proxy.config_path.parent / "policies" / "tidy.yaml").write_text(RAG, encoding="utf-8")
     proxy.proc.send_signal(signal.SIGHUP)

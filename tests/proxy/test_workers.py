@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, RunningProxy, Upstream, free_port, tersegate_command, write_config_dir
+from harness import (
+    MakeProxy,
+    RunningProxy,
+    Upstream,
+    free_port,
+    run_tersegate,
+    tersegate_command,
+    write_config_dir,
+)
 
 from proxy.audit.chains import audit_chains, audit_files
 from proxy.config.model import ConfigErrors, load_config
@@ -89,10 +97,6 @@ def records(audit: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for f in audit_files(audit) for line in f.read_bytes().splitlines()]
 
 
-def tersegate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*tersegate_command(), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
-
-
 def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_workers(spawn_proxy, audit={"path": "audit/audit.jsonl"})
     assert proxy.proc is not None
@@ -121,7 +125,7 @@ def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(spawn_proxy: M
     ok = load.ok_ids()
     assert all(found[rid] == 1 for rid in ok) and max(found.values()) == 1
     assert len(found) <= len(load.results)  # a record only for a request that reached the proxy
-    result = tersegate("audit", "verify", str(audit.parent), cwd=proxy.config_path.parent)
+    result = run_tersegate("audit", "verify", str(audit.parent), cwd=proxy.config_path.parent)
     assert result.returncode == 0, result.stderr
 
 
@@ -147,10 +151,10 @@ def test_two_serves_with_two_workers_each_keep_every_chain(spawn_proxy: MakeProx
     attempts = sum(len(load.results) for load in loads)
     assert all(found[rid] == 1 for rid in ok) and max(found.values()) == 1
     assert len(ok) <= len(found) <= attempts
-    result = tersegate("audit", "verify", "--config", str(first.config_path), cwd=tmp_path)
+    result = run_tersegate("audit", "verify", "--config", str(first.config_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"ok: {len(found)} records" in result.stdout and f"{len(chains)} chains intact" in result.stdout
-    report = tersegate(
+    report = run_tersegate(
         "report", "--config", str(first.config_path), "--by", "team", "--format", "json", cwd=tmp_path
     )
     assert report.returncode == 0, report.stderr
