@@ -40,7 +40,7 @@ from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.parts import Part, extract_parts, rewrite_body
 from proxy.policy.query import QueryPlan, plan_query
-from proxy.policy.work import WARM_MODELS, Failed, Job, WorkerPool
+from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
 
 __all__ = ["PolicyRewriter"]
@@ -58,7 +58,6 @@ _COUNT_PIECE = 64 * 1024
 _PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
-_WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
 
 
 @dataclass(slots=True)
@@ -157,7 +156,7 @@ class PolicyRewriter:
         """A reload: warm ``policies``' compressors in the workers (one at a time; the others go
         on serving the current policies), then swap them in whole. No request meets a cold worker."""
         self._workers.warm(_worker_rules(policies))
-        await self._workers.warmed(timeout=_WARM_TIMEOUT_S)
+        await self._workers.warmed(timeout=WARM_TIMEOUT_S)
         self.policies = policies
         self._report(policies)
         self._changed()
@@ -188,7 +187,7 @@ class PolicyRewriter:
         self._changed()
         self._workers.warm(_worker_rules(self.policies))
         await asyncio.gather(*jobs)
-        await self._workers.warmed(timeout=_WARM_TIMEOUT_S)
+        await self._workers.warmed(timeout=WARM_TIMEOUT_S)
         self._report(self.policies)
         self._pending.clear()
         self.warmed.set()

@@ -35,7 +35,7 @@ from compressors.preserve import PreserveSpec
 from compressors.tokenizer import tokenizer_for
 from proxy.policy.query import QueryPlan, compress_around
 
-__all__ = ["WARM_MODELS", "Done", "Failed", "Job", "WarmReport", "WorkerPool"]
+__all__ = ["WARM_MODELS", "WARM_TIMEOUT_S", "Done", "Failed", "Job", "WarmReport", "WorkerPool"]
 
 log = logging.getLogger("tersegate.policy")
 
@@ -44,7 +44,7 @@ _WARM_TEXT = (
     "Document [2](Title: Cache) Prompt caches bill a repeated prefix at a fraction of the price.\n\n"
     "Question: what does the proxy load first?"
 )
-_WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
+WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take minutes
 # Token counters of OpenAI's current encodings (o200k_base, cl100k_base): loaded at warm-up in every
 # process, or the first request for a model of the other encoding spends its budget loading one.
 WARM_MODELS = ("gpt-4o", "gpt-4")
@@ -339,7 +339,7 @@ class WorkerPool:
             return
         try:
             report: dict[str, WarmReport] = await worker.call(
-                message, until=time.monotonic() + _WARM_TIMEOUT_S
+                message, until=time.monotonic() + WARM_TIMEOUT_S
             )
         except Exception as exc:  # the worker died or hung: each rule fails open at first use
             why = f"compression worker: {type(exc).__name__}"
