@@ -8,8 +8,10 @@ are skipped, and the run says once, at its end, how many and how to get the data
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -64,22 +66,36 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
 
 
+def _client_classes() -> list[type[Any]]:
+    """``httpx.Client`` and, where installed, ``httpx2.Client`` (newer openai and anthropic SDKs
+    are built on the ``httpx2`` fork: patching only httpx leaves their sockets to the collector)."""
+    classes: list[type[Any]] = [httpx.Client]
+    with contextlib.suppress(ImportError):
+        classes.append(importlib.import_module("httpx2").Client)
+    return classes
+
+
 @pytest.fixture(autouse=True)
 def close_http_clients() -> Iterator[None]:
-    """Every ``httpx.Client`` a test opens (the openai and anthropic SDK clients are ones) is
-    closed when the test ends: left to the garbage collector, their keep-alive sockets raise
+    """Every HTTP client a test opens (the openai and anthropic SDK clients are ones) is closed
+    when the test ends: left to the garbage collector, their keep-alive sockets raise
     ResourceWarning in whichever later test the collector happens to run."""
-    opened: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
-    original = httpx.Client.__init__
+    opened: weakref.WeakSet[Any] = weakref.WeakSet()
+    originals = {cls: cls.__init__ for cls in _client_classes()}
 
-    def tracked(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        opened.add(self)
+    def tracking(original: Callable[..., None]) -> Callable[..., None]:
+        def tracked(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            opened.add(self)
 
-    httpx.Client.__init__ = tracked  # type: ignore[method-assign]
+        return tracked
+
+    for cls, original in originals.items():
+        cls.__init__ = tracking(original)
     try:
         yield
     finally:
-        httpx.Client.__init__ = original  # type: ignore[method-assign]
+        for cls, original in originals.items():
+            cls.__init__ = original
         for client in list(opened):
             client.close()
