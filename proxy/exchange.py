@@ -13,7 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["COMPRESSIBLE_ROUTES", "UNCHANGED", "AuditLost", "AuditSink", "Exchange", "Rewrite", "Rewriter"]
+__all__ = [
+    "COMPRESSIBLE_ROUTES",
+    "UNCHANGED",
+    "AuditLost",
+    "AuditSink",
+    "Exchange",
+    "Payload",
+    "Rewrite",
+    "Rewriter",
+    "payload_size",
+]
 
 # Endpoints whose request bodies carry prompts the rewrite hook may compress (and the audit records).
 COMPRESSIBLE_ROUTES: tuple[str, ...] = (
@@ -22,6 +32,15 @@ COMPRESSIBLE_ROUTES: tuple[str, ...] = (
     "/v1/completions",
     "/v1/messages",  # Anthropic Messages; Azure's deployment paths route to their OpenAI twins
 )
+
+Payload = bytes | tuple[bytes | memoryview, ...]
+"""A request body as it goes upstream: bytes, or pieces sent one after another. A large body is
+spliced by sending views of it, never copied: on the event loop a 30 MB copy takes 10 ms on a quiet
+machine and 300 ms where fresh pages are slow to fault in, and no other request is served meanwhile."""
+
+
+def payload_size(body: Payload) -> int:
+    return len(body) if isinstance(body, bytes) else sum(memoryview(piece).nbytes for piece in body)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from proxy.exchange import Payload
 from proxy.splice import encode_rewrite
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 # `"usage": null` as a key of a chunk. In valid JSON an unescaped quote followed by
 # `usage":` can only open a key, so this never matches inside a string value.
+_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 _NULL_USAGE = re.compile(rb'(,\s*"usage"\s*:\s*null(?=\s*[,}]))|("usage"\s*:\s*null\s*,\s*)')
 _USAGE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 
@@ -120,18 +122,18 @@ def prepare_stream(body: dict[str, Any], *, route: str | None = None) -> tuple[d
     return {**body, "stream_options": new_options}, True
 
 
-def prepare_unparsed_stream(body: bytes, *, route: str) -> tuple[bytes, bool]:
+def prepare_unparsed_stream(body: bytes, *, route: str) -> tuple[Payload, bool]:
     """:func:`prepare_stream` for a body too large to parse: ``stream_options`` is written in
-    front of the client's first key (the rest is the client's bytes), unless the client named
-    ``stream_options`` itself (then its own choice stands)."""
+    front of the client's first key (the rest is the client's bytes, sent as a view of them, not
+    copied), unless the client named ``stream_options`` itself (then its own choice stands)."""
     if route not in _INCLUDE_USAGE_ROUTES or b'"stream_options"' in body:
         return body, False
-    start = len(body) - len(body.lstrip())
+    start = _JSON_SPACE.match(body).end()  # type: ignore[union-attr]  # matches the empty string
     if body[start : start + 1] != b"{":
         return body, False
-    rest = body[start + 1 :].lstrip()
-    joint = b"" if rest.startswith(b"}") else b","
-    return b'{"stream_options":{"include_usage":true}' + joint + rest, True
+    rest = _JSON_SPACE.match(body, start + 1).end()  # type: ignore[union-attr]
+    joint = b"" if body[rest : rest + 1] == b"}" else b","
+    return (b'{"stream_options":{"include_usage":true}' + joint, memoryview(body)[rest:]), True
 
 
 def forwarded_body(

@@ -35,7 +35,7 @@ from proxy.errors import (
     too_large,
     unavailable,
 )
-from proxy.exchange import Exchange, Rewrite
+from proxy.exchange import Exchange, Payload, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.access import AccessLog
@@ -57,6 +57,7 @@ log = logging.getLogger("tersegate.app")
 
 _TERSEGATE_PREFIX = b"x-tersegate-"
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_JOIN_ON_LOOP_BELOW = 1 << 20  # a request body's chunks are joined on the loop below this size
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ANTHROPIC_VERSION = b"anthropic-version"
 
@@ -77,7 +78,7 @@ class _Request:
     method: str
     path_qs: bytes
     headers: list[tuple[bytes, bytes]]
-    body: bytes
+    body: Payload
     streaming: bool
 
 
@@ -187,7 +188,13 @@ async def _read_body(receive: Receive, limit: int, declared: int | None) -> byte
             raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if len(chunks) == 1:
+                return chunks[0]
+            if size < _JOIN_ON_LOOP_BELOW:
+                return b"".join(chunks)
+            # Off the loop: joining bytes of 1 MiB and more releases the GIL while it copies (and
+            # faults in fresh pages: up to 300 ms for 30 MB on a busy machine), so others go on.
+            return await asyncio.to_thread(b"".join, chunks)
 
 
 def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
@@ -462,8 +469,8 @@ class ProxyApp:
             raise failing_closed()
         if ctx.audited:
             limit_encodings(headers)
-        body = await _read_body(receive, config.max_body_bytes, declared)
-        body, streaming, tap = await self._prepare(exchange, body, scope["headers"], upstream)
+        received = await _read_body(receive, config.max_body_bytes, declared)
+        body, streaming, tap = await self._prepare(exchange, received, scope["headers"], upstream)
         headers.extend(identity.upstream_auth)
         request = _Request(method, _path_qs(scope, upstream), headers, body, streaming)
         if streaming:  # the relay watches for a client that goes away itself
@@ -516,7 +523,7 @@ class ProxyApp:
         body: bytes,
         raw_headers: list[tuple[bytes, bytes]],
         upstream: UpstreamConfig,
-    ) -> tuple[bytes, bool, UsageTap | None]:
+    ) -> tuple[Payload, bool, UsageTap | None]:
         """The rewrite hook: ``(bytes to send, streaming, usage tap)``."""
         if not exchange.compressible:
             return body, b'"stream"' in body and _STREAM_TRUE.search(body) is not None, None
@@ -556,7 +563,7 @@ class ProxyApp:
             return out, False, None
         return out, True, AnthropicUsageTap() if exchange.api == "anthropic" else UsageTap(injected)
 
-    def _unparsed(self, exchange: Exchange, body: bytes) -> tuple[bytes, bool, UsageTap | None]:
+    def _unparsed(self, exchange: Exchange, body: bytes) -> tuple[Payload, bool, UsageTap | None]:
         """A body too large to parse on the event loop: forwarded as it came (a stream only gets
         ``stream_options`` put in front); the model comes from the response, the tokens from the
         upstream's usage."""

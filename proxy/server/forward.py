@@ -6,7 +6,8 @@ throughput. Profiled under load, aiohttp's client spent ~100 us of CPU per
 request (URL objects, header multidicts, payload registry, timers, writer
 layers) of the proxy's ~230 us; httpx was slower still (a starlette + httpx
 relay reached 533 req/s against 6,221 with aiohttp). This client writes the
-request in one ``transport.write`` and parses the response with httptools
+request in one ``transport.write`` (a large body in a second buffer, never copied
+onto its head) and parses the response with httptools
 (the parser uvicorn uses), so forwarding costs a few tens of microseconds.
 
 It does what a transparent proxy needs and no more: HTTP/1.1 over TCP or TLS,
@@ -31,11 +32,13 @@ import httptools
 
 from proxy.config.model import UpstreamConfig
 from proxy.errors import ProxyError, timed_out, unreachable
+from proxy.exchange import Payload, payload_size
 
 __all__ = ["UpstreamPool", "UpstreamResponse", "read_failure"]
 
 _IDLE_EXPIRY_S = 30.0  # keep-alive connections idle longer than this are not reused
 _PAUSE_BYTES = 1 << 20  # stop reading a body the client is not keeping up with beyond 1 MiB
+_JOIN_BELOW = 64 << 10  # a body smaller than this is sent in one buffer with its head
 
 
 class _Timeout(Exception):
@@ -307,10 +310,13 @@ class _Connection(asyncio.Protocol):
         if self.response is not None:
             self.response.eof()
 
-    def send(self, request: bytes, *, head_only: bool) -> UpstreamResponse:
+    def send(self, request: Payload, *, head_only: bool) -> UpstreamResponse:
         assert self.transport is not None
         self.response = UpstreamResponse(self, self.host.loop, head_only=head_only)
-        self.transport.write(request)
+        if isinstance(request, bytes):
+            self.transport.write(request)
+        else:
+            self.transport.writelines(request)
         return self.response
 
     def pause(self) -> None:
@@ -425,7 +431,7 @@ class UpstreamPool:
         method: str,
         path_qs: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: Payload,
         streaming: bool,
     ) -> tuple[UpstreamResponse, float]:
         """Send; return the response once its headers arrived and the body deadline (loop time).
@@ -436,8 +442,14 @@ class UpstreamPool:
         loop = host.loop
         deadline = loop.time() + upstream.timeout_s
         wait = upstream.stream_idle_timeout_s if streaming else upstream.timeout_s
-        length = len(body) if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
-        request = host.head(method, path_qs, headers, length) + body
+        size = payload_size(body)
+        length = size if size or method not in ("GET", "HEAD", "DELETE", "OPTIONS") else None
+        head = host.head(method, path_qs, headers, length)
+        request: Payload
+        if isinstance(body, bytes):
+            request = head + body if size < _JOIN_BELOW else (head, body)
+        else:
+            request = (head, *body)
         await _acquire(host)  # a slot, held until the response is released or closed
         retried = False
         while True:

@@ -122,20 +122,7 @@ def other_upstream() -> Iterator[str]:
     proc.wait(10)
 
 
-@pytest.mark.parametrize(
-    "megabytes",
-    [
-        2,
-        pytest.param(
-            30,
-            marks=pytest.mark.xfail(
-                reason="passes alone (3 of 3; bench/bounded.py: /healthz p99 7 ms, max 58 ms) but a whole "
-                "run once showed one ~200 ms /healthz stall while the 30 MB body was in flight; not located",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("megabytes", [2, 30])
 def test_a_huge_prompt_never_delays_others(
     spawn_proxy: MakeProxy, upstream: Upstream, other_upstream: str, megabytes: int
 ) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from fake_upstream import _Call, chat_frames, completion_frames, response_frames
 
-from proxy.usage import UsageTap, normalize_usage, prepare_stream
+from proxy.exchange import payload_size
+from proxy.usage import UsageTap, normalize_usage, prepare_stream, prepare_unparsed_stream
 
 
 def _call(body: dict[str, Any]) -> _Call:
@@ -124,3 +125,22 @@ def test_normalize_reads_reasoning_and_cached_details() -> None:
         "reasoning_tokens": None,
     }
     assert normalize_usage(None) is None
+
+
+def test_an_unparsed_stream_gets_usage_asked_for_in_front_without_copying_the_body() -> None:
+    chat = "/v1/chat/completions"
+    body = b' \r\n\t{ \n"model":"gpt-4o","stream":true,"messages":[]}'
+    (head, rest), injected = prepare_unparsed_stream(body, route=chat)
+    assert injected and isinstance(rest, memoryview) and rest.obj is body  # a view, not a copy
+    sent = head + bytes(rest)
+    assert sent == b'{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}'
+    assert payload_size((head, rest)) == len(sent) and orjson.loads(sent)["stream_options"]
+    (head, rest), _ = prepare_unparsed_stream(b"{ }", route=chat)
+    assert orjson.loads(head + bytes(rest)) == {"stream_options": {"include_usage": True}}
+    # The client's own choice stands; not JSON objects and other routes are sent as they came.
+    for raw, route in (
+        (b'{"stream_options":{"include_usage":false},"stream":true}', chat),
+        (b'["stream"]', chat),
+        (b'{"stream":true,"input":"x"}', "/v1/responses"),
+    ):
+        assert prepare_unparsed_stream(raw, route=route) == (raw, False)
