@@ -81,8 +81,22 @@ class Metrics:
         self.tokens_after = Counter(
             "tersegate_tokens_after_total", "Prompt tokens after compression", ["team"], registry=r
         )
+        # The bill, as the audit prices it (cache reads and writes included): before minus after is
+        # the net saving, which is negative where compression raised the bill.
+        self.cost_before_usd = Counter(
+            "tersegate_cost_before_usd_total",
+            "Dollars the requests would have cost as the client sent them",
+            ["team"],
+            registry=r,
+        )
+        self.cost_after_usd = Counter(
+            "tersegate_cost_after_usd_total", "Dollars the requests cost as forwarded", ["team"], registry=r
+        )
         self.saved_usd = Counter(
-            "tersegate_saved_usd_total", "Dollars saved by compression", ["team"], registry=r
+            "tersegate_saved_usd_total",
+            "Dollars saved by the requests where compression lowered the bill (net: cost_before - cost_after)",
+            ["team"],
+            registry=r,
         )
         self.audit_write_errors = Counter(
             "tersegate_audit_write_errors_total",

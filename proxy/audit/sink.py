@@ -369,7 +369,7 @@ class JsonlAuditSink:
         self._lock = threading.Lock()  # the chain's head and file: one writer at a time
         self._inline = inline_writes
         self._queued = 0  # records handed to the writer thread and not yet written (event loop side)
-        self._team_counters: dict[str, tuple[Any, Any, Any]] = {}
+        self._team_counters: dict[str, tuple[Any, ...]] = {}
         self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
@@ -492,15 +492,23 @@ class JsonlAuditSink:
             counters = self._team_counters[team] = (
                 m.tokens_before.labels(team=team),
                 m.tokens_after.labels(team=team),
+                m.cost_before_usd.labels(team=team),
+                m.cost_after_usd.labels(team=team),
                 m.saved_usd.labels(team=team),
             )
         before, after = record["tokens_before"], record["tokens_after"]
         if before is not None and after is not None:
             counters[0].inc(before)
             counters[1].inc(after)
+        cost_before, cost_after = record["cost_before_usd"], record["cost_after_usd"]
+        if cost_before is not None and cost_after is not None:
+            counters[2].inc(cost_before)
+            counters[3].inc(cost_after)
         saved = record["saved_usd"]
-        if saved is not None and saved > 0:  # counters only go up; compression never adds tokens
-            counters[2].inc(saved)
+        # A counter only goes up: a request whose bill compression raised (a broken cache prefix)
+        # shows in cost_after > cost_before, not here.
+        if saved is not None and saved > 0:
+            counters[4].inc(saved)
 
     def _fail(self, why: str) -> None:
         if self._healthy:

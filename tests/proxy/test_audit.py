@@ -312,10 +312,15 @@ def test_metrics_count_tokens_and_dollars_by_team(make_proxy: MakeProxy) -> None
     metrics = httpx.get(proxy.url + "/metrics").text
     assert f'tersegate_tokens_before_total{{team="default"}} {float(record["tokens_before"])}' in metrics
     assert f'tersegate_tokens_after_total{{team="default"}} {float(record["tokens_after"])}' in metrics
-    saved = next(
-        line for line in metrics.splitlines() if line.startswith('tersegate_saved_usd_total{team="default"}')
-    )
-    assert float(saved.split()[-1]) == pytest.approx(record["saved_usd"])
+
+    def counted(name: str) -> float:
+        line = next(line for line in metrics.splitlines() if line.startswith(name + '{team="default"}'))
+        return float(line.split()[-1])
+
+    assert record["saved_usd"] > 0
+    assert counted("tersegate_saved_usd_total") == pytest.approx(record["saved_usd"])
+    assert counted("tersegate_cost_before_usd_total") == pytest.approx(record["cost_before_usd"])
+    assert counted("tersegate_cost_after_usd_total") == pytest.approx(record["cost_after_usd"])
 
 
 def test_all_routes_and_include_text(make_proxy: MakeProxy) -> None:

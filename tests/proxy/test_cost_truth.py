@@ -141,12 +141,23 @@ def test_openai_audit_matches_the_invoices_and_shows_the_loss(
         for trace in TRACE_FILES:
             bodies = [{"model": "gpt-5", "messages": t} for t in turns(agent_messages(trace))]
             replay(proxy, team, bodies, "/chat/completions")
+    metrics = httpx.get(proxy.url + "/metrics").text
     proxy.stop()
     audit = tmp_path / "audit.jsonl"
     assert_matches_invoices(cache_upstream, audit, "gpt-5", list(POLICIES))
     invoice = invoices(cache_upstream, "gpt-5")
     assert invoice["aged"] > invoice["none"]  # the age-based policy raised the bill ...
     assert audit_sums(audit)["aged"][2] < 0  # ... and the audit says so
+    # ... and so do the metrics: the bill before and after, whose difference is the net saving.
+    before, after, _ = audit_sums(audit)["aged"]
+    counted = {
+        name: float(line.split()[-1])
+        for name in ("tersegate_cost_before_usd_total", "tersegate_cost_after_usd_total")
+        for line in metrics.splitlines()
+        if line.startswith(name + '{team="aged"}')
+    }
+    assert counted["tersegate_cost_before_usd_total"] == pytest.approx(before, rel=1e-6)
+    assert counted["tersegate_cost_after_usd_total"] == pytest.approx(after, rel=1e-6) and after > before
     records = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     assert all("text" not in r and r["cached_tokens_before_est"] is not None for r in records)
     out = report("--audit", str(audit), "--by", "team", "--format", "json")
