@@ -1,9 +1,9 @@
 """The proxy as a raw ASGI app: own endpoints, and everything else forwarded to an upstream.
 
 No framework routing on the hot path. Per request: authenticate, read the body
-(bounded), run the rewrite hook on compressible routes, send upstream through
-proxy.forward's lean HTTP/1.1 client, then either buffer the response (usage read, audit committed, then the
-body sent) or relay it as SSE frame by frame. Bytes nobody rewrote are sent as
+(bounded; the client's side is proxy.server.inbound), run the rewrite hook on compressible routes,
+send upstream through proxy.server.forward's lean HTTP/1.1 client, then either buffer the response
+(usage read, audit committed, then the body sent) or relay it as SSE frame by frame. Bytes nobody rewrote are sent as
 they came; the proxy never answers 500.
 """
 
@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -30,9 +29,7 @@ from proxy.errors import (
     error_body,
     failing_closed,
     internal,
-    not_found,
     shutting_down,
-    too_large,
     unavailable,
 )
 from proxy.exchange import Exchange, Payload, Rewrite
@@ -40,14 +37,26 @@ from proxy.logs import RateLimitedLog
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.access import AccessLog
 from proxy.server.asgi import Receive, Scope, Send
-from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Authenticator, Credentials
+from proxy.server.auth import KEY_HEADERS, Authenticator
 from proxy.server.body import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, usage_of
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.health import UpstreamHealth
-from proxy.server.hop import HOP_REQUEST, connection_tokens, response_headers, without
+from proxy.server.hop import response_headers
+from proxy.server.inbound import (
+    ClientGone,
+    DisconnectWatch,
+    UpstreamRequest,
+    read_body,
+    request_headers,
+    request_id,
+    route_for,
+    tersegate_headers,
+    upstream_for,
+    upstream_path_qs,
+)
 from proxy.server.paths import bad_path, path_problem
-from proxy.server.relay import relay_stream, watch_disconnect
-from proxy.server.routes import Route, metric_route, route_of, upstream_path
+from proxy.server.relay import relay_stream
+from proxy.server.routes import Route, metric_route
 from proxy.server.services import Services
 from proxy.usage import AnthropicUsageTap, UsageTap, forwarded_body, prepare_unparsed_stream
 
@@ -55,31 +64,8 @@ __all__ = ["ProxyApp", "create_app"]
 
 log = logging.getLogger("tersegate.app")
 
-_TERSEGATE_PREFIX = b"x-tersegate-"
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
-_JOIN_ON_LOOP_BELOW = 1 << 20  # a request body's chunks are joined on the loop below this size
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-_ANTHROPIC_VERSION = b"anthropic-version"
-
-
-def _request_id() -> str:
-    # An identifier, not a secret: the non-cryptographic generator is cheaper than urandom.
-    return f"{random.getrandbits(96):024x}"
-
-
-class _ClientGone(Exception):
-    """The client disconnected before its request body arrived or its response was ready."""
-
-
-@dataclass(slots=True, frozen=True)
-class _Request:
-    """What goes upstream."""
-
-    method: str
-    path_qs: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: Payload
-    streaming: bool
 
 
 @dataclass(slots=True)
@@ -88,40 +74,6 @@ class _Bound:
 
     config: Config
     auth: Authenticator
-
-
-class _DisconnectWatch:
-    """Cancels ``task`` if the client goes away, watching only once a wait has lasted ``after`` s.
-
-    Most answers of a local or cached upstream come back sooner: they never pay for the
-    watcher task, only for a timer.
-    """
-
-    __slots__ = ("_receive", "_stopped", "_task", "_timer", "_watcher", "gone")
-
-    def __init__(self, receive: Receive, task: asyncio.Task[Any], *, after: float = 0.05) -> None:
-        self._receive = receive
-        self._task = task
-        self._watcher: asyncio.Future[None] | None = None
-        self._stopped = False
-        self.gone = False
-        self._timer = asyncio.get_running_loop().call_later(after, self._start)
-
-    def _start(self) -> None:
-        self._watcher = asyncio.ensure_future(watch_disconnect(self._receive))
-        self._watcher.add_done_callback(self._done)
-
-    def _done(self, watcher: asyncio.Future[None]) -> None:
-        # After stop() the request is past its wait: a late disconnect must not cancel what follows.
-        if not self._stopped and not watcher.cancelled() and watcher.exception() is None:
-            self.gone = True
-            self._task.cancel()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._timer.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
 
 
 class _Ctx:
@@ -137,101 +89,6 @@ class _Ctx:
         self.team = "-"
         self.audited = False
         self.committed = False
-
-
-def _request_headers(
-    raw: list[tuple[bytes, bytes]], *, strip_keys: bool
-) -> tuple[list[tuple[bytes, bytes]], Credentials, int | None]:
-    """One pass over the client's headers: what to forward, credentials, declared length."""
-    forward: list[tuple[bytes, bytes]] = []
-    creds = Credentials()
-    length: int | None = None
-    named: list[bytes] = []
-    for name, value in raw:
-        if name in HOP_REQUEST:
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-            elif name == b"connection":
-                named.append(value)
-            continue
-        if name in KEY_HEADERS:
-            if name == b"authorization":
-                creds.authorization = value
-            else:
-                creds.api_key = value
-            if strip_keys:
-                continue
-        elif name.startswith(_TERSEGATE_PREFIX):
-            if name == TEAM_HEADER:
-                creds.team = value
-            continue
-        forward.append((name, value))
-    if named:  # headers the client named in Connection are for this hop only (RFC 9110 7.6.1)
-        tokens = connection_tokens(named)
-        if tokens:
-            forward = without(forward, tokens)
-    return forward, creds, length
-
-
-async def _read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
-    if declared is not None and declared > limit:
-        raise too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            if len(chunks) == 1:
-                return chunks[0]
-            if size < _JOIN_ON_LOOP_BELOW:
-                return b"".join(chunks)
-            # Off the loop: joining bytes of 1 MiB and more releases the GIL while it copies (and
-            # faults in fresh pages: up to 300 ms for 30 MB on a busy machine), so others go on.
-            return await asyncio.to_thread(b"".join, chunks)
-
-
-def _tersegate_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
-    out = [(b"x-tersegate-request-id", exchange.request_id.encode())]
-    if not exchange.compressible:
-        return out
-    rw = exchange.rewrite
-    if rw.tokens_before is not None:
-        out.append((b"x-tersegate-tokens-before", str(rw.tokens_before).encode()))
-    if rw.tokens_after is not None:
-        out.append((b"x-tersegate-tokens-after", str(rw.tokens_after).encode()))
-    if rw.policy is not None:
-        out.append((b"x-tersegate-policy", rw.policy.encode("utf-8", "replace")))
-        out.append((b"x-tersegate-mode", rw.mode.encode()))
-    if rw.override is not None:
-        out.append((b"x-tersegate-mode-override", rw.override.encode("utf-8", "replace")))
-    return out
-
-
-def _route_of(scope: Scope) -> Route:
-    has_version = any(name == _ANTHROPIC_VERSION for name, _ in scope["headers"])
-    return route_of(scope["path"], anthropic_version=has_version)
-
-
-def _path_qs(scope: Scope, upstream: UpstreamConfig) -> bytes:
-    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-    path_qs = upstream_path(raw_path, upstream.api)
-    return path_qs + b"?" + scope["query_string"] if scope["query_string"] else path_qs
-
-
-def _upstream_for(config: Config, team: str, route: Route) -> UpstreamConfig:
-    upstream = config.upstream_for(team, route.api)
-    if route.api == "azure" and upstream.api != "azure":
-        raise not_found(
-            f"Azure OpenAI paths need an upstream with api: azure; team {team!r} uses {upstream.name!r}."
-        )
-    return upstream
 
 
 class ProxyApp:
@@ -329,7 +186,7 @@ class ProxyApp:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics = self.services.metrics
-        ctx = _Ctx(_route_of(scope))
+        ctx = _Ctx(route_for(scope))
         route = ctx.route.route
         metrics.in_flight.inc()
         task = asyncio.current_task()
@@ -342,7 +199,7 @@ class ProxyApp:
             await self._forward(scope, receive, send, ctx)
         except ProxyError as exc:
             await self._fail(send, ctx, exc)
-        except _ClientGone:
+        except ClientGone:
             ctx.status = 499
         except asyncio.CancelledError:  # the shutdown grace ran out (uvicorn cancels what is left)
             task.uncancel()
@@ -445,14 +302,12 @@ class ProxyApp:
         config = bound.config
         method: str = scope["method"]
         found = ctx.route
-        headers, creds, declared = _request_headers(
-            scope["headers"], strip_keys=bound.auth.strips_client_keys
-        )
+        headers, creds, declared = request_headers(scope["headers"], strip_keys=bound.auth.strips_client_keys)
         identity = bound.auth.identify(creds, found.api)
         ctx.team = identity.team
-        upstream = _upstream_for(config, identity.team, found)
+        upstream = upstream_for(config, identity.team, found)
         exchange = ctx.exchange = Exchange(
-            request_id=_request_id(),
+            request_id=request_id(),
             method=method,
             route=found.route,
             team=identity.team,
@@ -469,10 +324,10 @@ class ProxyApp:
             raise failing_closed()
         if ctx.audited:
             limit_encodings(headers)
-        received = await _read_body(receive, config.max_body_bytes, declared)
+        received = await read_body(receive, config.max_body_bytes, declared)
         body, streaming, tap = await self._prepare(exchange, received, scope["headers"], upstream)
         headers.extend(identity.upstream_auth)
-        request = _Request(method, _path_qs(scope, upstream), headers, body, streaming)
+        request = UpstreamRequest(method, upstream_path_qs(scope, upstream), headers, body, streaming)
         if streaming:  # the relay watches for a client that goes away itself
             await self._exchange(upstream, request, receive, send, ctx, tap)
             return
@@ -480,7 +335,7 @@ class ProxyApp:
         # and drops the upstream connection, so the upstream can stop generating tokens nobody reads.
         task = asyncio.current_task()
         assert task is not None
-        watch = _DisconnectWatch(receive, task)
+        watch = DisconnectWatch(receive, task)
         try:
             await self._exchange(upstream, request, receive, send, ctx, tap)
         except asyncio.CancelledError:
@@ -490,14 +345,14 @@ class ProxyApp:
             exchange.client_disconnected = True
             exchange.status = exchange.status or 499
             await self._commit(ctx, fail_closed_raises=False)
-            raise _ClientGone from None
+            raise ClientGone from None
         finally:
             watch.stop()
 
     async def _exchange(
         self,
         upstream: UpstreamConfig,
-        request: _Request,
+        request: UpstreamRequest,
         receive: Receive,
         send: Send,
         ctx: _Ctx,
@@ -595,7 +450,7 @@ class ProxyApp:
         request_id = response.header(b"x-request-id")
         exchange.upstream_request_id = request_id.decode("latin-1") if request_id is not None else None
         headers = response_headers(response.raw_headers)
-        headers.extend(_tersegate_headers(exchange))
+        headers.extend(tersegate_headers(exchange))
         content_type = response.header(b"content-type")
         if content_type is not None and content_type[:17].lower() == b"text/event-stream":
             await self._stream(response, upstream, t0, headers, receive, send, ctx, tap)
