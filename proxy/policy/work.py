@@ -175,6 +175,9 @@ class _Worker:
                 self._dead.pop().join(5)
         self.generation = -1
         self.conn, self.proc = self._spawn()
+        # The pipe's thread starts here, not in the first ``call``: Thread.start() waits for the new
+        # thread to get the GIL, and on the event loop that wait was once 277 ms while warming up.
+        self._io.submit(int).result()
 
     def _spawn(self) -> tuple[Connection, Any]:
         parent, child = self._context.Pipe()
