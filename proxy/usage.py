@@ -36,9 +36,9 @@ __all__ = [
 
 # Routes whose streams honour stream_options.include_usage.
 _INCLUDE_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 # `"usage": null` as a key of a chunk. In valid JSON an unescaped quote followed by
 # `usage":` can only open a key, so this never matches inside a string value.
-_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 _NULL_USAGE = re.compile(rb'(,\s*"usage"\s*:\s*null(?=\s*[,}]))|("usage"\s*:\s*null\s*,\s*)')
 _USAGE_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 
@@ -122,16 +122,22 @@ def prepare_stream(body: dict[str, Any], *, route: str | None = None) -> tuple[d
     return {**body, "stream_options": new_options}, True
 
 
+def _past_space(data: bytes, at: int) -> int:
+    """The index of the first byte at or after ``at`` that is not JSON whitespace (no copy made)."""
+    found = _JSON_SPACE.match(data, at)
+    return found.end() if found is not None else at
+
+
 def prepare_unparsed_stream(body: bytes, *, route: str) -> tuple[Payload, bool]:
     """:func:`prepare_stream` for a body too large to parse: ``stream_options`` is written in
     front of the client's first key (the rest is the client's bytes, sent as a view of them, not
     copied), unless the client named ``stream_options`` itself (then its own choice stands)."""
     if route not in _INCLUDE_USAGE_ROUTES or b'"stream_options"' in body:
         return body, False
-    start = _JSON_SPACE.match(body).end()  # type: ignore[union-attr]  # matches the empty string
+    start = _past_space(body, 0)
     if body[start : start + 1] != b"{":
         return body, False
-    rest = _JSON_SPACE.match(body, start + 1).end()  # type: ignore[union-attr]
+    rest = _past_space(body, start + 1)
     joint = b"" if body[rest : rest + 1] == b"}" else b","
     return (b'{"stream_options":{"include_usage":true}' + joint, memoryview(body)[rest:]), True
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -345,6 +345,16 @@ class _ChainFile:
         self.day = day
 
 
+class _TeamCounters(NamedTuple):
+    """One team's audit counters (prometheus children), looked up once per team."""
+
+    tokens_before: Any
+    tokens_after: Any
+    cost_before: Any
+    cost_after: Any
+    saved: Any
+
+
 class JsonlAuditSink:
     """The :class:`~proxy.exchange.AuditSink` writing the JSONL audit file (see module docs)."""
 
@@ -369,7 +379,7 @@ class JsonlAuditSink:
         self._lock = threading.Lock()  # the chain's head and file: one writer at a time
         self._inline = inline_writes
         self._queued = 0  # records handed to the writer thread and not yet written (event loop side)
-        self._team_counters: dict[str, tuple[Any, ...]] = {}
+        self._team_counters: dict[str, _TeamCounters] = {}
         self.prices_loaded = threading.Event()  # the writer thread has read the cost map (/readyz)
         self._healthy = True
         self._last_probe = 0.0
@@ -489,7 +499,7 @@ class JsonlAuditSink:
         counters = self._team_counters.get(team)
         if counters is None:  # teams come from the config: a few, looked up once each
             m = self._metrics
-            counters = self._team_counters[team] = (
+            counters = self._team_counters[team] = _TeamCounters(
                 m.tokens_before.labels(team=team),
                 m.tokens_after.labels(team=team),
                 m.cost_before_usd.labels(team=team),
@@ -498,17 +508,17 @@ class JsonlAuditSink:
             )
         before, after = record["tokens_before"], record["tokens_after"]
         if before is not None and after is not None:
-            counters[0].inc(before)
-            counters[1].inc(after)
+            counters.tokens_before.inc(before)
+            counters.tokens_after.inc(after)
         cost_before, cost_after = record["cost_before_usd"], record["cost_after_usd"]
         if cost_before is not None and cost_after is not None:
-            counters[2].inc(cost_before)
-            counters[3].inc(cost_after)
+            counters.cost_before.inc(cost_before)
+            counters.cost_after.inc(cost_after)
         saved = record["saved_usd"]
         # A counter only goes up: a request whose bill compression raised (a broken cache prefix)
         # shows in cost_after > cost_before, not here.
         if saved is not None and saved > 0:
-            counters[4].inc(saved)
+            counters.saved.inc(saved)
 
     def _fail(self, why: str) -> None:
         if self._healthy:

@@ -3,8 +3,8 @@
 No framework routing on the hot path. Per request: authenticate, read the body
 (bounded; the client's side is proxy.server.inbound), run the rewrite hook on compressible routes,
 send upstream through proxy.server.forward's lean HTTP/1.1 client, then either buffer the response
-(usage read, audit committed, then the body sent) or relay it as SSE frame by frame. Bytes nobody rewrote are sent as
-they came; the proxy never answers 500.
+(usage read, audit committed, then the body sent) or relay it as SSE frame by frame. Bytes nobody
+rewrote are sent as they came; the proxy never answers 500.
 """
 
 from __future__ import annotations
