@@ -35,6 +35,8 @@ from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
+from proxy.policy.compaction_log import CompactionLog
+from proxy.policy.compactor import Compacted, Compactor, PriceSource
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
@@ -116,6 +118,7 @@ class PolicyRewriter:
         store: SharedStore | None = None,
         memo: MemoConfig | None = None,
         max_part_chars: int = 50_000,
+        prices: PriceSource | None = None,
     ) -> None:
         self.policies = policies
         self.metrics = metrics
@@ -133,6 +136,8 @@ class PolicyRewriter:
             metrics=metrics,
         )
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
+        # History compaction (docs/compaction.md): its batches live in the same store as the forms.
+        self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -298,7 +303,10 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0], exchange)
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        result = self._result(policy, mode, body, parts, counts, outcome)
+        compacted = await self._compact(
+            policy, exchange.route, body, model, parts, counts, outcome, tokenizer
+        )
+        result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
         result.override = override
         return result
@@ -461,6 +469,43 @@ class PolicyRewriter:
             if key is not None and key in won:
                 chosen.form = won[key]
 
+    async def _compact(
+        self,
+        policy: Policy,
+        route: str,
+        body: dict[str, Any],
+        model: str | None,
+        parts: Sequence[Part],
+        counts: Sequence[int],
+        outcome: _Outcome,
+        tokenizer: Tokenizer,
+    ) -> Compacted | None:
+        """Replay the conversation's compactions and maybe add a batch (policy.compaction)."""
+        if policy.compaction is None:
+            return None
+        forwarded = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                forwarded[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                forwarded[index[chosen.part.path]] = form.tokens_after
+        try:
+            return await self.compactor(
+                policy.compaction,
+                scope=outcome.namespace,
+                route=route,
+                body=body,
+                model=model,
+                parts=parts,
+                tokens=forwarded,
+                count=tokenizer.count,
+            )
+        except Exception:  # compaction is an optimisation: the request goes on without it
+            log.exception("compaction failed")
+            return None
+
     def _result(
         self,
         policy: Policy,
@@ -469,6 +514,7 @@ class PolicyRewriter:
         parts: Sequence[Part],
         counts: Sequence[int],
         outcome: _Outcome,
+        compacted: Compacted | None = None,
     ) -> Rewrite:
         texts: dict[tuple[str | int, ...], str] = {}
         drops: list[tuple[str | int, ...]] = []
@@ -483,15 +529,21 @@ class PolicyRewriter:
             elif form is not None and form.text is not None:
                 texts[chosen.part.path] = form.text
                 after[index[chosen.part.path]] = form.tokens_after
+        for path, (stub, tokens) in (compacted.texts if compacted else {}).items():
+            if path not in drops:
+                texts[path], after[index[path]] = stub, tokens
+        stubbed = set(compacted.texts) if compacted else set()
         details = tuple(
-            _detail(p, by_path.get(p.path), b, a) for p, b, a in zip(parts, counts, after, strict=True)
+            _detail(p, by_path.get(p.path), b, a, p.path in stubbed)
+            for p, b, a in zip(parts, counts, after, strict=True)
         )
         changed = bool(texts or drops)
         return Rewrite(
             body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
             policy=policy.name,
             mode=mode,
-            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected)),
+            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
+            + (("compaction",) if stubbed else ()),
             tokens_before=sum(counts),
             tokens_after=sum(after),
             compress_ms=outcome.compress_ms,
@@ -510,7 +562,9 @@ class PolicyRewriter:
             texts[part.path] = part.blank  # tool results must stay paired with their call
 
 
-def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> dict[str, Any]:
+def _detail(part: Part, chosen: _Selected | None, before: int, after: int, stubbed: bool) -> dict[str, Any]:
+    if stubbed:
+        return {**_detail(part, chosen, before, after, False), "source": "compacted", "tokens_after": after}
     return {
         "message": part.message,
         "role": part.role,

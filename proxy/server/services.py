@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.audit.cache_model import CacheModel
+from proxy.audit.pricing import PriceBook
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
@@ -127,9 +128,10 @@ def build_services(
     audit: AuditSink | None = None
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
+    prices = PriceBook()  # one cost map for the audit and compaction's break-even rule
     if config.audit.path is not None:
         # The audit's cache model keeps its digests in the memo's store: restarts and workers share it.
-        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store))
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store), prices=prices)
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
@@ -138,6 +140,7 @@ def build_services(
         max_part_chars=config.compression.max_part_chars,
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
+        prices=prices,
     )
     services = Services(
         config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat

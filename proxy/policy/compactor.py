@@ -1,0 +1,197 @@
+"""The engine's compaction step: replay a conversation's batches, then maybe decide a new one.
+
+Runs after every part has its form (compressed once, or as it came). It finds the conversation
+(:mod:`proxy.policy.compaction_log`), puts back every stub an earlier batch chose (so the history
+is re-sent byte-identical), and asks :func:`proxy.policy.compaction.decide` whether a new batch
+pays now, with the model's prices and its provider's cache rules. A request that uses the
+provider's own context management, or carries a client's cleared placeholders, is replayed but
+never compacted further (docs/compaction.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from proxy import anthropic
+from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide
+from proxy.policy.compaction_log import CompactionLog
+from proxy.policy.parts import Part
+
+__all__ = ["CLEARED_PLACEHOLDERS", "Compacted", "Compactor", "PriceSource", "conversation_of"]
+
+Path = tuple[str | int, ...]
+
+# What clients leave where they cleared a tool result themselves (Claude Code's microcompact).
+CLEARED_PLACEHOLDERS = ("[Old tool result content cleared]",)
+_PROVIDER_ITEMS = frozenset({"compaction", "compaction_summary"})  # OpenAI Responses
+_IDLE_S = {"5m": 300.0, "1h": 3600.0}
+_CALL_CHARS = 200  # of a call's arguments, in a stub's marker
+
+
+class PriceSource(Protocol):
+    """Prices by model name; :class:`proxy.audit.pricing.PriceBook` is one."""
+
+    def price_for(self, model: str | None) -> CachePrices | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What the step changed: new texts (and token counts) by part path, and why."""
+
+    texts: dict[Path, tuple[str, int]]
+    reason: str
+    decision: Decision | None = None
+
+
+def conversation_of(parts: Sequence[Part]) -> str:
+    """A digest of what was sent before the first assistant reply: the conversation's identity."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if part.turn > 0:
+            break
+        digest.update(f"{part.path!r}\x1f{part.role}\x1f".encode())
+        digest.update(part.text.encode("utf-8", "surrogatepass") + b"\x1e")
+    return digest.hexdigest()[:32]
+
+
+def _part_key(part: Part) -> str:
+    text = hashlib.sha256(part.text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{hashlib.sha256(repr(part.path).encode()).hexdigest()[:12]}:{text}"
+
+
+def _call_names(body: Mapping[str, Any]) -> dict[str, str]:
+    """Call id -> ``name {arguments}`` for chat tool_calls, Messages tool_use, Responses function_call.
+    Seam: the dialect protocol (proxy/apis) gives each part its call once it is merged."""
+    calls: dict[str, str] = {}
+    items = body.get("messages") if isinstance(body.get("messages"), list) else body.get("input")
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        if item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
+            calls[item["call_id"]] = f"{item.get('name')} {item.get('arguments') or ''}"
+        for call in item.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping) and isinstance(call.get("id"), str):
+                calls[call["id"]] = f"{function.get('name')} {function.get('arguments') or ''}"
+        content = item.get("content")
+        for block in content if isinstance(content, list) else ():
+            if (
+                isinstance(block, Mapping)
+                and block.get("type") == "tool_use"
+                and isinstance(block.get("id"), str)
+            ):
+                calls[block["id"]] = f"{block.get('name')} {orjson.dumps(block.get('input')).decode()}"
+    return calls
+
+
+def _call_of(body: Mapping[str, Any], path: Path, calls: Mapping[str, str]) -> str | None:
+    """The call a part answers: the deepest container on its path that names a call id."""
+    node: Any = body
+    found = None
+    for key in path:
+        if isinstance(node, Mapping):
+            for field in ("tool_call_id", "tool_use_id", "call_id"):
+                if isinstance(node.get(field), str) and node[field] in calls:
+                    found = calls[node[field]]
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    return found[:_CALL_CHARS] if found is not None else None
+
+
+def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
+    """The client or its provider manages the context itself: never compact on top of it."""
+    if "context_management" in body:
+        return True
+    items = body.get("input")
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, Mapping) and item.get("type") in _PROVIDER_ITEMS:
+            return True
+    return any(marker in part.text for part in parts for marker in CLEARED_PLACEHOLDERS)
+
+
+def _longest_ttl(body: Mapping[str, Any]) -> str | None:
+    ttls = {b.ttl for b in anthropic.breakpoints(body)}
+    return "1h" if "1h" in ttls else "5m" if ttls else None
+
+
+class Compactor:
+    """One per engine; ``await compactor(...)`` per request of a policy with ``compaction:``."""
+
+    def __init__(self, log: CompactionLog, prices: PriceSource | None) -> None:
+        self.log = log
+        self.prices = prices
+
+    def _terms(self, route: str, body: Mapping[str, Any], model: str | None, warm: bool) -> CacheTerms | None:
+        price = self.prices.price_for(model) if self.prices is not None else None
+        if price is None:
+            # No price: only a cold cache (nothing to lose, whatever the price) justifies a batch.
+            return None if warm else CacheTerms(1.0, 1.0, warm=False)
+        if route.endswith("/messages"):
+            return CacheTerms.breakpoints(price, _longest_ttl(body), warm=warm)
+        return CacheTerms.prefix(price, warm=warm)
+
+    async def __call__(
+        self,
+        knobs: Knobs,
+        *,
+        scope: str,
+        route: str,
+        body: Mapping[str, Any],
+        model: str | None,
+        parts: Sequence[Part],
+        tokens: Sequence[int],
+        count: Callable[[str], int],
+        now: float | None = None,
+    ) -> Compacted:
+        """``tokens``: each part's tokens as it would be forwarded (its memoised form)."""
+        if not any(p.roles & knobs.roles for p in parts):
+            return Compacted({}, "no part to compact")
+        now = time.time() if now is None else now
+        namespace = "compact:" + scope.removeprefix("memo:")
+        conversation = conversation_of(parts)
+        record = await self.log.load(namespace, conversation)
+        known = record.stubs()
+        keys = [_part_key(p) if p.roles & knobs.roles else "" for p in parts]
+        texts = {p.path: known[k] for p, k in zip(parts, keys, strict=True) if k in known}
+        decision = None
+        if client_compacts(body, parts):
+            reason = "client compacts"
+        elif not record.reachable:
+            reason = "store unreachable"
+        else:
+            idle_s = knobs.idle_s or _IDLE_S.get(_longest_ttl(body) or "5m", 300.0)
+            warm = record.last_seen is None or now - record.last_seen <= idle_s
+            calls = _call_names(body)
+            last = max((p.turn for p in parts), default=0)
+            entries = [
+                Entry(
+                    key=k,
+                    role=p.role,
+                    text=p.text,
+                    tokens=texts[p.path][1] if p.path in texts else n,
+                    message=p.message,
+                    cached=p.turn < last,
+                    eligible=bool(k) and k not in known and p.turn > 0,
+                    call=_call_of(body, p.path, calls),
+                )
+                for p, k, n in zip(parts, keys, tokens, strict=True)
+            ]
+            terms = self._terms(route, body, model, warm)
+            decision = decide(entries, knobs, terms, turns=last, count=count)
+            reason = decision.reason
+            if decision.stubs:
+                won = await self.log.append(namespace, conversation, len(record.batches), decision.stubs)
+                for p, k in zip(parts, keys, strict=True):
+                    if won is not None and k in won:
+                        texts[p.path] = won[k]
+                reason = reason if won is not None else "store unreachable"
+        await self.log.seen(namespace, conversation, now)
+        return Compacted(texts, reason, decision)

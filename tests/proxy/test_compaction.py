@@ -1,0 +1,162 @@
+"""History compaction's decision (proxy/policy/compaction.py) on small histories built from real files.
+
+Each tool output is a real file of this repository as ``cat`` prints it; the assistant's words and
+calls point at names in them, as an agent's do. The prices are litellm's (gpt-5: cached input at
+10%; claude-sonnet-4-5: reads 0.1x, writes 1.25x / 2x).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compressors.tokenizer import tokenizer_for
+from proxy.audit.pricing import PriceBook
+from proxy.policy.compaction import CacheTerms, Entry, Knobs, decide, pointers_in, stub_for
+
+REPO = Path(__file__).resolve().parents[2]
+COUNT = tokenizer_for("gpt-5").count
+MARKER = re.compile(
+    r'^\[(\d+) lines like "[^"\n]*" omitted; lines=([\d,-]+); kinds=([^;\]\n]*)(?:; hash=([0-9a-f]{24}))?\]$'
+)
+FILES = [
+    "proxy/policy/engine.py",
+    "proxy/policy/forms.py",
+    "proxy/audit/cache_model.py",
+    "proxy/audit/pricing.py",
+    "proxy/store/sqlite.py",
+    "proxy/policy/model.py",
+    "proxy/audit/cache_rules.py",
+    "proxy/policy/parts.py",
+    "proxy/store/memory.py",
+    "proxy/policy/memo.py",
+]
+PRICES = PriceBook()
+
+
+def history(files: list[str], *, cached_upto: int | None = None) -> list[Entry]:
+    """system, task, then per file: the assistant's call (``cat <file>``), the output, and the
+    assistant's next words naming the file's first function (what later turns point at)."""
+    entries = [
+        Entry("sys", "system", "You are a coding agent.", 8, -1, True),
+        Entry("task", "user", "Find why the memo misses after a restart.", 12, 0, True),
+    ]
+    for i, name in enumerate(files):
+        text = (REPO / name).read_text(encoding="utf-8")
+        first = re.search(r"^def (\w+)", text, re.M)
+        words = f"In {name} the function {first.group(1) if first else 'main'} looks relevant."
+        message = 2 + 2 * i
+        cached = cached_upto is None or i < cached_upto
+        entries.append(
+            Entry(
+                f"out{i}",
+                "tool",
+                text,
+                COUNT(text),
+                message,
+                cached,
+                True,
+                f'bash {{"command": "cat {name}"}}',
+            )
+        )
+        entries.append(Entry(f"say{i}", "assistant", words, COUNT(words), message + 1, cached))
+    return entries
+
+
+def gpt5(*, warm: bool = True) -> CacheTerms:
+    price = PRICES.price_for("gpt-5")
+    assert price is not None
+    return CacheTerms.prefix(price, warm=warm)
+
+
+def test_a_stub_keeps_the_lines_later_turns_point_at_byte_identical_and_one_marker() -> None:
+    text = (REPO / "proxy/audit/cache_rules.py").read_text(encoding="utf-8")
+    later = pointers_in(["The bug is in anthropic_use: look at ANTHROPIC_LOOKBACK_BLOCKS and line 96."])
+    ref = "0123456789abcdef01234567"
+    stub = stub_for(
+        text,
+        tokens=COUNT(text),
+        call='bash {"command": "cat cache_rules.py"}',
+        pointers=later,
+        ref=ref,
+        max_lines=12,
+    )
+    first, *kept = stub.split("\n")
+    marker = MARKER.match(first)
+    assert marker is not None, first
+    assert marker.group(4) == ref
+    assert "cat cache_rules.py" in marker.group(3) and f"{COUNT(text)} tokens" in marker.group(3)
+    lines = text.split("\n")
+    assert all(line in lines for line in kept)  # every kept line is a line of the original
+    assert any("def anthropic_use(" in line for line in kept)
+    assert any("ANTHROPIC_LOOKBACK_BLOCKS = 20" in line for line in kept)
+    # lines= names exactly the omitted lines of the original (1-based)
+    omitted = {
+        n for a, b in (r.split("-") for r in marker.group(2).split(",")) for n in range(int(a), int(b) + 1)
+    }
+    assert int(marker.group(1)) == len(omitted) == len(lines) - len(kept)
+    assert {lines[n - 1] for n in range(1, len(lines) + 1) if n not in omitted} == set(kept)
+    assert COUNT(stub) * 5 < COUNT(text)
+
+
+def test_nothing_is_compacted_while_the_cache_would_lose_more_than_the_turns_left_can_repay() -> None:
+    entries = history(FILES[:7])
+    early = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=2, count=COUNT)
+    assert early.stubs == {} and early.reason == "below break-even"
+    assert early.cost_usd > 2 * early.saving_per_turn_usd
+    later = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=30, count=COUNT)
+    assert later.reason == "break-even" and later.stubs
+    assert later.horizon * later.saving_per_turn_usd > 1.5 * later.cost_usd
+
+
+def test_the_newest_outputs_and_tokens_always_stay_as_they_are() -> None:
+    entries = history(FILES)
+    decision = decide(entries, Knobs(keep_last=4, keep_tokens=3000), gpt5(warm=False), turns=10, count=COUNT)
+    assert decision.reason == "cache cold"
+    outputs = [e for e in entries if e.role == "tool"]
+    assert not set(decision.stubs) & {e.key for e in outputs[-4:]}
+    tail = 0
+    for entry in reversed(entries):
+        if entry.key in decision.stubs:
+            assert tail >= 3000
+        tail += entry.tokens
+    # cold: every other old output at once
+    assert set(decision.stubs) == {e.key for e in outputs[:-4] if e.tokens >= 200}
+
+
+def test_a_cold_cache_compacts_at_once_even_when_a_warm_one_would_not() -> None:
+    entries = history(FILES[:7])
+    knobs = Knobs(keep_last=2, keep_tokens=500)
+    assert decide(entries, knobs, gpt5(), turns=2, count=COUNT).stubs == {}
+    cold = decide(entries, knobs, gpt5(warm=False), turns=2, count=COUNT)
+    assert cold.stubs and cold.cost_usd < 0
+
+
+def test_anthropic_one_hour_writes_make_a_batch_wait_longer_than_five_minute_ones() -> None:
+    price = PRICES.price_for("claude-sonnet-4-5")
+    assert price is not None and price.cache_write_1h > price.cache_write_5m > price.input
+    entries = history(FILES[:7])
+    knobs = Knobs(keep_last=2, keep_tokens=500)
+
+    def first_turn(ttl: str) -> int:
+        terms = CacheTerms.breakpoints(price, ttl, warm=True)
+        return next(t for t in range(1, 200) if decide(entries, knobs, terms, turns=t, count=COUNT).stubs)
+
+    assert first_turn("1h") > first_turn("5m")
+    no_breakpoint = CacheTerms.breakpoints(price, None, warm=True)
+    assert decide(entries, knobs, no_breakpoint, turns=1, count=COUNT).reason == "cache cold"
+
+
+def test_a_change_only_among_new_parts_costs_nothing() -> None:
+    entries = history(FILES[:7], cached_upto=0)  # nothing was in the previous request
+    decision = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=1, count=COUNT)
+    assert decision.stubs and decision.cost_usd < 0
+
+
+@pytest.mark.parametrize(
+    "knobs", [Knobs(keep_last=len(FILES)), Knobs(keep_tokens=10**7), Knobs(min_tokens=10**6)]
+)
+def test_nothing_old_enough_means_no_batch(knobs: Knobs) -> None:
+    assert decide(history(FILES), knobs, gpt5(warm=False), turns=50, count=COUNT).stubs == {}
