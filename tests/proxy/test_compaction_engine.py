@@ -1,0 +1,178 @@
+"""History compaction in the engine: batches, byte-identical replays, replicas, idle caches, coexistence.
+
+A chat session is built from real files of this repository (each tool output is ``cat <file>``),
+sent turn by turn through :class:`PolicyRewriter` as the server calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.audit.pricing import PriceBook
+from proxy.config.yamlsource import ConfigErrors
+from proxy.exchange import Exchange
+from proxy.policy.engine import PolicyRewriter
+from proxy.policy.model import PolicySet, load_policy
+from proxy.store.base import SharedStore
+from proxy.store.sqlite import SqliteStore
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "proxy").rglob("*.py") if p.stat().st_size > 3000)[
+    :16
+]
+POLICY = """\
+name: agent
+latency_budget_ms: 60000
+rules: []
+compaction: {{keep_last: 3, keep_tokens: 2000{more}}}
+"""
+
+
+def session(files: list[str] = FILES) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a coding agent. Use bash."},
+        {"role": "user", "content": "Find where the memo store is closed and explain it."},
+    ]
+    for i, name in enumerate(files):
+        call = {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "bash", "arguments": orjson.dumps({"command": f"cat {name}"}).decode()},
+        }
+        messages.append({"role": "assistant", "content": f"Next I read {name}.", "tool_calls": [call]})
+        messages.append(
+            {"role": "tool", "tool_call_id": f"c{i}", "content": (REPO / name).read_text(encoding="utf-8")}
+        )
+    messages.append({"role": "assistant", "content": "Done: aclose() closes it."})
+    return messages
+
+
+def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 1]
+
+
+def rewriter(tmp_path: Path, more: str = "", store: SharedStore | None = None) -> PolicyRewriter:
+    path = tmp_path / "agent.yaml"
+    path.write_text(POLICY.format(more=more), encoding="utf-8")
+    policy, _ = load_policy(path)
+    policies = PolicySet(policies={"agent": policy}, team_policy={"t": "agent"})
+    return PolicyRewriter(policies, memo_bytes=1 << 24, workers=1, store=store, prices=PriceBook())
+
+
+async def send(engine: PolicyRewriter, messages: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
+    body = {"model": "gpt-5", "messages": messages, **extra}
+    exchange = Exchange("r", "POST", "/v1/chat/completions", "t", None, "u", time.time(), True)
+    rewrite = await engine(exchange, body, {})
+    return list((rewrite.body or body)["messages"])
+
+
+def stubbed(messages: list[dict[str, Any]]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "tool" and m["content"].startswith("[")]
+
+
+async def replay(engines: list[PolicyRewriter]) -> list[list[dict[str, Any]]]:
+    """Every turn of the session, turn k through ``engines[k % len(engines)]``."""
+    return [await send(engines[k % len(engines)], t) for k, t in enumerate(turns(session()))]
+
+
+async def test_batches_then_every_later_turn_resends_the_compacted_history_byte_identical(
+    tmp_path: Path,
+) -> None:
+    engine = rewriter(tmp_path)
+    try:
+        sent = await replay([engine])
+    finally:
+        engine.close()
+    batches = [k for k in range(1, len(sent)) if sent[k][: len(sent[k - 1])] != sent[k - 1]]
+    assert 1 <= len(batches) <= len(sent) // 3  # a few batches, not a change every turn
+    last = sent[-1]
+    assert stubbed(last), "an old output was compacted by the end"
+    outputs = [i for i, m in enumerate(last) if m["role"] == "tool"]
+    assert not set(stubbed(last)) & set(outputs[-3:])  # the newest outputs stay whole
+    for i in stubbed(last):
+        original = session()[i]["content"].split("\n")
+        assert all(line in original for line in last[i]["content"].split("\n")[1:])
+    assert all(m.get("tool_calls") == session()[i].get("tool_calls") for i, m in enumerate(last))
+
+
+async def test_two_replicas_sharing_sqlite_decide_as_one_process_does(tmp_path: Path) -> None:
+    single = rewriter(tmp_path)
+    try:
+        alone = await replay([single])
+    finally:
+        single.close()
+    stores = [SqliteStore(tmp_path / "memo.sqlite", max_bytes=1 << 28) for _ in range(2)]
+    engines = [rewriter(tmp_path, store=s) for s in stores]
+    try:
+        shared = await replay(engines)
+        # a restarted replica (a fresh process on the same file) replays the batches too
+        restarted = rewriter(tmp_path, store=SqliteStore(tmp_path / "memo.sqlite", max_bytes=1 << 28))
+        again = await send(restarted, turns(session())[-1])
+        restarted.close()
+    finally:
+        for engine in engines:
+            engine.close()
+        for store in stores:
+            await store.aclose()
+    assert shared == alone
+    assert again == alone[-1]
+
+
+async def test_a_conversation_idle_past_its_cache_lifetime_is_compacted_fully_at_its_next_turn(
+    tmp_path: Path,
+) -> None:
+    engine = rewriter(tmp_path, more=", idle_s: 0.5, margin: 1000")  # economics alone never pay
+    try:
+        history = turns(session())
+        warm = [await send(engine, t) for t in history[:8]]
+        assert not any(stubbed(m) for m in warm)
+        await asyncio.sleep(0.7)
+        cold = await send(engine, history[8])
+        eligible = [i for i, m in enumerate(cold) if m["role"] == "tool"][:-3]
+        assert stubbed(cold) and set(stubbed(cold)) <= set(eligible)
+        after = await send(engine, history[9])
+        assert after[: len(cold)] == cold  # the next turn re-sends it byte-identical
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "cleared", "compacted"),
+    [
+        ({"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}}, False, False),
+        ({}, True, False),
+        ({}, False, True),  # the same request without the client's own compaction
+    ],
+    ids=["provider-context-management", "client-cleared-placeholder", "neither"],
+)
+async def test_a_client_that_compacts_its_own_history_is_left_alone(
+    tmp_path: Path, extra: dict[str, Any], cleared: bool, compacted: bool
+) -> None:
+    engine = rewriter(tmp_path, more=", idle_s: 0.05")  # cold at the second turn: compacts at once
+    try:
+        history = turns(session())
+        messages = [*history[-1]]
+        if cleared:
+            messages[3] = {**messages[3], "content": "[Old tool result content cleared]"}
+        await send(engine, messages[: len(history[-2])], **extra)
+        await asyncio.sleep(0.1)
+        sent = await send(engine, messages, **extra)
+        assert bool([i for i in stubbed(sent) if i != 3]) == compacted
+    finally:
+        engine.close()
+
+
+def test_bad_compaction_settings_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(POLICY.format(more=", margin: -1, roles: [tools], colour: red"), encoding="utf-8")
+    with pytest.raises(ConfigErrors) as caught:
+        load_policy(path)
+    text = str(caught.value)
+    assert f"{path}:4: compaction.margin: must be > 0" in text
+    assert "unknown role 'tools'" in text and "unknown key 'colour'" in text
