@@ -49,9 +49,10 @@ class Compacted:
     decision: Decision | None = None
 
 
-def conversation_of(parts: Sequence[Part]) -> str:
-    """A digest of what was sent before the first assistant reply: the conversation's identity."""
-    digest = hashlib.sha256()
+def conversation_of(parts: Sequence[Part], model: str | None = None) -> str:
+    """A digest of the model and of what was sent before the first assistant reply: the
+    conversation's identity (the provider caches per model, so its batches are per model too)."""
+    digest = hashlib.sha256(f"{model}\x1e".encode())
     for part in parts:
         if part.turn > 0:
             break
@@ -117,9 +118,11 @@ def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
     return any(marker in part.text for part in parts for marker in CLEARED_PLACEHOLDERS)
 
 
-def _longest_ttl(body: Mapping[str, Any]) -> str | None:
-    ttls = {b.ttl for b in anthropic.breakpoints(body)}
-    return "1h" if "1h" in ttls else "5m" if ttls else None
+def _history_ttl(body: Mapping[str, Any]) -> str | None:
+    """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
+    A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
+    found = anthropic.breakpoints(body)
+    return found[-1].ttl if found else None
 
 
 class Compactor:
@@ -135,7 +138,7 @@ class Compactor:
             # No price: only a cold cache (nothing to lose, whatever the price) justifies a batch.
             return None if warm else CacheTerms(1.0, 1.0, warm=False)
         if route.endswith("/messages"):
-            return CacheTerms.breakpoints(price, _longest_ttl(body), warm=warm)
+            return CacheTerms.breakpoints(price, _history_ttl(body), warm=warm)
         return CacheTerms.prefix(price, warm=warm)
 
     async def __call__(
@@ -156,7 +159,7 @@ class Compactor:
             return Compacted({}, "no part to compact")
         now = time.time() if now is None else now
         namespace = "compact:" + scope.removeprefix("memo:")
-        conversation = conversation_of(parts)
+        conversation = conversation_of(parts, model)
         record = await self.log.load(namespace, conversation)
         known = record.stubs()
         keys = [_part_key(p) if p.roles & knobs.roles else "" for p in parts]
@@ -167,7 +170,7 @@ class Compactor:
         elif not record.reachable:
             reason = "store unreachable"
         else:
-            idle_s = knobs.idle_s or _IDLE_S.get(_longest_ttl(body) or "5m", 300.0)
+            idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(body) or "5m", 300.0)
             warm = record.last_seen is None or now - record.last_seen <= idle_s
             calls = _call_names(body)
             last = max((p.turn for p in parts), default=0)
