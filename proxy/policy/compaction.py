@@ -233,9 +233,12 @@ def decide(
     turns: int,
     count: Callable[[str], int],
     ref: Callable[[Entry], str | None] = lambda entry: None,
+    resent_from: Callable[[int], int] = lambda first: first,
 ) -> Decision:
     """The next batch for this request, or none (``reason`` says why). ``terms`` None: no price
-    known, so only a cold cache (nothing to lose) justifies a batch."""
+    known, so only a cold cache (nothing to lose) justifies a batch. ``resent_from(i)``: the
+    first entry no longer read from the cache when entry ``i`` is the first to change (Anthropic
+    reads only reach 20 blocks back from a breakpoint: a change further back loses more)."""
     candidates = _eligible(entries, knobs)
     if not candidates:
         return Decision({}, "nothing old enough")
@@ -265,7 +268,8 @@ def decide(
     if not stubs:
         return Decision({}, "no stub halves an old part")
     first = next(i for i in candidates if entries[i].key in stubs)
-    cached_after = sum(e.tokens for e in entries[first:] if e.cached) if terms.warm else 0
+    lost = min(first, resent_from(first))
+    cached_after = sum(e.tokens for e in entries[lost:] if e.cached) if terms.warm else 0
     cost = (
         (cached_after - removed_cached) * terms.resend
         - cached_after * terms.read

@@ -31,6 +31,7 @@ Path = tuple[str | int, ...]
 CLEARED_PLACEHOLDERS = ("[Old tool result content cleared]",)
 _PROVIDER_ITEMS = frozenset({"compaction", "compaction_summary"})  # OpenAI Responses
 _IDLE_S = {"5m": 300.0, "1h": 3600.0}
+LOOKBACK = 20  # blocks an Anthropic cache read looks back from a breakpoint
 _CALL_CHARS = 200  # of a call's arguments, in a stub's marker
 
 
@@ -118,6 +119,26 @@ def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
     return any(marker in part.text for part in parts for marker in CLEARED_PLACEHOLDERS)
 
 
+def _anthropic_reach(body: Mapping[str, Any], parts: Sequence[Part]) -> Callable[[int], int]:
+    """For Messages bodies: the first part re-sent (written again) when part ``i`` changes. A read
+    hits a written prefix ending at most 20 blocks before one of the request's breakpoints, so a
+    change further back than that loses everything after the breakpoint before it."""
+    listed = anthropic.blocks(body)
+    index = {block.path: k for k, block in enumerate(listed)}
+    block_of = [
+        next((index[p.path[:n]] for n in range(len(p.path), 0, -1) if p.path[:n] in index), 0) for p in parts
+    ]
+    reachable = {
+        k for b in anthropic.breakpoints(body, listed) for k in range(max(0, b.block - LOOKBACK), b.block + 1)
+    }
+
+    def resent_from(first: int) -> int:
+        hit = max((k for k in reachable if k < block_of[first]), default=-1)
+        return next((i for i, k in enumerate(block_of) if k > hit), first)
+
+    return resent_from
+
+
 def _history_ttl(body: Mapping[str, Any]) -> str | None:
     """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
     A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
@@ -188,7 +209,8 @@ class Compactor:
                 for p, k, n in zip(parts, keys, tokens, strict=True)
             ]
             terms = self._terms(route, body, model, warm)
-            decision = decide(entries, knobs, terms, turns=last, count=count)
+            reach = _anthropic_reach(body, parts) if route.endswith("/messages") else (lambda first: first)
+            decision = decide(entries, knobs, terms, turns=last, count=count, resent_from=reach)
             reason = decision.reason
             if decision.stubs:
                 won = await self.log.append(namespace, conversation, len(record.batches), decision.stubs)

@@ -160,3 +160,24 @@ def test_a_change_only_among_new_parts_costs_nothing() -> None:
 )
 def test_nothing_old_enough_means_no_batch(knobs: Knobs) -> None:
     assert decide(history(FILES), knobs, gpt5(warm=False), turns=50, count=COUNT).stubs == {}
+
+
+def test_a_change_the_cache_cannot_read_past_costs_everything_after_the_last_reachable_prefix() -> None:
+    price = PRICES.price_for("claude-sonnet-4-5")
+    assert price is not None
+    terms = CacheTerms.breakpoints(price, "5m", warm=True)
+    entries, knobs = history(FILES), Knobs(keep_last=2, keep_tokens=500)
+    near = decide(entries, knobs, terms, turns=40, count=COUNT)
+    far = decide(entries, knobs, terms, turns=40, count=COUNT, resent_from=lambda first: 0)
+    assert near.stubs == far.stubs and far.cost_usd > near.cost_usd
+    lost = sum(e.tokens for e in entries)
+    assert far.cost_usd == pytest.approx(
+        (
+            lost
+            - sum(
+                entries[i].tokens - far.stubs[e.key][1] for i, e in enumerate(entries) if e.key in far.stubs
+            )
+        )
+        * price.cache_write_5m
+        - lost * price.cached_input
+    )

@@ -7,12 +7,17 @@ sent turn by turn through :class:`PolicyRewriter` as the server calls it.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from anthropic_shape import turns as claude_code_turns
 
 from proxy.audit.pricing import PriceBook
 from proxy.config.yamlsource import ConfigErrors
@@ -176,3 +181,40 @@ def test_bad_compaction_settings_are_reported_with_file_and_line(tmp_path: Path)
     text = str(caught.value)
     assert f"{path}:4: compaction.margin: must be > 0" in text
     assert "unknown role 'tools'" in text and "unknown key 'colour'" in text
+
+
+async def test_messages_shape_keeps_every_breakpoint_where_the_client_put_it(tmp_path: Path) -> None:
+    engine = rewriter(tmp_path)
+    sent: list[dict[str, Any]] = []
+    bodies = claude_code_turns(session())
+    try:
+        for body in bodies:
+            exchange = Exchange(
+                "r", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic"
+            )
+            rewrite = await engine(exchange, {**body, "model": "claude-sonnet-4-5"}, {})
+            sent.append(rewrite.body or body)
+    finally:
+        engine.close()
+
+    def marks(body: dict[str, Any]) -> list[tuple[int, int]]:
+        return [
+            (i, j)
+            for i, m in enumerate(body["messages"])
+            for j, block in enumerate(m["content"])
+            if "cache_control" in block
+        ]
+
+    results = [block for block in sent[-1]["messages"][-1]["content"] if block["type"] == "tool_result"]
+    assert results
+    stubs = [
+        b
+        for m in sent[-1]["messages"]
+        for b in m["content"]
+        if b["type"] == "tool_result" and isinstance(b["content"], str) and b["content"].startswith("[")
+    ]
+    assert stubs, "old tool results were compacted"
+    for body, original in zip(sent, bodies, strict=True):
+        assert marks(body) == marks(original) and body["system"] == original["system"]
+        uses = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
+        assert uses == [b for m in original["messages"] for b in m["content"] if b["type"] == "tool_use"]
