@@ -16,7 +16,9 @@ how many the last turn still forwards.
 
     PYTHONPATH=. python bench/compaction.py [--steps 45] [--package starlette] [--sessions FILE.json ...]
 
-``--sessions`` adds sessions given as JSON lists of chat messages (e.g. bench/sessions/).
+``--sessions`` adds sessions given as JSON lists of chat messages (e.g. bench/sessions/),
+``--swe-agent`` the five SWE-agent traces (about 12 turns each); ``--steps 0`` leaves out the
+code-reading session; ``--set margin=3 keep_tokens=2000`` overrides the agents policy's compaction.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ from fake_upstream import ServerThread  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 from replay import billed, serve_config  # noqa: E402
 
-from evaldata import turns  # noqa: E402
+import evaldata  # noqa: E402
+from evaldata import agent_messages, turns  # noqa: E402
 from proxy.audit.pricing import PriceBook  # noqa: E402
 from proxy.cli.serve import uvicorn_config  # noqa: E402
 from proxy.config.model import load_config  # noqa: E402
@@ -213,10 +216,14 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, default=45)
     parser.add_argument("--package", default="httpx")
     parser.add_argument("--sessions", type=Path, nargs="*", default=[])
+    parser.add_argument("--swe-agent", action="store_true", help="add the five SWE-agent traces (short)")
     parser.add_argument("--set", nargs="*", default=[], help="compaction knobs to override: margin=2 ...")
     args = parser.parse_args()
     knobs = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    sessions = [code_session(args.package, args.steps)] + [json.loads(p.read_text()) for p in args.sessions]
+    sessions = [code_session(args.package, args.steps)] if args.steps else []
+    sessions += [json.loads(p.read_text()) for p in args.sessions]
+    if args.swe_agent:
+        sessions += [agent_messages(p) for p in evaldata.trace_paths()]
     upstream = Recording()
     up = ServerThread(upstream).start()
     with tempfile.TemporaryDirectory() as folder:

@@ -11,6 +11,7 @@ never compacted further (docs/compaction.md).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from proxy.policy.parts import Part
 __all__ = ["CLEARED_PLACEHOLDERS", "Compacted", "Compactor", "PriceSource", "conversation_of"]
 
 Path = tuple[str | int, ...]
+
+log = logging.getLogger("tersegate.compaction")
 
 # What clients leave where they cleared a tool result themselves (Claude Code's microcompact).
 CLEARED_PLACEHOLDERS = ("[Old tool result content cleared]",)
@@ -146,11 +149,37 @@ def _history_ttl(body: Mapping[str, Any]) -> str | None:
     return found[-1].ttl if found else None
 
 
+def _entries(
+    body: Mapping[str, Any],
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    tokens: Sequence[int],
+    known: Mapping[str, tuple[str, int]],
+    texts: Mapping[Path, tuple[str, int]],
+) -> list[Entry]:
+    """The history as the decision reads it: each part with its tokens as forwarded now."""
+    calls = _call_names(body)
+    last = max((p.turn for p in parts), default=0)
+    return [
+        Entry(
+            key=k,
+            role=p.role,
+            text=p.text,
+            tokens=texts[p.path][1] if p.path in texts else n,
+            message=p.message,
+            cached=p.turn < last,
+            eligible=bool(k) and k not in known and p.turn > 0,
+            call=_call_of(body, p.path, calls),
+        )
+        for p, k, n in zip(parts, keys, tokens, strict=True)
+    ]
+
+
 class Compactor:
     """One per engine; ``await compactor(...)`` per request of a policy with ``compaction:``."""
 
-    def __init__(self, log: CompactionLog, prices: PriceSource | None) -> None:
-        self.log = log
+    def __init__(self, batches: CompactionLog, prices: PriceSource | None) -> None:
+        self.batches = batches
         self.prices = prices
 
     def _terms(self, route: str, body: Mapping[str, Any], model: str | None, warm: bool) -> CacheTerms | None:
@@ -181,7 +210,7 @@ class Compactor:
         now = time.time() if now is None else now
         namespace = "compact:" + scope.removeprefix("memo:")
         conversation = conversation_of(parts, model)
-        record = await self.log.load(namespace, conversation)
+        record = await self.batches.load(namespace, conversation)
         known = record.stubs()
         keys = [_part_key(p) if p.roles & knobs.roles else "" for p in parts]
         texts = {p.path: known[k] for p, k in zip(parts, keys, strict=True) if k in known}
@@ -191,32 +220,30 @@ class Compactor:
         elif not record.reachable:
             reason = "store unreachable"
         else:
+            entries = _entries(body, parts, keys, tokens, known, texts)
             idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(body) or "5m", 300.0)
-            warm = record.last_seen is None or now - record.last_seen <= idle_s
-            calls = _call_names(body)
-            last = max((p.turn for p in parts), default=0)
-            entries = [
-                Entry(
-                    key=k,
-                    role=p.role,
-                    text=p.text,
-                    tokens=texts[p.path][1] if p.path in texts else n,
-                    message=p.message,
-                    cached=p.turn < last,
-                    eligible=bool(k) and k not in known and p.turn > 0,
-                    call=_call_of(body, p.path, calls),
-                )
-                for p, k, n in zip(parts, keys, tokens, strict=True)
-            ]
-            terms = self._terms(route, body, model, warm)
+            terms = self._terms(
+                route, body, model, record.last_seen is None or now - record.last_seen <= idle_s
+            )
             reach = _anthropic_reach(body, parts) if route.endswith("/messages") else (lambda first: first)
-            decision = decide(entries, knobs, terms, turns=last, count=count, resent_from=reach)
+            turns = max((p.turn for p in parts), default=0)
+            decision = decide(entries, knobs, terms, turns=turns, count=count, resent_from=reach)
             reason = decision.reason
             if decision.stubs:
-                won = await self.log.append(namespace, conversation, len(record.batches), decision.stubs)
+                won = await self.batches.append(namespace, conversation, len(record.batches), decision.stubs)
                 for p, k in zip(parts, keys, strict=True):
                     if won is not None and k in won:
                         texts[p.path] = won[k]
                 reason = reason if won is not None else "store unreachable"
-        await self.log.seen(namespace, conversation, now)
+                log.info(
+                    "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
+                    len(record.batches),
+                    conversation[:12],
+                    len(decision.stubs),
+                    reason,
+                    decision.cost_usd,
+                    decision.saving_per_turn_usd,
+                    decision.horizon,
+                )
+        await self.batches.seen(namespace, conversation, now)
         return Compacted(texts, reason, decision)
