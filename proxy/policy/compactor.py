@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Kn
 from proxy.policy.compaction_log import CompactionLog
 from proxy.policy.parts import Part
 
-__all__ = ["CLEARED_PLACEHOLDERS", "Compacted", "Compactor", "PriceSource", "conversation_of"]
+__all__ = ["CLEARED_PLACEHOLDERS", "CatchUp", "Compacted", "Compactor", "PriceSource", "conversation_of"]
 
 Path = tuple[str | int, ...]
 
@@ -36,6 +36,10 @@ _PROVIDER_ITEMS = frozenset({"compaction", "compaction_summary"})  # OpenAI Resp
 _IDLE_S = {"5m": 300.0, "1h": 3600.0}
 LOOKBACK = 20  # blocks an Anthropic cache read looks back from a breakpoint
 _CALL_CHARS = 200  # of a call's arguments, in a stub's marker
+
+
+# Paths of parts that went out as they came for a passing reason -> their compressed forms.
+CatchUp = Callable[[Sequence[Path]], Awaitable[Mapping[Path, tuple[str, int]]]]
 
 
 class PriceSource(Protocol):
@@ -149,6 +153,24 @@ def _history_ttl(body: Mapping[str, Any]) -> str | None:
     return found[-1].ttl if found else None
 
 
+async def _caught_up(
+    catch_up: CatchUp | None,
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    stubs: Mapping[str, tuple[str, int]],
+    known: Mapping[str, tuple[str, int]],
+) -> dict[str, tuple[str, int]]:
+    """Forms for the passing failures after the batch's first change (changed there at no extra cost)."""
+    if catch_up is None:
+        return {}
+    first = min(i for i, k in enumerate(keys) if k in stubs)
+    later = [
+        p.path for p, k in zip(parts[first:], keys[first:], strict=True) if k not in stubs and k not in known
+    ]
+    forms = await catch_up(later) if later else {}
+    return {k: forms[p.path] for p, k in zip(parts, keys, strict=True) if p.path in forms}
+
+
 def _entries(
     body: Mapping[str, Any],
     parts: Sequence[Part],
@@ -156,6 +178,7 @@ def _entries(
     tokens: Sequence[int],
     known: Mapping[str, tuple[str, int]],
     texts: Mapping[Path, tuple[str, int]],
+    roles: frozenset[str],
 ) -> list[Entry]:
     """The history as the decision reads it: each part with its tokens as forwarded now."""
     calls = _call_names(body)
@@ -168,7 +191,7 @@ def _entries(
             tokens=texts[p.path][1] if p.path in texts else n,
             message=p.message,
             cached=p.turn < last,
-            eligible=bool(k) and k not in known and p.turn > 0,
+            eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
             call=_call_of(body, p.path, calls),
         )
         for p, k, n in zip(parts, keys, tokens, strict=True)
@@ -203,8 +226,11 @@ class Compactor:
         tokens: Sequence[int],
         count: Callable[[str], int],
         now: float | None = None,
+        catch_up: CatchUp | None = None,
     ) -> Compacted:
-        """``tokens``: each part's tokens as it would be forwarded (its memoised form)."""
+        """``tokens``: each part's tokens as it would be forwarded (its memoised form).
+        ``catch_up`` compresses, with their rules, the parts that went out as they came for a
+        passing reason (warm-up, budget overrun); a batch takes them in when it changes them anyway."""
         if not any(p.roles & knobs.roles for p in parts):
             return Compacted({}, "no part to compact")
         now = time.time() if now is None else now
@@ -212,7 +238,7 @@ class Compactor:
         conversation = conversation_of(parts, model)
         record = await self.batches.load(namespace, conversation)
         known = record.stubs()
-        keys = [_part_key(p) if p.roles & knobs.roles else "" for p in parts]
+        keys = [_part_key(p) for p in parts]
         texts = {p.path: known[k] for p, k in zip(parts, keys, strict=True) if k in known}
         decision = None
         if client_compacts(body, parts):
@@ -220,7 +246,7 @@ class Compactor:
         elif not record.reachable:
             reason = "store unreachable"
         else:
-            entries = _entries(body, parts, keys, tokens, known, texts)
+            entries = _entries(body, parts, keys, tokens, known, texts, knobs.roles)
             idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(body) or "5m", 300.0)
             terms = self._terms(
                 route, body, model, record.last_seen is None or now - record.last_seen <= idle_s
@@ -230,7 +256,8 @@ class Compactor:
             decision = decide(entries, knobs, terms, turns=turns, count=count, resent_from=reach)
             reason = decision.reason
             if decision.stubs:
-                won = await self.batches.append(namespace, conversation, len(record.batches), decision.stubs)
+                batch = {**decision.stubs, **await _caught_up(catch_up, parts, keys, decision.stubs, known)}
+                won = await self.batches.append(namespace, conversation, len(record.batches), batch)
                 for p, k in zip(parts, keys, strict=True):
                     if won is not None and k in won:
                         texts[p.path] = won[k]

@@ -58,6 +58,9 @@ _COUNT_PIECE = 64 * 1024
 # Where a piece may end without changing the count: after a newline that a non-space follows,
 # or at the space between two word characters (both start a new pre-token in tiktoken's patterns).
 _PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
+# Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
+# a compaction batch compresses them when it changes the history anyway.
+_PASSING = ("latency_budget", "compressor_error")
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
 
@@ -304,7 +307,7 @@ class PolicyRewriter:
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         compacted = await self._compact(
-            policy, exchange.route, body, model, parts, counts, outcome, tokenizer
+            policy, exchange.route, body, model, parts, counts, outcome, tokenizer, deadline
         )
         result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
@@ -479,10 +482,34 @@ class PolicyRewriter:
         counts: Sequence[int],
         outcome: _Outcome,
         tokenizer: Tokenizer,
+        deadline: float,
     ) -> Compacted | None:
         """Replay the conversation's compactions and maybe add a batch (policy.compaction)."""
         if policy.compaction is None:
             return None
+        passing = {
+            c.part.path: c
+            for c in outcome.selected
+            if c.source == "memo"
+            and c.form is not None
+            and c.form.text is None
+            and c.form.note.startswith(_PASSING)
+        }
+
+        async def catch_up(
+            paths: Sequence[tuple[str | int, ...]],
+        ) -> dict[tuple[str | int, ...], tuple[str, int]]:
+            again = _Outcome(
+                outcome.namespace, [dataclasses.replace(passing[p], form=None) for p in paths if p in passing]
+            )
+            await self._compress_new(policy, again, parts, model, deadline)
+            made = [
+                (c.part.path, c.made)
+                for c in again.selected
+                if c.made is not None and c.made.text is not None
+            ]
+            return {path: (form.text, form.tokens_after) for path, form in made if form.text is not None}
+
         forwarded = list(counts)
         index = {p.path: i for i, p in enumerate(parts)}
         for chosen in outcome.selected:
@@ -501,6 +528,7 @@ class PolicyRewriter:
                 parts=parts,
                 tokens=forwarded,
                 count=tokenizer.count,
+                catch_up=catch_up,
             )
         except Exception:  # compaction is an optimisation: the request goes on without it
             log.exception("compaction failed")

@@ -218,3 +218,43 @@ async def test_messages_shape_keeps_every_breakpoint_where_the_client_put_it(tmp
         assert marks(body) == marks(original) and body["system"] == original["system"]
         uses = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
         assert uses == [b for m in original["messages"] for b in m["content"] if b["type"] == "tool_use"]
+
+
+SLOW = """\
+name: agent
+latency_budget_ms: {budget}
+min_saving_tokens: 0
+rules:
+  - name: outputs
+    match: {{roles: [tool]}}
+    compressor: truncate
+    rate: 0.5
+    options: {{mode: middle, unit: line}}
+compaction: {{keep_last: 3, keep_tokens: 2000, idle_s: 0.3}}
+"""
+
+
+async def test_outputs_that_failed_open_are_compressed_at_the_next_batch(tmp_path: Path) -> None:
+    def policies(budget: float) -> PolicySet:
+        path = tmp_path / "agent.yaml"
+        path.write_text(SLOW.format(budget=budget), encoding="utf-8")
+        return PolicySet(policies={"agent": load_policy(path)[0]}, team_policy={"t": "agent"})
+
+    engine = PolicyRewriter(policies(0.001), memo_bytes=1 << 24, workers=1, prices=PriceBook())
+    history = turns(session())
+    try:
+        slow = [await send(engine, t) for t in history[:8]]  # every output went out as it came
+        assert slow[-1] == history[7]
+        engine.policies = policies(60000)  # warm now: new outputs are compressed
+        await asyncio.sleep(0.4)  # idle past the cache's lifetime: the next turn compacts
+        caught = await send(engine, history[8])
+        outputs = [i for i, m in enumerate(caught) if m["role"] == "tool"]
+        assert set(stubbed(caught)) == set(outputs[:-3])
+        for i in outputs[-3:-1]:  # sent whole while the budget overran, compressed at the batch
+            assert (
+                len(caught[i]["content"]) < len(history[8][i]["content"])
+                and "omitted" in caught[i]["content"]
+            )
+        assert (await send(engine, history[9]))[: len(caught)] == caught
+    finally:
+        engine.close()
