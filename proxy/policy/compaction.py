@@ -106,6 +106,7 @@ class Entry:
     cached: bool  # it was in the previous turn's request
     eligible: bool = False  # a role the policy compacts, and not compacted yet
     call: str | None = None  # "name {arguments}" of the call it answers
+    turn: int = 0  # assistant replies before it: how fast old outputs pile up
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +280,15 @@ def decide(
     saving = (removed_cached + removed_new) * terms.read
     if not terms.warm:
         return Decision(stubs, "cache cold", cost, saving, horizon)
-    if cost <= 0 or horizon * saving > knobs.margin * cost:
+    if cost <= 0:
         return Decision(stubs, "break-even", cost, saving, horizon)
-    return Decision({}, "below break-even", cost, saving, horizon)
+    if horizon * saving <= knobs.margin * cost:
+        return Decision({}, "below break-even", cost, saving, horizon)
+    span = [entries[i].turn for i in candidates if entries[i].key in stubs]
+    growth = saving / max(1, span[-1] - span[0] + 1)  # $ a turn the waiting saving grows by
+    if saving * saving < 2 * cost * growth:
+        return Decision({}, "waiting for a bigger batch", cost, saving, horizon)
+    return Decision(stubs, "break-even", cost, saving, horizon)
 
 
 def _later_pointers(entries: Sequence[Entry]) -> list[set[str]]:

@@ -193,6 +193,7 @@ def _entries(
             cached=p.turn < last,
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
             call=_call_of(body, p.path, calls),
+            turn=p.turn,
         )
         for p, k, n in zip(parts, keys, tokens, strict=True)
     ]

@@ -59,9 +59,10 @@ def history(files: list[str], *, cached_upto: int | None = None) -> list[Entry]:
                 cached,
                 True,
                 f'bash {{"command": "cat {name}"}}',
+                turn=i + 1,
             )
         )
-        entries.append(Entry(f"say{i}", "assistant", words, COUNT(words), message + 1, cached))
+        entries.append(Entry(f"say{i}", "assistant", words, COUNT(words), message + 1, cached, turn=i + 1))
     return entries
 
 
@@ -137,13 +138,16 @@ def test_a_cold_cache_compacts_at_once_even_when_a_warm_one_would_not() -> None:
 def test_anthropic_one_hour_writes_make_a_batch_wait_longer_than_five_minute_ones() -> None:
     price = PRICES.price_for("claude-sonnet-4-5")
     assert price is not None and price.cache_write_1h > price.cache_write_5m > price.input
-    entries = history(FILES[:7])
+    entries = history(FILES)
     knobs = Knobs(keep_last=2, keep_tokens=500)
 
     def first_turn(ttl: str) -> int:
         terms = CacheTerms.breakpoints(price, ttl, warm=True)
-        return next(t for t in range(1, 200) if decide(entries, knobs, terms, turns=t, count=COUNT).stubs)
+        return next(
+            (t for t in range(1, 60) if decide(entries, knobs, terms, turns=t, count=COUNT).stubs), 10**6
+        )
 
+    assert 60 > first_turn("5m")
     assert first_turn("1h") > first_turn("5m")
     no_breakpoint = CacheTerms.breakpoints(price, None, warm=True)
     assert decide(entries, knobs, no_breakpoint, turns=1, count=COUNT).reason == "cache cold"
@@ -181,3 +185,15 @@ def test_a_change_the_cache_cannot_read_past_costs_everything_after_the_last_rea
         * price.cache_write_5m
         - lost * price.cached_input
     )
+
+
+def test_a_batch_waits_until_the_saving_waiting_outweighs_another_rewrite() -> None:
+    price = PRICES.price_for("claude-sonnet-4-5")
+    assert price is not None
+    terms, knobs = CacheTerms.breakpoints(price, "5m", warm=True), Knobs(keep_last=2, keep_tokens=500)
+    # Five old outputs, one a turn: compacting them now, and again as each next one ages, costs
+    # more rewrites than the reads saved by not waiting (sqrt(2 * cost / growth) > 5 turns).
+    small = decide(history(FILES[:7]), knobs, terms, turns=40, count=COUNT)
+    assert small.reason == "waiting for a bigger batch" and not small.stubs
+    assert small.saving_per_turn_usd**2 < 2 * small.cost_usd * small.saving_per_turn_usd / 5
+    assert decide(history(FILES), knobs, terms, turns=40, count=COUNT).reason == "break-even"
