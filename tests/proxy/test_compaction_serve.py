@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, ServerThread
+from harness import MakeProxy, RunningProxy, ServerThread, Upstream
 from prefix_cache_upstream import PrefixCacheUpstream
 from test_compaction_engine import POLICY, session, turns
 
@@ -74,3 +75,34 @@ def test_compaction_through_serve_lowers_the_invoice_and_the_audit_shows_the_bat
     first = compacted[0]
     assert first["saved_usd"] < 0  # the batch turn pays for the cache it breaks, and says so
     assert first["tokens_after"] < first["tokens_before"]
+
+
+def test_two_serve_replicas_sharing_sqlite_forward_what_one_does(
+    spawn_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
+) -> None:
+    policies = {"agent": POLICY.format(more="")}
+
+    def run(replicas: list[RunningProxy]) -> list[list[Any]]:
+        forwarded = []
+        for k, messages in enumerate(turns(session())):
+            response = httpx.post(
+                replicas[k % len(replicas)].base_url + "/chat/completions",
+                content=orjson.dumps({"model": "gpt-5", "messages": messages}),
+                headers={"Authorization": "Bearer sk-client"},
+                timeout=120,
+            )
+            assert response.status_code == 200, response.text
+            forwarded.append(upstream.last().json()["messages"])
+        return forwarded
+
+    def config(path: Path) -> dict[str, Any]:
+        return {
+            "teams": {"default": {"policy": "agent"}},
+            "compression": {"memo": {"backend": "sqlite", "path": str(path)}},
+        }
+
+    alone = run([spawn_proxy(config(tmp_path / "alone.sqlite"), policies=policies)])
+    shared = tmp_path / "shared.sqlite"
+    pair = run([spawn_proxy(config(shared), policies=policies) for _ in range(2)])
+    assert any(m["role"] == "tool" and m["content"].startswith("[") for m in alone[-1])
+    assert pair == alone
