@@ -22,6 +22,7 @@ from proxy.usage import UsageTap
 __all__ = [
     "Block",
     "Dialect",
+    "DialectBase",
     "JsonPath",
     "Part",
     "StreamItem",
@@ -207,3 +208,58 @@ class Dialect(Protocol):
         self, body: Mapping[str, Any], name: str, description: str, schema: Mapping[str, Any]
     ) -> dict[str, Any]:
         """A copy of ``body`` with one more function tool."""
+
+
+class DialectBase:
+    """What a dialect without a prompt answers (an API's other routes: ``/v1/models``); the API
+    classes (:mod:`proxy.apis.openai`, :mod:`proxy.apis.messages`) add their wire, the body
+    dialects their grammar and tools."""
+
+    route: str | None = None
+
+    @property
+    def compressible(self) -> bool:
+        return self.route is not None
+
+    def walk(self, body: Mapping[str, Any]) -> tuple[Block, ...]:
+        return ()
+
+    def parts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[Part]:
+        return []
+
+    def other_texts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[str]:
+        return []
+
+    def cache_text(self, block: Block) -> str | None:
+        return None
+
+    def cache_key(self, body: Mapping[str, Any]) -> str | None:
+        return None
+
+    def accepts_upstream(self, upstream_api: str) -> bool:
+        return True
+
+    def tool_calls(self, response: Mapping[str, Any]) -> list[ToolCall]:
+        return []
+
+    def _no_tools(self) -> Unsupported:
+        return Unsupported(f"{self.route or 'this route'} has no tool calls")
+
+    def stream_reader(self) -> StreamReader:
+        raise self._no_tools()
+
+    def assistant_turn(self, response: Mapping[str, Any]) -> Any:
+        raise self._no_tools()
+
+    def assistant_from(self, text: str, calls: Sequence[ToolCall]) -> Any:
+        raise self._no_tools()
+
+    def follow_up(
+        self, body: Mapping[str, Any], assistant: Any, results: Sequence[tuple[str, str]]
+    ) -> dict[str, Any]:
+        raise self._no_tools()
+
+    def add_tool(
+        self, body: Mapping[str, Any], name: str, description: str, schema: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        raise self._no_tools()

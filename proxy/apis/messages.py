@@ -24,9 +24,8 @@ from typing import Any
 
 import orjson
 
-from proxy.apis.base import Block, JsonPath, Part, StreamItem, TextDelta, ToolCall
+from proxy.apis.base import Block, DialectBase, JsonPath, Part, StreamItem, TextDelta, ToolCall
 from proxy.apis.items import Item, compact_json, content_texts, parts_of, sorted_json
-from proxy.apis.openai import OpenAIDialect
 from proxy.errors import ProxyError
 from proxy.exchange import Payload
 from proxy.usage import UsageTap, event_data
@@ -230,17 +229,16 @@ def _event(frame: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-class AnthropicDialect(OpenAIDialect):
+class AnthropicDialect(DialectBase):
     """An Anthropic route without a prompt (``/v1/models``, ``/v1/messages/count_tokens``); the
-    base of :class:`MessagesDialect`. Everything the OpenAI base does not share is overridden."""
+    base of :class:`MessagesDialect`."""
 
     api = "anthropic"
     caching = "breakpoints"
     estimated_tokens = True  # no offline Claude tokenizer: counts are o200k estimates
     key_hint = "'x-api-key: <key>'"
 
-    def cache_key(self, body: Mapping[str, Any]) -> str | None:
-        return None
+    by_deployment = False
 
     def usage(self, raw: Mapping[str, Any] | None) -> dict[str, int | None] | None:
         return anthropic_usage(raw)

@@ -8,10 +8,10 @@ Chat, Responses and completions (:mod:`proxy.apis.chat`, :mod:`~proxy.apis.respo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from proxy.apis.base import Block, Part, StreamReader, ToolCall, Unsupported
+from proxy.apis.base import Block, DialectBase
 from proxy.apis.items import sorted_json
 from proxy.errors import ProxyError, error_body
 from proxy.exchange import Payload
@@ -80,29 +80,15 @@ def message_text(message: Mapping[str, Any]) -> str:
     return text + ("\n" + sorted_json(rest) if rest else "")
 
 
-class OpenAIDialect:
+class OpenAIDialect(DialectBase):
     """An OpenAI route without a prompt; the base of the OpenAI dialects with one."""
 
     api = "openai"
-    route: str | None = None
     caching = "prefix"
     estimated_tokens = False
     by_deployment = False
     key_hint = "'Authorization: Bearer <key>'"
     include_usage = False  # the stream honours stream_options.include_usage
-
-    @property
-    def compressible(self) -> bool:
-        return self.route is not None
-
-    def walk(self, body: Mapping[str, Any]) -> tuple[Block, ...]:
-        return ()
-
-    def parts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[Part]:
-        return []
-
-    def other_texts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[str]:
-        return []  # OpenAI's counts are the proxy's counts: nothing to estimate
 
     def cache_text(self, block: Block) -> str | None:
         if block.kind == "tools":
@@ -140,31 +126,6 @@ class OpenAIDialect:
         if raw_path.startswith(b"/v1/") or raw_path == b"/v1":
             return raw_path[3:] or b"/"
         return raw_path
-
-    def accepts_upstream(self, upstream_api: str) -> bool:
-        return True
-
-    def tool_calls(self, response: Mapping[str, Any]) -> list[ToolCall]:
-        return []
-
-    def stream_reader(self) -> StreamReader:
-        raise Unsupported(f"{self.route or 'this route'} has no tool calls")
-
-    def assistant_turn(self, response: Mapping[str, Any]) -> Any:
-        raise Unsupported(f"{self.route or 'this route'} has no tool calls")
-
-    def assistant_from(self, text: str, calls: Sequence[ToolCall]) -> Any:
-        raise Unsupported(f"{self.route or 'this route'} has no tool calls")
-
-    def follow_up(
-        self, body: Mapping[str, Any], assistant: Any, results: Sequence[tuple[str, str]]
-    ) -> dict[str, Any]:
-        raise Unsupported(f"{self.route or 'this route'} has no tool calls")
-
-    def add_tool(
-        self, body: Mapping[str, Any], name: str, description: str, schema: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        raise Unsupported(f"{self.route or 'this route'} has no tools")
 
 
 OPENAI = OpenAIDialect()
