@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from cachetools import LRUCache
 
-from proxy.apis import Route, dialect_for, forwarded_body
+from proxy.apis import Dialect, Route, forwarded_body
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import (
     ProxyError,
@@ -324,7 +324,9 @@ class ProxyApp:
         if ctx.audited:
             limit_encodings(headers)
         received = await read_body(receive, config.max_body_bytes, declared)
-        body, streaming, tap = await self._prepare(exchange, received, scope["headers"], upstream)
+        body, streaming, tap = await self._prepare(
+            exchange, found.dialect, received, scope["headers"], upstream
+        )
         headers.extend(identity.upstream_auth)
         request = UpstreamRequest(method, upstream_path_qs(scope, upstream), headers, body, streaming)
         if streaming:  # the relay watches for a client that goes away itself
@@ -374,16 +376,16 @@ class ProxyApp:
     async def _prepare(
         self,
         exchange: Exchange,
+        dialect: Dialect,
         body: bytes,
         raw_headers: list[tuple[bytes, bytes]],
         upstream: UpstreamConfig,
     ) -> tuple[Payload, bool, UsageTap | None]:
         """The rewrite hook: ``(bytes to send, streaming, usage tap)``."""
-        dialect = dialect_for(exchange.route, exchange.api)
         if not exchange.compressible:
             return body, b'"stream"' in body and _STREAM_TRUE.search(body) is not None, None
         if len(body) > self.services.config.compression.max_parse_bytes:
-            return self._unparsed(exchange, body)
+            return self._unparsed(exchange, dialect, body)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -416,7 +418,9 @@ class ProxyApp:
             return out, False, None
         return out, True, dialect.usage_tap(injected)
 
-    def _unparsed(self, exchange: Exchange, body: bytes) -> tuple[Payload, bool, UsageTap | None]:
+    def _unparsed(
+        self, exchange: Exchange, dialect: Dialect, body: bytes
+    ) -> tuple[Payload, bool, UsageTap | None]:
         """A body too large to parse on the event loop: forwarded as it came (a stream only gets
         ``stream_options`` put in front); the model comes from the response, the tokens from the
         upstream's usage."""
@@ -424,7 +428,6 @@ class ProxyApp:
         exchange.stream = b'"stream"' in body and _STREAM_TRUE.search(body) is not None
         if not exchange.stream:
             return body, False, None
-        dialect = dialect_for(exchange.route, exchange.api)
         out, injected = dialect.prepare_unparsed_stream(body)
         return out, True, dialect.usage_tap(injected)
 
@@ -578,7 +581,7 @@ class ProxyApp:
         exchange.status = ctx.status = failure.status
         await commit()
         # The SDKs raise an APIError for the dialect's error frame.
-        frame = dialect_for(exchange.route, exchange.api).stream_error_frame(failure)
+        frame = ctx.route.dialect.stream_error_frame(failure)
         await send({"type": "http.response.body", "body": frame, "more_body": False})
 
 

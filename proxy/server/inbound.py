@@ -181,6 +181,7 @@ def upstream_for(config: Config, team: str, route: Route) -> UpstreamConfig:
     upstream = config.upstream_for(team, route.api)
     if not route.dialect.accepts_upstream(upstream.api):
         raise not_found(
-            f"{route.api} paths need an upstream with api: {route.api}; team {team!r} uses {upstream.name!r}."
+            f"Paths of the {route.api} API need an upstream with api: {route.api}; "
+            f"team {team!r} uses {upstream.name!r}."
         )
     return upstream
