@@ -17,12 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
-from proxy import anthropic
+from proxy.apis import Block, Dialect, Part
 from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide
 from proxy.policy.compaction_log import CompactionLog
-from proxy.policy.parts import Part
 
 __all__ = ["CLEARED_PLACEHOLDERS", "CatchUp", "Compacted", "Compactor", "PriceSource", "conversation_of"]
 
@@ -74,47 +71,6 @@ def _part_key(part: Part) -> str:
     return f"{hashlib.sha256(repr(part.path).encode()).hexdigest()[:12]}:{text}"
 
 
-def _call_names(body: Mapping[str, Any]) -> dict[str, str]:
-    """Call id -> ``name {arguments}`` for chat tool_calls, Messages tool_use, Responses function_call.
-    Seam: the dialect protocol (proxy/apis) gives each part its call once it is merged."""
-    calls: dict[str, str] = {}
-    items = body.get("messages") if isinstance(body.get("messages"), list) else body.get("input")
-    for item in items if isinstance(items, list) else ():
-        if not isinstance(item, Mapping):
-            continue
-        if item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
-            calls[item["call_id"]] = f"{item.get('name')} {item.get('arguments') or ''}"
-        for call in item.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, Mapping) else None
-            if isinstance(function, Mapping) and isinstance(call.get("id"), str):
-                calls[call["id"]] = f"{function.get('name')} {function.get('arguments') or ''}"
-        content = item.get("content")
-        for block in content if isinstance(content, list) else ():
-            if (
-                isinstance(block, Mapping)
-                and block.get("type") == "tool_use"
-                and isinstance(block.get("id"), str)
-            ):
-                calls[block["id"]] = f"{block.get('name')} {orjson.dumps(block.get('input')).decode()}"
-    return calls
-
-
-def _call_of(body: Mapping[str, Any], path: Path, calls: Mapping[str, str]) -> str | None:
-    """The call a part answers: the deepest container on its path that names a call id."""
-    node: Any = body
-    found = None
-    for key in path:
-        if isinstance(node, Mapping):
-            for field in ("tool_call_id", "tool_use_id", "call_id"):
-                if isinstance(node.get(field), str) and node[field] in calls:
-                    found = calls[node[field]]
-        try:
-            node = node[key]
-        except (KeyError, IndexError, TypeError):
-            break
-    return found[:_CALL_CHARS] if found is not None else None
-
-
 def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
     """The client or its provider manages the context itself: never compact on top of it."""
     if "context_management" in body:
@@ -126,18 +82,14 @@ def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
     return any(marker in part.text for part in parts for marker in CLEARED_PLACEHOLDERS)
 
 
-def _anthropic_reach(body: Mapping[str, Any], parts: Sequence[Part]) -> Callable[[int], int]:
-    """For Messages bodies: the first part re-sent (written again) when part ``i`` changes. A read
+def _breakpoint_reach(blocks: Sequence[Block], parts: Sequence[Part]) -> Callable[[int], int]:
+    """Breakpoint caches: the first part re-sent (written again) when part ``i`` changes. A read
     hits a written prefix ending at most 20 blocks before one of the request's breakpoints, so a
     change further back than that loses everything after the breakpoint before it."""
-    listed = anthropic.blocks(body)
-    index = {block.path: k for k, block in enumerate(listed)}
-    block_of = [
-        next((index[p.path[:n]] for n in range(len(p.path), 0, -1) if p.path[:n] in index), 0) for p in parts
-    ]
-    reachable = {
-        k for b in anthropic.breakpoints(body, listed) for k in range(max(0, b.block - LOOKBACK), b.block + 1)
-    }
+    index = {path: k for k, block in enumerate(blocks) for path, _ in block.texts}
+    block_of = [index.get(p.path, 0) for p in parts]
+    marked = [k for k, block in enumerate(blocks) if block.breakpoint is not None]
+    reachable = {k for b in marked for k in range(max(0, b - LOOKBACK), b + 1)}
 
     def resent_from(first: int) -> int:
         hit = max((k for k in reachable if k < block_of[first]), default=-1)
@@ -146,11 +98,10 @@ def _anthropic_reach(body: Mapping[str, Any], parts: Sequence[Part]) -> Callable
     return resent_from
 
 
-def _history_ttl(body: Mapping[str, Any]) -> str | None:
+def _history_ttl(blocks: Sequence[Block]) -> str | None:
     """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
     A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
-    found = anthropic.breakpoints(body)
-    return found[-1].ttl if found else None
+    return next((b.breakpoint for b in reversed(blocks) if b.breakpoint is not None), None)
 
 
 async def _caught_up(
@@ -172,7 +123,6 @@ async def _caught_up(
 
 
 def _entries(
-    body: Mapping[str, Any],
     parts: Sequence[Part],
     keys: Sequence[str],
     tokens: Sequence[int],
@@ -181,7 +131,6 @@ def _entries(
     roles: frozenset[str],
 ) -> list[Entry]:
     """The history as the decision reads it: each part with its tokens as forwarded now."""
-    calls = _call_names(body)
     last = max((p.turn for p in parts), default=0)
     return [
         Entry(
@@ -192,7 +141,7 @@ def _entries(
             message=p.message,
             cached=p.turn < last,
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
-            call=_call_of(body, p.path, calls),
+            call=f"{p.tool_name} {p.tool_arguments or ''}"[:_CALL_CHARS] if p.tool_name else None,
             turn=p.turn,
         )
         for p, k, n in zip(parts, keys, tokens, strict=True)
@@ -206,13 +155,15 @@ class Compactor:
         self.batches = batches
         self.prices = prices
 
-    def _terms(self, route: str, body: Mapping[str, Any], model: str | None, warm: bool) -> CacheTerms | None:
+    def _terms(
+        self, dialect: Dialect, blocks: Sequence[Block], model: str | None, warm: bool
+    ) -> CacheTerms | None:
         price = self.prices.price_for(model) if self.prices is not None else None
         if price is None:
             # No price: only a cold cache (nothing to lose, whatever the price) justifies a batch.
             return None if warm else CacheTerms(1.0, 1.0, warm=False)
-        if route.endswith("/messages"):
-            return CacheTerms.breakpoints(price, _history_ttl(body), warm=warm)
+        if dialect.caching == "breakpoints":
+            return CacheTerms.breakpoints(price, _history_ttl(blocks), warm=warm)
         return CacheTerms.prefix(price, warm=warm)
 
     async def __call__(
@@ -220,8 +171,9 @@ class Compactor:
         knobs: Knobs,
         *,
         scope: str,
-        route: str,
+        dialect: Dialect,
         body: Mapping[str, Any],
+        blocks: Sequence[Block],
         model: str | None,
         parts: Sequence[Part],
         tokens: Sequence[int],
@@ -247,12 +199,13 @@ class Compactor:
         elif not record.reachable:
             reason = "store unreachable"
         else:
-            entries = _entries(body, parts, keys, tokens, known, texts, knobs.roles)
-            idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(body) or "5m", 300.0)
+            entries = _entries(parts, keys, tokens, known, texts, knobs.roles)
+            idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
             terms = self._terms(
-                route, body, model, record.last_seen is None or now - record.last_seen <= idle_s
+                dialect, blocks, model, record.last_seen is None or now - record.last_seen <= idle_s
             )
-            reach = _anthropic_reach(body, parts) if route.endswith("/messages") else (lambda first: first)
+            breakpoints = dialect.caching == "breakpoints"
+            reach = _breakpoint_reach(blocks, parts) if breakpoints else (lambda first: first)
             turns = max((p.turn for p in parts), default=0)
             decision = decide(entries, knobs, terms, turns=turns, count=count, resent_from=reach)
             reason = decision.reason

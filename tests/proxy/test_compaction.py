@@ -29,7 +29,7 @@ FILES = [
     "proxy/store/sqlite.py",
     "proxy/policy/model.py",
     "proxy/audit/cache_rules.py",
-    "proxy/policy/parts.py",
+    "proxy/apis/chat.py",
     "proxy/store/memory.py",
     "proxy/policy/memo.py",
 ]
