@@ -158,34 +158,43 @@ def send_all(base_url: str, sessions: list[list[dict[str, Any]]]) -> None:
                     response.raise_for_status()
 
 
-def tables(upstream: PrefixCacheUpstream, audit: Path, sessions: list[list[dict[str, Any]]]) -> None:
+def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
     prices = PriceBook()
     acc: dict[tuple[str, str], list[float]] = {}
     for _, scope, usage in upstream.served:
         key, model, _ = scope.split("|")
         team = key.removeprefix("Bearer sk-").rsplit("-", 1)[0]
         dollars, prompt, cached = billed(usage, prices.price_for(model))
-        row = acc.setdefault((team, model), [0.0, 0, 0, 0.0, 0.0, 0])
+        row = acc.setdefault((team, model), [0.0, 0, 0, 0.0, 0.0, 0, 0, 0.0])
         row[0] += dollars
         row[1] += prompt
         row[2] += cached
+    previous: dict[tuple[str, str], int] = {}
     for line in audit.read_bytes().splitlines():
         r = orjson.loads(line)
         row = acc[(r["team"], r["model"])]
         row[3] += r["cost_before_usd"]
         row[4] += r["cost_after_usd"]
-        row[5] += "compaction" in r["rules"] and r["saved_usd"] < 0
+        # A batch turn: the history forwarded shrank (it only grows otherwise; a new session too).
+        shrank = r["tokens_after"] < previous.get((r["team"], r["model"]), 0) and "compaction" in r["rules"]
+        previous[(r["team"], r["model"])] = r["tokens_after"]
+        row[5] += shrank
+        row[6] += shrank and r["saved_usd"] < 0
+        row[7] += r["saved_usd"] if shrank else 0.0
     print(
-        "| team | model (cached discount) | input tokens | cached share | invoice $ | invoice vs none | audit before vs none invoice | audit after vs invoice | turns with a negative saved_usd from compaction |"
+        "| team | model (cached discount) | input tokens | cached share | invoice $ | invoice vs none | "
+        "audit before vs none invoice | audit after vs invoice | batch turns | of them saved_usd < 0 | "
+        "saved_usd on batch turns |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, discount in MODELS.items():
         base = acc[("none", model)][0]
         for team in TEAMS:
-            d, p, c, before, after, losses = acc[(team, model)]
+            d, p, c, before, after, batches, losses, saved = acc[(team, model)]
             print(
                 f"| {team} | {model} ({discount}) | {int(p):,} | {100 * c / p:.1f}% | {d:.4f} | {100 * (d / base - 1):+.1f}% | "
-                f"{100 * (before / base - 1):+.2f}% | {100 * (after / d - 1):+.3f}% | {int(losses)} |"
+                f"{100 * (before / base - 1):+.2f}% | {100 * (after / d - 1):+.3f}% | {int(batches)} | {int(losses)} | "
+                f"{saved:+.4f} |"
             )
 
 
@@ -238,7 +247,7 @@ async def main() -> None:
         print(
             f"{len(sessions)} session(s), {len(upstream.served)} requests in {time.perf_counter() - t0:.0f} s\n"
         )
-        tables(upstream, Path(folder) / "audit.jsonl", sessions)
+        tables(upstream, Path(folder) / "audit.jsonl")
     facts_kept(sessions, upstream)
 
 
