@@ -234,6 +234,7 @@ compaction: {{keep_last: 3, keep_tokens: 2000, idle_s: 0.3}}
 """
 
 
+@pytest.mark.slow  # a compression worker process starts
 async def test_outputs_that_failed_open_are_compressed_at_the_next_batch(tmp_path: Path) -> None:
     def policies(budget: float) -> PolicySet:
         path = tmp_path / "agent.yaml"
