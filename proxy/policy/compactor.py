@@ -180,6 +180,7 @@ class Compactor:
         count: Callable[[str], int],
         now: float | None = None,
         catch_up: CatchUp | None = None,
+        idle_s: float | None = None,
     ) -> Compacted:
         """``tokens``: each part's tokens as it would be forwarded (its memoised form).
         ``catch_up`` compresses, with their rules, the parts that went out as they came for a
@@ -200,7 +201,8 @@ class Compactor:
             reason = "store unreachable"
         else:
             entries = _entries(parts, keys, tokens, known, texts, knobs.roles)
-            idle_s = knobs.idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
+            # The policy's setting, else the upstream's, else the lifetime of the history's breakpoint.
+            idle_s = knobs.idle_s or idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
             terms = self._terms(
                 dialect, blocks, model, record.last_seen is None or now - record.last_seen <= idle_s
             )

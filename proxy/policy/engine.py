@@ -129,6 +129,7 @@ class PolicyRewriter:
         memo: MemoConfig | None = None,
         max_part_chars: int = 50_000,
         prices: PriceSource | None = None,
+        cache_idle_s: Mapping[str, float] | None = None,
     ) -> None:
         self.policies = policies
         self.metrics = metrics
@@ -148,6 +149,7 @@ class PolicyRewriter:
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
         # History compaction (docs/compaction.md): its batches live in the same store as the forms.
         self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
+        self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -319,9 +321,8 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0], exchange)
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        compacted = await self._compact(
-            policy, dialect, body, blocks, model, parts, counts, outcome, tokenizer, deadline
-        )
+        walked = (dialect, blocks, parts)
+        compacted = await self._compact(policy, exchange, body, walked, counts, outcome, tokenizer, deadline)
         result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override
@@ -488,11 +489,9 @@ class PolicyRewriter:
     async def _compact(
         self,
         policy: Policy,
-        dialect: Dialect,
+        exchange: Exchange,
         body: dict[str, Any],
-        blocks: Sequence[Block],
-        model: str | None,
-        parts: Sequence[Part],
+        walked: tuple[Dialect, Sequence[Block], Sequence[Part]],
         counts: Sequence[int],
         outcome: _Outcome,
         tokenizer: Tokenizer,
@@ -501,6 +500,8 @@ class PolicyRewriter:
         """Replay the conversation's compactions and maybe add a batch (policy.compaction)."""
         if policy.compaction is None:
             return None
+        dialect, blocks, parts = walked
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         passing = {
             c.part.path: c
             for c in outcome.selected
@@ -544,6 +545,7 @@ class PolicyRewriter:
                 tokens=forwarded,
                 count=tokenizer.count,
                 catch_up=catch_up,
+                idle_s=self.cache_idle_s.get(exchange.upstream),
             )
         except Exception:  # compaction is an optimisation: the request goes on without it
             log.exception("compaction failed")

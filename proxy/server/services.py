@@ -141,6 +141,7 @@ def build_services(
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
         prices=prices,
+        cache_idle_s={u.name: u.cache_idle_s for u in config.upstreams.values() if u.cache_idle_s},
     )
     services = Services(
         config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat

@@ -14,12 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from anthropic_shape import turns as claude_code_turns
 
 from proxy.audit.pricing import PriceBook
+from proxy.config.model import load_config
 from proxy.config.yamlsource import ConfigErrors
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
@@ -62,12 +64,17 @@ def turns(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [messages[:k] for k, m in enumerate(messages) if m["role"] == "assistant" and k > 1]
 
 
-def rewriter(tmp_path: Path, more: str = "", store: SharedStore | None = None) -> PolicyRewriter:
+def rewriter(
+    tmp_path: Path, more: str = "", store: SharedStore | None = None, upstream_idle_s: float | None = None
+) -> PolicyRewriter:
     path = tmp_path / "agent.yaml"
     path.write_text(POLICY.format(more=more), encoding="utf-8")
     policy, _ = load_policy(path)
     policies = PolicySet(policies={"agent": policy}, team_policy={"t": "agent"})
-    return PolicyRewriter(policies, memo_bytes=1 << 24, workers=1, store=store, prices=PriceBook())
+    idle = {"u": upstream_idle_s} if upstream_idle_s else None  # "u": the upstream of send()'s requests
+    return PolicyRewriter(
+        policies, memo_bytes=1 << 24, workers=1, store=store, prices=PriceBook(), cache_idle_s=idle
+    )
 
 
 async def send(engine: PolicyRewriter, messages: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
@@ -129,10 +136,15 @@ async def test_two_replicas_sharing_sqlite_decide_as_one_process_does(tmp_path: 
     assert again == alone[-1]
 
 
+@pytest.mark.parametrize(
+    ("more", "upstream_idle_s"),
+    [(", idle_s: 0.5, margin: 1000", None), (", margin: 1000", 0.5)],  # margin: economics alone never pay
+    ids=["policy-idle_s", "upstream-cache_idle_s"],
+)
 async def test_a_conversation_idle_past_its_cache_lifetime_is_compacted_fully_at_its_next_turn(
-    tmp_path: Path,
+    tmp_path: Path, more: str, upstream_idle_s: float | None
 ) -> None:
-    engine = rewriter(tmp_path, more=", idle_s: 0.5, margin: 1000")  # economics alone never pay
+    engine = rewriter(tmp_path, more=more, upstream_idle_s=upstream_idle_s)
     try:
         history = turns(session())
         warm = [await send(engine, t) for t in history[:8]]
@@ -171,6 +183,17 @@ async def test_a_client_that_compacts_its_own_history_is_left_alone(
         assert bool([i for i in stubbed(sent) if i != 3]) == compacted
     finally:
         engine.close()
+
+
+def test_an_upstream_cache_lifetime_must_be_positive(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    upstream = {"base_url": "https://api.openai.com/v1", "cache_idle_s": -1}
+    path.write_text(yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8")
+    with pytest.raises(ConfigErrors, match=r"upstreams.openai.cache_idle_s: must be a positive number"):
+        load_config(path)
+    upstream["cache_idle_s"] = 3600
+    path.write_text(yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8")
+    assert load_config(path).upstreams["openai"].cache_idle_s == 3600
 
 
 def test_bad_compaction_settings_are_reported_with_file_and_line(tmp_path: Path) -> None:
