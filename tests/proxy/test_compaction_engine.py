@@ -188,11 +188,15 @@ async def test_a_client_that_compacts_its_own_history_is_left_alone(
 def test_an_upstream_cache_lifetime_must_be_positive(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     upstream = {"base_url": "https://api.openai.com/v1", "cache_idle_s": -1}
-    path.write_text(yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8"
+    )
     with pytest.raises(ConfigErrors, match=r"upstreams.openai.cache_idle_s: must be a positive number"):
         load_config(path)
     upstream["cache_idle_s"] = 3600
-    path.write_text(yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"upstreams": {"openai": upstream}, "teams": {"default": {}}}), encoding="utf-8"
+    )
     assert load_config(path).upstreams["openai"].cache_idle_s == 3600
 
 
