@@ -23,9 +23,10 @@ is compacted at once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -111,6 +112,9 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """A batch, or why none. A "no" decided before building stubs carries the figures of the
+    most a batch could do (every candidate removed whole)."""
+
     stubs: dict[str, tuple[str, int]]  # key -> (stub, its tokens): the new batch, empty if none
     reason: str
     cost_usd: float = 0.0  # the one-time cost of the batch (negative: it pays at once)
@@ -245,9 +249,17 @@ def decide(
         return Decision({}, "nothing old enough")
     if terms is None:
         return Decision({}, "no price for the model")
+    horizon = max(1, min(turns, knobs.horizon))
+    # First with every candidate removed whole: the most a batch could save. Most turns stop
+    # here, before any stub is built.
+    bound = _economics(
+        entries, {i: entries[i].tokens for i in candidates}, terms, knobs, horizon, resent_from
+    )
+    if bound.reason not in ("break-even", "cache cold"):
+        return bound
     later = _later_pointers(entries)
     stubs: dict[str, tuple[str, int]] = {}
-    removed_cached = removed_new = 0
+    removed: dict[int, int] = {}
     for i in candidates:
         entry = entries[i]
         stub = stub_for(
@@ -262,13 +274,29 @@ def decide(
         if size * 2 > entry.tokens:
             continue  # the stub would not halve it: not worth a change
         stubs[entry.key] = (stub, size)
-        if entry.cached and terms.warm:
-            removed_cached += entry.tokens - size
-        else:
-            removed_new += entry.tokens - size
+        removed[i] = entry.tokens - size
     if not stubs:
         return Decision({}, "no stub halves an old part")
-    first = next(i for i in candidates if entries[i].key in stubs)
+    decision = _economics(entries, removed, terms, knobs, horizon, resent_from)
+    return (
+        dataclasses.replace(decision, stubs=stubs)
+        if decision.reason in ("break-even", "cache cold")
+        else decision
+    )
+
+
+def _economics(
+    entries: Sequence[Entry],
+    removed: Mapping[int, int],
+    terms: CacheTerms,
+    knobs: Knobs,
+    horizon: int,
+    resent_from: Callable[[int], int],
+) -> Decision:
+    """The rule (module docs) for removing ``removed[i]`` tokens from entry ``i``; no stubs yet."""
+    removed_cached = sum(n for i, n in removed.items() if entries[i].cached and terms.warm)
+    removed_new = sum(removed.values()) - removed_cached
+    first = min(removed)
     lost = min(first, resent_from(first))
     cached_after = sum(e.tokens for e in entries[lost:] if e.cached) if terms.warm else 0
     cost = (
@@ -276,19 +304,18 @@ def decide(
         - cached_after * terms.read
         - removed_new * terms.resend
     )
-    horizon = max(1, min(turns, knobs.horizon))
     saving = (removed_cached + removed_new) * terms.read
     if not terms.warm:
-        return Decision(stubs, "cache cold", cost, saving, horizon)
+        return Decision({}, "cache cold", cost, saving, horizon)
     if cost <= 0:
-        return Decision(stubs, "break-even", cost, saving, horizon)
+        return Decision({}, "break-even", cost, saving, horizon)
     if horizon * saving <= knobs.margin * cost:
         return Decision({}, "below break-even", cost, saving, horizon)
-    span = [entries[i].turn for i in candidates if entries[i].key in stubs]
+    span = [entries[i].turn for i in sorted(removed)]
     growth = saving / max(1, span[-1] - span[0] + 1)  # $ a turn the waiting saving grows by
     if saving * saving < 2 * cost * growth:
         return Decision({}, "waiting for a bigger batch", cost, saving, horizon)
-    return Decision(stubs, "break-even", cost, saving, horizon)
+    return Decision({}, "break-even", cost, saving, horizon)
 
 
 def _later_pointers(entries: Sequence[Entry]) -> list[set[str]]:

@@ -10,6 +10,8 @@ never compacted further (docs/compaction.md).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -209,7 +211,10 @@ class Compactor:
             breakpoints = dialect.caching == "breakpoints"
             reach = _breakpoint_reach(blocks, parts) if breakpoints else (lambda first: first)
             turns = max((p.turn for p in parts), default=0)
-            decision = decide(entries, knobs, terms, turns=turns, count=count, resent_from=reach)
+            # Building stubs reads every old output line by line: off the event loop.
+            decision = await asyncio.to_thread(
+                functools.partial(decide, entries, knobs, terms, turns=turns, count=count, resent_from=reach)
+            )
             reason = decision.reason
             if decision.stubs:
                 batch = {**decision.stubs, **await _caught_up(catch_up, parts, keys, decision.stubs, known)}

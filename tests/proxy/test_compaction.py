@@ -106,7 +106,7 @@ def test_nothing_is_compacted_while_the_cache_would_lose_more_than_the_turns_lef
     entries = history(FILES[:7])
     early = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=2, count=COUNT)
     assert early.stubs == {} and early.reason == "below break-even"
-    assert early.cost_usd > 2 * early.saving_per_turn_usd
+    assert early.horizon * early.saving_per_turn_usd <= 1.5 * early.cost_usd  # even removed whole
     later = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=30, count=COUNT)
     assert later.reason == "break-even" and later.stubs
     assert later.horizon * later.saving_per_turn_usd > 1.5 * later.cost_usd
@@ -147,7 +147,7 @@ def test_anthropic_one_hour_writes_make_a_batch_wait_longer_than_five_minute_one
             (t for t in range(1, 60) if decide(entries, knobs, terms, turns=t, count=COUNT).stubs), 10**6
         )
 
-    assert 60 > first_turn("5m")
+    assert first_turn("5m") < 60
     assert first_turn("1h") > first_turn("5m")
     no_breakpoint = CacheTerms.breakpoints(price, None, warm=True)
     assert decide(entries, knobs, no_breakpoint, turns=1, count=COUNT).reason == "cache cold"
