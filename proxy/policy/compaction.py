@@ -38,6 +38,7 @@ __all__ = [
     "Knobs",
     "decide",
     "pointers_in",
+    "precheck",
     "stub_for",
 ]
 
@@ -230,6 +231,27 @@ def _eligible(entries: Sequence[Entry], knobs: Knobs) -> list[int]:
     return out[::-1]
 
 
+def precheck(
+    entries: Sequence[Entry],
+    knobs: Knobs,
+    terms: CacheTerms | None,
+    *,
+    turns: int,
+    resent_from: Callable[[int], int] = lambda first: first,
+) -> Decision | None:
+    """The rule with every candidate removed whole (the most a batch could save): a "no" that
+    holds whatever the stubs, or None when stubs are worth building. Cheap: most turns stop here."""
+    candidates = _eligible(entries, knobs)
+    if not candidates:
+        return Decision({}, "nothing old enough")
+    if terms is None:
+        return Decision({}, "no price for the model")
+    horizon = max(1, min(turns, knobs.horizon))
+    whole = {i: entries[i].tokens for i in candidates}
+    bound = _economics(entries, whole, terms, knobs, horizon, resent_from)
+    return None if bound.reason in ("break-even", "cache cold") else bound
+
+
 def decide(
     entries: Sequence[Entry],
     knobs: Knobs,
@@ -244,19 +266,12 @@ def decide(
     known, so only a cold cache (nothing to lose) justifies a batch. ``resent_from(i)``: the
     first entry no longer read from the cache when entry ``i`` is the first to change (Anthropic
     reads only reach 20 blocks back from a breakpoint: a change further back loses more)."""
+    refused = precheck(entries, knobs, terms, turns=turns, resent_from=resent_from)
+    if refused is not None:
+        return refused
+    assert terms is not None
     candidates = _eligible(entries, knobs)
-    if not candidates:
-        return Decision({}, "nothing old enough")
-    if terms is None:
-        return Decision({}, "no price for the model")
     horizon = max(1, min(turns, knobs.horizon))
-    # First with every candidate removed whole: the most a batch could save. Most turns stop
-    # here, before any stub is built.
-    bound = _economics(
-        entries, {i: entries[i].tokens for i in candidates}, terms, knobs, horizon, resent_from
-    )
-    if bound.reason not in ("break-even", "cache cold"):
-        return bound
     later = _later_pointers(entries)
     stubs: dict[str, tuple[str, int]] = {}
     removed: dict[int, int] = {}

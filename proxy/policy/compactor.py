@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.apis import Block, Dialect, Part
-from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide
+from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide, precheck
 from proxy.policy.compaction_log import CompactionLog
 
 __all__ = ["CLEARED_PLACEHOLDERS", "CatchUp", "Compacted", "Compactor", "PriceSource", "conversation_of"]
@@ -211,10 +211,12 @@ class Compactor:
             breakpoints = dialect.caching == "breakpoints"
             reach = _breakpoint_reach(blocks, parts) if breakpoints else (lambda first: first)
             turns = max((p.turn for p in parts), default=0)
-            # Building stubs reads every old output line by line: off the event loop.
-            decision = await asyncio.to_thread(
-                functools.partial(decide, entries, knobs, terms, turns=turns, count=count, resent_from=reach)
-            )
+            decision = precheck(entries, knobs, terms, turns=turns, resent_from=reach)
+            if decision is None:  # building stubs reads every old output line by line: off the loop
+                build = functools.partial(
+                    decide, entries, knobs, terms, turns=turns, count=count, resent_from=reach
+                )
+                decision = await asyncio.to_thread(build)
             reason = decision.reason
             if decision.stubs:
                 batch = {**decision.stubs, **await _caught_up(catch_up, parts, keys, decision.stubs, known)}
