@@ -279,3 +279,26 @@ def test_a_huge_tool_output_for_linear_steps_never_delays_others(
         orjson.loads(line) for line in (proxy.config_path.parent / "audit.jsonl").read_bytes().splitlines()
     ]
     assert record["fail_open"] == "latency_budget"
+
+
+@pytest.mark.slow
+def test_a_failing_step_fails_open(tmp_path: Path) -> None:
+    # The second step's model cannot load: the part goes as it came, and --explain says why.
+    policy = CHAIN.replace(
+        "      - compressor: truncate\n        max_tokens: 2000\n        options: {mode: middle, unit: line}\n",
+        "      - {compressor: relevance, rate: 0.5, options: {scorer: embedding, model: /nonexistent/model}}\n",
+    )
+    path = write(tmp_path, policy)
+    output = "\n\n".join(
+        f"Paragraph {i}: the service restarted after failure {i % 5}.   " for i in range(200)
+    )
+    run = subprocess.run(
+        [*tersegate_command(), "compress", "--config", str(path), "--team", "default", "--explain"],
+        input=chat_with_tool_output(output),
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert orjson.loads(run.stdout)["messages"][2]["content"] == output  # not even normalized
+    assert "fail-open: compressor_error: relevance: FileNotFoundError" in run.stderr.decode()
