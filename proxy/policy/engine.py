@@ -355,7 +355,7 @@ class PolicyRewriter:
             too_large = len(part.text) > self.max_part_chars and _all_model(rule)
             # The kept spans of a part depend on its own text only; the query on the whole request.
             compress = rule.action == "compress" and not too_large
-            keep = self._plan(policy, [part], part).keep if compress else ()
+            keep = self._plan(policy, self._planning([part]), part).keep if compress else ()
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
             chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
@@ -377,13 +377,14 @@ class PolicyRewriter:
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
         is forwarded as it came (a job still running then is abandoned, see policy.work)."""
+        planning = self._planning(parts)
         jobs: dict[tuple[str, str, QueryPlan], Job] = {}
         wanted: dict[int, tuple[str, str, QueryPlan]] = {}
         for i, chosen in enumerate(outcome.selected):
             if chosen.form is not None:
                 continue
             rule = chosen.rule
-            plan = self._plan(policy, parts, chosen.part)
+            plan = self._plan(policy, planning, chosen.part)
             key = wanted[i] = (rule.identity, chosen.part.text, plan)  # one job per distinct input
             if key not in jobs:
                 jobs[key] = Job(
@@ -419,13 +420,16 @@ class PolicyRewriter:
         for i, key in wanted.items():
             outcome.selected[i].made, outcome.selected[i].steps = results.get(key, (None, ()))
 
-    def _plan(self, policy: Policy, parts: Sequence[Part], part: Part) -> QueryPlan:
-        """The query plan of ``part``. Planning reads only the tail of a part above
-        ``max_part_chars`` (its question is there): it runs on the event loop."""
-        cap = self.max_part_chars
-        planning = [p if len(p.text) <= cap else _tail(p) for p in parts]
-        plan = plan_query(policy.query, planning, part if len(part.text) <= cap else _tail(part))
-        return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if len(part.text) > cap else 0)
+    def _planning(self, parts: Sequence[Part]) -> list[Part]:
+        """What query planning reads: only the tail of a part above ``max_part_chars`` (its
+        question is there), since planning runs on the event loop."""
+        return [p if len(p.text) <= self.max_part_chars else _tail(p) for p in parts]
+
+    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part) -> QueryPlan:
+        """The query plan of ``part``, its kept spans in the offsets of its whole text."""
+        clipped = len(part.text) > self.max_part_chars
+        plan = plan_query(policy.query, planning, _tail(part) if clipped else part)
+        return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
 
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
