@@ -302,3 +302,35 @@ def test_a_failing_step_fails_open(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr.decode()
     assert orjson.loads(run.stdout)["messages"][2]["content"] == output  # not even normalized
     assert "fail-open: compressor_error: relevance: FileNotFoundError" in run.stderr.decode()
+
+
+def test_a_long_message_keeps_its_question_through_linear_steps(
+    make_proxy: MakeProxy, upstream: Upstream
+) -> None:
+    # Above max_part_chars the question is found in the message's tail, and kept where it sits.
+    policy = """\
+name: chain
+latency_budget_ms: 20000
+rules:
+  - name: pasted-log
+    match: {roles: [user], min_tokens: 300}
+    steps:
+      - {compressor: normalize}
+      - {compressor: truncate, rate: 0.1, options: {mode: head}}
+"""
+    proxy = make_proxy(
+        {"teams": {"default": {"policy": "chain"}}, "compression": {"max_part_chars": 20_000}},
+        policies={"chain": policy},
+    )
+    assert proxy.services is not None and proxy.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
+    question = "Question: which handler raises KeyError('customer_id')?\nAnswer:"
+    text = file_read(60_000) + "\n\n" + question
+    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+    response = httpx.post(
+        proxy.base_url + "/chat/completions", content=body, headers={"Authorization": "Bearer k"}
+    )
+    assert response.status_code == 200
+    sent = upstream.last().json()["messages"][0]["content"]
+    assert sent.endswith("\n\n" + question)
+    assert sent.startswith(text.splitlines()[0].rstrip())
+    assert len(sent) < len(text) // 5
