@@ -109,6 +109,19 @@ def chat_with_tool_output(output: str) -> bytes:
     )
 
 
+def compress_explained(config: Path, output: str) -> subprocess.CompletedProcess[bytes]:
+    """``tersegate compress --explain`` of a chat turn whose tool output is ``output``."""
+    run = subprocess.run(
+        [*tersegate_command(), "compress", "--config", str(config), "--team", "default", "--explain"],
+        input=chat_with_tool_output(output),
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    return run
+
+
 def test_steps_load_in_order_with_the_target_on_the_last(tmp_path: Path) -> None:
     write(tmp_path, CHAIN)
     policy, warnings = load_policy(tmp_path / "policies" / "chain.yaml", expected_name="chain")
@@ -194,14 +207,7 @@ def test_compress_explain_shows_each_step(tmp_path: Path) -> None:
     )
     path = write(tmp_path, policy, config=CONFIG + "compression: {max_part_chars: 60000}\n")
     output = file_read(120_000)
-    run = subprocess.run(
-        [*tersegate_command(), "compress", "--config", str(path), "--team", "default", "--explain"],
-        input=chat_with_tool_output(output),
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert run.returncode == 0, run.stderr.decode()
+    run = compress_explained(path, output)
     sent = orjson.loads(run.stdout)["messages"][2]["content"]
     explain = run.stderr.decode()
     rows = [line for line in explain.splitlines() if "step " in line]
@@ -298,14 +304,7 @@ def test_a_failing_step_fails_open(tmp_path: Path) -> None:
     output = "\n\n".join(
         f"Paragraph {i}: the service restarted after failure {i % 5}.   " for i in range(200)
     )
-    run = subprocess.run(
-        [*tersegate_command(), "compress", "--config", str(path), "--team", "default", "--explain"],
-        input=chat_with_tool_output(output),
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    assert run.returncode == 0, run.stderr.decode()
+    run = compress_explained(path, output)
     assert orjson.loads(run.stdout)["messages"][2]["content"] == output  # not even normalized
     assert "fail-open: compressor_error: relevance: FileNotFoundError" in run.stderr.decode()
 
