@@ -309,6 +309,7 @@ def test_a_failing_step_fails_open(tmp_path: Path) -> None:
     assert "fail-open: compressor_error: relevance: FileNotFoundError" in run.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_long_message_keeps_its_question_through_linear_steps(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
