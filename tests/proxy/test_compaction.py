@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from compressors.tokenizer import tokenizer_for
@@ -21,47 +22,28 @@ COUNT = tokenizer_for("gpt-5").count
 MARKER = re.compile(
     r'^\[(\d+) lines like "[^"\n]*" omitted; lines=([\d,-]+); kinds=([^;\]\n]*)(?:; hash=([0-9a-f]{24}))?\]$'
 )
-FILES = [
-    "proxy/policy/engine.py",
-    "proxy/policy/forms.py",
-    "proxy/audit/cache_model.py",
-    "proxy/audit/pricing.py",
-    "proxy/store/sqlite.py",
-    "proxy/policy/model.py",
-    "proxy/audit/cache_rules.py",
-    "proxy/apis/chat.py",
-    "proxy/store/memory.py",
-    "proxy/policy/memo.py",
-]
+# A public code base as installed (httpx's sources): stable, unlike this repository's own files.
+# Every output of a history is the same file read again (a re-run `cat`), so the economics below
+# depend on the number of outputs only: n outputs of one size, one a turn.
+HTTPX = Path(httpx.__file__).resolve().parent
+FILE = "httpx/_urls.py"
 PRICES = PriceBook()
 
 
-def history(files: list[str], *, cached_upto: int | None = None) -> list[Entry]:
-    """system, task, then per file: the assistant's call (``cat <file>``), the output, and the
-    assistant's next words naming the file's first function (what later turns point at)."""
+def history(outputs: int, *, cached_upto: int | None = None) -> list[Entry]:
+    """system, task, then per turn: the assistant's call (``cat``), the output, and the
+    assistant's next words naming a function of it (what later turns point at)."""
     entries = [
         Entry("sys", "system", "You are a coding agent.", 8, -1, True),
-        Entry("task", "user", "Find why the memo misses after a restart.", 12, 0, True),
+        Entry("task", "user", "Find why relative URLs lose their query.", 12, 0, True),
     ]
-    for i, name in enumerate(files):
-        text = (REPO / name).read_text(encoding="utf-8")
-        first = re.search(r"^def (\w+)", text, re.M)
-        words = f"In {name} the function {first.group(1) if first else 'main'} looks relevant."
-        message = 2 + 2 * i
-        cached = cached_upto is None or i < cached_upto
-        entries.append(
-            Entry(
-                f"out{i}",
-                "tool",
-                text,
-                COUNT(text),
-                message,
-                cached,
-                True,
-                f'bash {{"command": "cat {name}"}}',
-                turn=i + 1,
-            )
-        )
+    text = (HTTPX.parent / FILE).read_text(encoding="utf-8")
+    names = re.findall(r"^    def (\w+)", text, re.M)
+    for i in range(outputs):
+        words = f"The method {names[i % len(names)]} looks relevant."
+        message, cached = 2 + 2 * i, cached_upto is None or i < cached_upto
+        call = f'bash {{"command": "cat {FILE}"}}'
+        entries.append(Entry(f"out{i}", "tool", text, COUNT(text), message, cached, True, call, turn=i + 1))
         entries.append(Entry(f"say{i}", "assistant", words, COUNT(words), message + 1, cached, turn=i + 1))
     return entries
 
@@ -103,7 +85,7 @@ def test_a_stub_keeps_the_lines_later_turns_point_at_byte_identical_and_one_mark
 
 
 def test_nothing_is_compacted_while_the_cache_would_lose_more_than_the_turns_left_can_repay() -> None:
-    entries = history(FILES[:7])
+    entries = history(8)
     early = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=2, count=COUNT)
     assert early.stubs == {} and early.reason == "below break-even"
     assert early.horizon * early.saving_per_turn_usd <= 1.5 * early.cost_usd  # even removed whole
@@ -113,7 +95,7 @@ def test_nothing_is_compacted_while_the_cache_would_lose_more_than_the_turns_lef
 
 
 def test_the_newest_outputs_and_tokens_always_stay_as_they_are() -> None:
-    entries = history(FILES)
+    entries = history(10)
     decision = decide(entries, Knobs(keep_last=4, keep_tokens=3000), gpt5(warm=False), turns=10, count=COUNT)
     assert decision.reason == "cache cold"
     outputs = [e for e in entries if e.role == "tool"]
@@ -128,7 +110,7 @@ def test_the_newest_outputs_and_tokens_always_stay_as_they_are() -> None:
 
 
 def test_a_cold_cache_compacts_at_once_even_when_a_warm_one_would_not() -> None:
-    entries = history(FILES[:7])
+    entries = history(8)
     knobs = Knobs(keep_last=2, keep_tokens=500)
     assert decide(entries, knobs, gpt5(), turns=2, count=COUNT).stubs == {}
     cold = decide(entries, knobs, gpt5(warm=False), turns=2, count=COUNT)
@@ -138,7 +120,7 @@ def test_a_cold_cache_compacts_at_once_even_when_a_warm_one_would_not() -> None:
 def test_anthropic_one_hour_writes_make_a_batch_wait_longer_than_five_minute_ones() -> None:
     price = PRICES.price_for("claude-sonnet-4-5")
     assert price is not None and price.cache_write_1h > price.cache_write_5m > price.input
-    entries = history(FILES)
+    entries = history(10)
     knobs = Knobs(keep_last=2, keep_tokens=500)
 
     def first_turn(ttl: str) -> int:
@@ -154,23 +136,21 @@ def test_anthropic_one_hour_writes_make_a_batch_wait_longer_than_five_minute_one
 
 
 def test_a_change_only_among_new_parts_costs_nothing() -> None:
-    entries = history(FILES[:7], cached_upto=0)  # nothing was in the previous request
+    entries = history(8, cached_upto=0)  # nothing was in the previous request
     decision = decide(entries, Knobs(keep_last=2, keep_tokens=500), gpt5(), turns=1, count=COUNT)
     assert decision.stubs and decision.cost_usd < 0
 
 
-@pytest.mark.parametrize(
-    "knobs", [Knobs(keep_last=len(FILES)), Knobs(keep_tokens=10**7), Knobs(min_tokens=10**6)]
-)
+@pytest.mark.parametrize("knobs", [Knobs(keep_last=10), Knobs(keep_tokens=10**7), Knobs(min_tokens=10**6)])
 def test_nothing_old_enough_means_no_batch(knobs: Knobs) -> None:
-    assert decide(history(FILES), knobs, gpt5(warm=False), turns=50, count=COUNT).stubs == {}
+    assert decide(history(10), knobs, gpt5(warm=False), turns=50, count=COUNT).stubs == {}
 
 
 def test_a_change_the_cache_cannot_read_past_costs_everything_after_the_last_reachable_prefix() -> None:
     price = PRICES.price_for("claude-sonnet-4-5")
     assert price is not None
     terms = CacheTerms.breakpoints(price, "5m", warm=True)
-    entries, knobs = history(FILES), Knobs(keep_last=2, keep_tokens=500)
+    entries, knobs = history(10), Knobs(keep_last=2, keep_tokens=500)
     near = decide(entries, knobs, terms, turns=40, count=COUNT)
     far = decide(entries, knobs, terms, turns=40, count=COUNT, resent_from=lambda first: 0)
     assert near.stubs == far.stubs and far.cost_usd > near.cost_usd
@@ -193,7 +173,7 @@ def test_a_batch_waits_until_the_saving_waiting_outweighs_another_rewrite() -> N
     terms, knobs = CacheTerms.breakpoints(price, "5m", warm=True), Knobs(keep_last=2, keep_tokens=500)
     # Five old outputs, one a turn: compacting them now, and again as each next one ages, costs
     # more rewrites than the reads saved by not waiting (sqrt(2 * cost / growth) > 5 turns).
-    small = decide(history(FILES[:7]), knobs, terms, turns=40, count=COUNT)
+    small = decide(history(7), knobs, terms, turns=40, count=COUNT)
     assert small.reason == "waiting for a bigger batch" and not small.stubs
     assert small.saving_per_turn_usd**2 < 2 * small.cost_usd * small.saving_per_turn_usd / 5
-    assert decide(history(FILES), knobs, terms, turns=40, count=COUNT).reason == "break-even"
+    assert decide(history(10), knobs, terms, turns=40, count=COUNT).reason == "break-even"
