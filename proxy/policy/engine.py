@@ -323,6 +323,13 @@ class PolicyRewriter:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         walked = (dialect, blocks, parts)
         compacted = await self._compact(policy, exchange, body, walked, counts, outcome, tokenizer, deadline)
+        if (
+            self.metrics is not None
+            and compacted is not None
+            and compacted.decision
+            and compacted.decision.stubs
+        ):
+            self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
         result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override

@@ -53,7 +53,12 @@ def test_compaction_through_serve_lowers_the_invoice_and_the_audit_shows_the_bat
                     headers={"Authorization": f"Bearer sk-{team}", "X-Tersegate-Team": team},
                 )
                 assert response.status_code == 200, response.text
+    metrics = httpx.get(proxy.url + "/metrics").text
     proxy.stop()
+    batches = [
+        line for line in metrics.splitlines() if line.startswith("tersegate_compaction_batches_total{")
+    ]
+    assert batches and all('team="agent"' in line for line in batches)
     price = PriceBook().price_for("gpt-5")
     assert price is not None
     invoice = {"none": 0.0, "agent": 0.0}
@@ -72,6 +77,7 @@ def test_compaction_through_serve_lowers_the_invoice_and_the_audit_shows_the_bat
     assert sum(r["cost_before_usd"] for r in agent) == pytest.approx(invoice["none"], rel=0.03)
     compacted = [r for r in agent if "compaction" in r["rules"]]
     assert compacted, "some turns went out with stubs"
+    assert sum(float(line.split()[-1]) for line in batches) >= 1
     first = compacted[0]
     assert first["saved_usd"] < 0  # the batch turn pays for the cache it breaks, and says so
     assert first["tokens_after"] < first["tokens_before"]
