@@ -27,7 +27,7 @@ import dataclasses
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
@@ -121,6 +121,7 @@ class Decision:
     cost_usd: float = 0.0  # the one-time cost of the batch (negative: it pays at once)
     saving_per_turn_usd: float = 0.0
     horizon: int = 0
+    refs: dict[str, str] = field(default_factory=dict)  # key -> the original's id in its stub's hash=
 
 
 # What later turns point at: paths, dotted or ::-joined names, snake/Camel identifiers, numbers.

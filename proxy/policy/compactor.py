@@ -11,6 +11,7 @@ never compacted further (docs/compaction.md).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -23,7 +24,15 @@ from proxy.apis import Block, Dialect, Part
 from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide, precheck
 from proxy.policy.compaction_log import CompactionLog
 
-__all__ = ["CLEARED_PLACEHOLDERS", "CatchUp", "Compacted", "Compactor", "PriceSource", "conversation_of"]
+__all__ = [
+    "CLEARED_PLACEHOLDERS",
+    "CatchUp",
+    "Compacted",
+    "Compactor",
+    "PriceSource",
+    "Retrieval",
+    "conversation_of",
+]
 
 Path = tuple[str | int, ...]
 
@@ -39,6 +48,15 @@ _CALL_CHARS = 200  # of a call's arguments, in a stub's marker
 
 # Paths of parts that went out as they came for a passing reason -> their compressed forms.
 CatchUp = Callable[[Sequence[Path]], Awaitable[Mapping[Path, tuple[str, int]]]]
+
+
+class Retrieval(Protocol):
+    """The originals store of a ``retrieve: true`` policy, bound to the request's scope
+    (proxy/policy/originals.py): ids for texts, and keeping the originals a form points at."""
+
+    async def refs(self, texts: Sequence[str]) -> list[str | None]: ...
+
+    async def keep_referenced(self, items: Sequence[tuple[str, str, str]]) -> int: ...
 
 
 class PriceSource(Protocol):
@@ -124,6 +142,39 @@ async def _caught_up(
     return {k: forms[p.path] for p, k in zip(parts, keys, strict=True) if p.path in forms}
 
 
+async def _decision(
+    entries: Sequence[Entry],
+    knobs: Knobs,
+    terms: CacheTerms | None,
+    reach: Callable[[int], int],
+    count: Callable[[str], int],
+    retrieval: Retrieval | None,
+) -> Decision:
+    """The cheap bound first; stubs (and, with retrieval, the originals' ids) only when it passes."""
+    turns = max((e.turn for e in entries), default=0)
+    refused = precheck(entries, knobs, terms, turns=turns, resent_from=reach)
+    if refused is not None:
+        return refused
+    refs: dict[str, str] = {}
+    if retrieval is not None:
+        wanted = [e for e in entries if e.eligible]
+        found = await retrieval.refs([e.text for e in wanted])
+        refs = {e.key: ref for e, ref in zip(wanted, found, strict=True) if ref is not None}
+    # Building stubs reads every old output line by line: off the event loop.
+    build = functools.partial(
+        decide,
+        entries,
+        knobs,
+        terms,
+        turns=turns,
+        count=count,
+        resent_from=reach,
+        ref=lambda e: refs.get(e.key),
+    )
+    decision = await asyncio.to_thread(build)
+    return dataclasses.replace(decision, refs={k: r for k, r in refs.items() if k in decision.stubs})
+
+
 def _entries(
     parts: Sequence[Part],
     keys: Sequence[str],
@@ -183,6 +234,7 @@ class Compactor:
         now: float | None = None,
         catch_up: CatchUp | None = None,
         idle_s: float | None = None,
+        retrieval: Retrieval | None = None,
     ) -> Compacted:
         """``tokens``: each part's tokens as it would be forwarded (its memoised form).
         ``catch_up`` compresses, with their rules, the parts that went out as they came for a
@@ -205,18 +257,14 @@ class Compactor:
             entries = _entries(parts, keys, tokens, known, texts, knobs.roles)
             # The policy's setting, else the upstream's, else the lifetime of the history's breakpoint.
             idle_s = knobs.idle_s or idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
-            terms = self._terms(
-                dialect, blocks, model, record.last_seen is None or now - record.last_seen <= idle_s
+            warm = record.last_seen is None or now - record.last_seen <= idle_s
+            terms = self._terms(dialect, blocks, model, warm)
+            reach = (
+                _breakpoint_reach(blocks, parts)
+                if dialect.caching == "breakpoints"
+                else (lambda first: first)
             )
-            breakpoints = dialect.caching == "breakpoints"
-            reach = _breakpoint_reach(blocks, parts) if breakpoints else (lambda first: first)
-            turns = max((p.turn for p in parts), default=0)
-            decision = precheck(entries, knobs, terms, turns=turns, resent_from=reach)
-            if decision is None:  # building stubs reads every old output line by line: off the loop
-                build = functools.partial(
-                    decide, entries, knobs, terms, turns=turns, count=count, resent_from=reach
-                )
-                decision = await asyncio.to_thread(build)
+            decision = await _decision(entries, knobs, terms, reach, count, retrieval)
             reason = decision.reason
             if decision.stubs:
                 batch = {**decision.stubs, **await _caught_up(catch_up, parts, keys, decision.stubs, known)}
@@ -225,6 +273,11 @@ class Compactor:
                     if won is not None and k in won:
                         texts[p.path] = won[k]
                 reason = reason if won is not None else "store unreachable"
+                if won is not None and retrieval is not None:  # the originals the stubs' hash= point at
+                    originals = {k: p.text for p, k in zip(parts, keys, strict=True)}
+                    await retrieval.keep_referenced(
+                        [(ref, originals[k], won[k][0]) for k, ref in decision.refs.items() if k in won]
+                    )
                 log.info(
                     "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
                     len(record.batches),
