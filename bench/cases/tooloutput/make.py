@@ -15,6 +15,7 @@ and some log fields differ run to run; the facts are chosen to be stable). Not r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -73,17 +74,29 @@ def starlette_pytest(work: Path, venv: Path) -> None:
     source = tree / "starlette" / "responses.py"
     # the bug: RedirectResponse defaults to 308 instead of 307
     source.write_text(source.read_text().replace("status_code: int = 307,", "status_code: int = 308,", 1))
-    cmd = [str(venv / "bin/python"), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o", "filterwarnings=ignore"]
+    cmd = [
+        str(venv / "bin/python"),
+        "-m",
+        "pytest",
+        "-v",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "filterwarnings=ignore",
+    ]
     out = run([*cmd, "tests"], tree)
     save(
         "starlette_pytest_v",
         out,
         command="python -m pytest -v tests   (RedirectResponse's default status changed 307 -> 308)",
         where=where("starlette"),
-        query='Task: the redirect tests fail after my change to responses.py, fix it. Call: Bash '
+        query="Task: the redirect tests fail after my change to responses.py, fix it. Call: Bash "
         '{"command": "python -m pytest -v tests"}',
-        facts=[line for line in out.splitlines() if " FAILED" in line][:4]
-        + ["assert 308 == 307", next(line for line in out.splitlines() if " failed, " in line)],
+        facts=[
+            *[line for line in out.splitlines() if " FAILED" in line][:4],
+            "assert 308 == 307",
+            next(line for line in out.splitlines() if " failed, " in line),
+        ],
     )
 
 
@@ -93,7 +106,16 @@ def click_pytest(work: Path, venv: Path) -> None:
     # the bug: a closed upper bound described as open
     source.write_text(source.read_text().replace('rop = "<" if self.max_open else "<="', 'rop = "<"', 1))
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-    cmd = [str(venv / "bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "filterwarnings=ignore"]
+    cmd = [
+        str(venv / "bin/python"),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "filterwarnings=ignore",
+    ]
     out = run([*cmd, "tests"], tree, env)
     save(
         "click_pytest_q",
@@ -102,8 +124,10 @@ def click_pytest(work: Path, venv: Path) -> None:
         where=where("click"),
         query="Task: the range help text is wrong since my edit of types.py. Call: Bash "
         '{"command": "python -m pytest -q tests"}',
-        facts=[line for line in out.splitlines() if line.startswith("FAILED ")][:3]
-        + [out.strip().splitlines()[-1]],
+        facts=[
+            *[line for line in out.splitlines() if line.startswith("FAILED ")][:3],
+            out.strip().splitlines()[-1],
+        ],
     )
 
 
@@ -141,7 +165,7 @@ def claude_read(work: Path) -> None:
     )
 
 
-APP = '''
+APP = """
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -157,7 +181,7 @@ async def ratio(request):
 
 
 app = Starlette(routes=[Route("/items/{id}", item), Route("/ratio/{a}/{b}", ratio)])
-'''
+"""
 
 
 def uvicorn_log(work: Path, venv: Path) -> None:
@@ -180,10 +204,8 @@ def uvicorn_log(work: Path, venv: Path) -> None:
             time.sleep(2)
             for i in range(1400):
                 path = "/ratio/7/0" if i == 903 else (f"/ratio/{i}/3" if i % 50 == 0 else f"/items/{i}")
-                try:
+                with contextlib.suppress(OSError):
                     urllib.request.urlopen(f"http://127.0.0.1:{port}{path}").read()
-                except OSError:
-                    pass
         finally:
             server.terminate()
             server.wait()
@@ -230,7 +252,9 @@ def git_diff(work: Path) -> None:
         where=where("starlette"),
         query="Task: what changed in starlette/middleware/gzip.py since 0.46.0? "
         'Call: Bash {"command": "git diff 0.46.0 HEAD -- starlette/"}',
-        facts=[line for line in out.splitlines() if line.startswith("diff --git a/starlette/middleware/gzip")][:1],
+        facts=[
+            line for line in out.splitlines() if line.startswith("diff --git a/starlette/middleware/gzip")
+        ][:1],
     )
 
 
@@ -251,14 +275,23 @@ def grep_rn(work: Path) -> None:
 
 def small_pytest(work: Path, venv: Path) -> None:
     tree = checkout(work, "starlette")
-    cmd = [str(venv / "bin/python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "filterwarnings=ignore"]
-    out = run([*cmd, "tests/test_status.py"], tree)
+    cmd = [
+        str(venv / "bin/python"),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "filterwarnings=ignore",
+    ]
+    out = run([*cmd, "tests/test_convertors.py"], tree)
     save(
         "starlette_small_pytest",
         out,
-        command="python -m pytest -q tests/test_status.py",
+        command="python -m pytest -q tests/test_convertors.py",
         where=where("starlette"),
-        query='Task: check the status module still works. Call: Bash {"command": "pytest -q tests/test_status.py"}',
+        query='Task: check the status module still works. Call: Bash {"command": "pytest -q tests/test_convertors.py"}',
         facts=[out.strip().splitlines()[-1]],
     )
 
@@ -316,7 +349,11 @@ def ruff_starlette(work: Path) -> None:
         where=where("starlette"),
         query=f"Task: fix the {rare[0]} and {rare[1]} findings. Call: Bash "
         '{"command": "ruff check --select ALL --output-format concise starlette"}',
-        facts=[codes[rare[0]][0], codes[rare[1]][0], next(line for line in lines if line.startswith("Found "))],
+        facts=[
+            codes[rare[0]][0],
+            codes[rare[1]][0],
+            next(line for line in lines if line.startswith("Found ")),
+        ],
     )
 
 
