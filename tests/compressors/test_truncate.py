@@ -149,7 +149,7 @@ def test_bad_options(options: dict[str, object]) -> None:
         create("truncate", options)
 
 
-PIP_LIST = Path(__file__).parents[2] / "bench" / "cases" / "tooloutput" / "pip_list.json.txt"
+PIP_LIST = Path(__file__).parents[2] / "bench" / "cases" / "tooloutput" / "pip_list_json.txt"
 
 
 def test_a_pretty_printed_json_document_is_digested_not_dropped() -> None:
