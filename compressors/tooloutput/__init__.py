@@ -9,9 +9,11 @@ original (JSON, whose layout whitespace goes, is the one exception); every omiss
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.tokenizer import Tokenizer
 from compressors.tooloutput.diagnostics import Diagnostics
 from compressors.tooloutput.fallback import Fallback
 from compressors.tooloutput.fileread import FileRead
@@ -29,6 +31,7 @@ __all__ = ["SHAPES", "ToolOutput", "choose"]
 # In the order ties are broken: the more specific shape first.
 SHAPES: tuple[Shape, ...] = (JsonDoc(), Tests(), Diagnostics(), Git(), FileRead(), Search(), Logs())
 FALLBACK: Shape = Fallback()
+_PIECE_END = re.compile(r"\n(?=[A-Za-z0-9])")
 
 
 def choose(doc: Doc, threshold: float, only: frozenset[str] | None = None) -> tuple[Shape, float]:
@@ -41,6 +44,25 @@ def choose(doc: Doc, threshold: float, only: frozenset[str] | None = None) -> tu
         if score > best_score:
             best, best_score = shape, score
     return best, best_score
+
+
+_CHUNK = 1 << 18  # inputs above this are counted in pieces, on tiktoken's threads
+
+
+def _count(tokenizer: Tokenizer, text: str) -> int:
+    """The exact token count; a big text is cut where a line starts with a letter or digit, which
+    is a pre-token boundary in every tiktoken encoding, and counted in pieces across threads."""
+    if len(text) <= 2 * _CHUNK:
+        return tokenizer.count(text)
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        at = start + _CHUNK
+        match = _PIECE_END.search(text, at) if at < len(text) else None
+        end = match.start() + 1 if match else len(text)
+        pieces.append(text[start:end])
+        start = end
+    return sum(tokenizer.count_many(pieces))
 
 
 class ToolOutput(Compressor):
@@ -68,7 +90,7 @@ class ToolOutput(Compressor):
         self._only = frozenset(given) if given is not None else None
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        tokens = ask.tokenizer.count(text)
+        tokens = _count(ask.tokenizer, text)
         budget = ask.target.budget(tokens)
         if tokens < self.options["min_tokens"] or tokens <= budget:
             return Compressed(text, tokens, tokens, self.name, budget)

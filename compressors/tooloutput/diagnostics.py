@@ -82,7 +82,8 @@ def _head(lines: Sequence[str], i: int, eslint_file: str) -> _Diag | None:
     if match:
         for j in range(i + 1, min(i + 4, len(lines))):
             if arrow := _ARROW.match(lines[j]):
-                return _Diag(i, i + 1, arrow["file"], int(arrow["line"]), _kind(match, match["msg"]))
+                # the location line belongs to the head: without it the head says nothing of where
+                return _Diag(i, i + 1, arrow["file"], int(arrow["line"]), _kind(match, match["msg"]), j + 1)
         return None
     match = _ESLINT.match(line)
     if match and eslint_file:
@@ -158,25 +159,38 @@ class Diagnostics(LineShape):
         others = [i for i in range(len(lines)) if owner[i] < 0 and i not in must]
         ranked = pointed + others + [d.head for d in frequent] + list(range(len(lines)))
 
+        # Outputs are sorted by file: one marker per file keeps its lines= to few ranges; when
+        # files hold one or two diagnostics each, one marker per kind is shorter.
+        per_file = len({d.file for d in frequent}) * 3 <= len(frequent)
+
         def key(i: int, keep: Sequence[bool]) -> Hashable | None:
-            # one marker per file: outputs are sorted by file, so its lines= stay few ranges
-            return None if owner[i] < 0 else ("file", diags[owner[i]].file)
+            if owner[i] < 0:
+                return None
+            d = diags[owner[i]]
+            return ("file", d.file) if per_file else ("kind", d.kind)
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             if owner[members[0]] < 0:
                 return Group(len(members), "lines", doc.lines[members[0]])
             gone = [diags[owner[i]] for i in members if diags[owner[i]].head == i]
-            by_kind: dict[str, list[str]] = {}
-            for d in gone:
-                by_kind.setdefault(d.kind, []).append(str(d.line))
-            kinds = " ".join(f"{kind}:{','.join(numbers)}" for kind, numbers in by_kind.items())
             excerpt = len(members) - len(gone)
-            if excerpt:
-                kinds = f"{kinds} excerpt-lines:{excerpt}".strip()
+            kinds = _listing(gone, per_file) + (f" excerpt-lines:{excerpt}" if excerpt else "")
             if not gone:
-                return Group(len(members), "lines", doc.lines[members[0]], kinds)
-            return Group(len(gone), "diagnostics", doc.lines[gone[0].head], f"{gone[0].file} {kinds}")
+                return Group(len(members), "lines", doc.lines[members[0]], kinds.strip())
+            return Group(len(gone), "diagnostics", doc.lines[gone[0].head], kinds)
 
         return Selection(
             must, ranked, describe, key, why="rare or named diagnostics and summary lines are never cut"
         )
+
+
+def _listing(gone: Sequence[_Diag], per_file: bool) -> str:
+    """Every omitted diagnostic's line: ``file kind:1,2 kind:3`` or ``kind at file:1,2 file:3``."""
+    if not gone:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for d in gone:
+        groups.setdefault(d.kind if per_file else d.file, []).append(str(d.line))
+    if per_file:
+        return f"{gone[0].file} " + " ".join(f"{kind}:{','.join(n)}" for kind, n in groups.items())
+    return f"{gone[0].kind} at " + " ".join(f"{file}:{','.join(n)}" for file, n in groups.items())

@@ -65,12 +65,11 @@ class FileRead(LineShape):
             if number in numbered:
                 at = numbered[number]
                 must.add(at)
-                first.extend(range(max(0, at - _NEAR), min(len(content), at + _NEAR + 1)))
-        hits = sorted(
-            (-doc.query.strength(text), i) for i, text in enumerate(content) if doc.query.strength(text)
-        )
+                first.extend(_around(at, _NEAR, len(content)))
+        strengths = [doc.query.strength(text) for text in content]
+        hits = sorted((-strength, i) for i, strength in enumerate(strengths) if strength)
         for _, i in hits:
-            first.extend(range(max(0, i - _CONTEXT), min(len(content), i + _CONTEXT + 1)))
+            first.extend(_around(i, _CONTEXT, len(content)))
         outline = sorted((_indent(m["indent"]), i) for i, m in defs)
         ranked = first + [i for _, i in outline]
 
@@ -94,6 +93,14 @@ def _named_defs(
         out.append((i, match["name"], owner))
         if re.match(r"\s*(?:export\s+)?class\b", content[i]):
             classes.append((indent, match["name"]))
+    return out
+
+
+def _around(at: int, reach: int, n: int) -> list[int]:
+    """Lines around ``at``, nearest first."""
+    out = [at]
+    for d in range(1, reach + 1):
+        out.extend(i for i in (at - d, at + d) if 0 <= i < n)
     return out
 
 

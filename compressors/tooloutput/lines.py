@@ -48,9 +48,10 @@ class Doc:
             return self.lines
         return self.lines[:300] + self.lines[-100:]
 
-    def cost(self, i: int) -> float:
-        """Estimated tokens of line ``i`` with its newline (this document's tokens per character)."""
-        return len(self.lines[i]) * self.tokens / max(1, len(self.text)) + 1
+    def costs(self) -> list[float]:
+        """Estimated tokens of each line with its newline (this document's tokens per character)."""
+        ratio = self.tokens / max(1, len(self.text))
+        return [len(line) * ratio + 1 for line in self.lines]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,39 +132,37 @@ def render(doc: Doc, keep: list[bool], sel: Selection) -> str:
     return text + "\n" if doc.text.endswith("\n") and out else text
 
 
-def _choose(doc: Doc, sel: Selection, room: float, budget: int) -> list[bool]:
-    keep = [False] * len(doc.lines)
+def _choose(sel: Selection, costs: Sequence[float], room: float, budget: int) -> tuple[list[bool], float]:
+    """Which lines to keep for ``room`` estimated tokens, and the must-lines' estimate."""
+    keep = [False] * len(costs)
     for i in sel.must:
         keep[i] = True
-    used = sum(doc.cost(i) for i in sel.must)
+    used = must = sum(costs[i] for i in sel.must)
     allowance = max(room, used + budget * _POINTED_SHARE)
     for i in sel.pointed:
-        cost = doc.cost(i)
-        if not keep[i] and used + cost <= allowance:
+        if not keep[i] and used + costs[i] <= allowance:
             keep[i] = True
-            used += cost
+            used += costs[i]
     for i in sel.ranked:
-        if keep[i]:
-            continue
-        cost = doc.cost(i)
-        if used + cost <= room:
+        if not keep[i] and used + costs[i] <= room:
             keep[i] = True
-            used += cost
-    return keep
+            used += costs[i]
+    return keep, must
 
 
 def fit(doc: Doc, sel: Selection, budget: int) -> Fitted:
     """Must-lines, then ranked lines while the budget allows; the target missed only for must-lines."""
+    costs = doc.costs()
     room = float(budget) - _MARKER_COST * 4
     best = ("", -1)
     for _ in range(_ROUNDS):
-        keep = _choose(doc, sel, room, budget)
+        keep, must = _choose(sel, costs, room, budget)
         text = render(doc, keep, sel)
         tokens = doc.tokenizer.count(text)
         if best[1] < 0 or _better(tokens, best[1], budget):
             best = (text, tokens)
-        if budget * 0.85 <= tokens <= budget * (1 + _SLACK):
-            break
+        if budget * 0.85 <= tokens <= budget * (1 + _SLACK) or must > budget:
+            break  # filled, or the must-lines alone overshoot: another round cannot help
         room += (budget - tokens) * 0.9  # markers and merges made the estimate drift: correct it
     text, tokens = best
     met = tokens <= budget * (1 + _SLACK)
