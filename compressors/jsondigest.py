@@ -18,6 +18,8 @@ from compressors.markers import format_marker
 
 __all__ = ["JsonShrink", "minify", "shrink"]
 
+_FAR = 64  # characters per budget token beyond which the minified document is estimated, not counted
+_GAP_CHARS = 90  # about a marker's length
 _MIN_ITEMS = 4  # an array shorter than this is left whole
 _PASSES = 8  # arrays digested at most, largest first
 _SEPARATORS = (",", ":")
@@ -85,9 +87,12 @@ def _digest(items: list[Any], room_chars: int, terms: Sequence[str], ref: str | 
     keep = [False] * len(items)
     keep[0] = keep[-1] = True
     used = len(texts[0]) + len(texts[-1])
-    for i, text in enumerate(texts):  # what the query points at first
-        if not keep[i] and terms and _matches(text, terms) and used + len(text) <= room_chars:
-            keep[i], used = True, used + len(text)
+    for i, text in enumerate(texts):  # what the query points at first (a gap before it: a marker)
+        if not keep[i] and terms and _matches(text, terms):
+            cost = len(text) + (0 if keep[i - 1] else _GAP_CHARS)
+            if used + cost > room_chars:
+                break
+            keep[i], used = True, used + cost
     for i, text in enumerate(texts):  # then the first items
         if used + len(text) > room_chars:
             break
@@ -129,7 +134,9 @@ def shrink(
     if parsed is None:
         return None
     value, out = parsed
-    tokens = count(out)
+    # a document far over budget is not counted whole: about 3 characters a token (over-estimates
+    # minified JSON's tokens, so the first digest cuts a little deeper); what comes out is counted
+    tokens = count(out) if len(out) < budget * _FAR else len(out) // 3
     originals: dict[int, tuple[list[Any], int]] = {}  # digested array -> (its items, the room it got)
     gone: dict[int, int] = {}  # digested array -> items it lost
 
@@ -143,10 +150,14 @@ def shrink(
         _arrays(value, arrays)
         if not arrays:
             break
-        biggest = max(arrays, key=size)  # one already digested is digested again, tighter
-        items, room = originals.get(id(biggest), (list(biggest), size(biggest)))
-        excess_chars = (tokens - budget * _AIM) * len(out) / max(tokens, 1)
-        room = max(0, int(room - excess_chars))
+        biggest = max(arrays, key=size)
+        if id(biggest) in originals:  # digested already: again, with its room scaled down
+            items, room = originals[id(biggest)]
+            room = int(room * budget * _AIM / max(tokens, 1))
+        else:
+            items = list(biggest)
+            excess_chars = (tokens - budget * _AIM) * len(out) / max(tokens, 1)
+            room = max(0, int(size(biggest) - excess_chars))
         originals[id(biggest)] = (items, room)
         biggest[:] = items
         gone[id(biggest)] = _digest(biggest, room, terms, ref)

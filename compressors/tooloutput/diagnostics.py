@@ -68,27 +68,36 @@ def _kind(match: re.Match[str], fallback_msg: str) -> str:
 
 def _head(lines: Sequence[str], i: int, eslint_file: str) -> _Diag | None:
     line = lines[i]
-    match = _TSC.match(line) or _COLON.match(line)
-    if match and (match["sev"] or match.groupdict().get("col")):  # grep's path:line:text has neither
-        kind = _kind(match, match["msg"])
-        for j in range(i + 1, min(i + 3, len(lines))):  # mypy --pretty wraps the message, code last
-            code = _CODE_LINE.match(lines[j]) or _CODE_TAIL.search(lines[j])
-            if code and not lines[j].startswith(" "):
-                return _Diag(i, i + 1, match["file"], int(match["line"]), code["code"], j + 1)
-            if not lines[j] or lines[j].startswith(" ") or _COLON.match(lines[j]):
-                break
-        return _Diag(i, i + 1, match["file"], int(match["line"]), kind)
-    match = _RUST_HEAD.match(line) or _RUFF_HEAD.match(line)
+    match = _COLON.match(line) or (_TSC.match(line) if "(" in line else None)
     if match:
-        for j in range(i + 1, min(i + 4, len(lines))):
-            if arrow := _ARROW.match(lines[j]):
-                # the location line belongs to the head: without it the head says nothing of where
-                return _Diag(i, i + 1, arrow["file"], int(arrow["line"]), _kind(match, match["msg"]), j + 1)
+        if not (match["sev"] or match.groupdict().get("col")):
+            return None  # grep's path:line:text has neither a severity nor a column
+        return _colon_diag(lines, i, match)
+    if line[:1] in ("e", "w") or line[:1].isupper():
+        match = _RUST_HEAD.match(line) or _RUFF_HEAD.match(line)
+        if match:
+            for j in range(i + 1, min(i + 4, len(lines))):
+                if arrow := _ARROW.match(lines[j]):
+                    # the location line belongs to the head: without it the head says nothing of where
+                    kind = _kind(match, match["msg"])
+                    return _Diag(i, i + 1, arrow["file"], int(arrow["line"]), kind, j + 1)
         return None
-    match = _ESLINT.match(line)
-    if match and eslint_file:
+    if eslint_file and (match := _ESLINT.match(line)):
         return _Diag(i, i + 1, eslint_file, int(match["line"]), match["rule"])
     return None
+
+
+def _colon_diag(lines: Sequence[str], i: int, match: re.Match[str]) -> _Diag:
+    file, number = match["file"], int(match["line"])
+    if _CODE_TAIL.search(lines[i]) is None:
+        for j in range(i + 1, min(i + 3, len(lines))):  # mypy --pretty wraps the message, its code last
+            nxt = lines[j]
+            if not nxt or nxt.startswith(" ") or _COLON.match(nxt):
+                break
+            code = _CODE_LINE.match(nxt) or _CODE_TAIL.search(nxt)
+            if code:
+                return _Diag(i, i + 1, file, number, code["code"], j + 1)
+    return _Diag(i, i + 1, file, number, _kind(match, match["msg"]))
 
 
 def _continues(line: str) -> bool:

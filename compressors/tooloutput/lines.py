@@ -161,8 +161,13 @@ def fit(doc: Doc, sel: Selection, budget: int) -> Fitted:
         tokens = doc.tokenizer.count(text)
         if best[1] < 0 or _better(tokens, best[1], budget):
             best = (text, tokens)
-        if budget * 0.85 <= tokens <= budget * (1 + _SLACK) or must > budget:
-            break  # filled, or the must-lines alone overshoot: another round cannot help
+        extra = sum(keep) - len(sel.must)
+        if (
+            budget * 0.85 <= tokens <= budget * (1 + _SLACK)
+            or must > budget
+            or (tokens > budget and not extra)
+        ):
+            break  # filled, or the must-lines (or the markers) alone overshoot: another round cannot help
         room += (budget - tokens) * 0.9  # markers and merges made the estimate drift: correct it
     text, tokens = best
     met = tokens <= budget * (1 + _SLACK)
