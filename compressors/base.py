@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 from compressors.preserve import PreserveSpec, Region, split_tags
 from compressors.tokenizer import Tokenizer, tokenizer_for
+
+_REF = re.compile(r"[0-9a-f]{24}")
 
 
 class CompressorError(Exception):
@@ -165,6 +168,8 @@ class Compressor(abc.ABC):
         ``ref`` (24 lowercase hex) goes into every omission marker as ``hash=``.
         Raises :class:`CompressorError` on failure.
         """
+        if ref is not None and not _REF.fullmatch(ref):
+            raise ValueError(f"ref must be 24 lowercase hex characters, got {ref!r}")
         tokenizer = tokenizer_for(model)
         spec = preserve or PreserveSpec.default()
         try:

@@ -71,7 +71,7 @@ class FileRead(LineShape):
         for _, i in hits:
             first.extend(_around(i, _CONTEXT, len(content)))
         outline = sorted((_indent(m["indent"]), i) for i, m in defs)
-        ranked = first + [i for _, i in outline]
+        ranked = first + [i for _, i in outline] + list(range(len(content)))  # then from the top
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             return Group(len(members), "lines")  # the kept numbers and lines= say where: no example

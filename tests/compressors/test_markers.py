@@ -77,3 +77,8 @@ def test_truncate_and_normalize_write_the_grammar_with_the_ref() -> None:
     out = create("normalize").compress(logs, target=Target(rate=1.0), ref=REF).text
     [(_, _, marker)] = find_markers(out)
     assert marker == Marker(18, "lines", example_of(logs.split("\n")[1]), ((2, 19),), None, REF)
+
+
+def test_a_ref_that_is_not_24_hex_is_refused_before_any_work() -> None:
+    with pytest.raises(ValueError):
+        create("truncate").compress("text", target=Target(rate=0.5), ref="not-a-hash")
