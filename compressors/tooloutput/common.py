@@ -36,8 +36,9 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt
 
 
 def masks(lines: Sequence[str]) -> list[str]:
-    """Each line with its varying parts masked: equal masks are similar lines."""
-    return [_MASK.sub("#", line) for line in lines]
+    """Each line with its varying parts masked: equal masks are similar lines (one pass over the
+    joined text: nothing the mask matches spans a newline)."""
+    return _MASK.sub("#", "\n".join(lines)).split("\n")
 
 
 def traceback_blocks(lines: Sequence[str]) -> set[int]:
