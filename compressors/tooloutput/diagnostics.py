@@ -143,7 +143,7 @@ class Diagnostics(LineShape):
             return 0.0
         covered = sum(d.end - d.head for d in diags)
         summary = any(_SUMMARY.search(line) for line in sample)
-        return min(1.0, covered / max(1, len([x for x in sample if x.strip()])) + (0.2 if summary else 0.0))
+        return min(0.95, covered / max(1, len([x for x in sample if x.strip()])) + (0.2 if summary else 0.0))
 
     def select(self, doc: Doc) -> Selection:
         lines, query = doc.lines, doc.query

@@ -8,8 +8,12 @@ import itertools
 import re
 from collections.abc import Sequence
 
-from compressors.tooloutput.lines import Doc, Group, Selection
-from compressors.tooloutput.shape import LineShape
+from compressors.tooloutput.diagnostics import Diagnostics
+from compressors.tooloutput.git import Git
+from compressors.tooloutput.lines import Doc, Group, Selection, fit
+from compressors.tooloutput.logs import Logs
+from compressors.tooloutput.shape import Cut, LineShape
+from compressors.tooloutput.tests import Tests
 
 __all__ = ["FileRead"]
 
@@ -22,6 +26,8 @@ _DEF = re.compile(
 _CONTEXT = 4  # lines kept around a line the query names
 _BODY_CAP = 200  # a named definition's body is kept up to this many lines
 _NEAR = 12  # lines kept around a line number the query names
+_INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
+_INNER_THRESHOLD = 0.6
 
 
 def _content(line: str) -> str:
@@ -35,6 +41,17 @@ def _indent(text: str) -> int:
 
 class FileRead(LineShape):
     name = "fileread"
+
+    def compress(self, doc: Doc, budget: int) -> Cut:
+        """A read of a test log, a server log or linter output is that shape under line numbers: its
+        selection is made on the lines' contents (same indices), its lines kept with their numbers."""
+        content = [_content(line) for line in doc.lines]
+        inner = Doc(doc.text, content, doc.query, doc.ref, doc.tokenizer, doc.tokens)
+        scored = [(shape.score(inner), n, shape) for n, shape in enumerate(_INNER)]
+        score, _, shape = max(scored, key=lambda item: (item[0], -item[1]))
+        sel = shape.select(inner) if score > _INNER_THRESHOLD else self.select(doc)
+        fitted = fit(doc, sel, budget)
+        return Cut(fitted.text, fitted.tokens, fitted.met, fitted.note)
 
     def score(self, doc: Doc) -> float:
         sample = doc.sample

@@ -38,7 +38,7 @@ class Logs(LineShape):
         if len(sample) < 5:
             return 0.0
         hits = sum(1 for line in sample if _LOG_LINE.search(line))
-        return min(1.0, hits / len(sample) * 1.1)
+        return min(0.95, hits / len(sample) * 1.1)
 
     def select(self, doc: Doc) -> Selection:
         n = len(doc.lines)

@@ -234,3 +234,15 @@ def test_two_megabytes_compress_in_linear_time() -> None:
     assert result.tokens_after <= 1600
     # the whole call, counting included, within a few token counts of the same text (load-independent)
     assert compress_s < 6 * count_s + 0.2, (compress_s, count_s)
+
+
+def test_a_read_of_a_test_log_keeps_its_failures_with_their_line_numbers() -> None:
+    log = "".join(f"tests/test_app.py::test_case_{i} PASSED{' ' * 20}[{i % 100:3d}%]\n" for i in range(700))
+    log += "tests/test_app.py::test_broken FAILED                    [100%]\n"
+    log += "========================= 1 failed, 700 passed in 3.10s =========================\n"
+    text = "".join(f"{n:>6}\u2192{line}\n" for n, line in enumerate(log.splitlines(), 1))
+    result = run(text, budget=200, query='Call: Read {"file_path": "/tmp/test.log"}')
+    assert shape_of(result) == "fileread"
+    assert "   701\u2192tests/test_app.py::test_broken FAILED" in result.text
+    assert "   702\u2192========================= 1 failed, 700 passed in 3.10s" in result.text
+    assert any(m.unit == "tests" for _, _, m in find_markers(result.text))
