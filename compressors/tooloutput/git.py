@@ -86,7 +86,7 @@ class Git(LineShape):
         files = _files(lines, classes)
         must = {i for i, kind in enumerate(classes) if kind in ("commit", "subject", "diff", "hunk")}
         pointed = query_lines(doc)
-        named = {files[i] for i in pointed if files[i]}
+        named = {files[i] for i in pointed if files[i] and doc.query.strength(lines[i]) == 2}
         named |= {
             f for f in set(files) if f and (f in doc.query.names or f.rsplit("/", 1)[-1] in doc.query.names)
         }
@@ -107,4 +107,5 @@ class Git(LineShape):
             return Group(len(members), "lines", doc.lines[members[0]], kinds)
 
         why = "commit, file and hunk headers are never cut"
-        return Selection(must, ranked, describe, key, why=why, pointed=pointed)
+        # the files the query names, whole, before its other lines: what the next step reads
+        return Selection(must, ranked, describe, key, why=why, pointed=in_named + pointed)

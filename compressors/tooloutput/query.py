@@ -107,6 +107,13 @@ _STOP = frozenset(
         "failing",
         "fails",
         "fail",
+        "diff",
+        "status",
+        "head",
+        "cat",
+        "git",
+        "list",
+        "format",
     ]
 )
 

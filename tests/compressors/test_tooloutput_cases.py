@@ -117,3 +117,9 @@ def test_deterministic(name: str) -> None:
         text, target=Target(max_tokens=BUDGET), query=meta["query"], ref=REF
     )
     assert again.text == compressed(name).text
+
+
+def test_the_file_a_diff_query_names_keeps_its_changes() -> None:
+    out = compressed("starlette_git_diff").text
+    section = out.split("diff --git a/starlette/middleware/gzip.py", 1)[1].split("\ndiff --git", 1)[0]
+    assert '+        elif message_type == "http.response.pathsend":  # pragma: no branch' in section
