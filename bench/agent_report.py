@@ -46,9 +46,12 @@ def _group(runs: list[Replay], api: str) -> dict[str, dict[str, Replay]]:
         if run.api != api:
             continue
         grouped[run.label][run.session] = run
-        total = grouped[run.label].setdefault("all", Replay("all", api, run.label))
-        total.turns += run.turns
-        total.fail_open += run.fail_open
+    for by_session in grouped.values():  # "all" last: every session's turns together
+        total = Replay("all", api, next(iter(by_session.values())).label)
+        for run in by_session.values():
+            total.turns += run.turns
+            total.fail_open += run.fail_open
+        by_session["all"] = total
     return grouped
 
 
@@ -128,7 +131,7 @@ def _lost(runs: list[Replay], sessions: list[Session]) -> list[str]:
 def _served_table(served: dict[str, Any]) -> list[str]:
     out = [
         "| policy | API | invoice before | invoice after | invoice change | audit before | audit after | "
-        "audit change | difference | audit before vs invoice before | facts lost (both APIs) |",
+        "audit change | difference | audit before vs invoice before | facts lost |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     book = PriceBook()
@@ -143,7 +146,7 @@ def _served_table(served: dict[str, Any]) -> list[str]:
             out.append(
                 f"| {label} | {api} ({book.price_for(model).key}) | ${base:.2f} | ${after:.2f} | "  # type: ignore[union-attr]
                 f"{100 * change:+.1f}% | ${audit_before:.2f} | ${audit_after:.2f} | {100 * reported:+.1f}% | "
-                f"{100 * (reported - change):+.2f} pp | {pct(audit_before, base)} | {served['lost'].get(label, 0)} |"
+                f"{100 * (reported - change):+.2f} pp | {pct(audit_before, base)} | {served['lost'][api].get(label, 0)} |"
             )
     return out
 

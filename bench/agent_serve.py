@@ -60,11 +60,12 @@ def _config(folder: Path, label: str, upstream_url: str) -> Path:
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "auth": "passthrough",
-        "default_team": label,
+        "default_team": f"{label}-openai",
         "upstreams": {"fake": {"base_url": upstream_url, "api_key_env": "NO_KEY", "timeout_s": 300}},
         "default_upstream": "fake",
         "policies_dir": str(folder / "policies"),
-        "teams": {label: team},
+        # A team per API: each replay its own compress-once memo, as in-process.
+        "teams": {f"{label}-{api}": team for api in APIS},
         "audit": {"path": str(folder / "audit.jsonl")},
         "compression": {"max_part_chars": STRAWMAN_PART_CHARS.get(label, 50_000)},
     }
@@ -107,7 +108,10 @@ def _serve_one(label: str, sessions: list[Session], apis: list[str], upstream_ur
                         response = client.post(
                             url + APIS[api][1],
                             content=orjson.dumps(body),
-                            headers={"Authorization": f"Bearer sk-{label}-{session['name']}"},
+                            headers={
+                                "Authorization": f"Bearer sk-{label}-{session['name']}",
+                                "X-Tersegate-Team": f"{label}-{api}",
+                            },
                         )
                         response.raise_for_status()
     finally:
@@ -117,7 +121,7 @@ def _serve_one(label: str, sessions: list[Session], apis: list[str], upstream_ur
 
 
 def serve_replays(sessions: list[Session], apis: list[str], labels: list[str]) -> dict[str, Any]:
-    """``{"invoice": {api: {label: $}}, "audit": {api: {label: (before $, after $)}}, "lost": {...}}``."""
+    """``{"invoice": {api: {label: $}}, "audit": {api: {label: (before $, after $)}}, "lost": {api: {label: n}}}``."""
     upstream = RecordingUpstream()
     server = ServerThread(upstream).start()
     audits = {}
@@ -145,15 +149,20 @@ def serve_replays(sessions: list[Session], apis: list[str], labels: list[str]) -
     return {"invoice": invoice, "audit": audit, "lost": lost}
 
 
-def _lost(upstream: RecordingUpstream, sessions: list[Session], labels: list[str]) -> dict[str, int]:
-    """Facts missing from the forwarded newest outputs, per label, over every session and API."""
-    lost: dict[str, int] = {}
+def _lost(
+    upstream: RecordingUpstream, sessions: list[Session], labels: list[str]
+) -> dict[str, dict[str, int]]:
+    """Facts missing from the forwarded newest outputs: ``{api: {label: count}}`` over every session."""
+    api_of = {model: api for api, (model, _) in APIS.items()}
+    lost: dict[str, dict[str, int]] = {api: {} for api in APIS}
     for label in labels:
         for session in sessions:
             for scope, newest in upstream.newest.items():
-                if not scope.startswith(f"Bearer sk-{label}-{session['name']}|"):
+                key, model, _ = scope.split("|")
+                if key != f"Bearer sk-{label}-{session['name']}":
                     continue
+                counts = lost[api_of[model]]
                 for step, text in zip(session["steps"], newest[1:], strict=True):
                     missing = [f for f in step["facts"] if f not in (text or "")]
-                    lost[label] = lost.get(label, 0) + len(missing)
+                    counts[label] = counts.get(label, 0) + len(missing)
     return lost

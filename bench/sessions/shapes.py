@@ -14,6 +14,8 @@ last turn is the session's final words). Both wire shapes carry the same text:
     from bench.sessions.shapes import load, openai_turns, anthropic_turns
     session = load("starlette_cookie")
     bodies = openai_turns(session, "gpt-5")   # one request body per turn
+
+    python -m bench.sessions.shapes starlette_cookie --api anthropic --turn 12 > body.json
 """
 
 from __future__ import annotations
@@ -139,3 +141,26 @@ def newest_output(body: dict[str, Any]) -> str | None:
                 return "".join(b.get("text", "") for b in content if isinstance(b, dict))
             return content if isinstance(content, str) else ""
     return None
+
+
+def main() -> None:
+    """``python -m bench.sessions.shapes NAME [--api anthropic] [--turn K]``: one request body as JSON."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("name", choices=names())
+    parser.add_argument("--api", choices=("openai", "anthropic"), default="openai")
+    parser.add_argument("--model", help="default: gpt-5 / claude-sonnet-4-5")
+    parser.add_argument("--turn", type=int, default=-1, help="0 .. steps; default: the last")
+    args = parser.parse_args()
+    session = load(args.name)
+    if args.api == "openai":
+        bodies = openai_turns(session, args.model or "gpt-5")
+    else:
+        bodies = anthropic_turns(session, args.model or "claude-sonnet-4-5")
+    json.dump(bodies[args.turn], sys.stdout, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main()
