@@ -40,11 +40,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import inspect
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench"), str(REPO)]
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import prefix_cache_upstream  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 from replay import billed  # noqa: E402  (bench/replay.py: the invoice's pricing)
 
@@ -163,10 +165,25 @@ def policy_yaml(name: str) -> str | None:
     return path.read_text(encoding="utf-8")
 
 
+class _EveryTeam(Mapping[str, str]):
+    """Every team -> the one policy: in a replay, a team only scopes the compress-once memo."""
+
+    def __getitem__(self, team: str) -> str:
+        return "p"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 class PolicyCompression:
     """A tersegate policy as a :data:`Compression`: the proxy's rewrite hook, in-process.
 
-    ``async with PolicyCompression(yaml_text) as compress: forwarded = await compress(body, route)``
+    ``async with PolicyCompression(yaml_text) as compress: forwarded = await compress(body, route)``;
+    ``compress.for_team(name)`` is the same policy with its own memo (one rewriter, one set of
+    worker processes, for many replays). ``fail_open`` and ``compress_ms`` are kept per team.
     """
 
     def __init__(self, yaml_text: str, *, max_part_chars: int = 50_000) -> None:
@@ -178,10 +195,13 @@ class PolicyCompression:
             policy: Policy = load_policy(path)[0]
         policy = dataclasses.replace(policy, latency_budget_ms=GENEROUS_MS)
         self.rewriter = PolicyRewriter(
-            PolicySet({"p": policy}, {"t": "p"}), memo_bytes=1 << 28, workers=2, max_part_chars=max_part_chars
+            PolicySet({"p": policy}, _EveryTeam()),
+            memo_bytes=1 << 28,
+            workers=2,
+            max_part_chars=max_part_chars,
         )
-        self.fail_open = 0
-        self.compress_ms = 0.0
+        self.fail_open: dict[str, int] = {}
+        self.compress_ms: dict[str, float] = {}
 
     async def __aenter__(self) -> PolicyCompression:
         await self.rewriter.ready()
@@ -191,16 +211,31 @@ class PolicyCompression:
         self.rewriter.close()
 
     async def __call__(self, body: Body, route: str) -> Body:
+        return await self.compress(body, route, team="t")
+
+    def for_team(self, team: str) -> Callable[[Body, str], Awaitable[Body]]:
+        return functools.partial(self.compress, team=team)
+
+    async def compress(self, body: Body, route: str, *, team: str) -> Body:
         api = "anthropic" if route == APIS["anthropic"][1] else "openai"
-        exchange = Exchange("b", "POST", route, "t", None, "u", time.time(), True, api=api)
+        exchange = Exchange("b", "POST", route, team, None, "u", time.time(), True, api=api)
         rewrite = await self.rewriter(exchange, body, {})
-        self.fail_open += rewrite.fail_open is not None
-        self.compress_ms += rewrite.compress_ms or 0.0
+        self.fail_open[team] = self.fail_open.get(team, 0) + (rewrite.fail_open is not None)
+        self.compress_ms[team] = self.compress_ms.get(team, 0.0) + (rewrite.compress_ms or 0.0)
         return rewrite.body or body
+
+
+def _memoise_upstream_encode() -> None:
+    """The upstream tokenizes every message of every turn, and a session re-sends the same texts each
+    turn: a memo of its pure encode function makes a replay several times faster, every count the same."""
+    encode = prefix_cache_upstream.ENCODE
+    if not hasattr(encode, "cache_info"):
+        prefix_cache_upstream.ENCODE = functools.lru_cache(maxsize=4096)(encode)
 
 
 async def replay(session: Session, api: str, compression: Compression | None, *, label: str = "") -> Replay:
     """Every turn of ``session`` through ``compression`` (None: passthrough), billed by a fresh cache."""
+    _memoise_upstream_encode()
     upstream = PrefixCacheUpstream()
     usage_of = upstream._anthropic_usage if api == "anthropic" else upstream._openai_usage
     route = APIS[api][1]
@@ -211,19 +246,26 @@ async def replay(session: Session, api: str, compression: Compression | None, *,
             result = compression(body, route)
             forwarded = await result if inspect.isawaitable(result) else result
         run.turns.append(Turn(usage_of("replay", forwarded), lost_facts(session, k, forwarded)))
-    if isinstance(compression, PolicyCompression):
-        run.fail_open, run.compress_ms = compression.fail_open, compression.compress_ms
     return run
 
 
-async def replay_policy(session: Session, api: str, name: str) -> Replay:
-    """One replay of a named policy (see :func:`policy_yaml`), in-process."""
+async def replay_policy(sessions: list[Session], apis: list[str], name: str) -> list[Replay]:
+    """Every session in every API through a named policy (see :func:`policy_yaml`), in-process."""
     text = policy_yaml(name)
     if text is None:
-        return await replay(session, api, None, label=name)
-    chars = STRAWMAN_PART_CHARS.get(name, 50_000)
-    async with PolicyCompression(text, max_part_chars=chars) as compress:
-        return await replay(session, api, compress, label=name)
+        return [await replay(s, api, None, label=name) for s in sessions for api in apis]
+    runs = []
+    async with PolicyCompression(text, max_part_chars=STRAWMAN_PART_CHARS.get(name, 50_000)) as policy:
+        for session in sessions:
+            for api in apis:
+                team = f"{session['name']}-{api}"
+                run = await replay(session, api, policy.for_team(team), label=name)
+                run.fail_open, run.compress_ms = (
+                    policy.fail_open.get(team, 0),
+                    policy.compress_ms.get(team, 0.0),
+                )
+                runs.append(run)
+    return runs
 
 
 def price_of(api: str) -> Price:
@@ -247,7 +289,7 @@ async def main() -> None:
     sessions = [load(name) for name in args.session or names()]
     apis = args.api or list(APIS)
     t0 = time.perf_counter()
-    runs = [await replay_policy(s, api, p) for s in sessions for api in apis for p in policies]
+    runs = [run for p in policies for run in await replay_policy(sessions, apis, p)]
     elapsed = time.perf_counter() - t0
     served = None
     if args.serve:

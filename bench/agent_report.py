@@ -113,7 +113,7 @@ def _anthropic_table(runs: list[Replay]) -> list[str]:
 def _lost(runs: list[Replay], sessions: list[Session]) -> list[str]:
     steps = {s["name"]: s["steps"] for s in sessions}
     out = []
-    for run in runs:
+    for run in sorted(runs, key=lambda r: (r.label, r.session, r.api)):
         lost = [(k, fact) for k, turn in enumerate(run.turns) for fact in turn.lost]
         if not lost:
             continue
