@@ -135,275 +135,275 @@ def prepare(workdir: Path, sources: dict[str, str], env: dict[str, str]) -> tupl
     (jobs / "run_jobs.py").write_text(RUN_JOBS, encoding="utf-8")
     subprocess.run([python, "run_jobs.py", "330", "217"], cwd=jobs, env=env, check=True, timeout=300)
     setup += ["cd jobs && python run_jobs.py 330 217  # writes nightly.log"]
-    return Script("click_intrange", "pallets/click", COMMIT, SYSTEM, TASK, steps(), FINAL, setup), repo
+    return Script("click_intrange", "pallets/click", COMMIT, SYSTEM, TASK, STEPS, FINAL, setup), repo
 
 
-def steps() -> list[Step]:
-    return [
-        bash(
-            "Let me look at the checkout first.",
-            "git status && git log --oneline -n 5",
-            r"^On branch main$",
-            r"^[0-9a-f]{7,} types: clamp open IntRange bounds toward the boundary$",
-        ),
-        bash(
-            "Now last night's log.",
-            "cat ../jobs/nightly.log",
-            r"^.*job 0217 start argv=--shard 12 .*$",
-            r"^IndexError: list index out of range$",
-            r'File "[^"]*jobs/shardjob\.py", line \d+, in main',
-            r"^.*shard=\d+ table=\S+ .*$",
-        ),
-        read(
-            "Job 0217 ran with `--shard 12` and failed at `SHARDS[shard]`. The job's code:",
-            "../jobs/shardjob.py",
-            r"^\s+\d+\t@click\.option\(\"--shard\", type=click\.IntRange\(0, len\(SHARDS\), max_open=True, clamp=True\).*$",
-            r"^\s+\d+\t    name = SHARDS\[shard\]$",
-        ),
-        bash(
-            "With `max_open=True` the valid shards are 0..7, so 12 should clamp to 7. Reproducing:",
-            "cd ../jobs && python shardjob.py --shard 12 --dry-run",
-            r"^IndexError: list index out of range$",
-        ),
-        bash(
-            "It still crashes. What does the type return for 12?",
-            'python -c "import click; t = click.IntRange(0, 8, max_open=True, clamp=True); '
-            "print(t.convert('12', None, None), t.convert('7', None, None))\"",
-            r"^9 7$",
-        ),
-        grep(
-            "It clamps 12 to 9, one past the open bound instead of one inside it. Where is IntRange?",
-            "class (IntRange|_NumberRangeBase|FloatRange)",
-            "src/click",
-            r"^src/click/types\.py:\d+:class IntRange.*$",
-            r"^src/click/types\.py:\d+:class _NumberRangeBase.*$",
-        ),
-        read(
-            "Reading types.py.",
-            "src/click/types.py",
-            r"^\s+754\t        return bound - dir$",
-            r"^\s+\d+\t                return self\._clamp\(max, -1, self\.max_open\)$",
-        ),
-        bash(
-            "`convert` calls `self._clamp(max, -1, self.max_open)` for a value above the max, and "
-            "IntRange._clamp returns `bound - dir` = 8 - (-1) = 9 (line 754). It should step toward the "
-            "range. Did a recent commit change it?",
-            "git log -p -n 3 -- src/click/types.py",
-            r"^-        return bound \+ dir$",
-            r"^\+        return bound - dir$",
-        ),
-        bash(
-            "The last commit flipped the sign. Full test suite before I change anything:",
-            "python -m pytest -q",
-            FAILED,
-            r"^E\s+AssertionError: assert -1 == 1$",
-            r"^tests/test_types\.py:\d+: AssertionError$",
-            SUMMARY,
-        ),
-        bash(
-            "Two failures, both in test_range. The module verbosely:",
-            "python -m pytest tests/test_types.py -v",
-            r"^tests/test_types\.py::test_range\[type7-0-1\] FAILED.*$",
-            r"^tests/test_types\.py::test_range\[type8-5-4\] FAILED.*$",
-            SUMMARY,
-        ),
-        read(
-            "The parametrized cases of test_range:",
-            "tests/test_types.py",
-            r'^\s+\d+\t        \(click\.IntRange\(0, min_open=True, clamp=True\), "0", 1\),$',
-            r'^\s+\d+\t        \(click\.IntRange\(max=5, max_open=True, clamp=True\), "5", 4\),$',
-            offset=1,
-            limit=120,
-        ),
-        grep(
-            "The tests expect 1 and 4: one step inside the open bound. What do the docs promise?",
-            "clamp",
-            "docs",
-            r"^docs/parameter-types\.md:\d+:If `clamp` mode is enabled.*$",
-        ),
-        read(
-            "The ranges section of the docs:",
-            "docs/parameter-types.md",
-            r"^\s+\d+\tIf `clamp` mode is enabled, a value that is outside the range is set to the boundary.*$",
-        ),
-        read(
-            "Now how the value reaches the type: Option and Parameter in core.py.",
-            "src/click/core.py",
-            r"^\s+\d+\tclass Context:$",
-            r"^\s+\d+\tclass ParameterSource\(enum\.IntEnum\):$",
-            offset=1,
-            limit=2000,
-        ),
-        grep(
-            "Where does Parameter call the type's convert?",
-            "def (type_cast_value|process_value)|self\\.type\\(",
-            "src/click/core.py",
-            r"^\d+:    def type_cast_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
-            r"^\d+:    def process_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
-        ),
-        read(
-            "type_cast_value and process_value:",
-            "src/click/core.py",
-            r"^\s+\d+\t    def type_cast_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
-            offset=2520,
-            limit=120,
-        ),
-        edit(
-            "Nothing between the option and the type changes the value, so the fix is in `_clamp`: "
-            "step from the bound toward the range.",
-            "src/click/types.py",
-            "        return bound - dir\n",
-            "        return bound + dir\n",
-            r"^\s+754\t        return bound \+ dir$",
-        ),
-        bash(
-            "Re-running the types tests.",
-            "python -m pytest tests/test_types.py -v",
-            r"^tests/test_types\.py::test_range\[type7-0-1\] PASSED.*$",
-            SUMMARY,
-        ),
-        bash(
-            "And the job's invocation:",
-            "cd ../jobs && python shardjob.py --shard 12 --dry-run",
-            r"^exporting catalogue-07 in batches of 100$",
-        ),
-        read(
-            "Fixed. FloatRange refuses to clamp open bounds; let me re-read both _clamp methods around "
-            "the fix to make sure the directions agree.",
-            "src/click/types.py",
-            r"^\s+\d+\t    def _clamp\(self, bound: float, dir: t\.Literal\[1, -1\], open: bool\) -> float:$",
-            offset=620,
-            limit=190,
-        ),
-        grep(
-            "Other callers of `_clamp`?",
-            "_clamp",
-            "src",
-            r"^src/click/types\.py:\d+:\s+return self\._clamp\(min, 1, self\.min_open\)$",
-        ),
-        grep(
-            "Which tests use clamped ranges through options?",
-            "IntRange|FloatRange",
-            "tests",
-            r"^tests/test_options\.py:\d+:.*IntRange.*$",
-        ),
-        bash(
-            "Running those option tests:",
-            "python -m pytest tests/test_options.py -v -k 'range or clamp or counting'",
-            SUMMARY,
-        ),
-        read(
-            "For the regression test, the top of tests/test_types.py (imports, style):",
-            "tests/test_types.py",
-            r"^\s+\d+\timport click$",
-            offset=1,
-            limit=15,
-        ),
-        edit(
-            "Adding a test with the job's exact case, after test_range's parametrized cases:",
-            "tests/test_types.py",
-            "def test_float_range_no_clamp_open",
-            REGRESSION_TEST.lstrip("\n") + "\n\ndef test_float_range_no_clamp_open",
-            r"^\s+\d+\tdef test_int_range_clamp_open_bounds\(\):$",
-        ),
-        bash(
-            "Running it:",
-            "python -m pytest tests/test_types.py -v -k 'clamp or range'",
-            r"^tests/test_types\.py::test_int_range_clamp_open_bounds PASSED.*$",
-            SUMMARY,
-        ),
-        bash(
-            "Second full run:",
-            "python -m pytest -q",
-            SUMMARY,
-        ),
-        bash(
-            "All green. ruff next:",
-            "ruff check src tests",
-            r"^src/click/types\.py:1312:\d+: UP038 .*$",
-            r"^Found 12 errors\.$",
-        ),
-        bash(
-            "Twelve UP038 findings, none on lines I touched (types.py 1312 and 1325 are far from 754). "
-            "Were they there before my change?",
-            "git stash -q && ruff check src tests --statistics; git stash pop -q && git status --short",
-            r"^12\s+UP038\s+\[?\*?\]?\s*non-pep604-isinstance.*$",
-        ),
-        bash(
-            "Pre-existing. The formatter:",
-            "ruff format --check src tests",
-            r"^\d+ files? already formatted$|^Would reformat: .*$",
-        ),
-        bash(
-            "mypy, as configured in pyproject.toml (strict):",
-            "mypy",
-            r"^Success: no issues found in \d+ source files$",
-        ),
-        read(
-            "A changelog entry: the top of CHANGES.md.",
-            "CHANGES.md",
-            r"^\s+1\t.*$",
-            offset=1,
-            limit=60,
-        ),
-        bash(
-            "The current version, to know where the entry goes:",
-            "grep -n '^## Version' CHANGES.md | head -n 3 && python -c \"import importlib.metadata as m; print(m.version('click'))\"",
-            r"^\d+:## Version \S+$",
-        ),
-        edit(
-            "8.5.0 is unreleased: the entry goes at the top of its list.",
-            "CHANGES.md",
-            "## Version 8.5.0\n\nUnreleased\n\n",
-            "## Version 8.5.0\n\nUnreleased\n\n" + CHANGE_NOTE,
-            r"^\s+\d+\t- `IntRange` with `clamp=True` clamps a value past an open bound to the$",
-        ),
-        read(
-            "The full history of types.py changes in CHANGES.md mentioning ranges:",
-            "CHANGES.md",
-            r"^\s+\d+\t.*IntRange.*$",
-            offset=1,
-            limit=900,
-        ),
-        bash(
-            "The log of the last commits with their files, to check nothing else came with the sign flip:",
-            "git log --stat -n 30",
-            r"^commit [0-9a-f]{40}$",
-            r"^ src/click/types\.py \| 2 \+-$",
-        ),
-        bash(
-            "Only the one line. Replaying last night's jobs with the fixed Click:",
-            "cd ../jobs && python run_jobs.py 330 217 && grep -n -E 'job 0217|ERROR|Traceback' nightly.log",
-            r"^\d+:.*job 0217 done table=catalogue-07 .*$",
-        ),
-        bash(
-            "Job 0217 exports catalogue-07 now. Third full run:",
-            "python -m pytest -q -p no:randomly",
-            SUMMARY,
-        ),
-        bash(
-            "The diff:",
-            "git diff",
-            r"^\+        return bound \+ dir$",
-            r"^\+def test_int_range_clamp_open_bounds\(\):$",
-        ),
-        bash(
-            "The environment, for the report:",
-            "pip list --format json | python -m json.tool",
-            r'"name": "click",\n\s+"version": "[^"]+"',
-            r'"name": "pytest",\n\s+"version": "[^"]+"',
-        ),
-        bash(
-            "How many tests the suite collects, and the Python version:",
-            "python -m pytest --collect-only -q | tail -n 3 && python --version",
-            r"^\d+ tests? collected.*$|^\d+/\d+ tests collected.*$",
-            r"^Python 3\.\d+\.\d+$",
-        ),
-        bash(
-            "Finally the status:",
-            "git status --short && git diff --stat",
-            r"^ M src/click/types\.py$",
-            r"^ M tests/test_types\.py$",
-            r"^ M CHANGES\.md$",
-        ),
-    ]
+# The agent's steps: its words, the tool call, and the facts the NEXT step needs from the output.
+STEPS: list[Step] = [
+    bash(
+        "Let me look at the checkout first.",
+        "git status && git log --oneline -n 5",
+        r"^On branch main$",
+        r"^[0-9a-f]{7,} types: clamp open IntRange bounds toward the boundary$",
+    ),
+    bash(
+        "Now last night's log.",
+        "cat ../jobs/nightly.log",
+        r"^.*job 0217 start argv=--shard 12 .*$",
+        r"^IndexError: list index out of range$",
+        r'File "[^"]*jobs/shardjob\.py", line \d+, in main',
+        r"^.*shard=\d+ table=\S+ .*$",
+    ),
+    read(
+        "Job 0217 ran with `--shard 12` and failed at `SHARDS[shard]`. The job's code:",
+        "../jobs/shardjob.py",
+        r"^\s+\d+\t@click\.option\(\"--shard\", type=click\.IntRange\(0, len\(SHARDS\), max_open=True, clamp=True\).*$",
+        r"^\s+\d+\t    name = SHARDS\[shard\]$",
+    ),
+    bash(
+        "With `max_open=True` the valid shards are 0..7, so 12 should clamp to 7. Reproducing:",
+        "cd ../jobs && python shardjob.py --shard 12 --dry-run",
+        r"^IndexError: list index out of range$",
+    ),
+    bash(
+        "It still crashes. What does the type return for 12?",
+        'python -c "import click; t = click.IntRange(0, 8, max_open=True, clamp=True); '
+        "print(t.convert('12', None, None), t.convert('7', None, None))\"",
+        r"^9 7$",
+    ),
+    grep(
+        "It clamps 12 to 9, one past the open bound instead of one inside it. Where is IntRange?",
+        "class (IntRange|_NumberRangeBase|FloatRange)",
+        "src/click",
+        r"^src/click/types\.py:\d+:class IntRange.*$",
+        r"^src/click/types\.py:\d+:class _NumberRangeBase.*$",
+    ),
+    read(
+        "Reading types.py.",
+        "src/click/types.py",
+        r"^\s+754\t        return bound - dir$",
+        r"^\s+\d+\t                return self\._clamp\(max, -1, self\.max_open\)$",
+    ),
+    bash(
+        "`convert` calls `self._clamp(max, -1, self.max_open)` for a value above the max, and "
+        "IntRange._clamp returns `bound - dir` = 8 - (-1) = 9 (line 754). It should step toward the "
+        "range. Did a recent commit change it?",
+        "git log -p -n 3 -- src/click/types.py",
+        r"^-        return bound \+ dir$",
+        r"^\+        return bound - dir$",
+    ),
+    bash(
+        "The last commit flipped the sign. Full test suite before I change anything:",
+        "python -m pytest -q",
+        FAILED,
+        r"^E\s+AssertionError: assert -1 == 1$",
+        r"^tests/test_types\.py:\d+: AssertionError$",
+        SUMMARY,
+    ),
+    bash(
+        "Two failures, both in test_range. The module verbosely:",
+        "python -m pytest tests/test_types.py -v",
+        r"^tests/test_types\.py::test_range\[type7-0-1\] FAILED.*$",
+        r"^tests/test_types\.py::test_range\[type8-5-4\] FAILED.*$",
+        SUMMARY,
+    ),
+    read(
+        "The parametrized cases of test_range:",
+        "tests/test_types.py",
+        r'^\s+\d+\t        \(click\.IntRange\(0, min_open=True, clamp=True\), "0", 1\),$',
+        r'^\s+\d+\t        \(click\.IntRange\(max=5, max_open=True, clamp=True\), "5", 4\),$',
+        offset=1,
+        limit=120,
+    ),
+    grep(
+        "The tests expect 1 and 4: one step inside the open bound. What do the docs promise?",
+        "clamp",
+        "docs",
+        r"^docs/parameter-types\.md:\d+:If `clamp` mode is enabled.*$",
+    ),
+    read(
+        "The ranges section of the docs:",
+        "docs/parameter-types.md",
+        r"^\s+\d+\tIf `clamp` mode is enabled, a value that is outside the range is set to the boundary.*$",
+    ),
+    read(
+        "Now how the value reaches the type: Option and Parameter in core.py.",
+        "src/click/core.py",
+        r"^\s+\d+\tclass Context:$",
+        r"^\s+\d+\tclass ParameterSource\(enum\.IntEnum\):$",
+        offset=1,
+        limit=2000,
+    ),
+    grep(
+        "Where does Parameter call the type's convert?",
+        "def (type_cast_value|process_value)|self\\.type\\(",
+        "src/click/core.py",
+        r"^\d+:    def type_cast_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
+        r"^\d+:    def process_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
+    ),
+    read(
+        "type_cast_value and process_value:",
+        "src/click/core.py",
+        r"^\s+\d+\t    def type_cast_value\(self, ctx: Context, value: t\.Any\) -> t\.Any:$",
+        offset=2520,
+        limit=120,
+    ),
+    edit(
+        "Nothing between the option and the type changes the value, so the fix is in `_clamp`: "
+        "step from the bound toward the range.",
+        "src/click/types.py",
+        "        return bound - dir\n",
+        "        return bound + dir\n",
+        r"^\s+754\t        return bound \+ dir$",
+    ),
+    bash(
+        "Re-running the types tests.",
+        "python -m pytest tests/test_types.py -v",
+        r"^tests/test_types\.py::test_range\[type7-0-1\] PASSED.*$",
+        SUMMARY,
+    ),
+    bash(
+        "And the job's invocation:",
+        "cd ../jobs && python shardjob.py --shard 12 --dry-run",
+        r"^exporting catalogue-07 in batches of 100$",
+    ),
+    read(
+        "Fixed. FloatRange refuses to clamp open bounds; let me re-read both _clamp methods around "
+        "the fix to make sure the directions agree.",
+        "src/click/types.py",
+        r"^\s+\d+\t    def _clamp\(self, bound: float, dir: t\.Literal\[1, -1\], open: bool\) -> float:$",
+        offset=620,
+        limit=190,
+    ),
+    grep(
+        "Other callers of `_clamp`?",
+        "_clamp",
+        "src",
+        r"^src/click/types\.py:\d+:\s+return self\._clamp\(min, 1, self\.min_open\)$",
+    ),
+    grep(
+        "Which tests use clamped ranges through options?",
+        "IntRange|FloatRange",
+        "tests",
+        r"^tests/test_options\.py:\d+:.*IntRange.*$",
+    ),
+    bash(
+        "Running those option tests:",
+        "python -m pytest tests/test_options.py -v -k 'range or clamp or counting'",
+        SUMMARY,
+    ),
+    read(
+        "For the regression test, the top of tests/test_types.py (imports, style):",
+        "tests/test_types.py",
+        r"^\s+\d+\timport click$",
+        offset=1,
+        limit=15,
+    ),
+    edit(
+        "Adding a test with the job's exact case, after test_range's parametrized cases:",
+        "tests/test_types.py",
+        "def test_float_range_no_clamp_open",
+        REGRESSION_TEST.lstrip("\n") + "\n\ndef test_float_range_no_clamp_open",
+        r"^\s+\d+\tdef test_int_range_clamp_open_bounds\(\):$",
+    ),
+    bash(
+        "Running it:",
+        "python -m pytest tests/test_types.py -v -k 'clamp or range'",
+        r"^tests/test_types\.py::test_int_range_clamp_open_bounds PASSED.*$",
+        SUMMARY,
+    ),
+    bash(
+        "Second full run:",
+        "python -m pytest -q",
+        SUMMARY,
+    ),
+    bash(
+        "All green. ruff next:",
+        "ruff check src tests",
+        r"^src/click/types\.py:1312:\d+: UP038 .*$",
+        r"^Found 12 errors\.$",
+    ),
+    bash(
+        "Twelve UP038 findings, none on lines I touched (types.py 1312 and 1325 are far from 754). "
+        "Were they there before my change?",
+        "git stash -q && ruff check src tests --statistics; git stash pop -q && git status --short",
+        r"^12\s+UP038\s+\[?\*?\]?\s*non-pep604-isinstance.*$",
+    ),
+    bash(
+        "Pre-existing. The formatter:",
+        "ruff format --check src tests",
+        r"^\d+ files? already formatted$|^Would reformat: .*$",
+    ),
+    bash(
+        "mypy, as configured in pyproject.toml (strict):",
+        "mypy",
+        r"^Success: no issues found in \d+ source files$",
+    ),
+    read(
+        "A changelog entry: the top of CHANGES.md.",
+        "CHANGES.md",
+        r"^\s+1\t.*$",
+        offset=1,
+        limit=60,
+    ),
+    bash(
+        "The current version, to know where the entry goes:",
+        "grep -n '^## Version' CHANGES.md | head -n 3 && python -c \"import importlib.metadata as m; print(m.version('click'))\"",
+        r"^\d+:## Version \S+$",
+    ),
+    edit(
+        "8.5.0 is unreleased: the entry goes at the top of its list.",
+        "CHANGES.md",
+        "## Version 8.5.0\n\nUnreleased\n\n",
+        "## Version 8.5.0\n\nUnreleased\n\n" + CHANGE_NOTE,
+        r"^\s+\d+\t- `IntRange` with `clamp=True` clamps a value past an open bound to the$",
+    ),
+    read(
+        "The full history of types.py changes in CHANGES.md mentioning ranges:",
+        "CHANGES.md",
+        r"^\s+\d+\t.*IntRange.*$",
+        offset=1,
+        limit=900,
+    ),
+    bash(
+        "The log of the last commits with their files, to check nothing else came with the sign flip:",
+        "git log --stat -n 30",
+        r"^commit [0-9a-f]{40}$",
+        r"^ src/click/types\.py \| 2 \+-$",
+    ),
+    bash(
+        "Only the one line. Replaying last night's jobs with the fixed Click:",
+        "cd ../jobs && python run_jobs.py 330 217 && grep -n -E 'job 0217|ERROR|Traceback' nightly.log",
+        r"^\d+:.*job 0217 done table=catalogue-07 .*$",
+    ),
+    bash(
+        "Job 0217 exports catalogue-07 now. Third full run:",
+        "python -m pytest -q -p no:randomly",
+        SUMMARY,
+    ),
+    bash(
+        "The diff:",
+        "git diff",
+        r"^\+        return bound \+ dir$",
+        r"^\+def test_int_range_clamp_open_bounds\(\):$",
+    ),
+    bash(
+        "The environment, for the report:",
+        "pip list --format json | python -m json.tool",
+        r'"name": "click",\n\s+"version": "[^"]+"',
+        r'"name": "pytest",\n\s+"version": "[^"]+"',
+    ),
+    bash(
+        "How many tests the suite collects, and the Python version:",
+        "python -m pytest --collect-only -q | tail -n 3 && python --version",
+        r"^\d+ tests? collected.*$|^\d+/\d+ tests collected.*$",
+        r"^Python 3\.\d+\.\d+$",
+    ),
+    bash(
+        "Finally the status:",
+        "git status --short && git diff --stat",
+        r"^ M src/click/types\.py$",
+        r"^ M tests/test_types\.py$",
+        r"^ M CHANGES\.md$",
+    ),
+]
