@@ -14,11 +14,15 @@ From Python, a compression is any callable over the whole request body (``body, 
 forwarded body, sync or async), so a history compaction under development is measured without
 the proxy; it may keep state across turns (it sees the turns of one replay in order):
 
-    from bench.agent_replay import bill, replay
+    from bench.agent_replay import bill, price_of, replay
     from bench.sessions.shapes import load
     async def compact(body: dict, route: str) -> dict: ...
     run = await replay(load("starlette_cookie"), "openai", compact)
-    print(bill(run, price))          # dollars, priced as the provider bills the upstream's usage
+    print(bill(run, price_of("openai")), run.tokens(), run.facts_kept())   # $, (input, cached), facts
+    base = await replay(load("starlette_cookie"), "openai", None)          # passthrough, to compare
+
+``replay_policy(sessions, apis, "agents")`` does the same for a policy (one rewriter, a memo per
+replay); ``Turn.lost`` lists the facts a turn's newest output lost.
 
 What it measures
 ----------------
@@ -59,6 +63,7 @@ from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 from replay import billed  # noqa: E402  (bench/replay.py: the invoice's pricing)
 
 from bench.sessions.shapes import Session, anthropic_turns, load, names, newest_output, openai_turns  # noqa: E402
+from compressors.tokenizer import tokenizer_for  # noqa: E402
 from proxy.audit.pricing import Price, PriceBook  # noqa: E402
 from proxy.exchange import Exchange  # noqa: E402
 from proxy.policy.engine import PolicyRewriter  # noqa: E402
@@ -93,6 +98,8 @@ Compression = Callable[[Body, str], "Awaitable[Body] | Body"]
 class Turn:
     usage: dict[str, Any]  # what the upstream (the invoice's truth) reported
     lost: list[str]  # facts of the newest tool output missing from what was forwarded
+    step: int  # the step whose output is the newest (0: the task alone, no tool output yet)
+    newest_tokens: int  # that output's tokens as forwarded
 
 
 @dataclass
@@ -121,7 +128,7 @@ class Replay:
 
     def facts_kept(self) -> tuple[int, int]:
         """``(steps whose newest output kept every fact, steps with facts)``."""
-        steps = self.turns[1:]  # turn 0 has no tool output
+        steps = [turn for turn in self.turns if turn.step]
         return sum(1 for t in steps if not t.lost), len(steps)
 
 
@@ -239,13 +246,15 @@ async def replay(session: Session, api: str, compression: Compression | None, *,
     upstream = PrefixCacheUpstream()
     usage_of = upstream._anthropic_usage if api == "anthropic" else upstream._openai_usage
     route = APIS[api][1]
+    count = tokenizer_for(APIS[api][0]).count
     run = Replay(session["name"], api, label)
     for k, body in enumerate(bodies_of(session, api)):
         forwarded = body
         if compression is not None:
             result = compression(body, route)
             forwarded = await result if inspect.isawaitable(result) else result
-        run.turns.append(Turn(usage_of("replay", forwarded), lost_facts(session, k, forwarded)))
+        newest = count(newest_output(forwarded) or "")
+        run.turns.append(Turn(usage_of("replay", forwarded), lost_facts(session, k, forwarded), k, newest))
     return run
 
 

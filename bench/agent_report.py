@@ -114,7 +114,7 @@ def _lost(runs: list[Replay], sessions: list[Session]) -> list[str]:
     steps = {s["name"]: s["steps"] for s in sessions}
     out = []
     for run in sorted(runs, key=lambda r: (r.label, r.session, r.api)):
-        lost = [(k, fact) for k, turn in enumerate(run.turns) for fact in turn.lost]
+        lost = [(turn.step, fact) for turn in run.turns for fact in turn.lost]
         if not lost:
             continue
         failing = len({k for k, _ in lost})
@@ -126,6 +126,26 @@ def _lost(runs: list[Replay], sessions: list[Session]) -> list[str]:
         if len(lost) > LOST_SHOWN:
             out.append(f"  - ... and {len(lost) - LOST_SHOWN} more")
     return out or ["None: every newest tool output kept all its facts."]
+
+
+def _steps_table(runs: list[Replay], session: Session) -> list[str]:
+    """Per step of one session (chat shape): the newest output's tokens as forwarded, facts kept."""
+    by_label = {r.label: r for r in runs if r.api == "openai" and r.session == session["name"]}
+    labels = list(by_label)
+    out = [
+        f"**{session['name']}** (tokens of the newest output as forwarded; ok = every fact kept, "
+        "else how many were lost)\n",
+        "| step | command | facts | " + " | ".join(labels) + " |",
+        "|---:|---|---:|" + "---:|" * len(labels),
+    ]
+    for step in session["steps"]:
+        cells = []
+        for label in labels:
+            turn = by_label[label].turns[step["n"]]
+            cells.append(f"{turn.newest_tokens:,} {'ok' if not turn.lost else f'-{len(turn.lost)}'}")
+        command = step["command"][:48].replace("|", "\\|").replace("`", "'")
+        out.append(f"| {step['n']} | `{command}` | {len(step['facts'])} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _served_table(served: dict[str, Any]) -> list[str]:
@@ -184,7 +204,12 @@ def report(
         "## Facts lost from the newest tool output",
         "",
         *_lost(runs, sessions),
+        "",
+        "## Step by step (chat shape; the Messages shape forwards the same text)",
+        "",
     ]
+    for session in sessions:
+        lines += [*_steps_table(runs, session), ""]
     if served is not None:
         lines += [
             "",
