@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from compressors.markers import format_marker
+
 __all__ = [
     "CachePrices",
     "CacheTerms",
@@ -128,7 +130,6 @@ class Decision:
 _TOKEN = re.compile(r"[A-Za-z0-9_][\w.:/\\-]*[\w]|\d+")
 _SPLIT = re.compile(r"::|[/\\:]")
 _MAX_LINE_CHARS = 400  # a longer line (minified, a blob) is never kept verbatim
-_EXAMPLE_CHARS = 60
 
 
 def _distinctive(token: str) -> bool:
@@ -169,26 +170,6 @@ def _ranges(numbers: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _safe(text: str, limit: int) -> str:
-    safe = " ".join(text.replace('"', "'").replace("]", ")").replace(";", ",").replace("\\", "/").split())
-    return safe if len(safe) <= limit else safe[: limit - 3].rstrip() + "..."
-
-
-def _marker(count: int, example: str, lines: Sequence[tuple[int, int]], kinds: str, ref: str | None) -> str:
-    """CONTRACTS.md section 1. Seam: compressors.markers.format_marker once it is merged."""
-    text = f"[{count} lines"
-    if example:
-        text += f' like "{_safe(example, _EXAMPLE_CHARS)}"'
-    text += " omitted"
-    if lines:
-        text += "; lines=" + ",".join(f"{a}-{b}" for a, b in lines)
-    if kinds:
-        text += f"; kinds={_safe(kinds, 160)}"
-    if ref is not None:
-        text += f"; hash={ref}"
-    return text + "]"
-
-
 def _kept_lines(lines: Sequence[str], pointers: set[str], max_lines: int) -> list[int]:
     """Indexes of the lines to keep: those naming the rarest things later turns point at."""
     per_line = [_tokens(line) & pointers if len(line) <= _MAX_LINE_CHARS else set() for line in lines]
@@ -209,7 +190,9 @@ def stub_for(
     omitted = [i + 1 for i in range(len(lines)) if i not in keep]
     example = next((lines[i - 1] for i in omitted if lines[i - 1].strip()), "")
     kinds = f"{call}, {tokens} tokens" if call else f"{tokens} tokens"
-    marker = _marker(len(omitted), example, _ranges(omitted), kinds, ref)
+    marker = format_marker(
+        len(omitted), "lines", example=example or None, lines=_ranges(omitted), kinds=kinds, ref=ref
+    )
     return "\n".join([marker, *(lines[i] for i in kept)])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from compressors.markers import find_markers
 from compressors.tokenizer import tokenizer_for
 from proxy.audit.pricing import PriceBook
 from proxy.policy.compaction import CacheTerms, Entry, Knobs, decide, pointers_in, stub_for
@@ -67,6 +68,8 @@ def test_a_stub_keeps_the_lines_later_turns_point_at_byte_identical_and_one_mark
         max_lines=12,
     )
     first, *kept = stub.split("\n")
+    (found,) = find_markers(stub)  # the product's one marker parser reads it
+    assert found[2].ref == ref and found[2].unit == "lines"
     marker = MARKER.match(first)
     assert marker is not None, first
     assert marker.group(4) == ref
