@@ -23,6 +23,7 @@ from compressors.windows import CHARS_PER_TOKEN, Window, embed_budget, first_sta
 __all__ = ["Scored", "StageOptions", "aligned", "score_layout"]
 
 _CHUNK = 64  # windows per encode call when a time budget is watched
+_FIRST_CHUNK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +127,22 @@ def _similarities(embedder: Embedder, query: str, texts: list[str], max_ms: floa
         return [float(v) for v in vectors[1:] @ vectors[0]], ""
     asked = embedder.encode([query])[0]
     sims: list[float] = []
-    for at in range(0, len(texts), _CHUNK):
-        chunk = texts[at : at + _CHUNK]
+    at = 0
+    while at < len(texts):
+        # A small first chunk measures this machine's speed now; later ones are sized by it.
+        chunk = texts[at : at + (_FIRST_CHUNK if not at else _CHUNK)]
         elapsed = (time.perf_counter() - started) * 1000
         if at and elapsed + elapsed / at * len(chunk) > max_ms:
-            return sims, (
-                f"embedded {at} of {len(texts)} windows within max_ms {max_ms:g}; the rest ranked by BM25"
+            chunk = chunk[: max(0, int((max_ms - elapsed) / (elapsed / at)))]
+            if chunk:
+                sims.extend(float(v) for v in np.asarray(embedder.encode(chunk)) @ asked)
+            done = len(sims)
+            return (
+                sims,
+                f"embedded {done} of {len(texts)} windows within max_ms {max_ms:g}; the rest ranked by BM25",
             )
         sims.extend(float(v) for v in np.asarray(embedder.encode(chunk)) @ asked)
+        at += len(chunk)
     return sims, ""
 
 
