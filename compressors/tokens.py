@@ -151,7 +151,7 @@ class Tokens(Compressor):
         )
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, query, preserve, tokenizer = ask
+        target, query, _, tokenizer = ask
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:
