@@ -10,6 +10,7 @@ most relevant at the beginning and the end, against lost-in-the-middle).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -98,7 +99,8 @@ class Relevance(Compressor):
         "embed_tokens": (int, 3000),
         "embed_share": ((int, float), 0.05),
         "window_chars": (int, 200),  # windows of whole sentences up to this many characters
-        "max_ms": ((int, float), 0),  # stop embedding before this many ms (0: no limit); BM25 ranks the rest
+        # Stop embedding when the call has run this many ms (0: no limit); BM25 ranks the rest.
+        "max_ms": ((int, float), 0),
         # Prose units that do not fit whole may keep their best windows (a document keeps its header).
         "partial": (bool, True),
     }
@@ -135,7 +137,14 @@ class Relevance(Compressor):
                 backend=opts["backend"],
             )
 
-    def score(self, query: str, layout: Layout, texts: Sequence[str], tokens_before: int) -> Scored:
+    def score(
+        self,
+        query: str,
+        layout: Layout,
+        texts: Sequence[str],
+        tokens_before: int,
+        started: float | None = None,
+    ) -> Scored:
         """Relevance of each unit (and of its windows) to ``query`` with the configured scorer.
 
         The embedding reads only the windows a BM25 first stage ranks best
@@ -153,6 +162,7 @@ class Relevance(Compressor):
             window_chars=int(opts["window_chars"]),
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
+            started=time.perf_counter() if started is None else started,
         )
         scored = score_layout(
             query,
@@ -178,6 +188,7 @@ class Relevance(Compressor):
         return [any(term in unit.casefold() for term in wanted) for unit in units]
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
+        started = time.perf_counter()  # max_ms counts the whole call
         target, query, preserve, tokenizer = ask
         regions = split_tags(text)
         joined = "".join(region.text for region in regions)
@@ -208,7 +219,9 @@ class Relevance(Compressor):
         forced_ranges += [(s, e) for s, e in spans if s < layout.prefix_end or e > layout.suffix_start]
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
-        plan = _Plan.build(self, joined, layout, query, forced_ranges, tokenizer, notes, tokens_before)
+        plan = _Plan.build(
+            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started)
+        )
         return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
 
 
@@ -248,7 +261,7 @@ class _Plan:
         forced_ranges: list[tuple[int, int]],
         tokenizer: Tokenizer,
         notes: list[str],
-        tokens_before: int,
+        size: tuple[int, float],  # tokens before, and when the call began
     ) -> _Plan:
         units = layout.units()
         parts: _Parts | None = None
@@ -264,7 +277,7 @@ class _Plan:
             texts = (
                 [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
             )
-            scored = compressor.score(found.text, layout, texts, tokens_before)
+            scored = compressor.score(found.text, layout, texts, *size)
             scores = scored.units
             notes = [*notes, scored.note] if scored.note else notes
             if compressor.options["partial"] and layout.kind in _PROSE:

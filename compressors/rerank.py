@@ -37,6 +37,7 @@ class StageOptions:
     window_chars: int = 200
     head_only: bool = False  # only each unit's first window (long_units: head)
     max_ms: float = 0.0  # 0: no time budget
+    started: float = 0.0  # time.perf_counter() when the compression began (max_ms counts from it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ def score_layout(
         return Scored(list(unit_first), windows, aligned(unit_first, windows, [v / 1000 for v in first]))
     chosen = _candidates(windows, first, tokens_before, options)
     embedded_texts = [w.context + layout.text[w.start : w.end] for w in (windows[i] for i in chosen)]
-    sims, note = _similarities(embedder, query, embedded_texts, options.max_ms)
+    sims, note = _similarities(embedder, query, embedded_texts, options)
     chosen = chosen[: len(sims)]
     low = min(sims, default=0.0)
     # Not embedded: below every embedded window, in first-stage order (first is at most 1.5).
@@ -117,32 +118,35 @@ def _candidates(
     return chosen
 
 
-def _similarities(embedder: Embedder, query: str, texts: list[str], max_ms: float) -> tuple[list[float], str]:
-    """Cosine of ``query`` to each of ``texts``, in order; fewer when ``max_ms`` runs out (noted)."""
+def _similarities(
+    embedder: Embedder, query: str, texts: list[str], options: StageOptions
+) -> tuple[list[float], str]:
+    """Cosine of ``query`` to each of ``texts``, in order; fewer when ``max_ms`` (counted from
+    ``options.started``, the start of the compression) runs out, noted."""
     if not texts:
         return [], ""
-    started = time.perf_counter()
-    if not max_ms:
+    if not options.max_ms:
         vectors = embedder.encode([query, *texts])
         return [float(v) for v in vectors[1:] @ vectors[0]], ""
+    deadline = options.started + options.max_ms / 1000
     asked = embedder.encode([query])[0]
+    began = time.perf_counter()
     sims: list[float] = []
-    at = 0
-    while at < len(texts):
+    while len(sims) < len(texts):
         # A small first chunk measures this machine's speed now; later ones are sized by it.
-        chunk = texts[at : at + (_FIRST_CHUNK if not at else _CHUNK)]
-        elapsed = (time.perf_counter() - started) * 1000
-        if at and elapsed + elapsed / at * len(chunk) > max_ms:
-            chunk = chunk[: max(0, int((max_ms - elapsed) / (elapsed / at)))]
-            if chunk:
-                sims.extend(float(v) for v in np.asarray(embedder.encode(chunk)) @ asked)
-            done = len(sims)
-            return (
-                sims,
-                f"embedded {done} of {len(texts)} windows within max_ms {max_ms:g}; the rest ranked by BM25",
+        size = _FIRST_CHUNK if not sims else _CHUNK
+        now = time.perf_counter()
+        if sims:
+            size = min(size, int((deadline - now) / ((now - began) / len(sims))))
+        elif now >= deadline:
+            size = 0
+        if size <= 0:
+            return sims, (
+                f"embedded {len(sims)} of {len(texts)} windows within max_ms {options.max_ms:g};"
+                " the rest ranked by BM25"
             )
+        chunk = texts[len(sims) : len(sims) + size]
         sims.extend(float(v) for v in np.asarray(embedder.encode(chunk)) @ asked)
-        at += len(chunk)
     return sims, ""
 
 

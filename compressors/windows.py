@@ -5,7 +5,7 @@ long prompt cannot be embedded whole inside a latency budget. Each unit is cut i
 windows of a few sentences (a document's ``Document [i](Title: ...)`` header is not part
 of them; its title is put in front of each window's embedded text, so a sentence keeps
 its topic). A first stage ranks the windows by BM25 against the query, with the unit's
-own BM25 score mixed in, and only the best windows are embedded, up to a budget of
+own BM25 score mixed in at a quarter, and only the best windows are embedded, up to a budget of
 tokens that grows slowly with the input (:func:`embed_budget`). The windows double as
 the pieces a tight budget keeps of a unit that does not fit whole.
 """
@@ -28,7 +28,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _SPACE = re.compile(r"\s")
 # "Document [3](Title: Some title) text": the header ends at the first ") " after the title.
 _DOC_HEADER = re.compile(r"Document \[\d+\]\(Title: ")
-_UNIT_WEIGHT = 0.5  # the unit's BM25 beside the window's: a window's topic is its unit's
+_UNIT_WEIGHT = 0.25  # the unit's BM25 beside the window's: a window's topic is its unit's
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ def _cut(text: str, start: int, limit: int) -> int:
 def first_stage(
     query: str, text: str, windows: Sequence[Window], unit_texts: Sequence[str]
 ) -> tuple[list[float], list[float]]:
-    """A cheap relevance of each window (its BM25 plus half its unit's) and of each unit (its BM25),
+    """A cheap relevance of each window (its BM25 plus a quarter of its unit's) and of each unit (its BM25),
     each BM25 scaled to [0, 1]."""
     units = _scaled(bm25_scores(query, unit_texts))
     if not windows:
