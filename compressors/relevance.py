@@ -324,9 +324,11 @@ class _Plan:
                     used += cost
                 continue
             assert self.parts is not None
-            cost = self.parts.tokens[window]
+            if used + self.parts.least(window) > budget:
+                continue  # cannot fit whatever it counts: spare the tokenizer
+            cost = self.parts.tokens(window)
             if unit not in pieces:
-                cost += self.parts.head_tokens[unit] + self.sep_tokens[unit]
+                cost += self.parts.head_tokens(unit) + self.sep_tokens[unit]
             if used + cost <= budget:
                 pieces.setdefault(unit, []).append(window)
                 used += cost
@@ -403,26 +405,43 @@ class _Parts:
     layout: Layout
     spans: list[tuple[int, int]]
     windows: list[tuple[int, float]]  # (unit, score) per window
-    tokens: list[int]  # a window's tokens, with the space that joins it
     heads: dict[int, int]  # unit -> where its header ends
-    head_tokens: dict[int, int]
+    tokenizer: Tokenizer
+    # Counted when first asked: most windows belong to units kept or dropped whole.
+    counted: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @classmethod
     def build(
         cls, layout: Layout, windows: Sequence[Window], scores: Sequence[float], tokenizer: Tokenizer
     ) -> _Parts:
         text = layout.text
-        heads = {i: header_end(text, s, e) for i, (s, e) in enumerate(layout.spans)}
-        head_texts = [text[s : heads[i]] for i, (s, _) in enumerate(layout.spans)]
-        counts = tokenizer.count_many([" " + text[w.start : w.end] for w in windows] + head_texts)
         return cls(
             layout=layout,
             spans=[(w.start, w.end) for w in windows],
             windows=[(w.unit, score) for w, score in zip(windows, scores, strict=True)],
-            tokens=counts[: len(windows)],
-            heads=heads,
-            head_tokens=dict(enumerate(counts[len(windows) :])),
+            heads={i: header_end(text, s, e) for i, (s, e) in enumerate(layout.spans)},
+            tokenizer=tokenizer,
         )
+
+    def least(self, window: int) -> float:
+        """A bound below the window's tokens (no token of English prose is 12 characters long)."""
+        start, end = self.spans[window]
+        return (end - start) / 12
+
+    def tokens(self, window: int) -> int:
+        """The window's tokens, with the space that joins it to the one before."""
+        key = ("window", window)
+        if key not in self.counted:
+            start, end = self.spans[window]
+            self.counted[key] = self.tokenizer.count(" " + self.layout.text[start:end])
+        return self.counted[key]
+
+    def head_tokens(self, unit: int) -> int:
+        key = ("head", unit)
+        if key not in self.counted:
+            start = self.layout.spans[unit][0]
+            self.counted[key] = self.tokenizer.count(self.layout.text[start : self.heads[unit]])
+        return self.counted[key]
 
     def render(self, pieces: dict[int, list[int]]) -> dict[int, str]:
         """The text each partly kept unit reads as: its header, then its kept windows in text order."""
