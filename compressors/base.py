@@ -76,12 +76,15 @@ class Decision:
 
 class Ask(NamedTuple):
     """What one ``_compress`` call is asked for, besides the text: the target, the query (or None),
-    the spans that must survive, and the target model's token counter."""
+    the spans that must survive, the target model's token counter, and ``ref``: the id the proxy
+    stored the original under (24 lowercase hex), which every marker the compressor writes carries
+    as ``hash=`` (docs/markers.md). Compressors never compute it."""
 
     target: Target
     query: str | None
     preserve: PreserveSpec
     tokenizer: Tokenizer
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +155,14 @@ class Compressor(abc.ABC):
         query: str | None = None,
         preserve: PreserveSpec | None = None,
         model: str | None = None,
+        ref: str | None = None,
     ) -> Compressed:
         """Compress ``text`` towards ``target`` tokens of ``model``'s tokenizer.
 
         ``query`` makes question-aware compressors keep what answers it.
         ``preserve`` names spans that must survive byte for byte (inline
         ``<keep>`` / ``<llmlingua ...>`` tags are always honoured).
+        ``ref`` (24 lowercase hex) goes into every omission marker as ``hash=``.
         Raises :class:`CompressorError` on failure.
         """
         tokenizer = tokenizer_for(model)
@@ -166,7 +171,7 @@ class Compressor(abc.ABC):
             regions = split_tags(text)
             if len(regions) == 1 and regions[0].mode == "compress" and regions[0].text == text:
                 # hot path: no tags, no extra tokenization
-                return self._compress(text, Ask(target, query, spec, tokenizer))
+                return self._compress(text, Ask(target, query, spec, tokenizer, ref))
             return self._compress_regions(
                 text, regions, target=target, query=query, preserve=spec, tokenizer=tokenizer
             )

@@ -87,7 +87,7 @@ class Normalize(Compressor):
             raise OptionsError(f"normalize: min_log_run must be >= 3, got {self.options['min_log_run']}")
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, _, preserve, tokenizer = ask  # no query: not question-aware
+        target, preserve, tokenizer = ask.target, ask.preserve, ask.tokenizer  # not question-aware
         tokens_before = tokenizer.count(text)
         dropped: list[_Dropped] = []
         out = self._normalize(text, preserve, dropped)

@@ -163,7 +163,7 @@ class Relevance(Compressor):
         return [any(term in unit.casefold() for term in wanted) for unit in units]
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, query, preserve, tokenizer = ask
+        target, query, preserve, tokenizer = ask.target, ask.query, ask.preserve, ask.tokenizer
         regions = split_tags(text)
         joined = "".join(region.text for region in regions)
         forced_ranges: list[tuple[int, int]] = []

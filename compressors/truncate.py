@@ -149,7 +149,7 @@ class Truncate(Compressor):
             )
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, _, preserve, tokenizer = ask  # no query: not question-aware
+        target, preserve, tokenizer = ask.target, ask.preserve, ask.tokenizer  # not question-aware
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:

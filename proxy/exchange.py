@@ -66,6 +66,7 @@ class Rewrite:
     skipped: str | None = None  # why the hook did not look (e.g. "body is not valid JSON")
     unparsed: bool = False  # a body above compression.max_parse_bytes: the audit counts the upstream's usage
     override: str | None = None  # the client's X-Tersegate-Mode: "applied" or "refused: why"
+    retrieve: bool = False  # the policy keeps originals: the server offers tersegate_expand
     # Per-part details for `tersegate compress --explain` (never written to logs).
     parts: tuple[Mapping[str, Any], ...] = ()
 

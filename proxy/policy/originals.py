@@ -182,6 +182,29 @@ class Originals:
             ),
         )
 
+    async def refs(self, scope: str, texts: Sequence[str]) -> list[str | None]:
+        """The engine's hook before compressing: each text's id, or None for all when the store
+        is down (those parts are compressed without ``hash=``; fail open)."""
+        try:
+            return list(await self.ids(scope, texts))
+        except StoreUnavailable as exc:
+            log.warning("originals store unavailable, compressing without hash=: %s", str(exc)[:200])
+            return [None] * len(texts)
+
+    async def keep_referenced(self, scope: str, items: Sequence[tuple[str, str, str]]) -> int:
+        """The engine's hook after compressing: of ``(id, original, forwarded form)``, keep the
+        originals whose form carries ``hash=<id>`` (a marker points at them). Returns how many;
+        0 when the store is down (the marker's id is then answered "unknown")."""
+        wanted = [(ref, original) for ref, original, form in items if f"hash={ref}" in form]
+        if not wanted:
+            return 0
+        try:
+            await self.keep_many(scope, wanted)
+        except StoreUnavailable as exc:
+            log.warning("originals store unavailable, originals not kept: %s", str(exc)[:200])
+            return 0
+        return len(wanted)
+
     async def expand(self, scope: str, ref: str, query: str | None = None) -> Expansion:
         """The original of ``ref`` (or only the lines matching ``query``), else why not. Never raises."""
         if not isinstance(ref, str) or not ID_PATTERN.match(ref):

@@ -118,12 +118,15 @@ def compress_around(
     plan: QueryPlan,
     preserve: PreserveSpec | None,
     model: str | None,
+    ref: str | None = None,
 ) -> tuple[str, str]:
     """Compress ``text`` except the plan's kept spans (and the whitespace at the
     edges of each compressed stretch, so paragraphs stay apart). Returns the new
     text and the compressors' notes."""
     if not plan.keep:
-        done = compressor.compress(text, target=target, query=plan.query, preserve=preserve, model=model)
+        done = compressor.compress(
+            text, target=target, query=plan.query, preserve=preserve, model=model, ref=ref
+        )
         return done.text, done.note
     stretches: list[tuple[int, int, bool]] = []  # (start, end, compress?)
     pos = 0
@@ -151,7 +154,7 @@ def compress_around(
         lead = piece[: len(piece) - len(piece.lstrip())]
         trail = piece[len(piece.rstrip()) :]
         done = compressor.compress(
-            core, target=next(targets), query=plan.query, preserve=preserve, model=model
+            core, target=next(targets), query=plan.query, preserve=preserve, model=model, ref=ref
         )
         out.append(lead + done.text + trail)
         if done.note:

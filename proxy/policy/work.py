@@ -65,6 +65,7 @@ class Job:
     model: str | None
     deadline: float
     scope: str = "-"  # whose cached vectors the compressor may use (compressors.embedding.cache_scope)
+    ref: str | None = None  # the original's id (proxy.policy.originals): markers carry it as hash=
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,13 @@ def _run(job: Job, cache: dict[str, Compressor]) -> Done:
     started = time.perf_counter()
     with cache_scope(job.scope):
         new_text, note = compress_around(
-            compressor, job.text, target=job.target, plan=job.plan, preserve=job.preserve, model=job.model
+            compressor,
+            job.text,
+            target=job.target,
+            plan=job.plan,
+            preserve=job.preserve,
+            model=job.model,
+            ref=job.ref,
         )
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
