@@ -103,6 +103,11 @@ class Exchange:
     arrived: float = field(default_factory=time.monotonic)  # the clock latency budgets run on
     api: str = "openai"  # openai | anthropic | azure: the API the route speaks
     deployment: str | None = None  # Azure: the deployment named in the path
+    # The proxy's tool loop (proxy.server.expand): tersegate_expand calls answered, bytes of
+    # originals they returned, and the usage of each extra upstream call it made.
+    expansions: int = 0
+    expanded_bytes: int = 0
+    extra_usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Rewriter(Protocol):
