@@ -23,6 +23,7 @@ from rich.table import Table
 
 from proxy.config.model import AuditConfig, ConfigErrors, MemoConfig, load_config
 from proxy.exchange import Exchange, Rewrite
+from proxy.server.expand import offer
 from proxy.server.routes import route_of
 from proxy.server.services import build_services
 from proxy.usage import forwarded_body
@@ -64,6 +65,7 @@ async def rewrite_request(
             deployment=found.deployment,
         )
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
+        offer(rewrite, found.route, parsed)
         out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=found.route)
         return out, rewrite
     finally:

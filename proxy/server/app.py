@@ -410,8 +410,7 @@ class ProxyApp:
             if name not in KEY_HEADERS
         }
         rewrite = exchange.rewrite = await self.services.rewriter(exchange, parsed, client_headers)
-        if rewrite.retrieve:  # every request with tools gets the tool: the tools prefix stays cache-stable
-            rewrite.body = offer(exchange.route, rewrite.body or parsed) or rewrite.body
+        offer(rewrite, exchange.route, parsed)  # tersegate_expand, for a retrieve policy (server.expand)
         out, injected = forwarded_body(
             body, parsed, rewrite.body, stream=exchange.stream, route=exchange.route
         )

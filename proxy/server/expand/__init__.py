@@ -2,14 +2,17 @@
 
 from typing import Any
 
+from proxy.exchange import Rewrite
 from proxy.server.expand.loop import ExpandLoop, Upstream, identity_encoding
 from proxy.server.expand.wire import TOOL_NAME, Wire, wire_for
 
 __all__ = ["TOOL_NAME", "ExpandLoop", "Upstream", "Wire", "identity_encoding", "offer", "wire_for"]
 
 
-def offer(route: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    """``body`` with ``tersegate_expand`` added, for a route whose loop the proxy runs and a body
-    that carries tools; else None."""
+def offer(rewrite: Rewrite, route: str, body: dict[str, Any]) -> None:
+    """A retrieve policy's request that carries tools is forwarded with ``tersegate_expand`` added
+    (always, not only when a marker is in it: the tools prefix stays cache-stable). The server and
+    ``tersegate compress`` both call this, so both forward the same body."""
     wire = wire_for(route)
-    return wire.offer(body) if wire is not None else None
+    if rewrite.retrieve and wire is not None:
+        rewrite.body = wire.offer(rewrite.body or body) or rewrite.body
