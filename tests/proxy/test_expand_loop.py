@@ -71,6 +71,7 @@ def start(make_proxy: MakeProxy, tmp_path: Path, **compression: Any) -> RunningP
         "teams": {"default": {"policy": "agents"}, "other": {"policy": "agents"}},
         "audit": {"path": "audit/audit.jsonl"},
         "compression": {
+            "workers": 1,
             "memo": {"backend": "sqlite", "path": str(tmp_path / "state" / "memo.sqlite")},
             **compression,
         },
