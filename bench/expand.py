@@ -33,12 +33,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # evaldata
 
-import evaldata
-from proxy.exchange import Exchange
-from proxy.policy.engine import PolicyRewriter
-from proxy.policy.model import PolicySet, load_policy
-from proxy.policy.originals import Originals
-from proxy.store.sqlite import SqliteStore
+import evaldata  # noqa: E402
+from proxy.exchange import Exchange  # noqa: E402
+from proxy.policy.engine import PolicyRewriter  # noqa: E402
+from proxy.policy.model import PolicySet, load_policy  # noqa: E402
+from proxy.policy.originals import Originals  # noqa: E402
+from proxy.store.sqlite import SqliteStore  # noqa: E402
 
 LOG = "\n".join(
     [f"tests/test_app.py::test_case_{i} PASSED" for i in range(1, 500)]
@@ -159,7 +159,7 @@ def _measure(up_port: int, proxy_port: int, ref: str, requests: int) -> dict[str
     with httpx.Client(timeout=30) as client:
         for stream in (False, True):
             kind = "SSE" if stream else "JSON"
-            for name, (url, model, headers) in cells.items():  # warm each path
+            for url, model, headers in cells.values():  # warm each path
                 _timed(client, url, body(ref, model, stream), headers)
             for _ in range(requests):
                 for name, (url, model, headers) in cells.items():
