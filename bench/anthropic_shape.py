@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from compressors.tokenizer import tokenizer_for
-from proxy.anthropic import blocks
+from proxy.apis import MESSAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for evaldata/
 import evaldata
@@ -106,13 +106,7 @@ def turns(path: Path) -> list[dict[str, Any]]:
 
 def block_values(body: dict[str, Any]) -> list[Any]:
     """Each block of ``body`` in cache-prefix order (tools, system, messages), as a value."""
-    out = []
-    for block in blocks(body):
-        node: Any = body
-        for key in block.path:
-            node = node[key]
-        out.append(node)
-    return out
+    return [block.node for block in MESSAGES.walk(body)]
 
 
 def without_markers(value: Any) -> bytes:
@@ -145,21 +139,21 @@ class CacheBill:
     dollars: float = 0.0
 
     def add(self, body: dict[str, Any]) -> None:
-        listed = blocks(body)
+        listed = MESSAGES.walk(body)
         values = block_values(body)
         counts = [block_tokens(v) for v in values]
         digests, running = [], hashlib.sha256()
         for value in values:
             running.update(without_markers(value))
             digests.append(running.copy().hexdigest())
-        marks = [(k, b.cache_control) for k, b in enumerate(listed) if b.cache_control is not None]
+        marks = [(k, b.breakpoint) for k, b in enumerate(listed) if b.breakpoint is not None]
         hit = max((k + 1 for k, d in enumerate(digests) if d in self.cached), default=0)
         read = sum(counts[:hit])
         start, w5, w1 = hit, 0, 0
         for k, marker in marks:
             if k + 1 > start:
                 segment = sum(counts[start : k + 1])
-                if marker.get("ttl") == "1h":
+                if marker == "1h":
                     w1 += segment
                 else:
                     w5 += segment

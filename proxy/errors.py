@@ -1,7 +1,7 @@
 """Errors the proxy itself answers, in the caller's API shape.
 
-OpenAI (and Azure): ``{"error": {message, type, param, code}}``. Anthropic:
-``{"type": "error", "error": {"type", "message"}}`` with Anthropic's error types.
+OpenAI (and Azure): ``{"error": {message, type, param, code}}``; other shapes (Anthropic's) are
+written by the route's dialect (:mod:`proxy.apis`) from a :class:`ProxyError`.
 Clients (the official SDKs) parse these shapes into their own exception types, so
 a proxy-side failure looks like any other API error to them. Messages never
 carry keys or prompt text.
@@ -13,7 +13,6 @@ import orjson
 
 __all__ = [
     "ProxyError",
-    "anthropic_error_body",
     "error_body",
     "failing_closed",
     "forbidden",
@@ -32,19 +31,6 @@ def error_body(message: str, *, type: str, code: str | None = None, param: str |
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
-def anthropic_error_body(message: str, *, type: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": type, "message": message}})
-
-
-# Anthropic's error type for each of our kinds (https://docs.anthropic.com/en/api/errors).
-_ANTHROPIC_TYPES = {
-    "unauthorized": "authentication_error",
-    "too_large": "request_too_large",
-    "not_found": "not_found_error",
-    "bad_path": "invalid_request_error",
-}
-
-
 class ProxyError(Exception):
     """A failure answered by the proxy with ``status`` and an OpenAI-shaped body.
 
@@ -59,13 +45,8 @@ class ProxyError(Exception):
         self.code = code
         self.kind = kind
 
-    @property
-    def anthropic_type(self) -> str:
-        return _ANTHROPIC_TYPES.get(self.kind, "api_error")
-
-    def body(self, api: str = "openai") -> bytes:
-        if api == "anthropic":
-            return anthropic_error_body(self.message, type=self.anthropic_type)
+    def body(self) -> bytes:
+        """The OpenAI-shaped body; a route's dialect writes its own (:meth:`proxy.apis.Dialect.error_body`)."""
         return error_body(self.message, type=self.type, code=self.code)
 
 

@@ -97,6 +97,8 @@ class Exchange:
     request_body: dict[str, Any] | None = None
     # The parsed body as the client sent it, in memory only: the audit's cache model digests it.
     prompt: dict[str, Any] | None = None
+    # Its blocks (proxy.apis.Block) as the rewrite hook walked them, so the audit needs no second walk.
+    blocks: tuple[Any, ...] | None = None
     error: str | None = None  # proxy-side error type (upstream_unreachable, timeout, ...)
     client_disconnected: bool = False
     partial: bool = False  # a response the proxy ended early after its headers were sent

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from compressors.tokenizer import tokenizer_for
+from proxy.apis import Block, Dialect
 from proxy.audit import cache_rules as rules
-from proxy.audit.prompt_layout import ANTHROPIC_ROUTE, Block, blocks_of, cache_key_of
 from proxy.store.base import SharedStore, StoreUnavailable
 from proxy.store.memory import MemoryStore
 
@@ -94,7 +94,25 @@ class _TokenMemo:
                 self._bytes -= len(old) + len(old_key)
 
 
-def _surely_shorter(blocks: Sequence[Block], tokens: int) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A block as the provider's cache sees it: the text its tokens come from, its breakpoint."""
+
+    text: str
+    breakpoint: str | None
+
+
+def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
+    """The prompt's blocks in the order the provider caches them, rendered by the dialect."""
+    out = []
+    for block in blocks:
+        text = dialect.cache_text(block)
+        if text is not None:
+            out.append(_Cached(text, block.breakpoint))
+    return out
+
+
+def _surely_shorter(blocks: Sequence[_Cached], tokens: int) -> bool:
     """Whether the blocks have fewer than ``tokens`` tokens: a token is at least one UTF-8 byte."""
     chars = sum(len(b.text) for b in blocks)
     if chars * 4 < tokens:  # a character is at most 4 bytes
@@ -124,7 +142,7 @@ class CacheModel:
         self._tokens = _TokenMemo(token_memo_bytes)
         self._warned_at = -_WARN_EVERY_S
 
-    def _tokenize(self, model: str | None, blocks: Sequence[Block]) -> list[bytes]:
+    def _tokenize(self, model: str | None, blocks: Sequence[_Cached]) -> list[bytes]:
         tokenizer = tokenizer_for(model)
         out = []
         for block in blocks:
@@ -142,30 +160,33 @@ class CacheModel:
         *,
         team: str,
         model: str | None,
-        route: str,
+        dialect: Dialect,
         original: Mapping[str, Any],
         forwarded: Mapping[str, Any] | None,
         usage: Mapping[str, int | None] | None,
         prompt_delta: int = 0,
+        walked: Sequence[Block] | None = None,
     ) -> CacheEstimate | None:
         """Simulate both streams for this request and calibrate; None if the store failed.
 
         ``prompt_delta`` (the prompt tokens compression removed) bounds the original's size: a
-        request too short to be cached on either side costs nothing to estimate.
+        request too short to be cached on either side costs nothing to estimate. ``walked``: the
+        original's blocks as the rewrite hook walked them (else it is walked here).
         """
+        breakpoints = dialect.caching == "breakpoints"
         usage = usage or {}
         prompt = usage.get("prompt_tokens")
-        shortest = rules.anthropic_min_tokens(model) if route == ANTHROPIC_ROUTE else rules.OPENAI_MIN_TOKENS
+        shortest = rules.anthropic_min_tokens(model) if breakpoints else rules.OPENAI_MIN_TOKENS
         if prompt is not None and prompt + max(prompt_delta, 0) < shortest:
             nothing = Simulated(0, 0)
             return CacheEstimate(usage.get("cached_tokens") or 0, {}, nothing, nothing)
         scope = f"cache:{team}:{(model or '-')[:200]}"  # model names come from clients: bounded
-        cache_key = cache_key_of(original)
+        cache_key = dialect.cache_key(original)
         if cache_key is not None:
             scope += ":" + hashlib.sha256(cache_key.encode()).hexdigest()[:16]
-        plan = self._anthropic if route == ANTHROPIC_ROUTE else self._openai
-        blocks = blocks_of(route, original)
-        after_blocks = blocks if forwarded is None else blocks_of(route, forwarded)
+        plan = self._anthropic if breakpoints else self._openai
+        blocks = _prompt(dialect, dialect.walk(original) if walked is None else walked)
+        after_blocks = blocks if forwarded is None else _prompt(dialect, dialect.walk(forwarded))
 
         def build() -> list[_Plan]:
             return [plan("b", model, blocks), plan("a", model, after_blocks)]
@@ -181,7 +202,7 @@ class CacheModel:
                     "audit: cache model store unavailable (%s); cost_before assumes reported cache", exc
                 )
             return None
-        return _calibrated(before, after, usage, in_upstream_tokens=route == ANTHROPIC_ROUTE)
+        return _calibrated(before, after, usage, in_upstream_tokens=dialect.estimated_tokens)
 
     async def _run(self, scope: str, plans: Sequence[_Plan]) -> tuple[Simulated, Simulated]:
         """Both streams in one lookup and one write per TTL (one store round trip each)."""
@@ -200,7 +221,7 @@ class CacheModel:
             await self.store.put(scope, items, ttl_s=ttl)
         return results[0], results[1]
 
-    def _openai(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+    def _openai(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
             return _Plan.nothing()  # too short to be cached: not worth tokenizing
         ids = b"".join(self._tokenize(model, blocks))
@@ -217,7 +238,7 @@ class CacheModel:
 
         return _Plan(keys, resolve)
 
-    def _anthropic(self, side: str, model: str | None, blocks: Sequence[Block]) -> _Plan:
+    def _anthropic(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         shortest = rules.anthropic_min_tokens(model)
         breakpoints = [(i, b.breakpoint) for i, b in enumerate(blocks) if b.breakpoint is not None]
         if not breakpoints or _surely_shorter(blocks, shortest):

@@ -188,7 +188,7 @@ def request_cost_usd(
 
 
 def anthropic_cost_usd(price: Price, usage: dict[str, int | None], *, extra_input: int = 0) -> float:
-    """What Anthropic bills for a normalised usage (see :func:`proxy.usage.normalize_usage`):
+    """What Anthropic bills for a normalised usage (see :func:`proxy.apis.messages.anthropic_usage`):
     uncached input, cache writes at the 5-minute and 1-hour prices, cache reads, output;
     ``extra_input`` more tokens at the input price."""
     fresh = max((usage.get("input_tokens") or 0) + extra_input, 0)

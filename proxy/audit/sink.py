@@ -37,15 +37,14 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from proxy.apis import dialect_for
 from proxy.audit.cache_model import CacheEstimate, CacheModel
 from proxy.audit.chains import audit_files, chain_files, claim_chain, rotated_name
 from proxy.audit.index import LiveIndexer
 from proxy.audit.pricing import PriceBook, PricingError, costs_for
-from proxy.audit.prompt_layout import ANTHROPIC_ROUTE
 from proxy.config.model import AuditConfig
 from proxy.exchange import AuditLost, Exchange
 from proxy.metrics import Metrics
-from proxy.usage import normalize_usage
 
 __all__ = [
     "GENESIS",
@@ -91,11 +90,11 @@ def _rfc3339(ts: float) -> str:
 
 
 def token_scale(exchange: Exchange, usage: dict[str, int | None] | None) -> float | None:
-    """Anthropic routes: the upstream's exact input count over our estimate of what was sent
-    (tiktoken o200k: there is no offline Claude tokenizer), by which the estimated saving is
-    scaled before it is priced. None when either side is unknown."""
+    """Where the proxy's counts are estimates (Anthropic: tiktoken o200k, there is no offline Claude
+    tokenizer): the upstream's exact input count over our estimate of what was sent, by which the
+    estimated saving is scaled before it is priced. None when either side is unknown."""
     rw = exchange.rewrite
-    if exchange.api != "anthropic" or not usage or rw.tokens_after is None:
+    if not dialect_for(exchange.route, exchange.api).estimated_tokens or not usage or rw.tokens_after is None:
         return None
     exact = usage.get("prompt_tokens")
     estimate = rw.tokens_after + (rw.tokens_other or 0)
@@ -113,7 +112,7 @@ def build_record(
     ``cost_before_usd`` assumes the cache use the upstream reported.
     """
     rw = exchange.rewrite
-    usage = normalize_usage(exchange.usage, api=exchange.api)
+    usage = dialect_for(exchange.route, exchange.api).usage(exchange.usage)
     delta, scale = _removed(exchange, usage)
     prompt = usage.get("prompt_tokens") if usage else None
     if cache is not None and cache.prompt_before is not None and prompt is not None:
@@ -191,12 +190,13 @@ def _add_expansions(record: dict[str, Any], exchange: Exchange, prices: PriceBoo
     if not exchange.expansions and not exchange.extra_usage:
         return
     extra, priced = 0.0, True
+    dialect = dialect_for(exchange.route, exchange.api)
     try:
         price = prices.price_for(exchange.model)
     except PricingError:
         price = None
     for raw in exchange.extra_usage:
-        cost = costs_for(price, normalize_usage(raw, api=exchange.api), prompt_delta=0).after_usd
+        cost = costs_for(price, dialect.usage(raw), prompt_delta=0).after_usd
         priced = priced and cost is not None
         extra += cost or 0.0
     record["expansions"] = exchange.expansions
@@ -458,16 +458,18 @@ class JsonlAuditSink:
         """The cache model's estimate, for requests the upstream answered with usage; faults fail open."""
         if self._cache_model is None or exchange.prompt is None or exchange.usage is None:
             return None
-        usage = normalize_usage(exchange.usage, api=exchange.api)
+        dialect = dialect_for(exchange.route, exchange.api)
+        usage = dialect.usage(exchange.usage)
         try:
             return await self._cache_model.estimate(
                 team=exchange.team,
                 model=exchange.model,
-                route=ANTHROPIC_ROUTE if exchange.api == "anthropic" else exchange.route,
+                dialect=dialect,
                 original=exchange.prompt,
                 forwarded=exchange.rewrite.body,
                 usage=usage,
                 prompt_delta=_removed(exchange, usage)[0],
+                walked=exchange.blocks,
             )
         except Exception as exc:  # the record is written anyway, priced with the reported cache
             log.error("audit: cache model failed error=%s", type(exc).__name__)

@@ -21,12 +21,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from proxy.apis import forwarded_body, route_of
 from proxy.config.model import AuditConfig, ConfigErrors, MemoConfig, load_config
 from proxy.exchange import Exchange, Rewrite
 from proxy.server.expand import offer
-from proxy.server.routes import route_of
 from proxy.server.services import build_services
-from proxy.usage import forwarded_body
 
 __all__ = ["register", "rewrite_request"]
 
@@ -65,8 +64,8 @@ async def rewrite_request(
             deployment=found.deployment,
         )
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
-        offer(rewrite, found.route, parsed)
-        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, route=found.route)
+        offer(rewrite, found.dialect, parsed)
+        out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, dialect=found.dialect)
         return out, rewrite
     finally:
         await services.aclose()
@@ -103,7 +102,7 @@ def _explain(rewrite: Rewrite, console: Console) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    route = args.route if args.route.startswith(("/v1/", "/openai/")) else "/v1/" + args.route.lstrip("/")
+    route = "/" + args.route.lstrip("/")  # route_of adds a missing /v1
     headers = {"x-tersegate-mode": args.mode} if args.mode else {}
     try:
         out, rewrite = asyncio.run(

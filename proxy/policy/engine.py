@@ -30,7 +30,7 @@ from typing import Any
 from compressors.base import Compressor, Target
 from compressors.preserve import PreserveSpec
 from compressors.tokenizer import Tokenizer, encoding_name_for, tokenizer_for
-from proxy.anthropic import other_texts
+from proxy.apis import Block, Dialect, Part, dialect_for, rewrite_body
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
@@ -39,7 +39,6 @@ from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_diges
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.originals import Originals
-from proxy.policy.parts import Part, extract_parts, rewrite_body
 from proxy.policy.query import QueryPlan, plan_query
 from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
@@ -89,6 +88,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value.strip().lower()
     return None
+
+
+def _walk(exchange: Exchange, body: dict[str, Any]) -> tuple[Dialect, tuple[Block, ...], list[Part]]:
+    """The route's dialect, the body's blocks (walked once: the audit's cache model reuses them) and parts."""
+    dialect = dialect_for(exchange.route, exchange.api)
+    blocks = dialect.walk(body)
+    exchange.blocks = blocks
+    return dialect, blocks, dialect.parts(body, blocks)
 
 
 def _matches(rule: Rule, part: Part, tokens: int) -> bool:
@@ -246,7 +253,7 @@ class PolicyRewriter:
         """Count the prompt text of a request no rule looks at, so the audit still has
         its tokens (before == after). Small bodies are counted inline, large ones off the loop."""
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
-        parts = extract_parts(exchange.route, body)
+        dialect, blocks, parts = _walk(exchange, body)
         tokenizer = await self._tokenizer(model)
         scope = self.forms.namespace(exchange.team)
         if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
@@ -254,16 +261,22 @@ class PolicyRewriter:
         else:
             counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
-        rewrite.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
+        rewrite.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         return rewrite
 
     async def _count_other(
-        self, route: str, body: dict[str, Any], tokenizer: Tokenizer, scope: str
+        self,
+        dialect: Dialect,
+        body: dict[str, Any],
+        blocks: Sequence[Block],
+        tokenizer: Tokenizer,
+        scope: str,
     ) -> int | None:
-        """Anthropic routes: tokens of what is sent besides the parts (tools, tool inputs)."""
-        if not route.endswith("/messages"):
+        """Where the counts are estimates (Anthropic): tokens of what is sent besides the parts
+        (tools, tool inputs), so the upstream's exact count can calibrate them."""
+        if not dialect.estimated_tokens:
             return None
-        texts = other_texts(body)
+        texts = dialect.other_texts(body, blocks)
         if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
             return sum(self._count_texts(tokenizer, texts, scope))
         return sum(await asyncio.to_thread(self._count_texts, tokenizer, texts, scope))
@@ -292,7 +305,7 @@ class PolicyRewriter:
             return await self._measured(off, exchange, body)
         # The budget runs from the request's arrival: reading and counting a large body use it too.
         deadline = exchange.arrived + policy.latency_budget_ms / 1000
-        parts = extract_parts(exchange.route, body)
+        dialect, blocks, parts = _walk(exchange, body)
         tokenizer = await self._tokenizer(model)
         scope = self.forms.namespace(exchange.team)
         counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
@@ -307,7 +320,7 @@ class PolicyRewriter:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         result = self._result(policy, mode, body, parts, counts, outcome)
         result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
-        result.tokens_other = await self._count_other(exchange.route, body, tokenizer, scope)
+        result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override
         return result
 

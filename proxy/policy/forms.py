@@ -31,10 +31,10 @@ from typing import TypeVar
 
 import orjson
 
+from proxy.apis import Part
 from proxy.metrics import Metrics
 from proxy.policy.memo import Memo
 from proxy.policy.model import Rule
-from proxy.policy.parts import Part
 from proxy.store.base import SharedStore, StoreUnavailable
 
 __all__ = ["QUERY_FREE", "Form", "FormKeys", "FormMemory", "form_keys", "text_digest", "turn_digests"]

@@ -20,8 +20,8 @@ from compressors.base import Compressor, Target
 from compressors.preserve import PreserveSpec
 from compressors.question import find_question, is_short_trailer
 from compressors.tokenizer import Tokenizer, tokenizer_for
+from proxy.apis import Part
 from proxy.policy.model import QuerySpec
-from proxy.policy.parts import Part
 
 __all__ = ["QueryPlan", "compress_around", "final_question", "plan_query"]
 

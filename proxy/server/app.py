@@ -22,11 +22,10 @@ from typing import Any
 import orjson
 from cachetools import LRUCache
 
+from proxy.apis import Dialect, Route, forwarded_body
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import (
     ProxyError,
-    anthropic_error_body,
-    error_body,
     failing_closed,
     internal,
     shutting_down,
@@ -57,9 +56,9 @@ from proxy.server.inbound import (
 )
 from proxy.server.paths import bad_path, path_problem
 from proxy.server.relay import relay_stream
-from proxy.server.routes import Route, metric_route
+from proxy.server.routes import metric_route
 from proxy.server.services import Services
-from proxy.usage import AnthropicUsageTap, UsageTap, forwarded_body, prepare_unparsed_stream
+from proxy.usage import UsageTap
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -260,7 +259,7 @@ class ProxyApp:
         if exchange is not None:
             headers.append((b"x-tersegate-request-id", exchange.request_id.encode()))
         ctx.started = True
-        await _send_simple(send, exc.status, exc.body(ctx.route.api), headers)
+        await _send_simple(send, exc.status, ctx.route.dialect.error_body(exc), headers)
 
     def _fails_closed(self) -> bool:
         """The one reading of ``audit.on_error``: whether an audit that cannot write refuses requests."""
@@ -305,7 +304,7 @@ class ProxyApp:
         method: str = scope["method"]
         found = ctx.route
         headers, creds, declared = request_headers(scope["headers"], strip_keys=bound.auth.strips_client_keys)
-        identity = bound.auth.identify(creds, found.api)
+        identity = bound.auth.identify(creds, found.dialect)
         ctx.team = identity.team
         upstream = upstream_for(config, identity.team, found)
         exchange = ctx.exchange = Exchange(
@@ -327,10 +326,12 @@ class ProxyApp:
         if ctx.audited:
             limit_encodings(headers)
         received = await read_body(receive, config.max_body_bytes, declared)
-        body, streaming, tap = await self._prepare(exchange, received, scope["headers"], upstream)
+        body, streaming, tap = await self._prepare(
+            exchange, found.dialect, received, scope["headers"], upstream
+        )
         headers.extend(identity.upstream_auth)
         request = UpstreamRequest(method, upstream_path_qs(scope, upstream), headers, body, streaming)
-        ctx.expand = self._expand_loop(exchange, upstream, request, tap)
+        ctx.expand = self._expand_loop(exchange, found.dialect, upstream, request, tap)
         if streaming:  # the relay watches for a client that goes away itself
             await self._exchange(upstream, request, receive, send, ctx, tap)
             return
@@ -378,6 +379,7 @@ class ProxyApp:
     async def _prepare(
         self,
         exchange: Exchange,
+        dialect: Dialect,
         body: bytes,
         raw_headers: list[tuple[bytes, bytes]],
         upstream: UpstreamConfig,
@@ -386,7 +388,7 @@ class ProxyApp:
         if not exchange.compressible:
             return body, b'"stream"' in body and _STREAM_TRUE.search(body) is not None, None
         if len(body) > self.services.config.compression.max_parse_bytes:
-            return self._unparsed(exchange, body)
+            return self._unparsed(exchange, dialect, body)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -397,7 +399,7 @@ class ProxyApp:
             return body, False, None
         model = parsed.get("model")
         exchange.model = model if isinstance(model, str) else None
-        if exchange.api == "azure":  # priced by the deployments map, else the response's model
+        if dialect.by_deployment:  # priced by the deployments map, else the response's model
             # The deployment is in the path, or (/openai/responses, /openai/v1) the body's model.
             exchange.model = upstream.deployments.get(exchange.deployment or exchange.model or "")
         exchange.stream = parsed.get("stream") is True
@@ -410,23 +412,26 @@ class ProxyApp:
             if name not in KEY_HEADERS
         }
         rewrite = exchange.rewrite = await self.services.rewriter(exchange, parsed, client_headers)
-        offer(rewrite, exchange.route, parsed)  # tersegate_expand, for a retrieve policy (server.expand)
-        out, injected = forwarded_body(
-            body, parsed, rewrite.body, stream=exchange.stream, route=exchange.route
-        )
+        offer(rewrite, dialect, parsed)  # tersegate_expand, for a retrieve policy (server.expand)
+        out, injected = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, dialect=dialect)
         if out is body and rewrite.body is not None:  # could not be encoded: forwarded as sent (fail open)
             exchange.rewrite = dataclasses.replace(
                 rewrite, body=None, fail_open="the rewritten body could not be encoded"
             )
         if not exchange.stream:
             return out, False, None
-        return out, True, AnthropicUsageTap() if exchange.api == "anthropic" else UsageTap(injected)
+        return out, True, dialect.usage_tap(injected)
 
     def _expand_loop(
-        self, exchange: Exchange, upstream: UpstreamConfig, request: UpstreamRequest, tap: UsageTap | None
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        upstream: UpstreamConfig,
+        request: UpstreamRequest,
+        tap: UsageTap | None,
     ) -> ExpandLoop | None:
         """The tool loop of a request that was offered ``tersegate_expand`` (proxy.server.expand)."""
-        originals, wire, body = self.services.originals, wire_for(exchange.route), exchange.rewrite.body
+        originals, wire, body = self.services.originals, wire_for(dialect), exchange.rewrite.body
         if originals is None or wire is None or body is None or not exchange.rewrite.retrieve:
             return None
         identity_encoding(request.headers)
@@ -451,12 +456,12 @@ class ProxyApp:
             again,
             exchange,
             idle_timeout=upstream.stream_idle_timeout_s,
-            new_tap=(lambda: AnthropicUsageTap())
-            if exchange.api == "anthropic"
-            else (lambda: UsageTap(injected)),
+            injected=injected,
         )
 
-    def _unparsed(self, exchange: Exchange, body: bytes) -> tuple[Payload, bool, UsageTap | None]:
+    def _unparsed(
+        self, exchange: Exchange, dialect: Dialect, body: bytes
+    ) -> tuple[Payload, bool, UsageTap | None]:
         """A body too large to parse on the event loop: forwarded as it came (a stream only gets
         ``stream_options`` put in front); the model comes from the response, the tokens from the
         upstream's usage."""
@@ -464,10 +469,8 @@ class ProxyApp:
         exchange.stream = b'"stream"' in body and _STREAM_TRUE.search(body) is not None
         if not exchange.stream:
             return body, False, None
-        if exchange.api == "anthropic":
-            return body, True, AnthropicUsageTap()
-        out, injected = prepare_unparsed_stream(body, route=exchange.route)
-        return out, True, UsageTap(injected)
+        out, injected = dialect.prepare_unparsed_stream(body)
+        return out, True, dialect.usage_tap(injected)
 
     async def _respond(
         self,
@@ -623,13 +626,8 @@ class ProxyApp:
         exchange.partial = True
         exchange.status = ctx.status = failure.status
         await commit()
-        # OpenAI's SDKs raise an APIError for a data frame holding an "error" object;
-        # Anthropic's for an `error` event.
-        if exchange.api == "anthropic":
-            data = anthropic_error_body(failure.message, type=failure.anthropic_type)
-            frame = b"event: error\ndata: " + data + b"\n\n"
-        else:
-            frame = b"data: " + error_body(failure.message, type=failure.type, code=failure.code) + b"\n\n"
+        # The SDKs raise an APIError for the dialect's error frame.
+        frame = ctx.route.dialect.stream_error_frame(failure)
         await send({"type": "http.response.body", "body": frame, "more_body": False})
 
 

@@ -17,6 +17,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from proxy.apis import Dialect, dialect_of_api
 from proxy.config.model import Config
 from proxy.errors import forbidden, unauthorized
 
@@ -62,12 +63,7 @@ def _upstream_key(key: str | None, api: str) -> tuple[tuple[bytes, bytes], ...]:
     # A key with line breaks would inject headers; it is not used (config check reports unset keys).
     if not key or any(c in key for c in "\r\n\0"):
         return ()
-    value = key.strip().encode("latin-1", "replace")
-    if api == "anthropic":
-        return ((b"x-api-key", value),)
-    if api == "azure":
-        return ((b"api-key", value),)
-    return ((b"authorization", b"Bearer " + value),)
+    return (dialect_of_api(api).key_header(key.strip().encode("latin-1", "replace")),)
 
 
 class Authenticator:
@@ -87,20 +83,20 @@ class Authenticator:
         """In keys mode the client's key headers must not reach the upstream."""
         return self._keys_mode
 
-    def identify(self, creds: Credentials, api: str = "openai") -> Identity:
-        """Raise :class:`ProxyError` (401 bad key, 403 unknown team) when the request may not pass; ``api`` is the route's."""
-        return self._by_key(creds, api) if self._keys_mode else self._passthrough(creds)
+    def identify(self, creds: Credentials, dialect: Dialect) -> Identity:
+        """Raise :class:`ProxyError` (401 bad key, 403 unknown team) when the request may not pass;
+        ``dialect`` is the route's."""
+        return self._by_key(creds, dialect) if self._keys_mode else self._passthrough(creds)
 
-    def _by_key(self, creds: Credentials, api: str) -> Identity:
+    def _by_key(self, creds: Credentials, dialect: Dialect) -> Identity:
         key = creds.key()
         if key is None:
-            where = "'x-api-key: <key>'" if api == "anthropic" else "'Authorization: Bearer <key>'"
-            raise unauthorized(f"Missing API key: send your tersegate key as {where}.")
+            raise unauthorized(f"Missing API key: send your tersegate key as {dialect.key_hint}.")
         digest = hashlib.sha256(key.encode()).hexdigest()
         team = self._config.team_for_key_hash(digest)
         if team is None:
             raise unauthorized(f"Incorrect API key provided (key id {digest[:12]}).")
-        upstream = self._config.upstream_for(team, api)
+        upstream = self._config.upstream_for(team, dialect.api)
         return Identity(team=team, key_id=digest[:12], upstream_auth=self._upstream_auth[upstream.name])
 
     def _passthrough(self, creds: Credentials) -> Identity:

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.apis import Route, route_of, upstream_path
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import not_found, too_large
 from proxy.exchange import Exchange, Payload
@@ -17,7 +18,6 @@ from proxy.server.asgi import Receive, Scope
 from proxy.server.auth import KEY_HEADERS, TEAM_HEADER, Credentials
 from proxy.server.hop import HOP_REQUEST, connection_tokens, without
 from proxy.server.relay import watch_disconnect
-from proxy.server.routes import Route, route_of, upstream_path
 
 __all__ = [
     "ClientGone",
@@ -179,8 +179,9 @@ def upstream_path_qs(scope: Scope, upstream: UpstreamConfig) -> bytes:
 
 def upstream_for(config: Config, team: str, route: Route) -> UpstreamConfig:
     upstream = config.upstream_for(team, route.api)
-    if route.api == "azure" and upstream.api != "azure":
+    if not route.dialect.accepts_upstream(upstream.api):
         raise not_found(
-            f"Azure OpenAI paths need an upstream with api: azure; team {team!r} uses {upstream.name!r}."
+            f"Paths of the {route.api} API need an upstream with api: {route.api}; "
+            f"team {team!r} uses {upstream.name!r}."
         )
     return upstream

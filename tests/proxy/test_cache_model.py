@@ -9,6 +9,7 @@ from typing import Any
 
 from redis_server import RedisServer, redis_server
 
+from proxy.apis import CHAT, dialect_for
 from proxy.audit import cache_rules as rules
 from proxy.audit.cache_model import CacheModel
 from proxy.audit.pricing import Price, costs_for
@@ -35,7 +36,7 @@ def estimate(
         model.estimate(
             team=kw.pop("team", "t"),
             model="gpt-5",
-            route=kw.pop("route", "/v1/chat/completions"),
+            dialect=dialect_for(*kw.pop("route", ("/v1/chat/completions", "openai"))),
             original=original,
             forwarded=forwarded,
             usage=usage,
@@ -108,16 +109,18 @@ def test_anthropic_route_uses_the_clients_breakpoints() -> None:
     model = CacheModel()
     system = [{"type": "text", "text": WORDS, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
     body = {"model": "claude-sonnet-4-5", "system": system, "messages": [{"role": "user", "content": "hi"}]}
-    first = estimate(model, body, route="/v1/messages")
+    first = estimate(model, body, route=("/v1/messages", "anthropic"))
     assert first.before.cached == 0 and first.before.written["1h"] > 5000
-    second = estimate(model, body, route="/v1/messages")
+    second = estimate(model, body, route=("/v1/messages", "anthropic"))
     assert second.before.cached == first.before.written["1h"] and second.before.written == {}
     unmarked = {
         "model": "claude-sonnet-4-5",
         "system": WORDS,
         "messages": [{"role": "user", "content": "hi"}],
     }
-    assert estimate(model, unmarked, route="/v1/messages").before.cached == 0  # no breakpoint: no cache
+    assert (
+        estimate(model, unmarked, route=("/v1/messages", "anthropic")).before.cached == 0
+    )  # no breakpoint: no cache
 
 
 def test_a_compression_that_loses_the_cache_costs_more_than_it_saves() -> None:
@@ -152,7 +155,7 @@ def test_after_losing_its_state_the_model_takes_the_reported_cache_for_the_origi
 
 async def _cached(model: CacheModel, body: dict[str, Any]) -> int:
     found = await model.estimate(
-        team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage={}
+        team="t", model="gpt-5", dialect=CHAT, original=body, forwarded=None, usage={}
     )
     assert found is not None
     return found.before.cached

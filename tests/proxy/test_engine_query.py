@@ -9,8 +9,8 @@ import pytest
 import evaldata
 from compressors.base import Target
 from compressors.registry import create
+from proxy.apis import CHAT, COMPLETIONS
 from proxy.policy.model import QuerySpec
-from proxy.policy.parts import extract_parts
 from proxy.policy.query import compress_around, final_question, plan_query
 
 needs_evaldata = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
@@ -46,7 +46,7 @@ def test_other_parts_use_the_last_user_message_as_query() -> None:
             {"role": "user", "content": "Which file holds the bug?"},
         ]
     }
-    parts = extract_parts("/v1/chat/completions", body)
+    parts = CHAT.parts(body)
     assert plan_query(QuerySpec(), parts, parts[1]).query == "Which file holds the bug?"
     assert plan_query(QuerySpec(), parts, parts[1]).keep == ()
     # A question that is the whole message is not a question: nothing would be left to compress.
@@ -71,7 +71,7 @@ def test_pattern_query_from_the_newest_matching_part() -> None:
     body = {
         "messages": [{"role": "system", "content": "Topic: billing"}, {"role": "user", "content": "docs"}]
     }
-    parts = extract_parts("/v1/chat/completions", body)
+    parts = CHAT.parts(body)
     assert plan_query(spec, parts, parts[1]).query == "billing"
 
 
@@ -79,7 +79,7 @@ def test_pattern_query_from_the_newest_matching_part() -> None:
 def test_kept_spans_survive_byte_for_byte_around_compression() -> None:
     rows = evaldata.nq_rows(20)
     prompt = evaldata.qa_prompt([evaldata.document(r, i) for i, r in enumerate(rows)], rows[3]["question"])
-    parts = extract_parts("/v1/completions", {"prompt": prompt})
+    parts = COMPLETIONS.parts({"prompt": prompt})
     plan = plan_query(QuerySpec(), parts, parts[0])
     out, _ = compress_around(
         create("truncate", {"mode": "head"}),

@@ -1,4 +1,5 @@
-"""The package's layers point one way (docs/design.md): cli -> server -> {policy, audit} -> store -> config -> vocabulary.
+"""The package's layers point one way (docs/design.md):
+cli -> server -> {policy, audit} -> store -> config -> apis -> vocabulary.
 
 A module may import from its own room and from any room below it, never from a room above or beside it.
 """
@@ -15,14 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "proxy"
 # Rank of each room: a module may import rooms of strictly lower rank (and its own room).
 RANK: dict[str, int] = {
     "vocabulary": 0,
-    "config": 1,
-    "store": 2,
-    "policy": 3,
-    "audit": 3,
-    "server": 4,
-    "cli": 5,
+    "apis": 1,  # the API dialects: anything above may ask a route's dialect
+    "config": 2,
+    "store": 3,
+    "policy": 4,
+    "audit": 4,
+    "server": 5,
+    "cli": 6,
 }
-VOCABULARY = {"exchange", "errors", "metrics", "logs", "splice", "usage", "anthropic", "__init__", "__main__"}
+VOCABULARY = {"exchange", "errors", "metrics", "logs", "splice", "usage", "__init__", "__main__"}
 
 
 def room_of(module: str) -> str:
@@ -69,7 +71,7 @@ def test_no_import_runs_up_or_sideways(path: Path) -> None:
             continue
         assert RANK[there] < RANK[here], (
             f"proxy/{rel}.py:{line} imports {target} ({there}) from {here}: layers are "
-            "cli -> server -> {policy, audit} -> store -> config -> vocabulary"
+            "cli -> server -> {policy, audit} -> store -> config -> apis -> vocabulary"
         )
 
 

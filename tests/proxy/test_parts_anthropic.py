@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.anthropic import blocks, breakpoints
-from proxy.policy.parts import extract_parts, rewrite_body
+from proxy.apis import MESSAGES, breakpoints, rewrite_body
 
 MARK = {"type": "ephemeral", "ttl": "1h"}
 BODY = {
@@ -40,7 +39,7 @@ BODY = {
 
 
 def test_parts_are_the_text_of_system_messages_and_tool_results_with_ages() -> None:
-    parts = extract_parts("/v1/messages", BODY)
+    parts = MESSAGES.parts(BODY)
     found = [(p.path, p.role, p.tool_name, p.age) for p in parts]
     assert found == [
         (("system", 0, "text"), "system", None, 2),
@@ -61,7 +60,7 @@ def test_rewriting_a_part_keeps_every_marker_and_the_other_blocks() -> None:
         (("messages", 4, "content", 0), "5m"),
     ]
     assert new["messages"][:4] == BODY["messages"][:4] and new["tools"] is BODY["tools"]
-    assert [b.kind for b in blocks(BODY)] == [
+    assert [b.kind for b in MESSAGES.walk(BODY)] == [
         "tool",
         "text",
         "text",

@@ -20,7 +20,7 @@ from samples import write_agent_trace
 from test_anthropic import anthropic_config
 
 import evaldata
-from proxy.anthropic import breakpoints
+from proxy.apis import breakpoints
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))

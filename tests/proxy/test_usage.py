@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from fake_upstream import _Call, chat_frames, completion_frames, response_frames
 
+from proxy import apis
 from proxy.exchange import payload_size
-from proxy.usage import UsageTap, normalize_usage, prepare_stream, prepare_unparsed_stream
+from proxy.usage import UsageTap
 
 
 def _call(body: dict[str, Any]) -> _Call:
@@ -38,7 +39,7 @@ CHAT = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "conten
 
 
 def test_injected_usage_is_captured_and_removed() -> None:
-    forwarded, injected = prepare_stream(CHAT)
+    forwarded, injected = apis.CHAT.prepare_stream(CHAT)
     assert injected and forwarded["stream_options"] == {"include_usage": True}
     assert "stream_options" not in CHAT  # the client's body is not mutated
     tap = UsageTap(injected)
@@ -46,7 +47,7 @@ def test_injected_usage_is_captured_and_removed() -> None:
     assert sent == _same_second(
         b"".join(chat_frames(_call(CHAT)))
     )  # byte for byte what a plain stream looks like
-    assert normalize_usage(tap.usage) == {
+    assert apis.CHAT.usage(tap.usage) == {
         "prompt_tokens": 3,
         "completion_tokens": 5,
         "cached_tokens": 0,
@@ -56,7 +57,7 @@ def test_injected_usage_is_captured_and_removed() -> None:
 
 def test_client_that_asked_for_usage_gets_the_stream_unchanged() -> None:
     body = {**CHAT, "stream_options": {"include_usage": True}}
-    forwarded, injected = prepare_stream(body)
+    forwarded, injected = apis.CHAT.prepare_stream(body)
     assert forwarded is body and not injected
     frames = chat_frames(_call(body))
     tap = UsageTap(injected)
@@ -65,13 +66,15 @@ def test_client_that_asked_for_usage_gets_the_stream_unchanged() -> None:
 
 
 def test_other_stream_options_are_kept() -> None:
-    forwarded, injected = prepare_stream({**CHAT, "stream_options": {"include_usage": False, "x": 1}})
+    forwarded, injected = apis.CHAT.prepare_stream(
+        {**CHAT, "stream_options": {"include_usage": False, "x": 1}}
+    )
     assert injected and forwarded["stream_options"] == {"include_usage": True, "x": 1}
 
 
 def test_completions_stream_injection() -> None:
     body = {"model": "gpt-3.5-turbo-instruct", "stream": True, "prompt": "a b"}
-    forwarded, injected = prepare_stream(body, route="/v1/completions")
+    forwarded, injected = apis.COMPLETIONS.prepare_stream(body)
     tap = UsageTap(injected)
     assert _relay(completion_frames(_call(forwarded)), tap) == _same_second(
         b"".join(completion_frames(_call(body)))
@@ -81,12 +84,12 @@ def test_completions_stream_injection() -> None:
 
 def test_responses_stream_needs_no_injection_and_reports_usage() -> None:
     body = {"model": "gpt-4o", "stream": True, "input": "four words right here"}
-    forwarded, injected = prepare_stream(body, route="/v1/responses")
+    forwarded, injected = apis.RESPONSES.prepare_stream(body)
     assert forwarded is body and not injected
     frames = response_frames(_call(body))
     tap = UsageTap(injected)
     assert _relay(frames, tap) == _same_second(b"".join(frames))
-    assert normalize_usage(tap.usage) == {
+    assert apis.CHAT.usage(tap.usage) == {
         "prompt_tokens": 4,
         "completion_tokens": 5,
         "cached_tokens": 0,
@@ -96,7 +99,7 @@ def test_responses_stream_needs_no_injection_and_reports_usage() -> None:
 
 def test_non_streaming_bodies_are_left_alone() -> None:
     body = {"model": "gpt-4o", "messages": []}
-    assert prepare_stream(body) == (body, False)
+    assert apis.CHAT.prepare_stream(body) == (body, False)
 
 
 def test_usage_word_inside_content_is_not_touched() -> None:
@@ -112,30 +115,30 @@ def test_normalize_reads_reasoning_and_cached_details() -> None:
         "prompt_tokens_details": {"cached_tokens": 64},
         "completion_tokens_details": {"reasoning_tokens": 30},
     }
-    assert normalize_usage(raw) == {
+    assert apis.CHAT.usage(raw) == {
         "prompt_tokens": 100,
         "completion_tokens": 50,
         "cached_tokens": 64,
         "reasoning_tokens": 30,
     }
-    assert normalize_usage({"prompt_tokens": 7, "total_tokens": 7}) == {
+    assert apis.CHAT.usage({"prompt_tokens": 7, "total_tokens": 7}) == {
         "prompt_tokens": 7,
         "completion_tokens": None,
         "cached_tokens": None,
         "reasoning_tokens": None,
     }
-    assert normalize_usage(None) is None
+    assert apis.CHAT.usage(None) is None
 
 
 def test_an_unparsed_stream_gets_usage_asked_for_in_front_without_copying_the_body() -> None:
     chat = "/v1/chat/completions"
     body = b' \r\n\t{ \n"model":"gpt-4o","stream":true,"messages":[]}'
-    (head, rest), injected = prepare_unparsed_stream(body, route=chat)
+    (head, rest), injected = apis.CHAT.prepare_unparsed_stream(body)
     assert injected and isinstance(rest, memoryview) and rest.obj is body  # a view, not a copy
     sent = head + bytes(rest)
     assert sent == b'{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}'
     assert payload_size((head, rest)) == len(sent) and orjson.loads(sent)["stream_options"]
-    (head, rest), _ = prepare_unparsed_stream(b"{ }", route=chat)
+    (head, rest), _ = apis.CHAT.prepare_unparsed_stream(b"{ }")
     assert orjson.loads(head + bytes(rest)) == {"stream_options": {"include_usage": True}}
     # The client's own choice stands; not JSON objects and other routes are sent as they came.
     for raw, route in (
@@ -143,4 +146,4 @@ def test_an_unparsed_stream_gets_usage_asked_for_in_front_without_copying_the_bo
         (b'["stream"]', chat),
         (b'{"stream":true,"input":"x"}', "/v1/responses"),
     ):
-        assert prepare_unparsed_stream(raw, route=route) == (raw, False)
+        assert apis.dialect_for(route).prepare_unparsed_stream(raw) == (raw, False)

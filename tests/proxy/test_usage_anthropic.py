@@ -6,8 +6,9 @@ import orjson
 import pytest
 from harness import MakeProxy
 
+from proxy.apis import MESSAGES
+from proxy.apis.messages import MessagesUsageTap
 from proxy.audit.pricing import PriceBook, costs_for
-from proxy.usage import AnthropicUsageTap, normalize_usage
 
 
 def _event(name: str, payload: dict[str, object]) -> bytes:
@@ -15,14 +16,13 @@ def _event(name: str, payload: dict[str, object]) -> bytes:
 
 
 def test_writes_without_a_ttl_split_count_as_five_minute_writes() -> None:
-    usage = normalize_usage(
+    usage = MESSAGES.usage(
         {
             "input_tokens": 10,
             "cache_creation_input_tokens": 30,
             "cache_read_input_tokens": 60,
             "output_tokens": 5,
         },
-        api="anthropic",
     )
     assert usage is not None
     assert usage["prompt_tokens"] == 100 and usage["cached_tokens"] == 60
@@ -30,7 +30,7 @@ def test_writes_without_a_ttl_split_count_as_five_minute_writes() -> None:
 
 
 def test_the_tap_merges_message_start_and_the_cumulative_message_delta() -> None:
-    tap = AnthropicUsageTap()
+    tap = MessagesUsageTap()
     start = {
         "type": "message_start",
         "message": {
@@ -53,7 +53,7 @@ def test_the_tap_merges_message_start_and_the_cumulative_message_delta() -> None
         ),
     ]
     assert [tap.frame(f) for f in frames] == frames  # never changed
-    usage = normalize_usage(tap.usage, api="anthropic")
+    usage = MESSAGES.usage(tap.usage)
     assert usage is not None and usage["completion_tokens"] == 42 and usage["cache_write_1h_tokens"] == 20
     price = PriceBook().price_for("claude-haiku-4-5")
     assert price is not None

@@ -32,7 +32,7 @@ from proxy.server.body import usage_of
 from proxy.server.expand.wire import TOOL_NAME, Call, Cut, Wire
 from proxy.server.forward import UpstreamResponse
 from proxy.server.relay import watched
-from proxy.usage import UsageTap, prepare_stream
+from proxy.usage import UsageTap
 
 __all__ = ["ExpandLoop", "Upstream", "identity_encoding"]
 
@@ -57,7 +57,7 @@ class ExpandLoop:
     upstream: Upstream
     exchange: Exchange
     idle_timeout: float = 300.0
-    new_tap: Callable[[], UsageTap | None] = lambda: None
+    injected: bool = False  # the stream's usage was asked for by the proxy (the taps strip it)
     rounds: int = 0
     answered: int = 0
 
@@ -68,7 +68,7 @@ class ExpandLoop:
         """Each call's tool result (counted in the exchange); past the limit, "limit reached"."""
         results = []
         for call in ours:
-            args = call.args()
+            args = call.input
             if self.answered >= self.limit:
                 got = Expansion.refused("limit", "", limit=self.limit)
             else:
@@ -174,7 +174,7 @@ class ExpandLoop:
             if nxt is None:
                 await _out(send, self.wire.end_with(cut, theirs))
                 break
-            cut, tap = self.wire.cut(cut), self.new_tap()
+            cut, tap = self.wire.cut(cut), self.wire.dialect.usage_tap(self.injected)
             try:
                 done = await self._read(nxt, cut, tap, send) or done
             finally:
@@ -206,7 +206,7 @@ class ExpandLoop:
         return done
 
     async def _open_stream(self, payload: bytes) -> UpstreamResponse | None:
-        body, _ = prepare_stream(orjson.loads(payload), route=self.wire.route)
+        body, _ = self.wire.dialect.prepare_stream(orjson.loads(payload))
         try:
             response, _deadline = await self.upstream(orjson.dumps(body), True)
         except Exception as exc:

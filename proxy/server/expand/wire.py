@@ -7,7 +7,8 @@ it held as it came or writes end frames carrying only the calls the client shoul
 continuation's cut rewrites its frames to continue the client's stream (the chat chunk id; the
 Anthropic content block indexes, without a second ``message_start``).
 
-(The dialect protocol of proxy/apis/ will carry the JSON half of this; the stream half stays here.)
+The JSON half is the dialect protocol's (proxy/apis: ``add_tool``, ``tool_calls``, ``assistant_from``,
+``follow_up``); the stream half (holding, releasing, rewriting frames) is the loop's own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["CHAT", "DESCRIPTION", "MESSAGES", "SCHEMA", "TOOL_NAME", "Call", "Cut", "Wire", "wire_for"]
+from proxy.apis import Dialect, ToolCall
+
+__all__ = ["DESCRIPTION", "SCHEMA", "TOOL_NAME", "Call", "Cut", "Wire", "wire_for"]
 
 TOOL_NAME = "tersegate_expand"
 DESCRIPTION = (
@@ -37,18 +40,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    id: str
-    name: str
-    arguments: str  # JSON text
-
-    def args(self) -> dict[str, Any]:
-        try:
-            value = orjson.loads(self.arguments) if self.arguments.strip() else {}
-        except orjson.JSONDecodeError:
-            return {}
-        return value if isinstance(value, dict) else {}
+Call = ToolCall  # id, name, arguments (JSON text); ``input`` parses them
 
 
 def _data(frame: bytes) -> bytes | None:
@@ -95,7 +87,7 @@ class Cut:
 
 
 class Wire(Protocol):
-    route: str
+    dialect: Dialect
 
     def offer(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """A copy of ``body`` with the tool, or None: the request carries no tools (or wants n > 1)."""
@@ -120,18 +112,32 @@ class Wire(Protocol):
         """End frames of the stream carrying only ``calls`` (the held frames are dropped)."""
 
 
-class ChatWire:
-    route = "/v1/chat/completions"
+class _JsonHalf:
+    """What every wire takes from its dialect."""
 
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def calls(self, response: Mapping[str, Any]) -> list[Call]:
+        return self.dialect.tool_calls(response)
+
+    def follow_up(
+        self, body: Mapping[str, Any], text: str, ours: Sequence[Call], results: Sequence[str]
+    ) -> dict[str, Any]:
+        assistant = self.dialect.assistant_from(text if text.strip() else "", ours)
+        answers = [(c.id, r) for c, r in zip(ours, results, strict=True)]
+        return self.dialect.follow_up(body, assistant, answers)
+
+    def _with_tool(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self.dialect.add_tool(body, TOOL_NAME, DESCRIPTION, SCHEMA)
+
+
+class ChatWire(_JsonHalf):
     def offer(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         tools = body.get("tools")
         if not isinstance(tools, list) or not tools or body.get("n") not in (None, 1):
             return None
-        tool = {
-            "type": "function",
-            "function": {"name": TOOL_NAME, "description": DESCRIPTION, "parameters": SCHEMA},
-        }
-        return {**body, "tools": [*tools, tool]}
+        return self._with_tool(body)
 
     @staticmethod
     def _message(response: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,36 +146,9 @@ class ChatWire:
         message = first.get("message")
         return message if isinstance(message, dict) else {}
 
-    def calls(self, response: Mapping[str, Any]) -> list[Call]:
-        out = []
-        for call in self._message(response).get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("name"), str):
-                args = function.get("arguments")
-                out.append(
-                    Call(str(call.get("id") or ""), function["name"], args if isinstance(args, str) else "{}")
-                )
-        return out
-
     def text(self, response: Mapping[str, Any]) -> str:
         content = self._message(response).get("content")
         return content if isinstance(content, str) else ""
-
-    def follow_up(
-        self, body: Mapping[str, Any], text: str, ours: Sequence[Call], results: Sequence[str]
-    ) -> dict[str, Any]:
-        calls = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in ours
-        ]
-        messages = [
-            *(body.get("messages") or ()),
-            {"role": "assistant", "content": text or None, "tool_calls": calls},
-        ]
-        messages += [
-            {"role": "tool", "tool_call_id": c.id, "content": r} for c, r in zip(ours, results, strict=True)
-        ]
-        return {**body, "messages": messages}
 
     def strip(self, response: dict[str, Any], drop: set[str]) -> dict[str, Any]:
         message = self._message(response)
@@ -244,29 +223,15 @@ class ChatWire:
         return b"".join(out)
 
 
-class MessagesWire:
-    route = "/v1/messages"
-
+class MessagesWire(_JsonHalf):
     def offer(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         tools = body.get("tools")
-        if not isinstance(tools, list) or not tools:
-            return None
-        return {
-            **body,
-            "tools": [*tools, {"name": TOOL_NAME, "description": DESCRIPTION, "input_schema": SCHEMA}],
-        }
+        return self._with_tool(body) if isinstance(tools, list) and tools else None
 
     @staticmethod
     def _blocks(response: Mapping[str, Any]) -> list[Any]:
         content = response.get("content")
         return content if isinstance(content, list) else []
-
-    def calls(self, response: Mapping[str, Any]) -> list[Call]:
-        return [
-            Call(str(b.get("id") or ""), b["name"], orjson.dumps(b.get("input") or {}).decode())
-            for b in self._blocks(response)
-            if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("name"), str)
-        ]
 
     def text(self, response: Mapping[str, Any]) -> str:
         return "".join(
@@ -274,18 +239,6 @@ class MessagesWire:
             for b in self._blocks(response)
             if isinstance(b, dict) and isinstance(b.get("text"), str)
         )
-
-    def follow_up(
-        self, body: Mapping[str, Any], text: str, ours: Sequence[Call], results: Sequence[str]
-    ) -> dict[str, Any]:
-        content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text.strip() else []
-        content += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.args()} for c in ours]
-        answers = [
-            {"type": "tool_result", "tool_use_id": c.id, "content": r}
-            for c, r in zip(ours, results, strict=True)
-        ]
-        messages = [*(body.get("messages") or ()), {"role": "assistant", "content": content}]
-        return {**body, "messages": [*messages, {"role": "user", "content": answers}]}
 
     def strip(self, response: dict[str, Any], drop: set[str]) -> dict[str, Any]:
         blocks = self._blocks(response)
@@ -351,11 +304,11 @@ class MessagesWire:
         return b"".join(out)
 
 
-CHAT = ChatWire()
-MESSAGES = MessagesWire()
-
-
-def wire_for(route: str) -> Wire | None:
-    """The wire of a route whose tool loop the proxy runs (Responses: docs/retrieve.md says why not)."""
-    wires: dict[str, Wire] = {CHAT.route: CHAT, MESSAGES.route: MESSAGES}
-    return wires.get(route)
+def wire_for(dialect: Dialect) -> Wire | None:
+    """The wire of a dialect whose tool loop the proxy runs: chat completions (OpenAI, Azure) and
+    Anthropic Messages (Responses: docs/retrieve.md says why not yet)."""
+    if dialect.route == "/v1/chat/completions":
+        return ChatWire(dialect)
+    if dialect.route == "/v1/messages" and dialect.api == "anthropic":
+        return MessagesWire(dialect)
+    return None
