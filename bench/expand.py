@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,16 @@ rules:
     match: {roles: [tool], min_tokens: 100000}
     compressor: normalize
 """
+NOTES = """The bytes are an upper bound: every part the policy compressed when new is counted, while the
+store keeps only those whose forwarded form carries a `hash=` marker (a `normalize` clean-up that omits
+nothing keeps none). Held at once = stored bytes per turn x turns per second x `ttl_s`
+(docs/operations.md): e.g. 10 agent turns per second across a fleet with the default 2 h TTL hold
+stored-per-1,000 / 1,000 x 10 x 7,200 bytes at most; size `maxmemory` / `compression.memo.max_bytes`
+or lower `ttl_s` accordingly.
+
+Run on a 2-core machine shared with 5 other jobs (timings are noisy; compare the rows of one run):
+
+    PYTHONPATH=$PWD TERSEGATE_EVALDATA=/work/shared/evaldata python bench/expand.py --requests 40"""
 KEY_BYTES = 24 + 24 + 1  # the id under orig: and under seen:, and the seen record's byte
 
 
@@ -168,42 +180,85 @@ def _measure(up_port: int, proxy_port: int, ref: str, requests: int) -> dict[str
     return out
 
 
-async def held_bytes(limit: int | None) -> tuple[int, int, int, int]:
-    """``(turns, originals, raw bytes, stored bytes)`` of the traces through the agents policy."""
+@dataclass
+class Held:
+    """The agents replay: store bytes, and how often a later turn needs an omitted line."""
+
+    turns: int = 0
+    originals: int = 0
+    raw: int = 0
+    stored: int = 0
+    lossy: int = 0  # originals whose forwarded form left lines out (the markers a model could expand)
+    needed: int = 0  # of those, how many a later assistant turn refers to by what was left out
+    saved_tokens: int = 0  # tokens the lossy parts saved when first sent
+    needed_tokens: int = 0  # ... of which the parts that would be expanded
+
+
+_WORD = re.compile(r"[A-Za-z_][\w./-]{5,}")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text))
+
+
+def _needs_expansion(original: str, forwarded: str, before: str, after: str) -> bool | None:
+    """None: nothing was left out. Else whether a later assistant turn names something (an identifier
+    or path of 6+ characters) that only the omitted lines held (not the kept ones, not the history)."""
+    kept = set(forwarded.splitlines())
+    omitted = [line for line in original.splitlines() if line not in kept]
+    if not omitted:
+        return None
+    only_there = _words("\n".join(omitted)) - _words(forwarded) - _words(before)
+    return bool(only_there & _words(after))
+
+
+def _assistant_text(messages: list[dict[str, Any]]) -> str:
+    return orjson.dumps([m for m in messages if m.get("role") == "assistant"]).decode()
+
+
+async def replay_agents(limit: int | None) -> Held:
+    """The traces turn by turn through the shipped agents policy (no store: bytes are computed)."""
     policy, _ = load_policy(REPO / "policies" / "agents.yaml")
     rewriter = PolicyRewriter(
         PolicySet(policies={"agents": policy}, team_policy={"agents": "agents"}),
         memo_bytes=1 << 28,
         workers=2,
     )
-    seen: set[bytes] = set()
-    turns = originals = raw = stored = 0
+    held, seen = Held(), set()
     try:
         await rewriter.ready()
         for trace in evaldata.TRACES[:limit]:
-            for messages in evaldata.turns(evaldata.agent_messages(evaldata.path(trace))):
-                turns += 1
-                request = {"model": "gpt-4o", "messages": messages}
+            history = evaldata.agent_messages(evaldata.path(trace))
+            for messages in evaldata.turns(history):
+                held.turns += 1
                 exchange = Exchange(
                     "b", "POST", "/v1/chat/completions", "agents", None, "u", time.time(), True
                 )
                 exchange.arrived = time.monotonic() + 60  # the bench measures bytes, not the latency budget
-                result = await rewriter(exchange, request, {})
+                result = await rewriter(exchange, {"model": "gpt-4o", "messages": messages}, {})
+                forwarded = result.body["messages"] if result.body else messages
+                later = _assistant_text(history[len(messages) :])
                 for detail in result.parts:
-                    text = messages[detail["message"]].get("content")
+                    i, text = detail["message"], messages[detail["message"]].get("content")
                     new = detail["source"] == "new" and detail["tokens_after"] < detail["tokens_before"]
-                    if not new or not isinstance(text, str):
+                    if not new or not isinstance(text, str) or (len(text), text[:200]) in seen:
                         continue
-                    digest = zlib.crc32(text.encode()).to_bytes(4, "big") + len(text).to_bytes(8, "big")
-                    if digest in seen:
+                    seen.add((len(text), text[:200]))
+                    held.originals += 1
+                    held.raw += len(text.encode())
+                    held.stored += len(zlib.compress(text.encode(), 6)) + KEY_BYTES + len("orig:agents") * 2
+                    before = orjson.dumps(messages[:i]).decode()
+                    need = _needs_expansion(text, str(forwarded[i].get("content")), before, later)
+                    if need is None:
                         continue
-                    seen.add(digest)
-                    originals += 1
-                    raw += len(text.encode())
-                    stored += len(zlib.compress(text.encode(), 6)) + KEY_BYTES + len("orig:agents") * 2
+                    saved = detail["tokens_before"] - detail["tokens_after"]
+                    held.lossy += 1
+                    held.saved_tokens += saved
+                    held.needed += need
+                    held.needed_tokens += saved if need else 0
     finally:
         rewriter.close()
-    return turns, originals, raw, stored
+    return held
 
 
 def _row(name: str, values: list[float], base: list[float] | None) -> str:
@@ -212,8 +267,7 @@ def _row(name: str, values: list[float], base: list[float] | None) -> str:
     return f"| {name} | {med:.1f} | {p90:.1f} | {added} |"
 
 
-def render(lat: dict[str, dict[str, list[float]]], held: tuple[int, int, int, int], requests: int) -> str:
-    turns, originals, raw, stored = held
+def render(lat: dict[str, dict[str, list[float]]], held: Held, requests: int) -> str:
     lines = [
         "# Retrieval: latency of one expansion, bytes held (bench/expand.py)",
         "",
@@ -228,18 +282,26 @@ def render(lat: dict[str, dict[str, list[float]]], held: tuple[int, int, int, in
             _row(name, values, base if "one expansion" in name else None) for name, values in cells.items()
         ]
         lines.append("")
-    per = 1000 / turns if turns else 0.0
+    per = 1000 / held.turns if held.turns else 0.0
     lines += [
         "## Bytes held by the originals store",
         "",
-        f"SWE-agent traces through the shipped `agents` policy: {turns} turns, {originals} originals kept "
-        f"(parts compressed when new).",
+        f"SWE-agent traces through the shipped `agents` policy: {held.turns} turns, {held.originals} originals "
+        "(parts compressed when new).",
         "",
         "| per 1,000 agent turns | originals | raw bytes | stored bytes (zlib + keys) |",
         "|---|---:|---:|---:|",
-        f"| | {originals * per:,.0f} | {raw * per:,.0f} | {stored * per:,.0f} |",
+        f"| | {held.originals * per:,.0f} | {held.raw * per:,.0f} | {held.stored * per:,.0f} |",
         "",
-        "Held at once = stored bytes per turn x turns per second x `ttl_s` (docs/operations.md).",
+        "## How many expansions a model would need",
+        "",
+        f"Of the {held.lossy} parts whose forwarded form left lines out, {held.needed} are referred to by a",
+        "later assistant turn through an identifier or path (6+ characters) that only the omitted lines held",
+        "(not the kept lines, not the history before): the markers a model would expand. Those parts saved",
+        f"{held.needed_tokens:,} of the {held.saved_tokens:,} tokens the lossy parts saved when first sent.",
+        "(A line `normalize` rewrote counts as left out, so 'lossy' is an upper bound.)",
+        "",
+        NOTES,
     ]
     return "\n".join(lines) + "\n"
 
@@ -253,11 +315,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "expand.md")
     args = parser.parse_args()
     lat = latency(args.requests)
-    held = asyncio.run(held_bytes(args.traces))
+    held = asyncio.run(replay_agents(args.traces))
     text = render(lat, held, args.requests)
     args.out.write_text(text)
     print(text)
-    print(orjson.dumps({"held": held}).decode())
+    print(orjson.dumps(asdict(held)).decode())
 
 
 if __name__ == "__main__":
