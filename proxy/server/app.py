@@ -457,6 +457,7 @@ class ProxyApp:
             exchange,
             idle_timeout=upstream.stream_idle_timeout_s,
             injected=injected,
+            metrics=self.services.metrics,
         )
 
     def _unparsed(

@@ -167,6 +167,10 @@ def test_chat_stream_text_flows_then_the_continuation_resumes_the_stream(
     assert text == f"Let me look at the omitted lines.The expansion returned: {FAILED_LINE}"
     assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
     assert len({c.id for c in chunks}) == 1  # one stream, one id
+    (record,) = records(proxy)
+    assert (record["expansions"], record["expansion_calls"], record["stream"]) == (1, 1, True)
+    metrics = httpx.get(f"{proxy.url}/metrics").text
+    assert 'tersegate_expansions_total{status="ok",team="default"} 1.0' in metrics
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
         "stop"
     ]
@@ -289,3 +293,23 @@ def test_the_extra_call_is_priced_into_the_record_and_the_report(
     text = render(rows, by=("team",), fmt="table")
     assert f"~ team=default: 1 expansions ({record['expanded_bytes']:,} bytes returned) cost $" in text
     assert rows[0].as_dict()["expansions"] == 1
+
+
+def test_streams_stop_at_the_limit_and_anthropic_streams_give_the_client_its_own_call(
+    make_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
+) -> None:
+    proxy = start(make_proxy, tmp_path, retrieve={"max_expansions_per_request": 1})
+    ref = keep_original(tmp_path, "default", LOG)
+    chunks = list(
+        oai(proxy, **{"x-fake-expand-repeat": "1"}).chat.completions.create(**chat_body(ref), stream=True)
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.endswith(
+        "The expansion returned: Limit reached: at most 1 expansions per request. Continue with what you have."
+    )
+    assert len(upstream.requests) == 3 and records(proxy)[-1]["expansions"] == 1
+    with claude(proxy, **{"x-fake-expand-mixed": "1"}).messages.stream(**messages_body(ref)) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "text", "tool_use"]
+    assert [b.name for b in final.content if b.type == "tool_use"] == ["get_weather"]
+    assert final.stop_reason == "tool_use"

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from proxy.exchange import Exchange
+from proxy.metrics import Metrics
 from proxy.policy.originals import Expansion, Originals
 from proxy.server.asgi import Receive, Send
 from proxy.server.body import usage_of
@@ -58,6 +59,7 @@ class ExpandLoop:
     exchange: Exchange
     idle_timeout: float = 300.0
     injected: bool = False  # the stream's usage was asked for by the proxy (the taps strip it)
+    metrics: Metrics | None = None
     rounds: int = 0
     answered: int = 0
 
@@ -78,6 +80,8 @@ class ExpandLoop:
                 self.exchange.expansions += 1
                 self.exchange.expanded_bytes += got.returned_bytes
             log.info("expand request_id=%s status=%s", self.exchange.request_id, got.status)
+            if self.metrics is not None:
+                self.metrics.expansions.labels(team=self.exchange.team, status=got.status).inc()
             results.append(got.text)
         return results
 
