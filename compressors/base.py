@@ -13,10 +13,15 @@ import abc
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from compressors.preserve import PreserveSpec, Region, split_tags
 from compressors.tokenizer import Tokenizer, tokenizer_for
+
+# How a compressor's work grows with its input: "linear" is a pass or two over the text with no model
+# (the proxy runs it on parts of any size, bounded by the latency budget); "model" runs a model over
+# the text (the proxy skips it on parts above its size cap, ``compression.max_part_chars``).
+Cost = Literal["linear", "model"]
 
 
 class CompressorError(Exception):
@@ -125,6 +130,8 @@ class Compressor(abc.ABC):
     # option name -> (type or tuple of types, default). Subclasses may add
     # semantic checks in ``_validate``.
     option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+    # Taken as costly unless the class says otherwise: an unknown cost gets the size cap.
+    cost: ClassVar[Cost] = "model"
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         given = dict(options or {})
@@ -143,6 +150,11 @@ class Compressor(abc.ABC):
             parsed[key] = value
         self.options: Mapping[str, Any] = parsed
         self._validate()
+
+    @property
+    def cost_class(self) -> Cost:
+        """``cost``, or what this instance's options make it (relevance with bm25 needs no model)."""
+        return self.cost
 
     def _validate(self) -> None:
         """Semantic checks on ``self.options``; raise :class:`OptionsError`."""

@@ -72,6 +72,7 @@ class Normalize(Compressor):
     """Lossless-ish clean-up; see the module docstring."""
 
     name = "normalize"
+    cost = "linear"
     option_types = {
         "minify_json": (bool, True),
         "collapse_repeats": (bool, True),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.base import Ask, Compressed, Compressor, Cost, Decision, OptionsError
 from compressors.bm25 import bm25_scores
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
 from compressors.preserve import find_spans, split_tags
@@ -99,6 +99,10 @@ class Relevance(Compressor):
         "min_units": (int, 1),
         "backend": (str, DEFAULT_BACKEND),  # embedding runtime: torch, onnx or onnx-int8 (fastest)
     }
+
+    @property
+    def cost_class(self) -> Cost:
+        return "linear" if self.options["scorer"] == "bm25" else "model"
 
     def _validate(self) -> None:
         opts = self.options

@@ -132,6 +132,7 @@ class Truncate(Compressor):
     """Keeps the start (``head``), the end (``tail``) or both ends (``middle``)."""
 
     name = "truncate"
+    cost = "linear"
     option_types = {
         "mode": (str, "head"),
         "unit": (str, "line"),
