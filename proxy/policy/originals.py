@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from proxy.logs import RateLimitedLog
 from proxy.store.base import SharedStore, StoreUnavailable
 
 __all__ = ["ID_PATTERN", "Expansion", "Originals", "keyed_id", "select_lines"]
@@ -43,6 +44,7 @@ _SECRET_KEY = "secret"
 _SECRET_REFRESH_S = 300.0  # re-read (and touch) the shared secret this often
 _OFF_LOOP_CHARS = 16 * 1024  # hashing or zlib of more text than this runs in a thread
 _SEEN = b"1"
+_RETRY_AFTER_S = 1.0
 
 Status = Literal["ok", "expired", "unknown", "unavailable", "limit"]
 
@@ -121,16 +123,27 @@ class Originals:
         self._secret: bytes | None = None
         self._secret_at = float("-inf")
         self._secret_lock = asyncio.Lock()
+        self._down_until = 0.0
+        self._down_log = RateLimitedLog(log, interval=60.0)  # an outage: one line a minute per kind
 
     def scope(self, team: str) -> str:
         return "*" if self.shared_across_teams else team
 
     async def _call(self, call: Awaitable[T]) -> T:
-        """The store's answer; raises StoreUnavailable on an error or past ``timeout_s``."""
+        """The store's answer; raises StoreUnavailable on an error or past ``timeout_s``, and for a
+        second after a failure without trying (no request waits out a timeout during an outage)."""
+        if time.monotonic() < self._down_until:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise StoreUnavailable("store down (retrying shortly)")
         try:
             return await asyncio.wait_for(call, self.timeout_s)
         except TimeoutError as exc:
+            self._down_until = time.monotonic() + _RETRY_AFTER_S
             raise StoreUnavailable("store call timed out") from exc
+        except StoreUnavailable:
+            self._down_until = time.monotonic() + _RETRY_AFTER_S
+            raise
 
     async def secret(self) -> bytes:
         """The replicas' shared key (first writer wins); raises StoreUnavailable."""
@@ -188,7 +201,9 @@ class Originals:
         try:
             return list(await self.ids(scope, texts))
         except StoreUnavailable as exc:
-            log.warning("originals store unavailable, compressing without hash=: %s", str(exc)[:200])
+            self._down_log.info(
+                ("ids",), "originals store unavailable, compressing without hash=: %s", str(exc)[:200]
+            )
             return [None] * len(texts)
 
     async def keep_referenced(self, scope: str, items: Sequence[tuple[str, str, str]]) -> int:
@@ -201,7 +216,9 @@ class Originals:
         try:
             await self.keep_many(scope, wanted)
         except StoreUnavailable as exc:
-            log.warning("originals store unavailable, originals not kept: %s", str(exc)[:200])
+            self._down_log.info(
+                ("keep",), "originals store unavailable, originals not kept: %s", str(exc)[:200]
+            )
             return 0
         return len(wanted)
 
@@ -215,7 +232,9 @@ class Originals:
                 self._call(self.store.get_many(f"seen:{scope}", [ref])),
             )
         except StoreUnavailable as exc:
-            log.warning("originals store unavailable: %s", str(exc)[:200])
+            self._down_log.info(
+                ("expand",), "originals store unavailable for an expansion: %s", str(exc)[:200]
+            )
             return Expansion.refused("unavailable", ref)
         if original[0] is None:
             return Expansion.refused("expired" if seen[0] is not None else "unknown", ref, ttl_s=self.ttl_s)
