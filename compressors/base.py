@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -22,6 +23,8 @@ from compressors.tokenizer import Tokenizer, tokenizer_for
 # (the proxy runs it on parts of any size, bounded by the latency budget); "model" runs a model over
 # the text (the proxy skips it on parts above its size cap, ``compression.max_part_chars``).
 Cost = Literal["linear", "model"]
+
+_REF = re.compile(r"[0-9a-f]{24}")
 
 
 class CompressorError(Exception):
@@ -177,6 +180,8 @@ class Compressor(abc.ABC):
         ``ref`` (24 lowercase hex) goes into every omission marker as ``hash=``.
         Raises :class:`CompressorError` on failure.
         """
+        if ref is not None and not _REF.fullmatch(ref):
+            raise ValueError(f"ref must be 24 lowercase hex characters, got {ref!r}")
         tokenizer = tokenizer_for(model)
         spec = preserve or PreserveSpec.default()
         try:
@@ -184,9 +189,7 @@ class Compressor(abc.ABC):
             if len(regions) == 1 and regions[0].mode == "compress" and regions[0].text == text:
                 # hot path: no tags, no extra tokenization
                 return self._compress(text, Ask(target, query, spec, tokenizer, ref))
-            return self._compress_regions(
-                text, regions, target=target, query=query, preserve=spec, tokenizer=tokenizer
-            )
+            return self._compress_regions(text, regions, Ask(target, query, spec, tokenizer, ref))
         except CompressorError:
             raise
         except Exception as exc:  # contained: the caller fails open on CompressorError
@@ -196,14 +199,11 @@ class Compressor(abc.ABC):
         self,
         text: str,
         regions: list[Region],
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
+        ask: Ask,
     ) -> Compressed:
         """Inline tags: ``keep`` regions verbatim, ``rate`` regions at their own rate,
         the plain regions sharing what is left of the budget; joined in order."""
+        target, tokenizer = ask.target, ask.tokenizer
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         counts = tokenizer.count_many([region.text for region in regions])
@@ -211,9 +211,7 @@ class Compressor(abc.ABC):
         fixed = 0  # tokens held by keep regions and rate regions
         for i, region in enumerate(regions):
             if region.mode == "rate":
-                results[i] = self._compress(
-                    region.text, Ask(Target(rate=region.rate), query, preserve, tokenizer)
-                )
+                results[i] = self._compress(region.text, ask._replace(target=Target(rate=region.rate)))
                 fixed += results[i].tokens_after
             elif region.mode == "keep":
                 fixed += counts[i]
@@ -222,8 +220,9 @@ class Compressor(abc.ABC):
         remaining = budget - fixed
         for i in plain:
             share = counts[i] if remaining >= plain_tokens else remaining * counts[i] // plain_tokens
-            ask = Ask(Target(max_tokens=max(1, share)), query, preserve, tokenizer)
-            results[i] = self._compress(regions[i].text, ask)
+            results[i] = self._compress(
+                regions[i].text, ask._replace(target=Target(max_tokens=max(1, share)))
+            )
         return self._join_regions(regions, counts, results, tokens_before, budget, fixed, tokenizer)
 
     def _join_regions(
