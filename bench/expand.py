@@ -192,6 +192,8 @@ class Held:
     needed: int = 0  # of those, how many a later assistant turn refers to by what was left out
     saved_tokens: int = 0  # tokens the lossy parts saved when first sent
     needed_tokens: int = 0  # ... of which the parts that would be expanded
+    kept: int = 0  # originals the store really holds (ids in hash= markers of forwarded bodies)
+    kept_bytes: int = 0  # the sqlite store's bytes (keys and values) after the replay
 
 
 _WORD = re.compile(r"[A-Za-z_][\w./-]{5,}")
@@ -219,12 +221,16 @@ def _assistant_text(messages: list[dict[str, Any]]) -> str:
 async def replay_agents(limit: int | None) -> Held:
     """The traces turn by turn through the shipped agents policy (no store: bytes are computed)."""
     policy, _ = load_policy(REPO / "policies" / "agents.yaml")
+    store = SqliteStore(
+        Path(tempfile.mkdtemp(prefix="tersegate-originals-")) / "memo.sqlite", max_bytes=1 << 30
+    )
     rewriter = PolicyRewriter(
         PolicySet(policies={"agents": policy}, team_policy={"agents": "agents"}),
         memo_bytes=1 << 28,
         workers=2,
+        originals=Originals(store),
     )
-    held, seen = Held(), set()
+    held, seen, ids = Held(), set(), set()
     try:
         await rewriter.ready()
         for trace in evaldata.TRACES[:limit]:
@@ -237,6 +243,7 @@ async def replay_agents(limit: int | None) -> Held:
                 exchange.arrived = time.monotonic() + 60  # the bench measures bytes, not the latency budget
                 result = await rewriter(exchange, {"model": "gpt-4o", "messages": messages}, {})
                 forwarded = result.body["messages"] if result.body else messages
+                ids.update(re.findall(r"hash=([0-9a-f]{24})", orjson.dumps(forwarded).decode()))
                 later = _assistant_text(history[len(messages) :])
                 for detail in result.parts:
                     i, text = detail["message"], messages[detail["message"]].get("content")
@@ -256,8 +263,10 @@ async def replay_agents(limit: int | None) -> Held:
                     held.saved_tokens += saved
                     held.needed += need
                     held.needed_tokens += saved if need else 0
+        held.kept, held.kept_bytes = len(ids), await store.size_bytes()
     finally:
         rewriter.close()
+        await store.aclose()
     return held
 
 
@@ -291,7 +300,10 @@ def render(lat: dict[str, dict[str, list[float]]], held: Held, requests: int) ->
         "",
         "| per 1,000 agent turns | originals | raw bytes | stored bytes (zlib + keys) |",
         "|---|---:|---:|---:|",
-        f"| | {held.originals * per:,.0f} | {held.raw * per:,.0f} | {held.stored * per:,.0f} |",
+        f"| parts compressed when new (upper bound) | {held.originals * per:,.0f} | {held.raw * per:,.0f} "
+        f"| {held.stored * per:,.0f} |",
+        f"| originals the store holds (a `hash=` marker points at them) | {held.kept * per:,.0f} | | "
+        f"{held.kept_bytes * per:,.0f} |",
         "",
         "## How many expansions a model would need",
         "",
