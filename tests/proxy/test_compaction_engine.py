@@ -20,13 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from anthropic_shape import turns as claude_code_turns
 
+from compressors.markers import find_markers
 from proxy.audit.pricing import PriceBook
 from proxy.config.model import load_config
 from proxy.config.yamlsource import ConfigErrors
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policy
+from proxy.policy.originals import Originals
 from proxy.store.base import SharedStore
+from proxy.store.memory import MemoryStore
 from proxy.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -286,3 +289,21 @@ async def test_outputs_that_failed_open_are_compressed_at_the_next_batch(tmp_pat
         assert (await send(engine, history[9]))[: len(caught)] == caught
     finally:
         engine.close()
+
+
+async def test_with_retrieval_a_stub_carries_the_id_its_original_is_kept_under(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(POLICY.format(more="") + "retrieve: true\n", encoding="utf-8")
+    policies = PolicySet(policies={"agent": load_policy(path)[0]}, team_policy={"t": "agent"})
+    originals = Originals(MemoryStore())
+    engine = PolicyRewriter(policies, memo_bytes=1 << 24, workers=1, prices=PriceBook(), originals=originals)
+    try:
+        last = [await send(engine, t) for t in turns(session())][-1]
+    finally:
+        engine.close()
+    assert stubbed(last)
+    for i in stubbed(last):
+        (found,) = find_markers(last[i]["content"].split("\n")[0])
+        assert found[2].ref is not None
+        expansion = await originals.expand(originals.scope("t"), found[2].ref)
+        assert expansion.status == "ok" and expansion.text == session()[i]["content"]
