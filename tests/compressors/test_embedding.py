@@ -133,6 +133,7 @@ def test_onnx_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     assert export_dir(DEFAULT_MODEL_SHA256).is_relative_to(onnx_cache)
 
 
+@pytest.mark.slow  # alone (-m "not slow"), it makes the ONNX export the test above otherwise leaves
 @pytest.mark.usefixtures("release_models")
 @pytest.mark.evaldata(evaldata.NQ)
 def test_openvino_int8_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
