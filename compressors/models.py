@@ -41,9 +41,11 @@ def load_once(key: Hashable, loader: Callable[[], T], *, pinned: bool = False) -
             return loaded
 
 
-def unload() -> None:
+def unload() -> int:
     """Forget every loaded object except the pinned ones, so its memory can be given back once
-    no caller holds it (the next use loads it again)."""
+    no caller holds it (the next use loads it again). Returns how many were forgotten."""
     with _lock:
-        for key in [key for key in _loaded if key not in _pinned]:
+        keys = [key for key in _loaded if key not in _pinned]
+        for key in keys:
             del _loaded[key]
+    return len(keys)
