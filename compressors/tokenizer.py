@@ -174,7 +174,8 @@ def _parse_bpe(data: bytes) -> dict[bytes, int]:
 
 
 def _encoding(name: str) -> tiktoken.Encoding:
-    return load_once(("tiktoken", name), lambda: _load_encoding(name))
+    # Pinned: the Tokenizers tokenizer_for caches hold it anyway; unloading would load a second copy.
+    return load_once(("tiktoken", name), lambda: _load_encoding(name), pinned=True)
 
 
 def _load_encoding(name: str) -> tiktoken.Encoding:

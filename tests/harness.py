@@ -20,6 +20,10 @@ a policy, no audit). ``env`` is set for the test (config reads keys from it).
 Returns a :class:`RunningProxy`: ``.url``, ``.base_url`` (with ``/v1``, for
 ``openai.OpenAI(base_url=...)``), ``.config_path``, ``.services``, ``.stop()``.
 
+``shared_proxy(folder, config, upstream, policies)``: a context manager serving one in-process proxy
+for a module-scoped fixture, when starting one per test (compression workers load models) would
+cost seconds each.
+
 ``spawn_proxy(...)``: same arguments, but runs ``tersegate serve`` as a real
 subprocess (for SIGKILL/SIGHUP tests); adds ``.proc`` and ``.log_text()``
 (its stderr), ``.stop()`` sends SIGTERM, ``.kill()`` SIGKILL.
@@ -27,6 +31,7 @@ subprocess (for SIGKILL/SIGHUP tests); adds ``.proc`` and ``.log_text()``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -49,7 +54,17 @@ from proxy.config.model import load_config
 from proxy.server.app import create_app
 from proxy.server.services import Services, build_services
 
-__all__ = ["MakeProxy", "RunningProxy", "ServerThread", "Upstream", "make_proxy", "spawn_proxy", "upstream"]
+__all__ = [
+    "MakeProxy",
+    "RunningProxy",
+    "ServerThread",
+    "Upstream",
+    "make_proxy",
+    "serve_in_process",
+    "shared_proxy",
+    "spawn_proxy",
+    "upstream",
+]
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789"  # what the fake upstream should receive in auth: keys mode
 
@@ -169,22 +184,49 @@ def make_proxy(upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             monkeypatch.setenv(name, value)
         folder = tmp_path / f"proxy{len(started)}"
         folder.mkdir()
-        path = write_config_dir(folder, config if config is not None else {}, upstream, policies)
-        config = load_config(path)
-        services = build_services(config)
-        app = create_app(services)
-        server = ServerThread(
-            app,
-            config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", limits=config.limits),
-        )
-        proxy = RunningProxy(url=server.url, config_path=path, services=services, server=server.start())
+        proxy = serve_in_process(folder, config if config is not None else {}, upstream, policies)
         started.append(proxy)
-        wait_warm(services)
         return proxy
 
     yield make
     for proxy in started:
         proxy.stop()
+
+
+def serve_in_process(
+    folder: Path, config: str | Mapping[str, Any], upstream: Upstream, policies: Mapping[str, str] | None
+) -> RunningProxy:
+    """A proxy served in this process from ``config`` written into ``folder``, warm (the caller
+    sets the environment its config reads, and stops it)."""
+    path = write_config_dir(folder, config, upstream, policies)
+    loaded = load_config(path)
+    services = build_services(loaded)
+    app = create_app(services)
+    server = ServerThread(
+        app, config=uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", limits=loaded.limits)
+    )
+    proxy = RunningProxy(url=server.url, config_path=path, services=services, server=server.start())
+    wait_warm(services)
+    return proxy
+
+
+@contextlib.contextmanager
+def shared_proxy(
+    folder: Path,
+    config: str | Mapping[str, Any],
+    upstream: Upstream,
+    policies: Mapping[str, str] | None = None,
+) -> Iterator[RunningProxy]:
+    """A proxy for a module-scoped fixture, where the tests only send requests to it: starting a
+    proxy with compression policies (its worker processes load their models) costs seconds, so
+    one per module, not one per test. Tests using it call ``upstream.clear()`` themselves."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FAKE_UPSTREAM_KEY", UPSTREAM_KEY)
+        proxy = serve_in_process(folder, config, upstream, policies)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
 
 
 def wait_warm(services: Services, timeout: float = 180) -> None:

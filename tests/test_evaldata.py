@@ -112,6 +112,7 @@ def test_evaldata_is_not_shipped_in_the_wheel() -> None:
     assert not [p for p in packages if p.split(".")[0] == "evaldata"]
 
 
+@pytest.mark.slow
 def test_a_run_without_the_data_says_once_how_many_were_skipped_and_how_to_get_it(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compressors/test_units.py"],

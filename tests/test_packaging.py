@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import compressors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ def test_compressors_public_names() -> None:
         assert hasattr(compressors, name)
 
 
+@pytest.mark.slow
 def test_ruff_and_mypy_are_clean() -> None:
     ruff = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "proxy", "compressors", "tests", "bench", "evaldata"],

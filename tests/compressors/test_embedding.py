@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -19,9 +20,20 @@ from compressors.embedding import (
     default_model_path,
     file_sha256,
 )
+from compressors.models import unload
 from compressors.onnx_encoder import MANIFEST, ONNX_RECIPE, BuildIntegrityError, ensure_built, export_dir
 from compressors.openvino_build import calibration_texts
 from compressors.openvino_encoder import OPENVINO_RECIPE
+
+
+@pytest.fixture
+def release_models() -> Iterator[None]:
+    """For the tests that load models no other test uses (other backends, copies under other
+    paths, fresh builds): let them go when the test ends, not at the module's end, or they add
+    up to about 2.3 GB. The tests of the default model share its load."""
+    yield
+    if unload():  # a full collection costs about 0.25 s with torch loaded: only when it frees a model
+        gc.collect()
 
 
 def test_bundled_weights_match_the_pinned_hash() -> None:
@@ -31,6 +43,7 @@ def test_bundled_weights_match_the_pinned_hash() -> None:
     assert digest.startswith("53aa5117") and digest.endswith("d9db")
 
 
+@pytest.mark.slow
 def test_vectors_are_unit_length_ordered_and_repeatable() -> None:
     embedder = Embedder()
     texts = ["The cat sat on the mat.", "Quarterly revenue grew by 4 percent.", "The cat sat on the mat."]
@@ -105,6 +118,8 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield root
 
 
+@pytest.mark.usefixtures("release_models")
+@pytest.mark.slow
 @pytest.mark.evaldata(evaldata.NQ)
 def test_onnx_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     pytest.importorskip("onnxruntime")
@@ -118,6 +133,8 @@ def test_onnx_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     assert export_dir(DEFAULT_MODEL_SHA256).is_relative_to(onnx_cache)
 
 
+@pytest.mark.slow  # alone (-m "not slow"), it makes the ONNX export the test above otherwise leaves
+@pytest.mark.usefixtures("release_models")
 @pytest.mark.evaldata(evaldata.NQ)
 def test_openvino_int8_vectors_match_torch_on_real_passages(onnx_cache: Path) -> None:
     pytest.importorskip("openvino")
@@ -144,6 +161,8 @@ def model_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+@pytest.mark.usefixtures("release_models")
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnx-int8", "openvino-int8"])
 def test_a_build_is_reused_by_a_later_process(onnx_cache: Path, model_copy: Path, backend: str) -> None:
     pytest.importorskip("onnxruntime" if backend == "onnx-int8" else "openvino")
@@ -169,6 +188,8 @@ def test_a_build_is_reused_by_a_later_process(onnx_cache: Path, model_copy: Path
     assert {path: path.stat().st_mtime_ns for path in files} == stamps
 
 
+@pytest.mark.usefixtures("release_models")
+@pytest.mark.slow
 def test_a_backend_that_cannot_build_falls_back_to_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -190,6 +211,7 @@ def test_a_backend_that_cannot_build_falls_back_to_the_next(
     assert (vectors * reference).sum(axis=1).min() >= 0.98
 
 
+@pytest.mark.usefixtures("release_models")
 @pytest.mark.parametrize("backend", ["onnx-int8", "openvino-int8"])
 def test_tampered_weights_are_refused_by_the_exported_backends(
     tmp_path: Path, onnx_cache: Path, backend: str
@@ -236,6 +258,7 @@ def test_a_build_without_manifest_is_replaced(tmp_path: Path) -> None:
     assert [path.name for path in final.parent.iterdir()] == ["recipe"]  # no temporary folder left
 
 
+@pytest.mark.usefixtures("release_models")
 def test_exported_runtimes_pool_as_the_model_says(
     tiny_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -79,6 +79,7 @@ def test_reorder_ends_puts_the_best_first_and_second_best_last(rows: list[dict])
     assert gold.split(")", 1)[0] in result.text.split("\n")[2]  # the gold is the most relevant: first
 
 
+@pytest.mark.slow
 @needs_data
 def test_target_is_honoured_within_five_percent_on_fine_units(rows: list[dict]) -> None:
     prompt, _ = _qa_prompt(rows, 3, list(range(60)))
@@ -197,6 +198,7 @@ def test_unknown_and_invalid_options_are_rejected_at_construction() -> None:
         Relevance({"model_sha256": "abc"})
 
 
+@pytest.mark.slow
 def test_a_local_model_copy_works_and_a_tampered_one_is_refused(tmp_path: Path) -> None:
     copy = tmp_path / "minilm"
     shutil.copytree(default_model_path(), copy)

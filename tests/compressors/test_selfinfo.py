@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 
 from compressors.base import Target
 from compressors.keepnet import keep_net
@@ -64,6 +65,7 @@ def test_every_feature_has_a_weight_and_a_column(nq_rows: list[dict[str, object]
     assert content.dtype == bool and content.any()
 
 
+@pytest.mark.slow
 def test_query_awareness_keeps_answers_on_rows_it_was_not_fitted_on(nq_rows: list[dict[str, object]]) -> None:
     # The keep network was trained on rows 0-1799; rows 1800-2099 are unseen.
     aware = Tokens()
@@ -112,6 +114,7 @@ def test_who_question_keeps_the_person_over_rarer_words() -> None:
     )
 
 
+@pytest.mark.slow
 def test_bridging_inner_words_keeps_more_answers_on_unseen_rows(nq_rows: list[dict[str, object]]) -> None:
     # The bridge was tuned on rows 0-599; rows 600-2654 are unseen. Multi-word answers
     # ("Speaker of the House") need their inner words: without them the phrase is a different one.

@@ -120,6 +120,7 @@ print(json.dumps({m: tokenizer_for(m).count(text) for m in ["gpt-4o", "gpt-4", "
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["plain", "litellm-first"])
 def test_counts_work_with_the_network_unreachable(order: str, tmp_path: Path) -> None:
     empty_cache = tmp_path / "tiktoken-cache"

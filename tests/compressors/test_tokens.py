@@ -47,6 +47,7 @@ def test_segmentation_rebuilds_the_text_byte_for_byte(nq_rows: list[dict[str, ob
         assert all(not gap.strip() for gap in gaps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [0.5, 0.33])
 def test_target_is_honoured_on_nq(nq_rows: list[dict[str, object]], rate: float) -> None:
     compressor = Tokens()
@@ -79,6 +80,7 @@ def test_output_is_deterministic(nq_rows: list[dict[str, object]]) -> None:
     assert first.decisions == second.decisions
 
 
+@pytest.mark.slow
 def test_question_line_and_query_words_survive(nq_rows: list[dict[str, object]]) -> None:
     for row in nq_rows[:100]:
         text, question = _nq_prompt(row)

@@ -40,6 +40,7 @@ def ask(proxy_url: str, mode: str) -> httpx.Response:
     return httpx.post(proxy_url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
+@pytest.mark.slow
 def test_unknown_team_is_403_naming_the_team_header(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy({"teams": {"default": {}, "search": {}}})
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-good-key", max_retries=0)
@@ -51,6 +52,7 @@ def test_unknown_team_is_403_naming_the_team_header(spawn_proxy: MakeProxy, upst
     assert upstream.requests == []
 
 
+@pytest.mark.slow
 def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     strict = wait_compression_ready(
         spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(override=False))
@@ -75,6 +77,7 @@ def test_refused_mode_override_is_answered_with_a_header(spawn_proxy: MakeProxy,
     assert "x-tersegate-mode-override" not in plain.headers
 
 
+@pytest.mark.slow
 def test_unquoted_mode_off_means_off(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = wait_compression_ready(
         spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies=tidy(mode="off"))
@@ -101,6 +104,7 @@ def test_unquoted_mode_on_is_rejected_with_a_hint(tmp_path: Path) -> None:
     assert "tidy.yaml:4: policy.mode" in result.stderr and "quote it" in result.stderr
 
 
+@pytest.mark.slow
 def test_audit_verify_defaults_to_the_configs_audit_path(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy({"audit": {"path": "logs/audit.jsonl"}})
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)

@@ -196,6 +196,7 @@ def test_stream_bytes_relay_unchanged_with_query_and_x_api_key(
     assert upstream.last().query == "beta=true" and upstream.last().headers["x-api-key"] == "sk-ant-k"
 
 
+@pytest.mark.slow
 def test_beta_query_string_and_count_tokens_are_forwarded_untouched(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
@@ -275,6 +276,7 @@ def restart(upstream: Upstream) -> None:
     upstream.server = ServerThread(upstream.app, port=upstream.server.port).start()
 
 
+@pytest.mark.slow
 def test_only_text_and_tool_results_are_rewritten_and_markers_stay(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:

@@ -58,6 +58,7 @@ def anthropic_proxy(make: MakeProxy) -> object:
     )
 
 
+@pytest.mark.slow
 def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
     make_proxy: MakeProxy, upstream: Upstream, trace: Path
 ) -> None:
@@ -88,6 +89,7 @@ def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
     assert abs(int(found.group(2)) - int(after)) <= 8 * run.stdout.count(b"hash=")
 
 
+@pytest.mark.slow
 def test_report_sums_anthropic_dollars(make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = anthropic_proxy(make_proxy)
     client = anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-test", max_retries=0)  # type: ignore[attr-defined]

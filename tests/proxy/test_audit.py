@@ -106,6 +106,7 @@ def test_record_fields_and_costs_match_the_price_map(make_proxy: MakeProxy) -> N
     assert record["key_id"] is None or len(record["key_id"]) == 12
 
 
+@pytest.mark.slow
 def test_unknown_model_has_no_price(make_proxy: MakeProxy) -> None:
     proxy = audited_proxy(make_proxy)
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-x", max_retries=0)
@@ -168,6 +169,7 @@ def test_stream_with_include_usage_is_unchanged(make_proxy: MakeProxy) -> None:
     assert record["usage"]["prompt_tokens"] == chunks[-1].usage.prompt_tokens
 
 
+@pytest.mark.slow
 def test_responses_and_completions_streams_are_audited_with_usage(make_proxy: MakeProxy) -> None:
     proxy = audited_proxy(make_proxy)
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-x", max_retries=0)
@@ -187,6 +189,7 @@ def test_responses_and_completions_streams_are_audited_with_usage(make_proxy: Ma
     assert completions_record["usage"]["prompt_tokens"] == 2
 
 
+@pytest.mark.slow
 async def test_concurrency_100_gives_100_records(make_proxy: MakeProxy) -> None:
     proxy = audited_proxy(make_proxy)
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-x", max_retries=0)
@@ -211,6 +214,7 @@ async def test_concurrency_100_gives_100_records(make_proxy: MakeProxy) -> None:
     assert verify(proxy.config_path.parent / "audit/audit.jsonl").returncode == 0
 
 
+@pytest.mark.slow
 async def test_sigkill_right_after_responses_loses_no_record(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_proxy({"audit": {"path": "audit/audit.jsonl"}})
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk-x", max_retries=0)

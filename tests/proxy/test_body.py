@@ -110,6 +110,7 @@ def _rss_peak_kb(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_a_200_mb_download(spawn_proxy: Any) -> None:
     payload = os.urandom(1 << 16) * 3200  # 200 MiB
     with RawUpstream(_file_answer(payload)) as raw:

@@ -122,6 +122,7 @@ def other_upstream() -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("megabytes", [2, 30])
 def test_a_huge_prompt_never_delays_others(
     spawn_proxy: MakeProxy, upstream: Upstream, other_upstream: str, megabytes: int
@@ -160,6 +161,7 @@ def test_a_huge_prompt_never_delays_others(
     assert (megabytes * 1_000_000 > 8 << 20) is (record["tokens_before"] == record["usage"]["prompt_tokens"])
 
 
+@pytest.mark.slow
 def test_a_late_result_is_never_used(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     # The cap is raised so a part that takes seconds to compress is attempted at all.
     proxy = support_proxy(spawn_proxy, budget_ms=150, compression={"max_part_chars": 10_000_000})
@@ -175,6 +177,7 @@ def test_a_late_result_is_never_used(spawn_proxy: MakeProxy, upstream: Upstream)
     assert record["compress_ms"] <= 150 + 50
 
 
+@pytest.mark.slow
 def test_an_abandoned_job_does_not_hold_the_pool(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     # One worker; a part that would take it well over ten seconds to compress.
     proxy = support_proxy(
@@ -190,6 +193,7 @@ def test_an_abandoned_job_does_not_hold_the_pool(spawn_proxy: MakeProxy, upstrea
     assert first["fail_open"] == "latency_budget" and second["fail_open"] is None
 
 
+@pytest.mark.slow
 def test_parts_above_the_cap_are_forwarded_as_is(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = support_proxy(spawn_proxy, compression={"max_part_chars": 5_000})
     below, above = ticket(4_000, seed=2), ticket(6_000, seed=3)
@@ -209,6 +213,7 @@ def test_parts_above_the_cap_are_forwarded_as_is(spawn_proxy: MakeProxy, upstrea
     assert len(sent[2]["content"]) < len(below)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_body_above_the_parse_cap_is_forwarded_unparsed_and_audited_from_usage(
     spawn_proxy: MakeProxy, upstream: Upstream, stream: bool
@@ -250,6 +255,7 @@ def test_counting_in_pieces_gives_the_same_total() -> None:
             assert _count(tokenizer, text) == tokenizer.count(text)
 
 
+@pytest.mark.slow
 def test_a_message_without_sentence_ends_does_not_stall_query_planning(
     spawn_proxy: MakeProxy, upstream: Upstream
 ) -> None:

@@ -7,9 +7,11 @@ import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 from harness import MakeProxy, Upstream, tersegate_command
 
 
+@pytest.mark.slow
 def test_serve_subprocess_forwards_and_stops_on_sigterm(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy()
     c = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)

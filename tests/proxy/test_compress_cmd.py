@@ -45,6 +45,7 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_compress_prints_what_the_server_forwards(
     make_proxy: MakeProxy, upstream: Upstream, trace: str | Path
 ) -> None:
@@ -118,6 +119,7 @@ def _question_policy_config(tmp_path: Path, compressor: str, options: str) -> Pa
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("compressor", "options"), [("relevance", "{scorer: bm25}"), ("tokens", "{}")])
 def test_a_long_one_line_question_message_is_compressed(
     tmp_path: Path, compressor: str, options: str
@@ -141,6 +143,7 @@ def test_a_long_one_line_question_message_is_compressed(
         assert out.startswith(asked) and "Alder37 " in out
 
 
+@pytest.mark.slow
 def test_a_part_that_saves_nothing_says_why(tmp_path: Path) -> None:
     # One sentence, so relevance cannot drop a unit: the note was "below min_saving_tokens".
     content = " ".join(f"word{i} and more" for i in range(200))

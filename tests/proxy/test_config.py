@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from harness import tersegate_command
 
 from proxy.config.model import (
@@ -46,6 +47,7 @@ def check(folder: Path, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_shipped_config_is_valid() -> None:
     out = subprocess.run(
         [*tersegate_command(), "check"], capture_output=True, text=True, cwd=ROOT, timeout=60
@@ -54,6 +56,7 @@ def test_shipped_config_is_valid() -> None:
     assert "config.yaml: ok" in out.stdout
 
 
+@pytest.mark.slow
 def test_unknown_key_wrong_type_and_missing_policy_file(tmp_path: Path) -> None:
     text = GOOD.replace("auth: passthrough", "auth: passthrough\ncolour: blue").replace(
         "    base_url: https://api.openai.com/v1",

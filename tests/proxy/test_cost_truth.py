@@ -133,6 +133,7 @@ def assert_matches_invoices(upstream: PrefixCacheUpstream, audit: Path, model: s
         assert (saved > 0) == (invoice[team] < base), (team, saved, invoice[team] - base)
 
 
+@pytest.mark.slow
 def test_openai_audit_matches_the_invoices_and_shows_the_loss(
     spawn_proxy: MakeProxy, cache_upstream: PrefixCacheUpstream, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ def test_openai_audit_matches_the_invoices_and_shows_the_loss(
     assert "-$" in table and "aged" in table and "raised the bill" in table
 
 
+@pytest.mark.slow
 def test_upstream_cache_misses_are_calibrated_away(spawn_proxy: MakeProxy, tmp_path: Path) -> None:
     app = PrefixCacheUpstream(flush_every=4)  # every 4th request of a scope finds its cache gone
     server = ServerThread(app).start()
@@ -189,6 +191,7 @@ def test_upstream_cache_misses_are_calibrated_away(spawn_proxy: MakeProxy, tmp_p
     assert_matches_invoices(app, tmp_path / "audit.jsonl", "gpt-5", ["first", "aged"])
 
 
+@pytest.mark.slow
 def test_anthropic_breakpoints_audit_matches_the_invoices(
     spawn_proxy: MakeProxy, cache_upstream: PrefixCacheUpstream, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ def audit_records(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_streams_then_ends_the_rest_with_an_error_frame(
     spawn_proxy: MakeProxy, upstream: Upstream, sig: signal.Signals

@@ -228,6 +228,7 @@ def test_shadow_forwards_the_original_bytes_and_reports_the_saving(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", [True, False])
 def test_client_override_only_where_the_policy_allows(
     make_proxy: MakeProxy, upstream: Upstream, sample: Sample, override: bool
@@ -265,6 +266,7 @@ def test_min_saving_tokens_leaves_small_savings_alone(
     assert response.headers["x-tersegate-tokens-after"] == response.headers["x-tersegate-tokens-before"]
 
 
+@pytest.mark.slow
 def test_compressor_error_fails_open(make_proxy: MakeProxy, upstream: Upstream, sample: Sample) -> None:
     broken = """\
 name: broken
@@ -333,6 +335,7 @@ rules:
     assert forwarded[1]["tool_calls"] == messages[2]["tool_calls"]
 
 
+@pytest.mark.slow
 @needs_evaldata
 def test_nq_question_and_instruction_survive_relevance(make_proxy: MakeProxy, upstream: Upstream) -> None:
     rows = evaldata.nq_rows(20)

@@ -68,6 +68,7 @@ def conversation(question: str, *more: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @needs_evaldata
 async def test_a_part_keeps_its_first_form_after_the_query_changes(tmp_path: Path) -> None:
     policies = policy_set(tmp_path, RELEVANCE_ON_TOOLS.format(budget=60000, compressor="relevance"))

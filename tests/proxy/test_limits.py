@@ -151,6 +151,7 @@ def test_slowloris_clients_are_cut_off_after_the_header_timeout(make_proxy: Make
     assert httpx.get(proxy.base_url + "/models").status_code == 200  # the proxy serves on
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed(make_proxy: MakeProxy) -> None:
     proxy = make_proxy({"limits": {"header_timeout_s": 1, "keepalive_timeout_s": 0.5}})
     idle = [connect(proxy.url) for _ in range(2000)]  # as many as the issue held open forever

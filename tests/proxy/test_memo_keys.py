@@ -149,6 +149,7 @@ async def test_query_free_forms_are_shared_within_a_team_and_across_teams_only_w
     assert source(await opted_in(exchange("b"), conversation(QUESTION_B, documents=lines), {})) == "memo"
 
 
+@pytest.mark.slow
 async def test_embedding_vectors_cached_for_one_team_do_not_serve_another(
     tmp_path: Path, make_rewriter: Any
 ) -> None:

@@ -80,6 +80,7 @@ def replay_alternating(
     return prefix_breaks(forwarded), len(forwarded) - 1
 
 
+@pytest.mark.slow
 @needs_trace
 def test_replicas_sharing_redis_keep_every_prefix_across_a_sigkill(
     spawn_proxy: MakeProxy, upstream: Upstream, redis_server: RedisServer
@@ -90,6 +91,7 @@ def test_replicas_sharing_redis_keep_every_prefix_across_a_sigkill(
     assert (breaks, pairs) == (0, TURNS - 1)
 
 
+@pytest.mark.slow
 @needs_trace
 def test_control_replicas_with_their_own_memo_break_prefixes(
     spawn_proxy: MakeProxy, upstream: Upstream
@@ -99,6 +101,7 @@ def test_control_replicas_with_their_own_memo_break_prefixes(
     assert pairs == TURNS - 1 and breaks >= 3  # what the shared store removes
 
 
+@pytest.mark.slow
 @needs_trace
 def test_two_processes_on_one_sqlite_file_keep_every_prefix_across_a_restart(
     spawn_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
@@ -108,6 +111,7 @@ def test_two_processes_on_one_sqlite_file_keep_every_prefix_across_a_restart(
     assert (breaks, pairs) == (0, TURNS - 1)
 
 
+@pytest.mark.slow
 @needs_trace
 def test_two_workers_on_the_sqlite_memo_keep_every_prefix_across_a_restart(
     spawn_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
@@ -146,6 +150,7 @@ def metric(proxy: RunningProxy, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
+@pytest.mark.slow
 def test_a_redis_killed_mid_run_costs_the_sharing_not_the_service(
     spawn_proxy: MakeProxy, upstream: Upstream, redis_server: RedisServer
 ) -> None:

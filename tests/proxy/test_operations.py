@@ -34,6 +34,7 @@ def wait_for_lines(path: Path, count: int) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.slow
 def test_upstream_failures_are_logged_once_each_and_shown_by_healthz(spawn_proxy: MakeProxy) -> None:
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     proxy = spawn_proxy({"upstreams": {"fake": {"base_url": down, "api_key_env": "FAKE_UPSTREAM_KEY"}}})
@@ -57,6 +58,7 @@ def test_upstream_failures_are_logged_once_each_and_shown_by_healthz(spawn_proxy
     assert SECRET not in log and "secret prompt" not in log
 
 
+@pytest.mark.slow
 def test_healthz_shows_an_upstream_that_answers(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy()
     httpx.post(proxy.base_url + "/chat/completions", json=CHAT, headers=HEADERS, timeout=30)
@@ -64,6 +66,7 @@ def test_healthz_shows_an_upstream_that_answers(spawn_proxy: MakeProxy, upstream
     assert fake["state"] == "ok" and fake["last_success"] is not None and fake["last_failure"] is None
 
 
+@pytest.mark.slow
 def test_fail_open_is_logged_without_text(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     support = (Path(__file__).resolve().parents[2] / "policies" / "support.yaml").read_text()
     proxy = spawn_proxy(
@@ -79,6 +82,7 @@ def test_fail_open_is_logged_without_text(spawn_proxy: MakeProxy, upstream: Upst
     assert SECRET not in log and "secret prompt" not in log
 
 
+@pytest.mark.slow
 def test_access_log_has_one_json_line_per_request(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy({"access_log": "logs/access.jsonl", "teams": {"default": {}, "ops": {}}})
     httpx.post(proxy.base_url + "/chat/completions", json=CHAT, headers=HEADERS, timeout=30)
@@ -98,6 +102,7 @@ def test_access_log_has_one_json_line_per_request(spawn_proxy: MakeProxy, upstre
     assert SECRET not in text and "secret prompt" not in text
 
 
+@pytest.mark.slow
 def test_stream_cut_after_headers_is_audited_as_such(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy(
         {
@@ -122,6 +127,7 @@ def test_stream_cut_after_headers_is_audited_as_such(spawn_proxy: MakeProxy, ups
     assert record["status"] == 504 and record["partial"] is True and record["error"] == "upstream_timeout"
 
 
+@pytest.mark.slow
 def test_client_disconnect_is_audited_499_either_way(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy({"audit": {"path": "audit.jsonl"}})
     slow = {**CHAT, "model": "slow"}

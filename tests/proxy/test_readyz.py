@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from harness import MakeProxy, RunningProxy
 
 RAG_POLICY = """\
@@ -52,6 +53,7 @@ def test_ready_without_policies(make_proxy: MakeProxy) -> None:
     assert answers[-1].status_code == 200 and answers[-1].json() == {"status": "ready"}
 
 
+@pytest.mark.slow
 def test_ready_only_once_the_embedding_model_is_warm(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_proxy(
         {"teams": {"default": {"policy": "rag"}}, "audit": {"path": "audit.jsonl"}},
@@ -82,6 +84,7 @@ def test_ready_only_once_the_embedding_model_is_warm(spawn_proxy: MakeProxy) -> 
     assert reply.elapsed.total_seconds() < 3  # nothing left to load on the first request
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_keeps_readyz_503_but_healthz_ok(make_proxy: MakeProxy) -> None:
     proxy = make_proxy({"teams": {"default": {"policy": "broken"}}}, policies={"broken": BROKEN_POLICY})
     deadline = time.monotonic() + 60

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from harness import MakeProxy, Upstream, wait_compression_ready
 from test_readyz import RAG_POLICY
 
@@ -54,6 +55,7 @@ def reloads(proxy: Any, outcome: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_sighup_reloads_a_running_server(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_proxy({"teams": {"default": {"policy": "tidy"}}}, policies={"tidy": OFF})
     send(proxy)
@@ -66,6 +68,7 @@ def test_sighup_reloads_a_running_server(spawn_proxy: MakeProxy, upstream: Upstr
     assert proxy.proc.poll() is None  # SIGHUP did not stop the server
 
 
+@pytest.mark.slow
 def test_file_change_reloads_and_invalid_edit_keeps_last_good(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
@@ -85,6 +88,7 @@ def test_file_change_reloads_and_invalid_edit_keeps_last_good(
     assert not compressed(upstream)
 
 
+@pytest.mark.slow
 def test_config_change_switches_a_team_policy(make_proxy: MakeProxy, upstream: Upstream) -> None:
     quiet = OFF.replace("tidy", "quiet")
     proxy = make_proxy({"teams": {"default": {"policy": "quiet"}}}, policies={"quiet": quiet, "tidy": TIDY})
@@ -108,6 +112,7 @@ def fail_opens(proxy: Any) -> float:
     )
 
 
+@pytest.mark.slow
 def test_a_reload_warms_the_new_model_while_the_old_policy_serves(
     spawn_proxy: MakeProxy, upstream: Upstream
 ) -> None:

@@ -9,13 +9,14 @@ hitting. And the selected parts must shrink as the policy says.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from harness import MakeProxy, Upstream
+from harness import RunningProxy, Upstream, shared_proxy
 from samples import write_agent_trace
 
 import evaldata
@@ -55,13 +56,21 @@ def shipped(*names: str) -> dict[str, str]:
     return {n: (REPO / "policies" / f"{n}.yaml").read_text(encoding="utf-8") for n in names}
 
 
-@pytest.fixture
-def proxy(make_proxy: MakeProxy) -> Any:
+@pytest.fixture(scope="module")
+def shipped_proxy(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    """One proxy for the module (a start with three policies warms their models in worker processes)."""
     teams = {name: {"policy": name} for name in ("default", "agents", "support")}
-    running = make_proxy({"teams": teams}, policies=shipped("default", "agents", "support"))
-    assert running.services is not None
-    assert running.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
-    return running
+    policies = shipped("default", "agents", "support")
+    with shared_proxy(tmp_path_factory.mktemp("proxy"), {"teams": teams}, upstream, policies) as running:
+        assert running.services is not None
+        assert running.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest.fixture
+def proxy(shipped_proxy: RunningProxy, upstream: Upstream) -> RunningProxy:
+    upstream.clear()
+    return shipped_proxy
 
 
 @pytest.mark.parametrize("team", ["agents", "default", "support"])

@@ -49,6 +49,7 @@ def markers(body: dict[str, Any]) -> list[tuple[tuple[str | int, ...], Any]]:
     return [(b.path, listed[b.block]["cache_control"]) for b in breakpoints(body)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trace", TRACES)
 def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
     trace: str, built_trace: Path, make_proxy: MakeProxy, upstream: Upstream
@@ -87,6 +88,7 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
     assert shrunk > 0  # the policy did compress something, so the prefix check means something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trace", TRACES)
 def test_the_agents_bill_is_below_passthrough_and_the_two_turns_old_twin_above(
     trace: str, built_trace: Path

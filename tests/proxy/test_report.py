@@ -104,6 +104,7 @@ def _gpt4o(prompt: int) -> float:
     return prompt * price.input + 100 * price.output
 
 
+@pytest.mark.slow
 def test_json_rows_by_team_model_day(audit: Path) -> None:
     result = report(
         "--audit", str(audit), "--by", "team,model,day", "--format", "json", "--no-index", cwd=audit.parent
@@ -127,6 +128,7 @@ def test_json_rows_by_team_model_day(audit: Path) -> None:
     assert unpriced["saving_pct"] == 50.0
 
 
+@pytest.mark.slow
 def test_since_filters_by_day(audit: Path) -> None:
     result = report(
         "--audit", str(audit), "--by", "day", "--since", "2025-03-02", "--format", "json", cwd=audit.parent
@@ -153,6 +155,7 @@ def test_since_filters_by_day(audit: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_csv_and_table(audit: Path) -> None:
     out = report("--audit", str(audit), "--by", "team", "--format", "csv", cwd=audit.parent).stdout
     rows = list(csv.DictReader(io.StringIO(out)))
@@ -196,6 +199,7 @@ def _same(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> None:
             assert b[key] == (pytest.approx(value) if isinstance(value, float) else value), key
 
 
+@pytest.mark.slow
 def test_index_matches_a_jsonl_scan_and_ingests_incrementally(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     write_audit(path, KNOWN[:2], rotate_bytes=1500)
@@ -218,6 +222,7 @@ def test_index_matches_a_jsonl_scan_and_ingests_incrementally(tmp_path: Path) ->
     assert sum(r["requests"] for r in _json("--audit", str(first), "--index", index, cwd=tmp_path)) == lines
 
 
+@pytest.mark.slow
 def test_bad_options_are_reported(audit: Path) -> None:
     result = report("--audit", str(audit), "--by", "team,colour", cwd=audit.parent)
     assert result.returncode == 2 and "--by takes distinct names" in result.stderr

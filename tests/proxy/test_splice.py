@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from harness import MakeProxy, Upstream
 
 BIG = b"123456789012345678901234567890"
@@ -61,6 +62,7 @@ def test_a_stream_with_a_300_deep_tool_schema_is_forwarded_with_usage_added(
     assert b'"usage":{' not in reply.content.replace(b" ", b"")  # the client did not ask for usage
 
 
+@pytest.mark.slow
 def test_big_integers_and_number_spellings_survive_a_rewrite(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:
@@ -74,6 +76,7 @@ def test_big_integers_and_number_spellings_survive_a_rewrite(
         assert b"1.0e0" in sent and b"caf\\u00e9" in sent
 
 
+@pytest.mark.slow
 def test_a_compressed_deep_request_is_spliced_not_failed(make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = make_proxy({"teams": {"default": {"policy": "tidy"}}}, policies={"tidy": TIDY})
     reply = post(proxy, chat_body(stream=False, depth=400, content=LONG))
@@ -100,6 +103,7 @@ def test_encode_rewrite_splices_changes_and_drops() -> None:
     assert encode_rewrite(data, old, new) == b'{"a":' + BIG + b',"m":[{"c": "x"}, {"c": "y"}, {"c": "z"}]}'
 
 
+@pytest.mark.slow
 def test_a_body_that_cannot_be_re_encoded_is_forwarded_as_sent(
     make_proxy: MakeProxy, upstream: Upstream
 ) -> None:

@@ -97,6 +97,7 @@ def records(audit: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for f in audit_files(audit) for line in f.read_bytes().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_workers(spawn_proxy, audit={"path": "audit/audit.jsonl"})
     assert proxy.proc is not None
@@ -129,6 +130,7 @@ def test_a_killed_worker_is_replaced_and_requests_keep_succeeding(spawn_proxy: M
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_two_serves_with_two_workers_each_keep_every_chain(spawn_proxy: MakeProxy, tmp_path: Path) -> None:
     shared = tmp_path / "shared" / "audit.jsonl"
     audit = {"path": str(shared), "sqlite": str(shared.with_suffix(".sqlite"))}
@@ -161,6 +163,7 @@ def test_two_serves_with_two_workers_each_keep_every_chain(spawn_proxy: MakeProx
     assert sum(row["requests"] for row in orjson.loads(report.stdout)) == len(found)
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_workers(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_workers(spawn_proxy)
     with ThreadPoolExecutor(8) as pool:
@@ -183,6 +186,7 @@ def wait_for_log(proxy: RunningProxy, *needles: str, timeout: float = 20) -> str
     return text
 
 
+@pytest.mark.slow
 def test_sighup_and_file_changes_reach_every_worker(spawn_proxy: MakeProxy) -> None:
     proxy = spawn_workers(spawn_proxy)
     assert proxy.proc is not None
@@ -199,6 +203,7 @@ def test_sighup_and_file_changes_reach_every_worker(spawn_proxy: MakeProxy) -> N
     assert workers_of(proxy.proc.pid) == before  # reloaded in place, not restarted
 
 
+@pytest.mark.slow
 def test_sigterm_drains_every_worker(spawn_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = spawn_workers(spawn_proxy, audit={"path": "audit/audit.jsonl"})
     assert proxy.proc is not None
@@ -229,6 +234,7 @@ def test_sigterm_drains_every_worker(spawn_proxy: MakeProxy, upstream: Upstream)
         httpx.get(proxy.url + "/healthz", timeout=2)
 
 
+@pytest.mark.slow
 def test_workers_flag_overrides_the_config(upstream: Upstream, tmp_path: Path) -> None:
     config = write_config_dir(tmp_path, {"listen": {"host": "127.0.0.1", "port": 0}}, upstream, None)
     port = free_port()
