@@ -116,6 +116,16 @@ def _shell_arguments(script: Script, tool: str) -> dict[str, Any]:
     return args
 
 
+def side_reply(body: Mapping[str, Any]) -> str:
+    """:data:`SIDE_REPLY`, as JSON where the request asks for a JSON schema's object (Claude Code's
+    session title call: ``output_config.format`` = ``{"type": "json_schema", ...}`` with a ``title``)."""
+    output_format = (body.get("output_config") or {}).get("format") or {}
+    if output_format.get("type") != "json_schema":
+        return SIDE_REPLY
+    properties = (output_format.get("schema") or {}).get("properties") or {}
+    return orjson.dumps({name: SIDE_REPLY for name in properties}).decode()
+
+
 def _sse(name: str | None, payload: Any) -> bytes:
     head = b"event: " + name.encode() + b"\n" if name else b""
     return head + b"data: " + orjson.dumps(payload) + b"\n\n"
@@ -142,7 +152,7 @@ def anthropic_message(body: Mapping[str, Any], script: Script) -> dict[str, Any]
         ]
         stop = "tool_use"
     else:
-        content, stop = [{"type": "text", "text": SIDE_REPLY}], "end_turn"
+        content, stop = [{"type": "text", "text": side_reply(body)}], "end_turn"
     # The fake upstream's message (id, model, usage) with this script's content.
     return {**fake_anthropic.message(body, {}), "content": content, "stop_reason": stop}
 

@@ -27,11 +27,12 @@ def claude_command(proxy_url: str, home: Path) -> tuple[list[str], dict[str, str
         ANTHROPIC_BASE_URL=proxy_url,
         ANTHROPIC_API_KEY=API_KEY,
         ANTHROPIC_CUSTOM_HEADERS=f"X-Tersegate-Team: {TEAM}",
-        # No traffic but the model's: no telemetry, error reports, update checks or extras.
+        # No traffic but the model's: no telemetry, error reports or update checks. Not
+        # CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: it also drops the session-title call, a side
+        # request (no tools, a JSON schema answer) that should pass the proxy too.
         DISABLE_TELEMETRY="1",
         DISABLE_ERROR_REPORTING="1",
         DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         # Claude Code cuts a Bash output past ~10k characters itself; let the whole output through.
         BASH_MAX_OUTPUT_LENGTH="200000",
     )
@@ -64,6 +65,7 @@ def test_claude_code_runs_a_tool_through_the_agents_policy(tmp_path: Path, spawn
     messages = [r for r in run.requests if r.method == "POST" and r.path == "/v1/messages"]
     outputs = [t for t in (tool_result_text(r.json()) for r in messages) if t is not None]
     assert len(outputs) == 1, [(r.method, r.path) for r in run.requests]
+    assert any(not r.json().get("tools") for r in messages)  # the title call went through too
     agentrun.check_forwarded(outputs[0], task.original, fact)
     assert all(r.headers.get("x-api-key") == API_KEY for r in messages)
     agentrun.check_audit(run, "/v1/messages", len(messages))
