@@ -1,16 +1,23 @@
-"""A client that leaves while a finished stream's record is being written still gets its record.
+"""A client that leaves while its request's audit record is being written still gets its record.
 
 Codex CLI closes its connection the moment it reads ``response.completed``, which is while the proxy
 commits the audit record (the upstream's body has just ended). Cancelling the relay then lost the
-record (tests/clients/test_codex.py found it); a client leaving mid-stream still cancels it.
+record (tests/clients/test_codex.py found it); a client leaving mid-stream still cancels it. The same
+held for any request cancelled mid-write: the 499 path's second commit skipped the lost first one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import httpx
+import orjson
+import pytest
+from harness import MakeProxy
 
 from proxy.exchange import Exchange
 from proxy.server.relay import relay_stream
@@ -79,3 +86,29 @@ async def test_a_client_that_leaves_mid_stream_still_cancels_the_relay() -> None
     asyncio.get_running_loop().call_later(0.1, left.set)
     done, committed = await relay(upstream, left, commit_s=0)
     assert committed == ["499"] and done.client_disconnected and upstream.closed
+
+
+def test_a_request_cancelled_while_its_record_is_written_keeps_it(
+    make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = make_proxy({"audit": {"path": "audit.jsonl"}})
+    sink = proxy.services.audit if proxy.services else None
+    assert sink is not None
+    write = sink.commit
+
+    async def slow(exchange: Exchange) -> None:
+        await asyncio.sleep(1.0)  # a record that takes a while (pricing, cache model, a busy disk)
+        await write(exchange)
+
+    monkeypatch.setattr(sink, "commit", slow)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    # The client gives up while the record is being written.
+    with httpx.Client(timeout=0.3) as client, contextlib.suppress(httpx.ReadTimeout):
+        client.post(proxy.base_url + "/chat/completions", json=body, headers={"authorization": "Bearer sk-x"})
+    path = proxy.config_path.parent / "audit.jsonl"
+    deadline = time.monotonic() + 5
+    while not path.read_bytes().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    # One record (the upstream had answered: its status, as for any client that left after that).
+    assert [(r["status"], r.get("client_disconnected")) for r in records] == [(200, True)]
