@@ -4,7 +4,9 @@ It behaves like a coding model for one task: on the first turn of the agent's co
 the client to run :attr:`Script.command` with its shell tool; once the client sends that tool's
 output back, it answers with text quoting the line of the output that :attr:`Script.fact` matches
 (``ANSWER_PREFIX`` + the line), so a test can check the client's final output carries a fact
-that only the tool output held. A request that is neither (Claude Code's title and topic calls,
+that only the tool output held. With :attr:`Script.expand_query` and the proxy's ``tersegate_expand``
+offered, it first calls that tool for the output's marker id and quotes the returned line holding
+the query instead (the proxy answers the call; the client never sees it). A request that is neither (Claude Code's title and topic calls,
 warm-ups without tools) gets a short text answer.
 
 APIs (each the way the client calls it, streamed or not as asked):
@@ -31,6 +33,7 @@ import fake_anthropic
 import orjson
 from fake_upstream import FakeUpstream, _Call, _json
 
+from compressors.markers import find_markers
 from proxy.server.asgi import Receive, Send
 
 ANSWER_PREFIX = "The tool output says: "
@@ -38,6 +41,7 @@ NO_FACT = "The tool output did not contain what I looked for."
 SSE = b"text/event-stream; charset=utf-8"
 SIDE_REPLY = "Fix failing test"  # what a request without the shell tool gets (titles, topics)
 SHELL_NAMES = ("Bash", "exec_command", "shell")
+EXPAND_TOOL = "tersegate_expand"  # the proxy's own tool (docs/retrieve.md): the client never sees it
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,20 @@ class Script:
     command: str
     fact: re.Pattern[str]
     workdir: str = ""  # Codex's shell tool takes a working directory
+    # With the proxy's tersegate_expand offered: ask it for the omitted lines holding this, then quote
+    # the one it returns instead of the fact (docs/retrieve.md: the answer is "<line number>: <line>").
+    expand_query: str | None = None
 
     def answer(self, output: str) -> str:
         for line in output.splitlines():
             if self.fact.search(line):
                 return ANSWER_PREFIX + line.strip()
+        return NO_FACT
+
+    def answer_expanded(self, expanded: str) -> str:
+        for line in expanded.splitlines():
+            if self.expand_query and self.expand_query in line:
+                return ANSWER_PREFIX + re.sub(r"^\d+: ", "", line).strip()
         return NO_FACT
 
 
@@ -61,6 +74,8 @@ class _Turn:
 
     tool: str | None = None
     tool_output: str | None = None
+    output_of: str | None = None  # the name of the tool whose output came back
+    offered: tuple[str, ...] = ()  # the tools' names
 
 
 def _text_of(content: Any) -> str:
@@ -75,15 +90,24 @@ def _text_of(content: Any) -> str:
 
 
 def _anthropic_turn(body: Mapping[str, Any]) -> _Turn:
-    messages = body.get("messages") or []
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-    content = last.get("content")
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    names = tuple(str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict))
+    content = messages[-1].get("content") if messages else None
     if isinstance(content, list):
         results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
         if results:
-            return _Turn(tool_output=_text_of(results[-1].get("content")))
-    names = [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
-    return _Turn(tool="Bash" if "Bash" in names else None)
+            calls = {
+                b.get("id"): b.get("name")
+                for m in messages
+                if isinstance(m.get("content"), list)
+                for b in m["content"]
+                if isinstance(b, dict) and b.get("type") == "tool_use"
+            }
+            output = _text_of(results[-1].get("content"))
+            return _Turn(
+                tool_output=output, output_of=calls.get(results[-1].get("tool_use_id")), offered=names
+            )
+    return _Turn(tool="Bash" if "Bash" in names else None, offered=names)
 
 
 def _openai_tool_name(tools: Any) -> str | None:
@@ -134,23 +158,42 @@ def _sse(name: str | None, payload: Any) -> bytes:
 # --- Anthropic Messages -------------------------------------------------------------------------
 
 
+def _expand_call(turn: _Turn, script: Script) -> dict[str, Any] | None:
+    """A ``tersegate_expand`` call for the shell output's first marker id, when the script wants
+    one, the proxy offers the tool and the output has an id; else None."""
+    if script.expand_query is None or EXPAND_TOOL not in turn.offered or turn.output_of == EXPAND_TOOL:
+        return None
+    refs = [marker.ref for _, _, marker in find_markers(turn.tool_output or "") if marker.ref]
+    if not refs:
+        return None
+    arguments = {"hash": refs[0], "query": script.expand_query}
+    return {
+        "type": "tool_use",
+        "id": "toolu_" + os.urandom(12).hex(),
+        "name": EXPAND_TOOL,
+        "input": arguments,
+    }
+
+
 def anthropic_message(body: Mapping[str, Any], script: Script) -> dict[str, Any]:
     turn = _anthropic_turn(body)
     content: list[dict[str, Any]]
-    if turn.tool_output is not None:
+    expand = _expand_call(turn, script)
+    if expand is not None:
+        content, stop = [{"type": "text", "text": "Let me see the omitted lines."}, expand], "tool_use"
+    elif turn.output_of == EXPAND_TOOL:
+        content, stop = [{"type": "text", "text": script.answer_expanded(turn.tool_output or "")}], "end_turn"
+    elif turn.tool_output is not None:
         content, stop = [{"type": "text", "text": script.answer(turn.tool_output)}], "end_turn"
     elif turn.tool is not None:
-        call_id = "toolu_" + os.urandom(12).hex()
-        content = [
-            {"type": "text", "text": "I will run the tests first."},
-            {
-                "type": "tool_use",
-                "id": call_id,
-                "name": turn.tool,
-                "input": _shell_arguments(script, turn.tool),
-            },
-        ]
-        stop = "tool_use"
+        arguments = _shell_arguments(script, turn.tool)
+        call = {
+            "type": "tool_use",
+            "id": "toolu_" + os.urandom(12).hex(),
+            "name": turn.tool,
+            "input": arguments,
+        }
+        content, stop = [{"type": "text", "text": "I will run the tests first."}, call], "tool_use"
     else:
         content, stop = [{"type": "text", "text": side_reply(body)}], "end_turn"
     # The fake upstream's message (id, model, usage) with this script's content.

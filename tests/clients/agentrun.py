@@ -113,17 +113,26 @@ class Task:
     run: Outcome
 
 
-def run_task(tmp_path: Path, spawn_proxy: MakeProxy, binary: str, client: ClientCommand) -> Task:
+def run_task(
+    tmp_path: Path,
+    spawn_proxy: MakeProxy,
+    binary: str,
+    client: ClientCommand,
+    expand_query: str | None = None,
+) -> Task:
     """Skip without ``binary``; make the checkout, run the command once here, then the client."""
     client_or_skip(binary)
     checkout = make_checkout(tmp_path)
     original = run_command(checkout)
-    return Task(original, failed_line(original), run_agent(tmp_path, spawn_proxy, checkout, client))
+    script = Script(command=agent_command(), fact=FACT, workdir=str(checkout), expand_query=expand_query)
+    return Task(original, failed_line(original), run_agent(tmp_path, spawn_proxy, checkout, client, script))
 
 
-def run_agent(tmp_path: Path, spawn_proxy: MakeProxy, checkout: Path, client: ClientCommand) -> Outcome:
+def run_agent(
+    tmp_path: Path, spawn_proxy: MakeProxy, checkout: Path, client: ClientCommand, script: Script
+) -> Outcome:
     """The client, in ``checkout``, through ``tersegate serve`` to the scripted model; what it left."""
-    app = FakeModel(Script(command=agent_command(), fact=FACT, workdir=str(checkout)))
+    app = FakeModel(script)
     server = ServerThread(app).start()
     try:
         shipped = (ROOT / "policies" / "agents.yaml").read_text(encoding="utf-8")

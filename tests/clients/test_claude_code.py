@@ -14,8 +14,9 @@ from typing import Any
 import agentrun
 import orjson
 import pytest
+import yaml
 from agentrun import API_KEY, TEAM
-from fake_model import ANSWER_PREFIX
+from fake_model import ANSWER_PREFIX, EXPAND_TOOL
 from harness import MakeProxy
 
 PROMPT = "Run the test suite and tell me which test fails."
@@ -41,14 +42,22 @@ def claude_command(proxy_url: str, home: Path) -> tuple[list[str], dict[str, str
     return [claude, "-p", PROMPT, "--output-format", "json", "--allowedTools", "Bash"], env
 
 
-def tool_result_text(body: dict[str, Any]) -> str | None:
-    """The text of the newest message's tool_result, if it has one."""
+def tool_result(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(the tool's name, the text) of the newest message's tool_result, if it has one."""
+    calls = {b["id"]: b["name"] for m in body["messages"] if isinstance(m["content"], list)
+             for b in m["content"] if b.get("type") == "tool_use"}  # fmt: skip
     content = body["messages"][-1]["content"]
     for block in content if isinstance(content, list) else []:
         if block.get("type") == "tool_result":
             inner = block["content"]
-            return inner if isinstance(inner, str) else "\n".join(b.get("text", "") for b in inner)
+            text = inner if isinstance(inner, str) else "\n".join(b.get("text", "") for b in inner)
+            return calls.get(block["tool_use_id"], "?"), text
     return None
+
+
+def tool_result_text(body: dict[str, Any]) -> str | None:
+    found = tool_result(body)
+    return found[1] if found is not None else None
 
 
 @pytest.mark.slow
@@ -69,3 +78,31 @@ def test_claude_code_runs_a_tool_through_the_agents_policy(tmp_path: Path, spawn
     agentrun.check_forwarded(outputs[0], task.original, fact)
     assert all(r.headers.get("x-api-key") == API_KEY for r in messages)
     agentrun.check_audit(run, "/v1/messages", len(messages))
+
+
+@pytest.mark.slow
+def test_claude_code_gets_an_omitted_line_through_tersegate_expand(
+    tmp_path: Path, spawn_proxy: MakeProxy
+) -> None:
+    """The model needs a line the policy left out: it calls the proxy's tersegate_expand with the
+    marker's id, the proxy answers from its store and continues; Claude Code sees only the answer."""
+    policy = yaml.safe_load((agentrun.ROOT / "policies" / "agents.yaml").read_text(encoding="utf-8"))
+    if policy.get("retrieve") is not True:
+        pytest.skip("the shipped agents policy has no `retrieve: true`: the proxy offers no tersegate_expand")
+    query = "test_lexicographical_topological_sort"
+    task = agentrun.run_task(tmp_path, spawn_proxy, "claude", claude_command, expand_query=query)
+    run = task.run
+    wanted = next(line for line in task.original.splitlines() if query in line)
+
+    assert run.returncode == 0, run.describe()
+    result = orjson.loads(run.stdout)
+    assert result["result"] == ANSWER_PREFIX + wanted.strip(), run.describe()
+    assert result["num_turns"] == 2  # its Bash call and the answer: the expansion never reached it
+
+    messages = [r for r in run.requests if r.method == "POST" and r.path == "/v1/messages"]
+    results = [found for found in (tool_result(r.json()) for r in messages) if found is not None]
+    shell = [text for name, text in results if name == "Bash"]
+    expanded = [text for name, text in results if name == EXPAND_TOOL]
+    assert wanted not in shell[0] and len(expanded) == 1 and query in expanded[0], results
+    # One record per request Claude Code made (the proxy's follow-up is part of its request's record).
+    agentrun.check_audit(run, "/v1/messages", len(messages) - len(expanded))
