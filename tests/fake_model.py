@@ -6,8 +6,8 @@ output back, it answers with text quoting the line of the output that :attr:`Scr
 (``ANSWER_PREFIX`` + the line), so a test can check the client's final output carries a fact
 that only the tool output held. With :attr:`Script.expand_query` and the proxy's ``tersegate_expand``
 offered, it first calls that tool for the output's marker id and quotes the returned line holding
-the query instead (the proxy answers the call; the client never sees it). A request that is neither (Claude Code's title and topic calls,
-warm-ups without tools) gets a short text answer.
+the query instead (the proxy answers the call; the client never sees it). A request that is neither
+(Claude Code's session-title call, warm-ups without tools) gets a short text answer.
 
 APIs (each the way the client calls it, streamed or not as asked):
 
