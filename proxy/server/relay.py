@@ -20,7 +20,7 @@ from proxy.server.asgi import Receive, Send
 from proxy.server.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
-__all__ = ["relay_stream", "watch_disconnect"]
+__all__ = ["relay_stream", "watch_disconnect", "watched"]
 
 log = logging.getLogger("tersegate.relay")
 
@@ -112,11 +112,29 @@ async def relay_stream(
     # An encoded (e.g. gzip) body cannot be split into frames: it is copied as is.
     frames = _Frames(tap) if split_frames else None
     committing = asyncio.Event()
-    pump = asyncio.ensure_future(_pump(response, idle_timeout, send, frames, commit, committing))
+    pump = _pump(response, idle_timeout, send, frames, commit, committing)
+    await watched(
+        pump, response=response, receive=receive, exchange=exchange, commit=commit, committing=committing
+    )
+
+
+async def watched(
+    work: Awaitable[None],
+    *,
+    response: UpstreamResponse,
+    receive: Receive,
+    exchange: Exchange,
+    commit: Commit,
+    committing: asyncio.Event | None = None,
+) -> None:
+    """Run ``work`` (a stream's pump) until it ends or the client goes away; then stop reading,
+    drop the upstream connection and commit the audit. Re-raises ``work``'s read errors. Once
+    ``committing`` is set (every frame is out), a client that goes away no longer cancels ``work``."""
+    pump = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(watch_disconnect(receive))
     try:
         await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if not pump.done() and committing.is_set():
+        if not pump.done() and committing is not None and committing.is_set():
             # The client had every event and left while the record was being written (Codex CLI
             # closes as soon as it reads `response.completed`): cancelling now would lose the record.
             await asyncio.gather(pump, return_exceptions=True)
