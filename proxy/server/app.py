@@ -31,7 +31,7 @@ from proxy.errors import (
     shutting_down,
     unavailable,
 )
-from proxy.exchange import Exchange, Payload, Rewrite
+from proxy.exchange import AuditSink, Exchange, Payload, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.access import AccessLog
@@ -88,7 +88,7 @@ class _Ctx:
         self.status = 0
         self.team = "-"
         self.audited = False
-        self.committed = False
+        self.committed: asyncio.Future[bool] | None = None  # the audit write, once started
         self.expand: ExpandLoop | None = None  # the proxy answers tersegate_expand calls
 
 
@@ -283,20 +283,27 @@ class ProxyApp:
 
     async def _commit(self, ctx: _Ctx, *, fail_closed_raises: bool = True) -> None:
         """Hand the exchange to the audit once; a lost record is counted here, and when the audit
-        fails closed it turns into a 503 (``fail_closed_raises``: unless the answer is already decided)."""
+        fails closed it turns into a 503 (``fail_closed_raises``: unless the answer is already decided).
+
+        The write runs as its own task, shielded: a request cancelled mid-write (its client left,
+        e.g. Codex CLI closing on ``response.completed``) keeps its record, and the handler's second
+        call (the 499 path) waits for that write instead of skipping it."""
         audit = self.services.audit
-        if ctx.committed or not ctx.audited or audit is None or ctx.exchange is None:
+        if not ctx.audited or audit is None or ctx.exchange is None:
             return
-        ctx.committed = True
+        if ctx.committed is None:
+            ctx.committed = asyncio.ensure_future(self._write_record(audit, ctx.exchange, ctx.team))
+        if not await asyncio.shield(ctx.committed) and fail_closed_raises and self._fails_closed():
+            raise failing_closed()
+
+    async def _write_record(self, audit: AuditSink, exchange: Exchange, team: str) -> bool:
         try:
-            await audit.commit(ctx.exchange)
+            await audit.commit(exchange)
         except Exception as exc:
-            self.services.metrics.audit_write_errors.labels(ctx.team).inc()
-            log.error(
-                "audit write failed request_id=%s error=%s", ctx.exchange.request_id, type(exc).__name__
-            )
-            if fail_closed_raises and self._fails_closed():
-                raise failing_closed() from None
+            self.services.metrics.audit_write_errors.labels(team).inc()
+            log.error("audit write failed request_id=%s error=%s", exchange.request_id, type(exc).__name__)
+            return False
+        return True
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, ctx: _Ctx) -> None:
         bound = self._bind()

@@ -4,7 +4,8 @@ Each chunk read from the upstream is split into complete SSE frames, which go
 to the client at once; only an incomplete trailing frame waits for more data
 (so a small heartbeat frame is never held back). The audit record is committed
 before the final ``data: [DONE]`` frame, or at the end of the stream. A client
-disconnect cancels the relay and closes the upstream connection.
+disconnect cancels the relay and closes the upstream connection, unless every frame has gone out
+and the record is being committed: then the commit finishes (the client had the whole answer).
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ class _Frames:
 
 
 async def _pump(
-    response: UpstreamResponse, idle_timeout: float, send: Send, frames: _Frames | None, commit: Commit
+    response: UpstreamResponse,
+    idle_timeout: float,
+    send: Send,
+    frames: _Frames | None,
+    commit: Commit,
+    committing: asyncio.Event,
 ) -> None:
     """Copy the upstream body to the client; commit the audit before [DONE] / the end."""
     chunks = response.chunks(idle_timeout=idle_timeout)
@@ -74,6 +80,7 @@ async def _pump(
             frames.tail += response.buffered()
             break
     tail = frames.tail if frames is not None else b""
+    committing.set()
     await commit()
     await send({"type": "http.response.body", "body": tail, "more_body": False})
 
@@ -104,19 +111,33 @@ async def relay_stream(
     """
     # An encoded (e.g. gzip) body cannot be split into frames: it is copied as is.
     frames = _Frames(tap) if split_frames else None
-    pump = _pump(response, idle_timeout, send, frames, commit)
-    await watched(pump, response=response, receive=receive, exchange=exchange, commit=commit)
+    committing = asyncio.Event()
+    pump = _pump(response, idle_timeout, send, frames, commit, committing)
+    await watched(
+        pump, response=response, receive=receive, exchange=exchange, commit=commit, committing=committing
+    )
 
 
 async def watched(
-    work: Awaitable[None], *, response: UpstreamResponse, receive: Receive, exchange: Exchange, commit: Commit
+    work: Awaitable[None],
+    *,
+    response: UpstreamResponse,
+    receive: Receive,
+    exchange: Exchange,
+    commit: Commit,
+    committing: asyncio.Event | None = None,
 ) -> None:
     """Run ``work`` (a stream's pump) until it ends or the client goes away; then stop reading,
-    drop the upstream connection and commit the audit. Re-raises ``work``'s read errors."""
+    drop the upstream connection and commit the audit. Re-raises ``work``'s read errors. Once
+    ``committing`` is set (every frame is out), a client that goes away no longer cancels ``work``."""
     pump = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(watch_disconnect(receive))
     try:
         await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not pump.done() and committing is not None and committing.is_set():
+            # The client had every event and left while the record was being written (Codex CLI
+            # closes as soon as it reads `response.completed`): cancelling now would lose the record.
+            await asyncio.gather(pump, return_exceptions=True)
     finally:
         if not pump.done():
             # Client went away (or we are cancelled): stop reading and drop the upstream connection.
