@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +28,7 @@ from compressors.tokenizer import tokenizer_for
 from proxy.apis import Block, Dialect
 from proxy.audit import cache_rules as rules
 from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.lru import BytesLRU
 from proxy.store.memory import MemoryStore
 
 __all__ = ["CacheEstimate", "CacheModel", "Simulated"]
@@ -65,33 +64,6 @@ class CacheEstimate:
     before: Simulated
     after: Simulated
     prompt_before: int | None = None  # Anthropic: the original's prompt tokens, in the upstream's units
-
-
-class _TokenMemo:
-    """Block SHA-256 -> token ids (uint32 bytes), LRU by bytes; shared by both streams."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._bytes = 0
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> bytes | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: bytes, ids: bytes) -> None:
-        with self._lock:
-            if key in self._items or len(ids) > self._max:
-                return
-            self._items[key] = ids
-            self._bytes += len(ids) + len(key)
-            while self._bytes > self._max:
-                old_key, old = self._items.popitem(last=False)
-                self._bytes -= len(old) + len(old_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +111,8 @@ class CacheModel:
 
     def __init__(self, store: SharedStore | None = None, *, token_memo_bytes: int = 64 << 20) -> None:
         self.store: SharedStore = store if store is not None else MemoryStore()
-        self._tokens = _TokenMemo(token_memo_bytes)
+        # Block SHA-256 -> token ids (uint32 bytes), shared by both streams.
+        self._tokens: BytesLRU[bytes] = BytesLRU(max_bytes=token_memo_bytes)
         self._warned_at = -_WARN_EVERY_S
 
     def _tokenize(self, model: str | None, blocks: Sequence[_Cached]) -> list[bytes]:
@@ -151,7 +124,7 @@ class CacheModel:
             ids = self._tokens.get(key)
             if ids is None:
                 ids = np.asarray(tokenizer.encode(block.text), dtype=np.uint32).tobytes()
-                self._tokens.put(key, ids)
+                self._tokens.setdefault(key, ids, size=len(ids) + len(key))
             out.append(ids)
         return out
 

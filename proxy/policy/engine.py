@@ -35,12 +35,12 @@ from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
+from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
-from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.query import QueryPlan, plan_query
-from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
+from proxy.store.lru import BytesLRU
 
 __all__ = ["PolicyRewriter"]
 
@@ -127,7 +127,7 @@ class PolicyRewriter:
         self.policies = policies
         self.metrics = metrics
         self.max_part_chars = max_part_chars
-        self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.work)
+        self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.compressor_pool)
         self._fail_open_log = RateLimitedLog(log)  # the reason's kind only: messages may quote text
         self._tokenizers: dict[str | None, Tokenizer] = {}
         memo = memo or MemoConfig()
@@ -139,7 +139,7 @@ class PolicyRewriter:
             shared_across_teams=memo.shared_across_teams,
             metrics=metrics,
         )
-        self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
+        self._counts: BytesLRU[int] = BytesLRU(max_bytes=min(_COUNTS_BYTES, memo_bytes), entry_overhead=200)
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -388,7 +388,7 @@ class PolicyRewriter:
         self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None, deadline: float
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
-        is forwarded as it came (a job still running then is abandoned, see policy.work)."""
+        is forwarded as it came (a job still running then is abandoned, see policy.compressor_pool)."""
         cap = self.max_part_chars
         # Query planning reads only the tail of a part too large to compress (its question is there).
         planning = [

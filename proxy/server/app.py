@@ -23,6 +23,7 @@ import orjson
 from cachetools import LRUCache
 
 from proxy.apis import Dialect, Route, forwarded_body
+from proxy.apis.stream_usage import UsageTap
 from proxy.config.model import Config, UpstreamConfig
 from proxy.errors import (
     ProxyError,
@@ -37,7 +38,6 @@ from proxy.metrics import CONTENT_TYPE_LATEST
 from proxy.server.access import AccessLog
 from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, Authenticator
-from proxy.server.body import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, usage_of
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.health import UpstreamHealth
 from proxy.server.hop import response_headers
@@ -54,10 +54,9 @@ from proxy.server.inbound import (
     upstream_path_qs,
 )
 from proxy.server.paths import bad_path, path_problem
-from proxy.server.relay import relay_stream
+from proxy.server.relay import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, relay_stream, usage_of
 from proxy.server.routes import metric_route
 from proxy.server.services import Services
-from proxy.usage import UsageTap
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -483,7 +482,7 @@ class ProxyApp:
         send: Send,
         ctx: _Ctx,
     ) -> None:
-        """A body over BUFFER_BYTES goes to the client as it arrives (proxy/server/body.py)."""
+        """A body over BUFFER_BYTES goes to the client as it arrives (proxy/server/relay.py)."""
         exchange = ctx.exchange
         assert exchange is not None
         length = response.header(b"content-length")

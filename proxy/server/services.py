@@ -21,7 +21,7 @@ from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.server.reload import PolicyReloader
-from proxy.server.workers import WorkerSeat
+from proxy.server.seats import WorkerSeat
 from proxy.store.base import SharedStore
 from proxy.store.factory import open_store
 

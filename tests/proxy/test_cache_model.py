@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,14 +91,17 @@ def test_prompt_cache_key_and_team_narrow_the_scope() -> None:
     assert estimate(model, chat(WORDS, prompt_cache_key="user-1")).before.cached > 5000
 
 
-def test_state_is_digests_only_and_shared_by_workers_using_one_store() -> None:
-    store = MemoryStore()
+def test_state_is_digests_only_and_shared_by_workers_using_one_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cache.sqlite", max_bytes=1 << 24)  # the file replicas would share
     worker_a, worker_b = CacheModel(store), CacheModel(store)
     estimate(worker_a, chat(SECRET, WORDS, prompt_cache_key="alice@example.com"))
     assert estimate(worker_b, chat(SECRET, WORDS, prompt_cache_key="alice@example.com")).before.cached > 5000
-    stored = b"".join(ns.encode() + key.encode() + value for (ns, key), (value, _) in store._items.items())
-    assert b"launch" not in stored and b"word1" not in stored and b"alice" not in stored
-    assert all(len(key) == 25 for _, key in store._items)  # a side letter and a 96-bit digest
+    asyncio.run(store.aclose())
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.iterdir())  # the database and its WAL
+    assert b"launch" not in on_disk and b"word1" not in on_disk and b"alice" not in on_disk
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite")) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM entries")]
+    assert keys and all(len(key) == 25 for key in keys)  # a side letter and a 96-bit digest
 
 
 def test_a_bounded_store_forgets_and_the_model_then_expects_no_hit() -> None:
