@@ -35,7 +35,16 @@ from compressors.preserve import PreserveSpec
 from compressors.tokenizer import tokenizer_for
 from proxy.policy.query import QueryPlan, compress_around
 
-__all__ = ["WARM_MODELS", "WARM_TIMEOUT_S", "Done", "Failed", "Job", "WarmReport", "WorkerPool"]
+__all__ = [
+    "WARM_MODELS",
+    "WARM_TIMEOUT_S",
+    "Done",
+    "Failed",
+    "Job",
+    "WarmReport",
+    "WorkerPool",
+    "run_job",
+]
 
 log = logging.getLogger("tersegate.policy")
 
@@ -98,7 +107,8 @@ def _compressor(cache: dict[str, Compressor], identity: str, given: Compressor) 
     return cache.setdefault(identity, given)
 
 
-def _run(job: Job, cache: dict[str, Compressor]) -> Done:
+def run_job(job: Job, cache: dict[str, Compressor]) -> Done:
+    """What a worker process does with one job (``cache``: its compressors by rule identity)."""
     compressor = _compressor(cache, job.identity, job.compressor)
     started = time.perf_counter()
     with cache_scope(job.scope):
@@ -143,7 +153,7 @@ def _serve(conn: Connection) -> None:
             conn.send(_warm(message, cache))
             continue
         try:
-            result: Done | Failed = _run(message, cache)
+            result: Done | Failed = run_job(message, cache)
         except CompressorError as exc:
             result = Failed(str(exc), compressor_error=True)
         except Exception as exc:
