@@ -7,7 +7,7 @@ of token prefixes in a :class:`~proxy.store.base.SharedStore` (never text), so i
 the store, survives restarts where the store does, and is shared by workers. The upstream's
 reported cached tokens calibrate the "before" estimate (:func:`~proxy.audit.cache_rules.calibrate`).
 
-Each block of a prompt is tokenized once (a bounded memo by the block's SHA-256); OpenAI prefixes
+Each block of a prompt is tokenized once (a bounded memo by team, encoding and the block's SHA-256); OpenAI prefixes
 are digests chained over 128-token steps of the whole prompt, Anthropic prefixes digests chained
 over blocks. See docs/audit.md.
 """
@@ -111,20 +111,24 @@ class CacheModel:
 
     def __init__(self, store: SharedStore | None = None, *, token_memo_bytes: int = 64 << 20) -> None:
         self.store: SharedStore = store if store is not None else MemoryStore()
-        # Block SHA-256 -> token ids (uint32 bytes), shared by both streams.
+        # (team, encoding, block SHA-256) -> token ids (uint32 bytes), shared by both streams.
         self._tokens: BytesLRU[bytes] = BytesLRU(max_bytes=token_memo_bytes)
         self._warned_at = -_WARN_EVERY_S
 
-    def _tokenize(self, model: str | None, blocks: Sequence[_Cached]) -> list[bytes]:
+    def _tokenize(self, team: str, model: str | None, blocks: Sequence[_Cached]) -> list[bytes]:
+        """Each block's token ids, through the memo. Keyed by the encoding (the same text has other
+        ids under another model's tokenizer) and by team: the audit runs before the client's last
+        byte, so a block another team sent must not make this team's request faster (the policy
+        engine keys its token counts per team for the same reason)."""
         tokenizer = tokenizer_for(model)
         out = []
         for block in blocks:
             data = block.text.encode("utf-8", "surrogatepass")
-            key = hashlib.sha256(data).digest()
+            key = (team, tokenizer.encoding, hashlib.sha256(data).digest())
             ids = self._tokens.get(key)
             if ids is None:
                 ids = np.asarray(tokenizer.encode(block.text), dtype=np.uint32).tobytes()
-                self._tokens.setdefault(key, ids, size=len(ids) + len(key))
+                ids = self._tokens.setdefault(key, ids, size=len(ids) + len(key[2]) + len(team))
             out.append(ids)
         return out
 
@@ -162,7 +166,7 @@ class CacheModel:
         after_blocks = blocks if forwarded is None else _prompt(dialect, dialect.walk(forwarded))
 
         def build() -> list[_Plan]:
-            return [plan("b", model, blocks), plan("a", model, after_blocks)]
+            return [plan("b", team, model, blocks), plan("a", team, model, after_blocks)]
 
         large = sum(len(b.text) for b in blocks) + sum(len(b.text) for b in after_blocks) > _OFFLOAD_CHARS
         plans = await asyncio.to_thread(build) if large else build()
@@ -194,10 +198,10 @@ class CacheModel:
             await self.store.put(scope, items, ttl_s=ttl)
         return results[0], results[1]
 
-    def _openai(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
+    def _openai(self, side: str, team: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
             return _Plan.nothing()  # too short to be cached: not worth tokenizing
-        ids = b"".join(self._tokenize(model, blocks))
+        ids = b"".join(self._tokenize(team, model, blocks))
         total = len(ids) // 4
         tracked = min(total, _MAX_TRACKED_TOKENS) // rules.OPENAI_STEP
         step = rules.OPENAI_STEP * 4
@@ -211,12 +215,12 @@ class CacheModel:
 
         return _Plan(keys, resolve)
 
-    def _anthropic(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
+    def _anthropic(self, side: str, team: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         shortest = rules.anthropic_min_tokens(model)
         breakpoints = [(i, b.breakpoint) for i, b in enumerate(blocks) if b.breakpoint is not None]
         if not breakpoints or _surely_shorter(blocks, shortest):
             return _Plan.nothing()  # nothing the client asked to cache, or too short to be
-        counts = [len(ids) // 4 for ids in self._tokenize(model, blocks)]
+        counts = [len(ids) // 4 for ids in self._tokenize(team, model, blocks)]
         ends = np.cumsum(counts).tolist()
         keys = [side + d for d in _chain([b.text.encode("utf-8", "surrogatepass") for b in blocks])]
         candidates = rules.lookback(breakpoints)

@@ -182,3 +182,27 @@ async def test_two_workers_share_the_state_through_redis(redis_server: RedisServ
     assert await _cached(CacheModel(two), chat(WORDS, "next")) > 5000  # the other worker's prefix
     await one.aclose()
     await two.aclose()
+
+
+def test_a_text_seen_under_one_models_tokenizer_is_counted_anew_under_anothers() -> None:
+    from compressors.tokenizer import tokenizer_for
+
+    model = CacheModel()
+    text = " ".join(f"word{i} naïve 東京" for i in range(600))
+
+    def prompt(name: str) -> int:
+        body = {"model": name, "messages": [{"role": "user", "content": text}]}
+        found = asyncio.run(
+            model.estimate(
+                team="t",
+                model=name,
+                dialect=dialect_for("/v1/chat/completions", "openai"),
+                original=body,
+                forwarded=None,
+                usage={"cached_tokens": 0},
+            )
+        )
+        return int(found.before.prompt)
+
+    for name in ("gpt-4o", "gpt-4", "gpt-4o"):  # o200k, cl100k, o200k again (memo hits)
+        assert prompt(name) == tokenizer_for(name).count("user\n" + text), name
