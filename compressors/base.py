@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from compressors.preserve import PreserveSpec, Region, split_tags
 from compressors.tokenizer import Tokenizer, tokenizer_for
+
+# How a compressor's work grows with its input: "linear" is a pass or two over the text with no model
+# (the proxy runs it on parts of any size, bounded by the latency budget); "model" runs a model over
+# the text (the proxy skips it on parts above its size cap, ``compression.max_part_chars``).
+Cost = Literal["linear", "model"]
+
+_REF = re.compile(r"[0-9a-f]{24}")
 
 
 class CompressorError(Exception):
@@ -76,12 +84,15 @@ class Decision:
 
 class Ask(NamedTuple):
     """What one ``_compress`` call is asked for, besides the text: the target, the query (or None),
-    the spans that must survive, and the target model's token counter."""
+    the spans that must survive, the target model's token counter, and ``ref``: the id the proxy
+    stored the original under (24 lowercase hex), which every marker the compressor writes carries
+    as ``hash=`` (docs/markers.md). Compressors never compute it."""
 
     target: Target
     query: str | None
     preserve: PreserveSpec
     tokenizer: Tokenizer
+    ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,8 @@ class Compressor(abc.ABC):
     # option name -> (type or tuple of types, default). Subclasses may add
     # semantic checks in ``_validate``.
     option_types: ClassVar[Mapping[str, tuple[type | tuple[type, ...], Any]]] = {}
+    # Taken as costly unless the class says otherwise: an unknown cost gets the size cap.
+    cost: ClassVar[Cost] = "model"
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         given = dict(options or {})
@@ -141,6 +154,11 @@ class Compressor(abc.ABC):
         self.options: Mapping[str, Any] = parsed
         self._validate()
 
+    @property
+    def cost_class(self) -> Cost:
+        """``cost``, or what this instance's options make it (relevance with bm25 needs no model)."""
+        return self.cost
+
     def _validate(self) -> None:
         """Semantic checks on ``self.options``; raise :class:`OptionsError`."""
 
@@ -152,24 +170,26 @@ class Compressor(abc.ABC):
         query: str | None = None,
         preserve: PreserveSpec | None = None,
         model: str | None = None,
+        ref: str | None = None,
     ) -> Compressed:
         """Compress ``text`` towards ``target`` tokens of ``model``'s tokenizer.
 
         ``query`` makes question-aware compressors keep what answers it.
         ``preserve`` names spans that must survive byte for byte (inline
         ``<keep>`` / ``<llmlingua ...>`` tags are always honoured).
+        ``ref`` (24 lowercase hex) goes into every omission marker as ``hash=``.
         Raises :class:`CompressorError` on failure.
         """
+        if ref is not None and not _REF.fullmatch(ref):
+            raise ValueError(f"ref must be 24 lowercase hex characters, got {ref!r}")
         tokenizer = tokenizer_for(model)
         spec = preserve or PreserveSpec.default()
         try:
             regions = split_tags(text)
             if len(regions) == 1 and regions[0].mode == "compress" and regions[0].text == text:
                 # hot path: no tags, no extra tokenization
-                return self._compress(text, Ask(target, query, spec, tokenizer))
-            return self._compress_regions(
-                text, regions, target=target, query=query, preserve=spec, tokenizer=tokenizer
-            )
+                return self._compress(text, Ask(target, query, spec, tokenizer, ref))
+            return self._compress_regions(text, regions, Ask(target, query, spec, tokenizer, ref))
         except CompressorError:
             raise
         except Exception as exc:  # contained: the caller fails open on CompressorError
@@ -179,14 +199,11 @@ class Compressor(abc.ABC):
         self,
         text: str,
         regions: list[Region],
-        *,
-        target: Target,
-        query: str | None,
-        preserve: PreserveSpec,
-        tokenizer: Tokenizer,
+        ask: Ask,
     ) -> Compressed:
         """Inline tags: ``keep`` regions verbatim, ``rate`` regions at their own rate,
         the plain regions sharing what is left of the budget; joined in order."""
+        target, tokenizer = ask.target, ask.tokenizer
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         counts = tokenizer.count_many([region.text for region in regions])
@@ -194,9 +211,7 @@ class Compressor(abc.ABC):
         fixed = 0  # tokens held by keep regions and rate regions
         for i, region in enumerate(regions):
             if region.mode == "rate":
-                results[i] = self._compress(
-                    region.text, Ask(Target(rate=region.rate), query, preserve, tokenizer)
-                )
+                results[i] = self._compress(region.text, ask._replace(target=Target(rate=region.rate)))
                 fixed += results[i].tokens_after
             elif region.mode == "keep":
                 fixed += counts[i]
@@ -205,8 +220,9 @@ class Compressor(abc.ABC):
         remaining = budget - fixed
         for i in plain:
             share = counts[i] if remaining >= plain_tokens else remaining * counts[i] // plain_tokens
-            ask = Ask(Target(max_tokens=max(1, share)), query, preserve, tokenizer)
-            results[i] = self._compress(regions[i].text, ask)
+            results[i] = self._compress(
+                regions[i].text, ask._replace(target=Target(max_tokens=max(1, share)))
+            )
         return self._join_regions(regions, counts, results, tokens_before, budget, fixed, tokenizer)
 
     def _join_regions(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.markers import format_marker
 from compressors.preserve import PreserveSpec, Span, find_spans
 
 __all__ = ["Normalize"]
@@ -36,6 +37,14 @@ _LETTERS = re.compile(r"[A-Za-z]")
 # Whitespace inside these is data, whatever the policy preserves.
 _ALWAYS_PROTECTED = frozenset({"code", "json", "quotes"})
 _MAX_BLOCK = 8  # longest repeated block (in lines) looked for
+
+
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """What the clean-up needs besides the text: the spans to protect and the marker's ``hash``."""
+
+    preserve: PreserveSpec
+    ref: str | None
 
 
 @dataclass(slots=True)
@@ -72,6 +81,7 @@ class Normalize(Compressor):
     """Lossless-ish clean-up; see the module docstring."""
 
     name = "normalize"
+    cost = "linear"
     option_types = {
         "minify_json": (bool, True),
         "collapse_repeats": (bool, True),
@@ -87,10 +97,10 @@ class Normalize(Compressor):
             raise OptionsError(f"normalize: min_log_run must be >= 3, got {self.options['min_log_run']}")
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, _, preserve, tokenizer = ask  # no query: not question-aware
+        target, preserve, tokenizer = ask.target, ask.preserve, ask.tokenizer  # not question-aware
         tokens_before = tokenizer.count(text)
         dropped: list[_Dropped] = []
-        out = self._normalize(text, preserve, dropped)
+        out = self._normalize(text, _Marks(preserve, ask.ref), dropped)
         tokens_after = tokens_before if out == text else tokenizer.count(out)
         budget = target.budget(tokens_before)
         met = tokens_after <= budget * 1.05
@@ -106,7 +116,7 @@ class Normalize(Compressor):
         )
         return Compressed(out, tokens_before, tokens_after, self.name, budget, met, note, decisions)
 
-    def _normalize(self, text: str, preserve: PreserveSpec, dropped: list[_Dropped]) -> str:
+    def _normalize(self, text: str, marks: _Marks, dropped: list[_Dropped]) -> str:
         text = text.replace("\r\n", "\n")
         if self.options["minify_json"] and text.lstrip()[:1] in ("{", "["):
             whole = _minify(text)
@@ -116,11 +126,11 @@ class Normalize(Compressor):
         pos = 0
         line = 0  # line number of ``pos`` in the input, for decisions
         for fence in _FENCE.finditer(text):
-            parts.append(self._clean_prose(text[pos : fence.start()], preserve, dropped, line))
+            parts.append(self._clean_prose(text[pos : fence.start()], marks, dropped, line))
             parts.append(self._clean_fence(fence))
             line += text.count("\n", pos, fence.end())
             pos = fence.end()
-        parts.append(self._clean_prose(text[pos:], preserve, dropped, line))
+        parts.append(self._clean_prose(text[pos:], marks, dropped, line))
         return _BLANK_RUN.sub("\n\n", "".join(parts))
 
     def _clean_fence(self, fence: re.Match[str]) -> str:
@@ -132,25 +142,28 @@ class Normalize(Compressor):
                 return block.replace(body, small + "\n", 1)
         return _TRAILING.sub("", block)  # code keeps its indentation
 
-    def _clean_prose(
-        self, text: str, preserve: PreserveSpec, dropped: list[_Dropped], first_line: int
-    ) -> str:
+    def _clean_prose(self, text: str, marks: _Marks, dropped: list[_Dropped], first_line: int) -> str:
         if not text:
             return text
+        lines_before = text.count("\n")
         if self.options["minify_json"] and ("{" in text or "[" in text):
             text = _minify_spans(text)
         text = _TRAILING.sub("", text)
         if _INNER_RUN.search(text):
-            spec = PreserveSpec(preserve.categories | _ALWAYS_PROTECTED, preserve.patterns)
+            spec = PreserveSpec(marks.preserve.categories | _ALWAYS_PROTECTED, marks.preserve.patterns)
             text = _collapse_runs(text, find_spans(text, spec))
         if not (self.options["collapse_repeats"] or self.options["collapse_logs"]):
             return text
         lines = text.split("\n")
-        origin = list(range(first_line, first_line + len(lines)))  # input line of each line, for decisions
+        # input line (0-based) of each line; a minified JSON block shifts them, so markers then omit lines=
+        origin = list(range(first_line, first_line + len(lines)))
+        exact = len(lines) == lines_before + 1
         if self.options["collapse_repeats"]:
-            lines, origin = _collapse_repeats(lines, origin, self.options["min_repeat"], dropped)
+            lines, origin = _collapse_repeats(
+                lines, origin, self.options["min_repeat"], dropped, marks, exact
+            )
         if self.options["collapse_logs"]:
-            lines = _collapse_logs(lines, origin, self.options["min_log_run"], dropped)
+            lines = _collapse_logs(lines, origin, self.options["min_log_run"], dropped, marks, exact)
         return "\n".join(lines)
 
 
@@ -193,8 +206,19 @@ def _block_repeats(lines: list[str], i: int, size: int) -> int:
     return count
 
 
+def _marker(count: int, example: str, first: int, last: int, marks: _Marks, exact: bool) -> str:
+    """A marker for ``count`` omitted lines, input lines ``first..last`` (0-based)."""
+    lines = ((first + 1, last + 1),) if exact else ()
+    return format_marker(count, "lines", example=example, lines=lines, ref=marks.ref)
+
+
 def _collapse_repeats(
-    lines: list[str], origin: list[int], min_repeat: int, dropped: list[_Dropped]
+    lines: list[str],
+    origin: list[int],
+    min_repeat: int,
+    dropped: list[_Dropped],
+    marks: _Marks,
+    exact: bool,
 ) -> tuple[list[str], list[int]]:
     out: list[str] = []
     out_origin: list[int] = []
@@ -214,15 +238,18 @@ def _collapse_repeats(
         if best_count > 1:
             what = "previous line" if best_size == 1 else f"previous {best_size} lines"
             reason = f"{what} repeated {best_count - 1} more times"
-            out.append(f"[{reason}]")
-            out_origin.append(origin[i + best_size])
             gone = lines[i + best_size : i + best_size * best_count]
+            first, last = origin[i + best_size], origin[i + best_size * best_count - 1]
+            out.append(_marker(len(gone), lines[i], first, last, marks, exact))
+            out_origin.append(origin[i + best_size])
             dropped.append(_Dropped(origin[i + best_size], "\n".join(gone), reason))
         i += best_size * best_count
     return out, out_origin
 
 
-def _collapse_logs(lines: list[str], origin: list[int], min_run: int, dropped: list[_Dropped]) -> list[str]:
+def _collapse_logs(
+    lines: list[str], origin: list[int], min_run: int, dropped: list[_Dropped], marks: _Marks, exact: bool
+) -> list[str]:
     masks = [_LOG_MASK.sub("#", line) if line.strip() else "" for line in lines]
     out: list[str] = []
     i = 0
@@ -234,7 +261,8 @@ def _collapse_logs(lines: list[str], origin: list[int], min_run: int, dropped: l
                 j += 1
         if j - i >= min_run:
             reason = f"{j - i - 2} similar lines omitted"
-            out.extend((lines[i], f"[... {reason} ...]", lines[j - 1]))
+            marker = _marker(j - i - 2, lines[i + 1], origin[i + 1], origin[j - 2], marks, exact)
+            out.extend((lines[i], marker, lines[j - 1]))
             dropped.append(_Dropped(origin[i + 1], "\n".join(lines[i + 1 : j - 1]), reason))
         else:
             out.extend(lines[i:j])

@@ -16,6 +16,7 @@ _CLASSES: dict[str, str] = {
     "truncate": "compressors.truncate:Truncate",
     "relevance": "compressors.relevance:Relevance",
     "tokens": "compressors.tokens:Tokens",
+    "tooloutput": "compressors.tooloutput:ToolOutput",
 }
 
 

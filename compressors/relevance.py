@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.base import Ask, Compressed, Compressor, Cost, Decision, OptionsError
 from compressors.bm25 import bm25_scores
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
 from compressors.preserve import find_spans, split_tags
@@ -100,6 +100,10 @@ class Relevance(Compressor):
         "backend": (str, DEFAULT_BACKEND),  # embedding runtime: torch, onnx or onnx-int8 (fastest)
     }
 
+    @property
+    def cost_class(self) -> Cost:
+        return "linear" if self.options["scorer"] == "bm25" else "model"
+
     def _validate(self) -> None:
         opts = self.options
         checks = (
@@ -163,7 +167,7 @@ class Relevance(Compressor):
         return [any(term in unit.casefold() for term in wanted) for unit in units]
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, query, preserve, tokenizer = ask
+        target, query, preserve, tokenizer = ask.target, ask.query, ask.preserve, ask.tokenizer
         regions = split_tags(text)
         joined = "".join(region.text for region in regions)
         forced_ranges: list[tuple[int, int]] = []

@@ -140,7 +140,7 @@ class Tokens(Compressor):
         )
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, query, preserve, tokenizer = ask
+        target, query, preserve, tokenizer = ask.target, ask.query, ask.preserve, ask.tokenizer
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:

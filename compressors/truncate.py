@@ -3,8 +3,12 @@
 Units are paragraphs, lines, sentences or tokens (option ``unit``). The unit the
 cut falls in is split into finer units (paragraph -> line -> sentence -> token)
 until the budget is filled to within 5%. A unit boundary never falls inside a
-preserved span, so spans are kept or dropped whole. The input is tokenized
-once per unit level, plus the one unit each cut lands in.
+preserved span that fits the budget, so such spans are kept or cut away whole.
+A preserved span bigger than the whole budget is never dropped for its size:
+a JSON one is minified, then its biggest arrays digested (compressors.jsondigest);
+a multi-line one is cut on its lines; a one-line one is kept whole and the target
+reported missed. The input is tokenized once per unit level, plus the one unit
+each cut lands in. The omission is one marker (docs/markers.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import re
 from dataclasses import dataclass
 
 from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.jsondigest import shrink
+from compressors.markers import format_marker
 from compressors.preserve import Span, find_spans
 from compressors.tokenizer import Tokenizer
 
@@ -34,13 +40,18 @@ _FILL = 0.02  # refine the cut unit until the budget is this full (inside the 5%
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """What one call works on: the text, its preserved spans, the tokenizer."""
+    """What one call works on: the text, its preserved spans, the tokenizer.
+
+    ``big`` holds the starts of spans bigger than the whole budget: a multi-line one
+    gets line boundaries inside it, a one-line one is kept whole where the cut lands.
+    """
 
     text: str
     spans: list[Span]
     starts: list[int]
     tokenizer: Tokenizer
     slack: int
+    big: frozenset[int] = frozenset()
 
     def span_at(self, pos: int) -> Span | None:
         """The preserved span strictly containing ``pos``, if any."""
@@ -49,11 +60,16 @@ class _Cut:
             return self.spans[i]
         return None
 
+    def blocks(self, pos: int, level: str) -> bool:
+        """Whether a ``level`` boundary at ``pos`` would split a span it must not."""
+        span = self.span_at(pos)
+        return span is not None and not (level in ("paragraph", "line") and span.start in self.big)
+
     def bounds(self, start: int, end: int, level: str) -> list[int]:
-        """Unit boundaries of ``text[start:end]`` at ``level``, none inside a span."""
+        """Unit boundaries of ``text[start:end]`` at ``level``, none inside a span (but big ones' lines)."""
         cuts = [start]
         for match in _BOUNDARY[level].finditer(self.text, start, end):
-            if start < match.end() < end and self.span_at(match.end()) is None:
+            if start < match.end() < end and not self.blocks(match.end(), level):
                 cuts.append(match.end())
         cuts.append(end)
         return cuts
@@ -124,7 +140,16 @@ def _token_cut(cut: _Cut, a: int, b: int, room: int, *, from_end: bool) -> tuple
     span = cut.span_at(pos)
     if span is None:
         return pos, k
-    pos = span.end if from_end else span.start  # never half a span
+    if span.start not in cut.big:
+        pos = span.end if from_end else span.start  # never half a span
+    elif "\n" in cut.text[span.start : span.end]:  # a big multi-line span: cut on its line boundary
+        if from_end:
+            at = cut.text.find("\n", pos, b)
+            pos = b if at < 0 else at + 1
+        else:
+            pos = max(a, cut.text.rfind("\n", a, pos) + 1)
+    else:
+        pos = span.start if from_end else span.end  # a big one-line span: kept whole, target missed
     return pos, cut.tokenizer.count(cut.text[pos:b] if from_end else cut.text[a:pos])
 
 
@@ -132,6 +157,7 @@ class Truncate(Compressor):
     """Keeps the start (``head``), the end (``tail``) or both ends (``middle``)."""
 
     name = "truncate"
+    cost = "linear"
     option_types = {
         "mode": (str, "head"),
         "unit": (str, "line"),
@@ -149,36 +175,59 @@ class Truncate(Compressor):
             )
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, _, preserve, tokenizer = ask  # no query: not question-aware
+        tokenizer = ask.tokenizer  # no query: not question-aware
         tokens_before = tokenizer.count(text)
-        budget = target.budget(tokens_before)
+        budget = ask.target.budget(tokens_before)
         if tokens_before <= budget:
             return Compressed(text, tokens_before, tokens_before, self.name, budget)
-        spans = find_spans(text, preserve)
+        text, spans, reshaped = _shrink_big_json(text, budget, ask)
+        if reshaped:
+            now = tokenizer.count(text)
+            if now <= budget:
+                return Compressed(text, tokens_before, now, self.name, budget)
+        big = frozenset(s.start for s in spans if _is_big(text, s, budget, tokenizer))
         levels = _LEVELS[_LEVELS.index(self.options["unit"]) :]
-        cut = _Cut(text, spans, [s.start for s in spans], tokenizer, max(1, int(budget * _FILL)))
+        cut = _Cut(text, spans, [s.start for s in spans], tokenizer, max(1, int(budget * _FILL)), big)
         bounds = [0, len(text)] if levels[0] == "token" else cut.bounds(0, len(text), levels[0])
         counts = [tokens_before] if levels[0] == "token" else cut.counts(bounds)
         if levels[0] == "token":
             levels = ("token", "token")  # the one unit is refined at token level
+        marks = _Marks(ask.ref, not reshaped)
         room = budget
         for _ in range(2):  # a second pass only if joins tokenized longer than the parts
-            head_end, tail_start, out = self._select(cut, bounds, counts, room, levels[1:], tokens_before)
+            head_end, tail_start, out = self._select(cut, bounds, counts, room, levels[1:], marks)
             tokens_after = tokenizer.count(out)
-            if tokens_after <= budget * (1 + _SLACK):
+            pinned = _pinned(cut, head_end, tail_start)
+            if tokens_after <= budget * (1 + _SLACK) or pinned:  # a span kept whole: no retry helps
                 break
             room -= tokens_after - budget
         met = tokens_after <= budget * (1 + _SLACK)
-        note = "" if met else "the kept text tokenizes longer than its parts"
+        note = ""
+        if not met:
+            note = (
+                f"a preserved {pinned[0].category} span bigger than the budget is kept whole "
+                "(preserved spans are never dropped to meet a target)"
+                if pinned
+                else "the kept text tokenizes longer than its parts"
+            )
         decisions = _decisions(text, bounds, counts, head_end, tail_start, levels[0])
         return Compressed(out, tokens_before, tokens_after, self.name, budget, met, note, decisions)
 
     def _select(
-        self, cut: _Cut, bounds: list[int], counts: list[int], room: int, finer: tuple[str, ...], total: int
+        self,
+        cut: _Cut,
+        bounds: list[int],
+        counts: list[int],
+        room: int,
+        finer: tuple[str, ...],
+        marks: _Marks,
     ) -> tuple[int, int, str]:
         """``(head end, tail start, output)`` for a ``room``-token budget."""
         text, mode = cut.text, self.options["mode"]
-        marker = f"[... {total - room} tokens omitted ...]" if self.options["marker"] else ""
+        marker = ""
+        if self.options["marker"]:  # its size, for the room: the longest it can be
+            lines = ((1, text.count("\n") + 1),) if marks.lines else ()
+            marker = format_marker(cut.tokenizer.count(text), "tokens", lines=lines, ref=marks.ref)
         marker_tokens = cut.tokenizer.count(marker) + 2 if marker else 0
         if marker_tokens >= room:
             marker, marker_tokens = "", 0  # no room for a marker: the cut stays silent
@@ -192,16 +241,74 @@ class Truncate(Compressor):
             tail_bounds, tail_counts = [head_end, *bounds[idx:]], counts[idx - 1 :]
             if bounds[idx - 1] != head_end:  # the head cut a unit in two: recount its rest
                 tail_counts = [cut.tokenizer.count(text[head_end : bounds[idx]]), *counts[idx:]]
-            tail_start, _ = _tail(cut, tail_bounds, tail_counts, room - head_used, finer)
+            tail_start, _ = _tail(cut, tail_bounds, tail_counts, max(0, room - head_used), finer)
         head, tail = text[:head_end], text[tail_start:]
-        if marker:
-            omitted = cut.tokenizer.count(text[head_end:tail_start])
-            marker = f"[... {omitted} tokens omitted ...]"
+        if marker and tail_start > head_end:
+            marker = _marker(cut, head_end, tail_start, marks)
             if head and not head.endswith("\n"):
                 marker = "\n" + marker
             if tail and not tail.startswith("\n"):
                 marker += "\n"
-        return head_end, tail_start, head + marker + tail
+        elif tail_start <= head_end:
+            marker = ""
+        return head_end, max(head_end, tail_start), head + marker + tail
+
+
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """The marker's ``hash`` and whether its ``lines=`` may be given (not after a JSON rewrite)."""
+
+    ref: str | None
+    lines: bool
+
+
+def _marker(cut: _Cut, head_end: int, tail_start: int, marks: _Marks) -> str:
+    """The marker for ``text[head_end:tail_start]``, with the lines it touches (whole or in part)."""
+    text = cut.text
+    omitted = cut.tokenizer.count(text[head_end:tail_start])
+    lines: tuple[tuple[int, int], ...] = ()
+    if marks.lines:
+        first = text.count("\n", 0, head_end) + 1
+        lines = ((first, first + text.count("\n", head_end, max(head_end, tail_start - 1))),)
+    return format_marker(omitted, "tokens", lines=lines, ref=marks.ref)
+
+
+def _is_big(text: str, span: Span, budget: int, tokenizer: Tokenizer) -> bool:
+    # a token is at least one character almost always: only long spans are counted
+    return span.end - span.start > budget and tokenizer.count(text[span.start : span.end]) > budget
+
+
+def _shrink_big_json(text: str, budget: int, ask: Ask) -> tuple[str, list[Span], bool]:
+    """``text`` with each JSON span bigger than the budget minified and digested to fit it,
+    its spans (found again when anything changed), and whether anything changed."""
+    spans = find_spans(text, ask.preserve)
+    parts: list[str] = []
+    pos = 0
+    for span in spans:
+        if text[span.start] not in "{[" or not _is_big(text, span, budget, ask.tokenizer):
+            continue
+        small = shrink(text[span.start : span.end], budget, ask.tokenizer.count, ref=ask.ref)
+        if small is None:
+            continue
+        parts.append(text[pos : span.start])
+        parts.append(small.text)
+        pos = span.end
+    if not parts:
+        return text, spans, False
+    parts.append(text[pos:])
+    shrunk = "".join(parts)
+    return shrunk, find_spans(shrunk, ask.preserve), True
+
+
+def _pinned(cut: _Cut, head_end: int, tail_start: int) -> list[Span]:
+    """Big one-line spans the kept text holds whole."""
+    return [
+        s
+        for s in cut.spans
+        if s.start in cut.big
+        and "\n" not in cut.text[s.start : s.end]
+        and (s.start < head_end or s.end > tail_start)
+    ]
 
 
 def _decisions(

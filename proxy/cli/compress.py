@@ -3,7 +3,8 @@
 Prints the exact body the proxy would forward for that team: the same rewrite
 hook (``build_services(config).rewriter``), the same serialization (orjson for
 a rewritten body, the original bytes when nothing changed). ``--explain``
-prints a table per text part on stderr.
+prints a table per text part on stderr (and, for a rule with several steps, a row per step:
+its tokens before and after, and its milliseconds).
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def _explain(rewrite: Rewrite, console: Console) -> None:
             f"{part['ms']:.1f}" if part["rule"] else "",
             note,
         )
+        steps = part.get("steps") or []
+        for i, step in enumerate(steps if len(steps) > 1 else []):  # a chain: what each step did
+            table.add_row(
+                "",
+                "",
+                f"  step {i + 1}",
+                step["compressor"],
+                str(step["tokens_before"]),
+                str(step["tokens_after"]),
+                f"{step['ms']:.1f}",
+                step["note"],
+            )
     console.print(table)
     before, after = rewrite.tokens_before or 0, rewrite.tokens_after or 0
     saved = f"{100 * (before - after) / before:.1f}%" if before else "0%"

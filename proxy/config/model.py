@@ -128,8 +128,9 @@ class MemoConfig:
 class CompressionConfig:
     memo_bytes: int = 256 * 1024 * 1024
     workers: int = 2  # compression worker processes
-    # Longer text parts are forwarded as they came: compressing one must fit a latency budget
-    # (the `tokens` scorer does ~50k characters in ~300 ms on a shared 2-core machine).
+    # Compressors that run a model skip longer texts (linear ones, Compressor.cost "linear", take
+    # any size): compressing must fit a latency budget (the `tokens` scorer does ~50k characters in
+    # ~300 ms on a shared 2-core machine).
     max_part_chars: int = 50_000
     # Larger request bodies are forwarded as they came, unparsed: parsing JSON holds the event
     # loop (~50 ms for 30 MB here), and no model's context holds that much text anyway.

@@ -29,11 +29,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 from typing import Any
 
-from compressors.base import Compressor, CompressorError, Target
+from compressors.base import Compressor, CompressorError
 from compressors.embedding import cache_scope
-from compressors.preserve import PreserveSpec
 from compressors.tokenizer import tokenizer_for
-from proxy.policy.query import QueryPlan, compress_around
+from proxy.policy.model import Step
+from proxy.policy.query import QueryPlan
+from proxy.policy.steps import StepTrace, run_steps
 
 __all__ = [
     "WARM_MODELS",
@@ -64,16 +65,15 @@ _PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.compress
 class Job:
     """One part to compress. ``deadline`` is ``time.monotonic()`` (system-wide on Linux)."""
 
-    identity: str  # the rule's identity: what a worker caches its compressor under
-    compressor: Compressor
-    target: Target
-    preserve: PreserveSpec | None
+    identity: str  # the rule's identity: what a worker caches its compressors under
+    steps: tuple[Step, ...]
     text: str
     tokens: int
     plan: QueryPlan
     model: str | None
     deadline: float
     scope: str = "-"  # whose cached vectors the compressor may use (compressors.embedding.cache_scope)
+    max_model_chars: int = 50_000  # compression.max_part_chars: model steps skip longer texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,7 @@ class Done:
     tokens_after: int
     ms: float
     note: str
+    steps: tuple[StepTrace, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class _Warm:
-    jobs: tuple[tuple[str, Compressor, Target, PreserveSpec | None], ...]
+    jobs: tuple[tuple[str, tuple[Step, ...]], ...]  # (rule identity, its steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +104,28 @@ class WarmReport:
     error: str | None
 
 
-def _compressor(cache: dict[str, Compressor], identity: str, given: Compressor) -> Compressor:
-    return cache.setdefault(identity, given)
+def _compressors(cache: dict[str, Compressor], identity: str, steps: Sequence[Step]) -> list[Compressor]:
+    """The worker's instance of each step's compressor (the first one it saw: its models stay loaded)."""
+    return [cache.setdefault(f"{identity}:{i}", step.compressor) for i, step in enumerate(steps)]
 
 
 def run_job(job: Job, cache: dict[str, Compressor]) -> Done:
-    """What a worker process does with one job (``cache``: its compressors by rule identity)."""
-    compressor = _compressor(cache, job.identity, job.compressor)
+    """What a worker process does with one job (``cache``: its compressors by rule identity and step)."""
+    compressors = _compressors(cache, job.identity, job.steps)
     started = time.perf_counter()
     with cache_scope(job.scope):
-        new_text, note = compress_around(
-            compressor, job.text, target=job.target, plan=job.plan, preserve=job.preserve, model=job.model
+        new_text, note, traces = run_steps(
+            list(zip(job.steps, compressors, strict=True)),
+            job.text,
+            plan=job.plan,
+            model=job.model,
+            max_model_chars=job.max_model_chars,
         )
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000
     if after >= job.tokens:
-        return Done(None, job.tokens, ms, note or "no saving")
-    return Done(new_text, after, ms, note)
+        return Done(None, job.tokens, ms, note or "no saving", traces)
+    return Done(new_text, after, ms, note, traces)
 
 
 def _warm(message: _Warm, cache: dict[str, Compressor]) -> dict[str, WarmReport]:
@@ -127,13 +133,15 @@ def _warm(message: _Warm, cache: dict[str, Compressor]) -> dict[str, WarmReport]
         with contextlib.suppress(Exception):  # the serving process reports a missing encoding
             tokenizer_for(model).count("warm-up")
     report: dict[str, WarmReport] = {}
-    for identity, given, target, preserve in message.jobs:
+    for identity, steps in message.jobs:
         started = time.perf_counter()
         error = None
         try:  # a rule that cannot load fails open, and says why, at first use
-            compressor = _compressor(cache, identity, given)
-            with cache_scope("warm-up"):
-                compressor.compress(_WARM_TEXT, target=target, query="warm-up", preserve=preserve)
+            for step, compressor in zip(steps, _compressors(cache, identity, steps), strict=True):
+                with cache_scope("warm-up"):
+                    compressor.compress(
+                        _WARM_TEXT, target=step.target, query="warm-up", preserve=step.preserve
+                    )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         report[identity] = WarmReport(time.perf_counter() - started, error)
@@ -256,7 +264,7 @@ class WorkerPool:
                 self._runners.append(asyncio.get_running_loop().create_task(self._runner(worker)))
         return self._queue
 
-    def warm(self, rules: Sequence[tuple[str, Compressor, Target, PreserveSpec | None]]) -> None:
+    def warm(self, rules: Sequence[tuple[str, tuple[Step, ...]]]) -> None:
         """Load ``rules``' compressors in every worker before its next job (and in replacements)."""
         if not rules and self._queue is None:
             return

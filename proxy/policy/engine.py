@@ -27,8 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressors.base import Compressor, Target
-from compressors.preserve import PreserveSpec
 from compressors.tokenizer import Tokenizer, encoding_name_for, tokenizer_for
 from proxy.apis import Block, Dialect, Part, dialect_for, rewrite_body
 from proxy.config.model import MemoConfig
@@ -37,8 +35,9 @@ from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
 from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
-from proxy.policy.model import Policy, PolicySet, Rule
+from proxy.policy.model import Policy, PolicySet, Rule, Step
 from proxy.policy.query import QueryPlan, plan_query
+from proxy.policy.steps import StepTrace
 from proxy.store.base import SharedStore
 from proxy.store.lru import BytesLRU
 
@@ -68,6 +67,7 @@ class _Selected:
     form: Form | None = None
     made: Form | None = None  # what the compressor returned, for a new part
     source: str = "new"  # new | memo | drop | kept (a drop called off) | too_large (max_part_chars)
+    steps: tuple[StepTrace, ...] = ()  # what each step did, for a new part (--explain)
 
 
 @dataclass(slots=True)
@@ -364,10 +364,11 @@ class PolicyRewriter:
             rule = next((r for r in policy.rules if _matches(r, part, tokens)), None)
             if rule is None:
                 continue
-            too_large = len(part.text) > self.max_part_chars  # bounded work: forwarded as is
+            # Bounded work: a part too long for every one of its rule's steps goes as it came.
+            too_large = len(part.text) > self.max_part_chars and _all_model(rule)
             # The kept spans of a part depend on its own text only; the query on the whole request.
             compress = rule.action == "compress" and not too_large
-            keep = plan_query(policy.query, [part], part).keep if compress else ()
+            keep = self._plan(policy, self._planning([part]), part).keep if compress else ()
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
             chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
@@ -389,34 +390,26 @@ class PolicyRewriter:
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
         is forwarded as it came (a job still running then is abandoned, see policy.compressor_pool)."""
-        cap = self.max_part_chars
-        # Query planning reads only the tail of a part too large to compress (its question is there).
-        planning = [
-            p if len(p.text) <= cap else dataclasses.replace(p, text=p.text[-_QUERY_TAIL_CHARS:])
-            for p in parts
-        ]
-        by_path = {p.path: q for p, q in zip(parts, planning, strict=True)}
+        planning = self._planning(parts)
         jobs: dict[tuple[str, str, QueryPlan], Job] = {}
         wanted: dict[int, tuple[str, str, QueryPlan]] = {}
         for i, chosen in enumerate(outcome.selected):
             if chosen.form is not None:
                 continue
             rule = chosen.rule
-            assert rule.compressor is not None
-            plan = plan_query(policy.query, planning, by_path[chosen.part.path])
+            plan = self._plan(policy, planning, chosen.part)
             key = wanted[i] = (rule.identity, chosen.part.text, plan)  # one job per distinct input
             if key not in jobs:
                 jobs[key] = Job(
                     rule.identity,
-                    rule.compressor,
-                    rule.target,
-                    rule.preserve,
+                    rule.steps,
                     chosen.part.text,
                     chosen.tokens,
                     plan,
                     model,
                     deadline,
                     outcome.namespace,
+                    self.max_part_chars,
                 )
         if not jobs:
             return
@@ -427,7 +420,7 @@ class PolicyRewriter:
         futures = {key: self._workers.submit(job) for key, job in jobs.items()}
         _, pending = await asyncio.wait(futures.values(), timeout=deadline - time.monotonic())
         outcome.compress_ms = (time.perf_counter() - started) * 1000
-        results: dict[tuple[str, str, QueryPlan], Form] = {}
+        results: dict[tuple[str, str, QueryPlan], tuple[Form, tuple[StepTrace, ...]]] = {}
         for key, future in futures.items():
             result = None if future in pending else future.result()
             if result is None:
@@ -436,9 +429,20 @@ class PolicyRewriter:
             elif isinstance(result, Failed):
                 outcome.fail_open = outcome.fail_open or f"compressor_error: {result.reason}"[:300]
             else:
-                results[key] = Form(result.text, result.tokens_after, result.ms, result.note)
+                results[key] = Form(result.text, result.tokens_after, result.ms, result.note), result.steps
         for i, key in wanted.items():
-            outcome.selected[i].made = results.get(key)
+            outcome.selected[i].made, outcome.selected[i].steps = results.get(key, (None, ()))
+
+    def _planning(self, parts: Sequence[Part]) -> list[Part]:
+        """What query planning reads: only the tail of a part above ``max_part_chars`` (its
+        question is there), since planning runs on the event loop."""
+        return [p if len(p.text) <= self.max_part_chars else _tail(p) for p in parts]
+
+    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part) -> QueryPlan:
+        """The query plan of ``part``, its kept spans in the offsets of its whole text."""
+        clipped = len(part.text) > self.max_part_chars
+        plan = plan_query(policy.query, planning, _tail(part) if clipped else part)
+        return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
 
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
@@ -537,7 +541,17 @@ def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> di
         "ms": round(chosen.form.ms, 2) if chosen and chosen.form else 0.0,
         "source": chosen.source if chosen else None,
         "note": chosen.form.note if chosen and chosen.form else "",
+        "steps": [dataclasses.asdict(trace) for trace in chosen.steps] if chosen else [],
     }
+
+
+def _all_model(rule: Rule) -> bool:
+    """Every step of ``rule`` runs a model (none may run on a part above ``max_part_chars``)."""
+    return all(step.compressor.cost_class == "model" for step in rule.steps)
+
+
+def _tail(part: Part) -> Part:
+    return dataclasses.replace(part, text=part.text[-_QUERY_TAIL_CHARS:])
 
 
 def _count(tokenizer: Tokenizer, text: str) -> int:
@@ -560,13 +574,13 @@ def _count_once(model: str) -> None:
     tokenizer_for(model).count("warm-up")
 
 
-def _worker_rules(policies: PolicySet) -> list[tuple[str, Compressor, Target, PreserveSpec | None]]:
+def _worker_rules(policies: PolicySet) -> list[tuple[str, tuple[Step, ...]]]:
     """What the compression workers warm: each distinct rule identity once."""
     rules = {
-        rule.identity: (rule.identity, rule.compressor, rule.target, rule.preserve)
+        rule.identity: (rule.identity, rule.steps)
         for policy in policies.policies.values()
         for rule in policy.rules
-        if rule.compressor is not None
+        if rule.steps
     }
     return list(rules.values())
 
@@ -576,6 +590,6 @@ def _labels(policies: PolicySet) -> dict[str, str]:
     labels: dict[str, str] = {}
     for policy in policies.policies.values():
         for rule in policy.rules:
-            if rule.compressor is not None:
+            if rule.steps:
                 labels.setdefault(rule.identity, f"{policy.name}/{rule.name} ({rule.compressor_name})")
     return labels

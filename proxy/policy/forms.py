@@ -108,7 +108,8 @@ def form_keys(
 ) -> FormKeys:
     base = f"{rule.identity}:{encoding}"
     conversation = f"{base}:c:{_hash(turn, repr(part.path), digest)}"
-    shared = f"{base}:s:{_hash(digest, repr(keep))}" if rule.compressor_name in QUERY_FREE else None
+    query_free = all(step.compressor_name in QUERY_FREE for step in rule.steps)
+    shared = f"{base}:s:{_hash(digest, repr(keep))}" if query_free else None
     return FormKeys(conversation, shared)
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "PolicySet",
     "QuerySpec",
     "Rule",
+    "Step",
     "load_policies",
     "load_policy",
 ]
@@ -63,17 +64,42 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One compressor of a rule's chain: its output is the next step's input."""
+
+    compressor_name: str
+    compressor: Compressor
+    target: Target
+    preserve: PreserveSpec | None
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     match: Match
     action: Literal["compress", "drop"]
-    compressor_name: str
-    compressor: Compressor | None  # None for drop rules
-    target: Target
-    preserve: PreserveSpec | None
-    # Stable hash of everything that shapes the output (compressor, options, target,
+    steps: tuple[Step, ...]  # applied in order; empty for drop rules
+    # Stable hash of everything that shapes the output (compressors, options, targets,
     # preserve): the memo key, so an edited rule never reuses old results.
     identity: str
+
+    @property
+    def compressor_name(self) -> str:
+        """``normalize``, or a chain as ``normalize>truncate``."""
+        return ">".join(step.compressor_name for step in self.steps) or "drop"
+
+    @property
+    def compressor(self) -> Compressor | None:
+        """The last step's compressor (the one the target applies to); None for drop rules."""
+        return self.steps[-1].compressor if self.steps else None
+
+    @property
+    def target(self) -> Target | None:
+        return self.steps[-1].target if self.steps else None
+
+    @property
+    def preserve(self) -> PreserveSpec | None:
+        return self.steps[-1].preserve if self.steps else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +227,49 @@ def _parse_preserve(f: Fields, what: str) -> tuple[PreserveSpec | None, list[Any
         return None, None
 
 
+_Preserve = tuple[PreserveSpec | None, list[Any] | None]  # parsed, and as written (for the identity)
+_SINGLE_KEYS = ("compressor", "options", "rate", "max_tokens")
+
+
+def _parse_step(
+    f: Fields, what: str, *, build: bool, required: bool = False, inherited: _Preserve = (None, None)
+) -> tuple[Step | None, list[Any]]:
+    """One compressor with its target, options and preserve, read from a rule (the single form)
+    or from one of its ``steps``; and what shapes its output, for the rule's identity."""
+    name = f.get("compressor", str, "normalize", required=required)
+    options = f.get("options", dict, {})
+    target = _parse_target(f, name)
+    preserve, items = _parse_preserve(f, what)
+    if items is None:
+        preserve, items = inherited
+    compressor = _build_compressor(f, name, options, what) if build else None
+    shape = [name, options, target.rate, target.max_tokens, items]
+    return (Step(name, compressor, target, preserve) if compressor is not None else None), shape
+
+
+def _parse_steps(f: Fields, node: Node, what: str) -> tuple[tuple[Step, ...], list[Any]]:
+    """``steps: [{compressor: normalize}, {compressor: truncate, max_tokens: 2000}]``: applied in
+    order, each step's output the next one's input. A ``preserve`` on the rule is every step's default."""
+    for key in _SINGLE_KEYS:
+        if key in f:
+            f.errors.append(f.node.error(f"{what}: {key} goes in a step when the rule has steps", key=key))
+    inherited = _parse_preserve(f, what)
+    if not isinstance(node.value, list) or not node.value:
+        f.errors.append(node.error(f"{what}.steps must be a non-empty list of {{compressor: ...}}"))
+        return (), []
+    steps: list[Step] = []
+    shapes: list[Any] = []
+    for i, item in enumerate(node.value):
+        step_what = f"{what}.steps[{i}]"
+        g = Fields(item, f.errors, what=step_what)
+        step, shape = _parse_step(g, step_what, build=True, required=True, inherited=inherited)
+        g.finish()
+        shapes.append(shape)
+        if step is not None:
+            steps.append(step)
+    return tuple(steps), shapes
+
+
 def _parse_rule(node: Node, index: int, errors: list[ConfigError]) -> Rule | None:
     f = Fields(node, errors, what=f"rules[{index}]")
     name = f.get("name", str, "", required=True)
@@ -210,29 +279,26 @@ def _parse_rule(node: Node, index: int, errors: list[ConfigError]) -> Rule | Non
     action = f.get("action", str, "compress")
     f.check("action", lambda v: v in ("compress", "drop"), "must be compress or drop")
     match = _parse_match(f.node_of("match"), f"{what}.match", errors)
-    compressor_name = f.get("compressor", str, "normalize")
-    options = f.get("options", dict, {})
-    target = _parse_target(f, compressor_name)
-    preserve, preserve_items = _parse_preserve(f, what)
-    compressor = None
-    if action == "drop":
-        if match.older_than_turns is None:
-            errors.append(node.error(f"{what}: action drop is only allowed with match.older_than_turns"))
-    else:
-        compressor = _build_compressor(f, compressor_name, options, what)
+    steps_node = f.node_of("steps")
+    if action == "drop" and match.older_than_turns is None:
+        errors.append(node.error(f"{what}: action drop is only allowed with match.older_than_turns"))
+    if steps_node is not None and action == "drop":
+        errors.append(steps_node.error(f"{what}: a drop rule has no steps"))
+    if steps_node is not None and action != "drop":
+        steps, step_shapes = _parse_steps(f, steps_node, what)
+        shape: list[Any] = [action, "steps", step_shapes]
+    else:  # the single-compressor form (its identity as before steps existed: memo entries stay valid)
+        step, step_shape = _parse_step(f, what, build=action != "drop")
+        steps, shape = ((step,) if step is not None else ()), [action, *step_shape]
     f.finish()
     if len([e for e in errors if not e.warning]) > before:
         return None
-    shape = [action, compressor_name, options, target.rate, target.max_tokens, preserve_items]
     identity = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
     return Rule(
         name=name,
         match=match,
         action="drop" if action == "drop" else "compress",
-        compressor_name=compressor_name,
-        compressor=compressor,
-        target=target,
-        preserve=preserve,
+        steps=steps,
         identity=identity[:32],
     )
 

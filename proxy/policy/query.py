@@ -13,17 +13,17 @@ compressed part.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from compressors.base import Compressor, Target
-from compressors.preserve import PreserveSpec
+from compressors.base import Target
 from compressors.question import find_question, is_short_trailer
-from compressors.tokenizer import Tokenizer, tokenizer_for
+from compressors.tokenizer import tokenizer_for
 from proxy.apis import Part
 from proxy.policy.model import QuerySpec
 
-__all__ = ["QueryPlan", "compress_around", "final_question", "plan_query"]
+__all__ = ["Fit", "QueryPlan", "Run", "compress_around", "final_question", "plan_query", "whole"]
 
 _MAX_QUERY_CHARS = 4000  # a whole message as the query: its end, where the question usually is
 _MAX_INSTRUCTION_CHARS = 1200
@@ -35,6 +35,13 @@ class QueryPlan:
 
     query: str | None
     keep: tuple[tuple[int, int], ...] = ()
+
+    def shifted(self, offset: int) -> QueryPlan:
+        """A plan made from a text's tail, in the whole text's offsets. A span at the tail's start
+        (the guess of a leading instruction) is dropped: the tail's start is not the text's."""
+        if offset == 0:
+            return self
+        return QueryPlan(self.query, tuple((s + offset, e + offset) for s, e in self.keep if s > 0))
 
 
 def final_question(text: str) -> tuple[str, int, int] | None:
@@ -98,33 +105,31 @@ def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPlan:
     return QueryPlan(text[-_MAX_QUERY_CHARS:] if text.strip() else None)
 
 
-def _split_target(
-    target: Target, pieces: Sequence[str], kept_tokens: int, tokenizer: Tokenizer
-) -> list[Target]:
-    """One target per compressed piece: the same rate, or a share of ``max_tokens``
-    (after the kept spans) in proportion to each piece's size."""
+# Runs a rule's compressors on one stretch of a part; the Fit scales a step's target to the stretch.
+Fit = Callable[[Target], Target]
+Run = Callable[[str, Fit], str]
+
+
+def whole(target: Target) -> Target:
+    """The Fit of a part compressed whole: the step's own target."""
+    return target
+
+
+def _share(target: Target, *, kept: int, size: int, total: int, pieces: int) -> Target:
+    """A stretch's share of a ``max_tokens`` target (after the kept spans), in proportion to its
+    size; a rate stays as it is."""
     if target.max_tokens is None:
-        return [target for _ in pieces]
-    sizes = [max(1, tokenizer.count(p)) for p in pieces]
-    room = max(len(pieces), target.max_tokens - kept_tokens)
-    return [Target(rate=target.rate, max_tokens=max(1, room * s // sum(sizes))) for s in sizes]
+        return target
+    room = max(pieces, target.max_tokens - kept)
+    return Target(rate=target.rate, max_tokens=max(1, room * size // total))
 
 
-def compress_around(
-    compressor: Compressor,
-    text: str,
-    *,
-    target: Target,
-    plan: QueryPlan,
-    preserve: PreserveSpec | None,
-    model: str | None,
-) -> tuple[str, str]:
-    """Compress ``text`` except the plan's kept spans (and the whitespace at the
-    edges of each compressed stretch, so paragraphs stay apart). Returns the new
-    text and the compressors' notes."""
+def compress_around(run: Run, text: str, *, plan: QueryPlan, model: str | None) -> tuple[str, int, str]:
+    """Compress ``text`` with ``run`` except the plan's kept spans (and the whitespace at the
+    edges of each compressed stretch, so paragraphs stay apart). Returns the new text, the
+    tokens of the kept spans, and a note when nothing was left to compress."""
     if not plan.keep:
-        done = compressor.compress(text, target=target, query=plan.query, preserve=preserve, model=model)
-        return done.text, done.note
+        return run(text, whole), 0, ""
     stretches: list[tuple[int, int, bool]] = []  # (start, end, compress?)
     pos = 0
     for start, end in plan.keep:
@@ -136,12 +141,12 @@ def compress_around(
         stretches.append((pos, len(text), True))
     cores = [text[s:e].strip() for s, e, c in stretches if c and text[s:e].strip()]
     if not cores:
-        return text, "nothing to compress: the question and its instruction are kept verbatim"
+        return text, 0, "nothing to compress: the question and its instruction are kept verbatim"
     tokenizer = tokenizer_for(model)
     kept = sum(tokenizer.count(text[s:e]) for s, e, c in stretches if not c)
-    targets = iter(_split_target(target, cores, kept, tokenizer))
+    sizes = [max(1, tokenizer.count(core)) for core in cores]
+    size_of = iter(sizes)
     out: list[str] = []
-    notes: list[str] = []
     for start, end, compress in stretches:
         piece = text[start:end]
         core = piece.strip()
@@ -150,10 +155,6 @@ def compress_around(
             continue
         lead = piece[: len(piece) - len(piece.lstrip())]
         trail = piece[len(piece.rstrip()) :]
-        done = compressor.compress(
-            core, target=next(targets), query=plan.query, preserve=preserve, model=model
-        )
-        out.append(lead + done.text + trail)
-        if done.note:
-            notes.append(done.note)
-    return "".join(out), "; ".join(notes)
+        fit = functools.partial(_share, kept=kept, size=next(size_of), total=sum(sizes), pieces=len(cores))
+        out.append(lead + run(core, fit) + trail)
+    return "".join(out), kept, ""

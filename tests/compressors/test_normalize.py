@@ -56,8 +56,8 @@ def test_repeated_lines_and_blocks_collapse_with_a_count() -> None:
     text = "start\n" + "same line\n" * 38 + "a\nb\n" * 3 + "end"
     out = norm(text)
     assert out == (
-        "start\nsame line\n[previous line repeated 37 more times]\n"
-        "a\nb\n[previous 2 lines repeated 2 more times]\nend"
+        'start\nsame line\n[37 lines like "same line" omitted; lines=3-39]\n'
+        'a\nb\n[4 lines like "a" omitted; lines=42-45]\nend'
     )
     assert norm("x\nx\ny", min_repeat=3) == "x\nx\ny"
 
@@ -65,7 +65,8 @@ def test_repeated_lines_and_blocks_collapse_with_a_count() -> None:
 def test_log_runs_collapse_to_first_count_last() -> None:
     lines = [f"2024-01-01 12:00:{i:02d} INFO request {i} took {i * 3}ms id=3ea751c{i}" for i in range(12)]
     out = norm("boot\n" + "\n".join(lines) + "\ndone").split("\n")
-    assert out == ["boot", lines[0], "[... 10 similar lines omitted ...]", lines[-1], "done"]
+    marker = f'[10 lines like "{lines[1]}" omitted; lines=3-12]'
+    assert out == ["boot", lines[0], marker, lines[-1], "done"]
     # number tables without words are data, not logs
     table = "\n".join(f"| {i} | {i * i} |" for i in range(10))
     assert norm(table) == table

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
 import evaldata
 from compressors import OptionsError, PreserveSpec, Target, create, tokenizer_for
+from compressors.markers import find_markers
 
-MARKER = re.compile(r"\[\.\.\. (\d+) tokens omitted \.\.\.\]")
+MARKER = re.compile(r"\[(\d+) tokens omitted(?:; lines=[0-9,-]+)?\]")
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +72,34 @@ def test_middle_keeps_both_ends_and_counts_the_omission() -> None:
     assert tokenizer.count(result.text) <= 315
 
 
-def test_preserved_span_is_kept_or_dropped_whole() -> None:
+def test_preserved_span_is_kept_or_dropped_whole_when_it_fits() -> None:
     block = "```python\n" + "\n".join(f"x_{i} = compute({i})" for i in range(60)) + "\n```"
-    text = "Intro line one.\nIntro line two.\n" + block + "\nOutro line."
-    for rate in (0.2, 0.5, 0.8):
+    text = "Intro line one.\nIntro line two.\n" + block + "\nOutro line." + "\nMore prose here." * 200
+    tokens = tokenizer_for(None).count(block)
+    for max_tokens in (tokens + 10, tokens + 60, tokens + 200):
         for unit in ("line", "token"):
             out = (
                 create("truncate", {"mode": "head", "unit": unit})
-                .compress(text, target=Target(rate=rate))
+                .compress(text, target=Target(max_tokens=max_tokens))
                 .text
             )
             assert block in out or "```" not in out
+
+
+def test_a_span_bigger_than_the_budget_is_cut_on_its_lines_not_dropped() -> None:
+    block = "```python\n" + "\n".join(f"x_{i} = compute({i})" for i in range(60)) + "\n```"
+    text = "Intro line one.\nIntro line two.\n" + block + "\nOutro line."
+    lines = text.split("\n")
+    for rate in (0.2, 0.5):
+        for unit in ("line", "token"):
+            result = create("truncate", {"mode": "head", "unit": unit}).compress(
+                text, target=Target(rate=rate)
+            )
+            head, _, _ = MARKER.split(result.text)
+            kept = head.rstrip("\n").split("\n")
+            assert "```python" in kept and len(kept) > 4  # the span's first lines, not a bare marker
+            assert kept == lines[: len(kept)]  # whole lines only
+            assert result.target_met
 
 
 def test_token_cut_never_splits_a_preserved_url() -> None:
@@ -127,3 +147,34 @@ def test_deterministic(docs: str) -> None:
 def test_bad_options(options: dict[str, object]) -> None:
     with pytest.raises(OptionsError):
         create("truncate", options)
+
+
+PIP_LIST = Path(__file__).parents[2] / "bench" / "cases" / "tooloutput" / "pip_list_json.txt"
+
+
+def test_a_pretty_printed_json_document_is_digested_not_dropped() -> None:
+    text = PIP_LIST.read_text()
+    result = create("truncate").compress(text, target=Target(max_tokens=500), ref="0123456789abcdef01234567")
+    value = json.loads(result.text)  # still valid JSON
+    assert value[0] == {"name": "aiohappyeyeballs", "version": "2.7.1"} and len(value) > 10
+    markers = [m for item in value if isinstance(item, str) for _, _, m in find_markers(item)]
+    assert len(markers) == 1 and markers[0].unit == "records" and markers[0].ref == "0123456789abcdef01234567"
+    assert len(value) - 1 + markers[0].count == len(json.loads(text))
+    assert result.target_met and result.tokens_after <= 500
+
+
+def test_a_log_one_span_covers_is_cut_on_lines_not_dropped() -> None:
+    lines = [f'INFO:     127.0.0.1:{50000 + i} - "GET /items/{i} HTTP/1.1" 200 OK' for i in range(400)]
+    text = "\n".join(lines)
+    result = create("truncate", {"mode": "middle"}).compress(text, target=Target(max_tokens=400))
+    head, _, tail = MARKER.split(result.text)
+    kept = head.strip("\n").split("\n") + tail.strip("\n").split("\n")
+    assert len(kept) > 10 and all(line in lines for line in kept)
+    assert kept[0] == lines[0] and kept[-1] == lines[-1]
+    assert result.target_met
+
+
+def test_a_one_line_span_bigger_than_the_budget_is_kept_and_the_miss_reported() -> None:
+    url = "https://example.com/" + "segment/" * 300 + "end"
+    result = create("truncate").compress("see " + url + "\nbye", target=Target(max_tokens=50))
+    assert url in result.text and not result.target_met and "kept whole" in result.note

@@ -10,8 +10,9 @@ import evaldata
 from compressors.base import Target
 from compressors.registry import create
 from proxy.apis import CHAT, COMPLETIONS
-from proxy.policy.model import QuerySpec
-from proxy.policy.query import compress_around, final_question, plan_query
+from proxy.policy.model import QuerySpec, Step
+from proxy.policy.query import final_question, plan_query
+from proxy.policy.steps import run_steps
 
 needs_evaldata = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
 
@@ -81,14 +82,12 @@ def test_kept_spans_survive_byte_for_byte_around_compression() -> None:
     prompt = evaldata.qa_prompt([evaldata.document(r, i) for i, r in enumerate(rows)], rows[3]["question"])
     parts = COMPLETIONS.parts({"prompt": prompt})
     plan = plan_query(QuerySpec(), parts, parts[0])
-    out, _ = compress_around(
-        create("truncate", {"mode": "head"}),
-        prompt,
-        target=Target(rate=0.3),
-        plan=plan,
-        preserve=None,
-        model=None,
+    step = Step("truncate", create("truncate", {"mode": "head"}), Target(rate=0.3), None)
+    out, _, traces = run_steps(
+        [(step, step.compressor)], prompt, plan=plan, model=None, max_model_chars=50_000
     )
     head = prompt.split("\n\n")[0] + "\n\n"
     assert out.startswith(head) and out.endswith(f"Question: {rows[3]['question']}\nAnswer:")
     assert len(out) < 0.5 * len(prompt)
+    [trace] = traces
+    assert trace.tokens_after < 0.5 * trace.tokens_before

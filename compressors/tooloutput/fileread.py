@@ -1,0 +1,135 @@
+"""File reads with line numbers (``cat -n``, Claude Code's Read ``     1→``): the regions the query
+points at are kept with their line numbers (a definition it names: the whole body), the rest is
+outlined: class and function signatures kept, the lines between them markers with their ranges."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+
+from compressors.tooloutput.diagnostics import Diagnostics
+from compressors.tooloutput.git import Git
+from compressors.tooloutput.lines import Doc, Group, Selection, fit
+from compressors.tooloutput.logs import Logs
+from compressors.tooloutput.shape import Cut, LineShape
+from compressors.tooloutput.tests import Tests
+
+__all__ = ["FileRead"]
+
+_NUMBERED = re.compile(r"^ *(\d+)(?:\t|\u2192)")
+_DEF = re.compile(
+    r"^(?P<indent>\s*)(?:@|(?:export\s+)?(?:default\s+)?(?:pub(?:\(\w+\))?\s+)?(?:async\s+)?"
+    r"(?:def|class|function|func|fn|struct|interface|trait|impl|enum|type|module|namespace)\s+"
+    r"(?:\([^)]*\)\s*)?(?P<name>[A-Za-z_$][\w$]*))"
+)
+_CONTEXT = 4  # lines kept around a line the query names
+_BODY_CAP = 200  # a named definition's body is kept up to this many lines
+_NEAR = 12  # lines kept around a line number the query names
+_INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
+_INNER_THRESHOLD = 0.6
+
+
+def _content(line: str) -> str:
+    match = _NUMBERED.match(line)
+    return line[match.end() :] if match else line
+
+
+def _indent(text: str) -> int:
+    return len(text) - len(text.lstrip(" \t"))
+
+
+class FileRead(LineShape):
+    name = "fileread"
+
+    def compress(self, doc: Doc, budget: int) -> Cut:
+        """A read of a test log, a server log or linter output is that shape under line numbers: its
+        selection is made on the lines' contents (same indices), its lines kept with their numbers."""
+        content = [_content(line) for line in doc.lines]
+        inner = Doc(doc.text, content, doc.query, doc.ref, doc.tokenizer, doc.tokens)
+        scored = [(shape.score(inner), n, shape) for n, shape in enumerate(_INNER)]
+        score, _, shape = max(scored, key=lambda item: (item[0], -item[1]))
+        sel = shape.select(inner) if score > _INNER_THRESHOLD else self.select(doc)
+        fitted = fit(doc, sel, budget)
+        return Cut(fitted.text, fitted.tokens, fitted.met, fitted.note)
+
+    def score(self, doc: Doc) -> float:
+        sample = doc.sample
+        numbered = [m for m in map(_NUMBERED.match, sample) if m]
+        if len(sample) < 5 or len(numbered) < 0.9 * len(sample):
+            return 0.0
+        numbers = [int(m.group(1)) for m in numbered]
+        rising = sum(1 for a, b in itertools.pairwise(numbers) if b == a + 1)
+        return 0.97 if rising >= 0.8 * (len(numbers) - 1) else 0.0
+
+    def select(self, doc: Doc) -> Selection:
+        content = [_content(line) for line in doc.lines]
+        defs = [
+            (i, m) for i, m in ((i, _DEF.match(text)) for i, text in enumerate(content)) if m and m["name"]
+        ]
+        must: set[int] = set()
+        first: list[int] = []  # bodies of what the query names, then lines around its other hits
+        for i, name, owner in _named_defs(content, defs):
+            if name in doc.query.names:
+                qualified = owner is not None and f"{owner}.{name}" in doc.query.names
+                must.add(i)
+                body = _body(content, i)
+                first = body + first if qualified else first + body  # the qualified match first
+        numbered = {
+            int(m.group(1)): i for i, m in ((i, _NUMBERED.match(x)) for i, x in enumerate(doc.lines)) if m
+        }
+        for number in sorted(doc.query.numbers):
+            if number in numbered:
+                at = numbered[number]
+                must.add(at)
+                first.extend(_around(at, _NEAR, len(content)))
+        strengths = [doc.query.strength(text) for text in content]
+        hits = sorted((-strength, i) for i, strength in enumerate(strengths) if strength)
+        for _, i in hits:
+            first.extend(_around(i, _CONTEXT, len(content)))
+        outline = sorted((_indent(m["indent"]), i) for i, m in defs)
+        ranked = first + [i for _, i in outline] + list(range(len(content)))  # then from the top
+
+        def describe(doc: Doc, members: Sequence[int]) -> Group:
+            return Group(len(members), "lines")  # the kept numbers and lines= say where: no example
+
+        return Selection(must, ranked, describe, why="the definitions the query names are never cut")
+
+
+def _named_defs(
+    content: Sequence[str], defs: Sequence[tuple[int, re.Match[str]]]
+) -> list[tuple[int, str, str | None]]:
+    """``(line, name, enclosing class)`` of each definition (decorators skipped)."""
+    out: list[tuple[int, str, str | None]] = []
+    classes: list[tuple[int, str]] = []  # (indent, name) of the open classes
+    for i, match in defs:
+        indent = _indent(match["indent"])
+        while classes and classes[-1][0] >= indent:
+            classes.pop()
+        owner = classes[-1][1] if classes else None
+        out.append((i, match["name"], owner))
+        if re.match(r"\s*(?:export\s+)?class\b", content[i]):
+            classes.append((indent, match["name"]))
+    return out
+
+
+def _around(at: int, reach: int, n: int) -> list[int]:
+    """Lines around ``at``, nearest first."""
+    out = [at]
+    for d in range(1, reach + 1):
+        out.extend(i for i in (at - d, at + d) if 0 <= i < n)
+    return out
+
+
+def _body(content: Sequence[str], start: int) -> list[int]:
+    """The definition at ``start``: until a non-blank line indented no deeper, capped."""
+    indent = _indent(content[start])
+    end = start + 1
+    while end < len(content) and end - start < _BODY_CAP:
+        text = content[end]
+        if text.strip() and _indent(text) <= indent and not text.lstrip().startswith((")", "]", "}")):
+            break
+        end += 1
+    while start > 0 and content[start - 1].lstrip().startswith("@"):
+        start -= 1  # its decorators
+    return list(range(start, end))
