@@ -350,6 +350,11 @@ class PolicyRewriter:
             counts.append(count)
         return counts
 
+    def counted(self, team: str, encoding: str, text: str) -> int | None:
+        """The token count of ``text`` under ``encoding`` this engine already made for ``team``'s
+        requests, or None: the audit's cache model reuses it rather than tokenize the text again."""
+        return self._counts.get((self.forms.namespace(team), encoding, text_digest(text)))
+
     async def _select(
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
     ) -> _Outcome:

@@ -127,9 +127,6 @@ def build_services(
     audit: AuditSink | None = None
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
-    if config.audit.path is not None:
-        # The audit's cache model keeps its digests in the memo's store: restarts and workers share it.
-        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store))
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
@@ -139,6 +136,11 @@ def build_services(
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
     )
+    if config.audit.path is not None:
+        # The audit's cache model keeps its digests in the memo's store (restarts and workers share
+        # it) and reuses the engine's token counts of the texts the engine counted.
+        cache_model = CacheModel(store, counted=rewriter.counted)
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model)
     services = Services(
         config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat
     )

@@ -206,3 +206,89 @@ def test_a_text_seen_under_one_models_tokenizer_is_counted_anew_under_anothers()
 
     for name in ("gpt-4o", "gpt-4", "gpt-4o"):  # o200k, cl100k, o200k again (memo hits)
         assert prompt(name) == tokenizer_for(name).count("user\n" + text), name
+
+
+async def test_the_engines_counts_are_reused_and_the_estimate_is_the_same() -> None:
+    """A body is tokenized once: the cache model takes the policy engine's counts of the texts the
+    engine counted (an Anthropic block is its role line and one such text), and estimates exactly
+    what it estimates tokenizing every block itself."""
+    import time
+
+    from proxy.exchange import Exchange
+    from proxy.policy.engine import PolicyRewriter
+    from proxy.policy.model import PolicySet
+
+    system = [{"type": "text", "text": WORDS, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": SECRET + WORDS[:5000]}]},
+        {"role": "assistant", "content": "Noted. " + WORDS[5000:9000]},
+        {"role": "user", "content": "(and now?) " + WORDS[9000:], "cache_control": {"type": "ephemeral"}},
+    ]
+    body = {"model": "claude-sonnet-4-5", "system": system, "messages": messages}
+    rewriter = PolicyRewriter(PolicySet(policies={}, team_policy={}), memo_bytes=1 << 24, workers=1)
+    asked: list[bool] = []
+
+    def counted(team: str, encoding: str, text: str) -> int | None:
+        found = rewriter.counted(team, encoding, text)
+        asked.append(found is not None)
+        return found
+
+    try:
+        exchange = Exchange("r", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic")
+        await rewriter(exchange, body, {})
+        sharing, alone = CacheModel(counted=counted), CacheModel()
+        for _ in range(2):  # a first turn (written), then a second (read)
+            estimates = [
+                await model.estimate(
+                    team="t",
+                    model="claude-sonnet-4-5",
+                    dialect=dialect_for("/v1/messages", "anthropic"),
+                    original=body,
+                    forwarded=None,
+                    usage={"prompt_tokens": 20_000, "cached_tokens": 0},
+                )
+                for model in (sharing, alone)
+            ]
+            assert estimates[0] == estimates[1] and estimates[0] is not None
+    finally:
+        rewriter.close()
+    assert asked and all(asked)  # every text block's count came from the engine
+    assert rewriter.counted("other team", "o200k_base", WORDS) is None  # counts stay per team
+
+
+def test_a_role_line_and_a_text_tokenize_as_their_parts() -> None:
+    """What lets the cache model add the engine's count to its role line's (``_split``): for texts
+    that start with no whitespace, ``role + "\\n" + text`` has exactly the tokens of both."""
+    import random
+
+    from compressors.tokenizer import tokenizer_for
+
+    rng = random.Random(7)
+    starts = [
+        "Hello",
+        "'s",
+        "123",
+        ".",
+        "...\n",
+        "{",
+        "\u6771\u4eac",
+        "\u00e9t\u00e9",
+        "_x",
+        "/path",
+        "-",
+        "'",
+    ]
+    ends = ["", ".", "\n", " ", "\n\n", "!\n", " 42"]
+    texts = [
+        a + rng.choice([" word", WORDS[:300], SECRET[:200], "\t\ttab"]) + b for a in starts for b in ends
+    ]
+    for name in ("gpt-4o", "gpt-4"):
+        tokenizer = tokenizer_for(name)
+        for role in ("user", "assistant", "system", "tool", "USER"):
+            for text in texts:
+                joint = tokenizer.encode(role + "\n" + text)
+                assert joint == tokenizer.encode(role + "\n") + tokenizer.encode(text), (
+                    name,
+                    role,
+                    text[:20],
+                )
