@@ -71,6 +71,12 @@ class Metrics:
             ["backend", "op"],
             registry=r,
         )
+        self.expansions = Counter(
+            "tersegate_expansions_total",
+            "tersegate_expand calls the proxy answered, by status (ok, expired, unknown, unavailable, limit)",
+            ["team", "status"],
+            registry=r,
+        )
         self.policy_reloads = Counter(
             "tersegate_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=r
         )

@@ -36,6 +36,7 @@ from proxy.metrics import Metrics
 from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.model import Policy, PolicySet, Rule, Step
+from proxy.policy.originals import Originals
 from proxy.policy.query import QueryPlan, plan_query
 from proxy.policy.steps import StepTrace
 from proxy.store.base import SharedStore
@@ -67,6 +68,7 @@ class _Selected:
     form: Form | None = None
     made: Form | None = None  # what the compressor returned, for a new part
     source: str = "new"  # new | memo | drop | kept (a drop called off) | too_large (max_part_chars)
+    ref: str | None = None  # retrieve policies: the original's id, for hash= in its markers
     steps: tuple[StepTrace, ...] = ()  # what each step did, for a new part (--explain)
 
 
@@ -78,6 +80,7 @@ class _Outcome:
     selected: list[_Selected] = field(default_factory=list)
     fail_open: str | None = None
     compress_ms: float = 0.0
+    originals_scope: str = ""  # retrieve policies: the scope originals are kept in
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -123,8 +126,10 @@ class PolicyRewriter:
         store: SharedStore | None = None,
         memo: MemoConfig | None = None,
         max_part_chars: int = 50_000,
+        originals: Originals | None = None,
     ) -> None:
         self.policies = policies
+        self.originals = originals  # where retrieve policies keep originals (None: not kept)
         self.metrics = metrics
         self.max_part_chars = max_part_chars
         self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.compressor_pool)
@@ -305,6 +310,8 @@ class PolicyRewriter:
         scope = self.forms.namespace(exchange.team)
         counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
         outcome = await self._select(policy, parts, counts, tokenizer, scope)
+        if policy.retrieve and mode == "enforce":
+            await self._reference(exchange.team, outcome)
         await self._compress_new(policy, outcome, parts, model, deadline)
         await self._settle(policy, outcome)
         if outcome.fail_open is not None:
@@ -312,6 +319,7 @@ class PolicyRewriter:
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
         result = self._result(policy, mode, body, parts, counts, outcome)
+        result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override
         return result
@@ -415,6 +423,7 @@ class PolicyRewriter:
                     deadline,
                     outcome.namespace,
                     self.max_part_chars,
+                    chosen.ref,
                 )
         if not jobs:
             return
@@ -449,6 +458,24 @@ class PolicyRewriter:
         plan = plan_query(policy.query, planning, _tail(part) if clipped else part)
         return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
 
+    async def _reference(self, team: str, outcome: _Outcome) -> None:
+        """Retrieve policies: each new part's id (its markers carry it as ``hash=``)."""
+        new = [c for c in outcome.selected if c.source == "new"]
+        if self.originals is None or not new:
+            return
+        scope = self.originals.scope(team)
+        for chosen, ref in zip(
+            new, await self.originals.refs(scope, [c.part.text for c in new]), strict=True
+        ):
+            chosen.ref = ref
+        outcome.originals_scope = scope
+
+    async def _keep_originals(self, outcome: _Outcome, new: Sequence[_Selected]) -> None:
+        """Keep the original of every new part whose forwarded form points at it (``hash=``)."""
+        items = [(c.ref, c.part.text, c.form.text) for c in new if c.ref and c.form and c.form.text]
+        if self.originals is not None and items:
+            await self.originals.keep_referenced(outcome.originals_scope, items)
+
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
         new part is forwarded in (first writer wins, across processes when the store is up)."""
@@ -477,7 +504,9 @@ class PolicyRewriter:
             writes.append((chosen.keys.conversation, form))  # this conversation's form
         if not writes:
             return
-        won = await self.forms.keep(outcome.namespace, writes)
+        won, _ = await asyncio.gather(
+            self.forms.keep(outcome.namespace, writes), self._keep_originals(outcome, new)
+        )
         for chosen in new:
             key = chosen.keys.conversation if chosen.keys.conversation in won else chosen.keys.shared
             if key is not None and key in won:

@@ -118,6 +118,7 @@ class Policy:
     min_saving_tokens: int = 50
     latency_budget_ms: float = 300.0
     allow_client_override: bool = False
+    retrieve: bool = False  # markers carry hash=<id>, originals are kept, tersegate_expand is offered
     query: QuerySpec = QuerySpec()
     rules: tuple[Rule, ...] = ()
 
@@ -386,6 +387,7 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
         min_saving_tokens=f.get_field(Policy, "min_saving_tokens", int),
         latency_budget_ms=f.get_field(Policy, "latency_budget_ms", float),
         allow_client_override=f.get_field(Policy, "allow_client_override", bool),
+        retrieve=f.get_field(Policy, "retrieve", bool),
         query=_parse_query(f),
         rules=_parse_rules(f),
     )

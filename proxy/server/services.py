@@ -20,10 +20,12 @@ from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
 from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
+from proxy.policy.originals import Originals
 from proxy.server.reload import PolicyReloader
 from proxy.server.seats import WorkerSeat
 from proxy.store.base import SharedStore
 from proxy.store.factory import open_store
+from proxy.store.memory import MemoryStore
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -91,6 +93,7 @@ class Services:
         self.publish_readiness()
 
     store: SharedStore | None = None  # compression.memo's backend: the memo's shared level
+    originals: Originals | None = None  # retrieve policies' originals (tersegate_expand answers from it)
 
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
@@ -127,6 +130,7 @@ def build_services(
     audit: AuditSink | None = None
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
+    originals = _originals(config, store)
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
@@ -135,6 +139,7 @@ def build_services(
         max_part_chars=config.compression.max_part_chars,
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
+        originals=originals,
     )
     if config.audit.path is not None:
         # The audit's cache model keeps its digests in the memo's store (restarts and workers share
@@ -142,7 +147,13 @@ def build_services(
         cache_model = CacheModel(store, counted=rewriter.counted)
         audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model)
     services = Services(
-        config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat
+        config=config,
+        metrics=metrics,
+        rewriter=rewriter,
+        audit=audit,
+        store=store,
+        seat=seat,
+        originals=originals,
     )
     rewriter.on_warm_change = services.publish_readiness
 
@@ -152,3 +163,17 @@ def build_services(
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services
+
+
+def _originals(config: Config, store: SharedStore) -> Originals:
+    """Originals live in the memo's backend (any replica answers); with the memory backend in an
+    LRU of their own (``compression.retrieve.max_bytes``), so they never evict the memo's forms."""
+    memo, retrieve = config.compression.memo, config.compression.retrieve
+    return Originals(
+        MemoryStore(max_bytes=retrieve.max_bytes) if memo.backend == "memory" else store,
+        ttl_s=retrieve.ttl_s,
+        seen_ttl_s=memo.max_age_s,
+        shared_across_teams=memo.shared_across_teams,
+        timeout_s=memo.timeout_s,
+        max_return_chars=retrieve.max_return_chars,
+    )
