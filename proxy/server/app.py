@@ -55,7 +55,15 @@ from proxy.server.inbound import (
     upstream_path_qs,
 )
 from proxy.server.paths import bad_path, path_problem
-from proxy.server.relay import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, relay_stream, usage_of
+from proxy.server.relay import (
+    BUFFER_BYTES,
+    Commit,
+    UsageTail,
+    limit_encodings,
+    relay_body,
+    relay_stream,
+    usage_of,
+)
 from proxy.server.routes import metric_route
 from proxy.server.services import Services
 
@@ -89,6 +97,14 @@ class _Ctx:
         self.audited = False
         self.committed = False
         self.expand: ExpandLoop | None = None  # the proxy answers tersegate_expand calls
+
+    def gone(self) -> None:
+        """The client went away: 499 for the metrics, the access log and the audit record alike
+        (the one place a request becomes 499)."""
+        self.status = 499
+        if self.exchange is not None:
+            self.exchange.client_disconnected = True
+            self.exchange.status = 499
 
 
 class ProxyApp:
@@ -200,7 +216,7 @@ class ProxyApp:
         except ProxyError as exc:
             await self._fail(send, ctx, exc)
         except ClientGone:
-            ctx.status = 499
+            ctx.gone()
         except asyncio.CancelledError:  # the shutdown grace ran out (uvicorn cancels what is left)
             task.uncancel()
             await self._fail(send, ctx, shutting_down())
@@ -280,6 +296,26 @@ class ProxyApp:
             metric_route(exchange.route),
         )
 
+    def _committer(
+        self, ctx: _Ctx, t0: float, usage: Callable[[], tuple[dict[str, Any] | None, str | None]] | None
+    ) -> Commit:
+        """The commit a relay calls before the client's last byte (or when the client has gone):
+        the upstream's time, the usage read on the way (``usage``: ``(usage, model)``), then the
+        audit record."""
+        exchange = ctx.exchange
+        assert exchange is not None
+
+        async def commit() -> None:
+            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
+            if exchange.client_disconnected:  # seen by the relay: as for a non-streaming request
+                ctx.gone()
+            if usage is not None:
+                exchange.usage, model = usage()
+                exchange.model = exchange.model or model
+            await self._commit(ctx)
+
+        return commit
+
     async def _commit(self, ctx: _Ctx, *, fail_closed_raises: bool = True) -> None:
         """Hand the exchange to the audit once; a lost record is counted here, and when the audit
         fails closed it turns into a 503 (``fail_closed_raises``: unless the answer is already decided)."""
@@ -345,8 +381,7 @@ class ProxyApp:
             task.uncancel()
             if not watch.gone:  # cancelled from outside: the shutdown grace ran out
                 raise shutting_down() from None
-            exchange.client_disconnected = True
-            exchange.status = exchange.status or 499
+            ctx.gone()
             await self._commit(ctx, fail_closed_raises=False)
             raise ClientGone from None
         finally:
@@ -535,13 +570,7 @@ class ProxyApp:
         want_usage = ctx.audited and response.status < 400
         tail = UsageTail(response.header(b"content-encoding")) if want_usage else None
         loop = asyncio.get_running_loop()
-
-        async def commit() -> None:
-            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
-            if tail is not None:
-                exchange.usage = tail.usage()
-            await self._commit(ctx)
-
+        commit = self._committer(ctx, t0, None if tail is None else lambda: (tail.usage(), None))
         ctx.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         try:
@@ -578,15 +607,7 @@ class ProxyApp:
         ctx.started = True
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
 
-        async def commit() -> None:
-            exchange.upstream_ms = (time.perf_counter() - t0) * 1000
-            if exchange.client_disconnected:  # as for a non-streaming request the client left
-                exchange.status = 499
-            if tap is not None:
-                exchange.usage = tap.usage
-                exchange.model = exchange.model or tap.model
-            await self._commit(ctx)
-
+        commit = self._committer(ctx, t0, None if tap is None else lambda: (tap.usage, tap.model))
         failure: ProxyError | None = None
         try:
             if ctx.expand is not None and response.status == 200:
@@ -612,12 +633,8 @@ class ProxyApp:
             self._upstream_failed(exchange, failure, streaming=True)
         if failure is not None:
             await self._cut(ctx, failure, commit, send)
-        if exchange.client_disconnected:
-            ctx.status = 499
 
-    async def _cut(
-        self, ctx: _Ctx, failure: ProxyError, commit: Callable[[], Awaitable[None]], send: Send
-    ) -> None:
+    async def _cut(self, ctx: _Ctx, failure: ProxyError, commit: Commit, send: Send) -> None:
         """End a stream whose headers are out: audit it with the failure's status (``partial``),
         then send the error as a last SSE event (OpenAI's SDKs raise an APIError for it)."""
         exchange = ctx.exchange
