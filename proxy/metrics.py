@@ -59,6 +59,12 @@ class Metrics:
             ["team", "reason"],
             registry=r,
         )
+        self.compaction_batches = Counter(
+            "tersegate_compaction_batches_total",
+            "History compactions: batches of old parts replaced by stubs (docs/compaction.md)",
+            ["team", "reason"],
+            registry=r,
+        )
         self.memo_lookups = Counter(
             "tersegate_memo_lookups_total",
             "Parts looked up in the compress-once memo, by where their form was found (lru, store, miss)",

@@ -80,6 +80,9 @@ class UpstreamConfig:
     connect_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 300.0  # max silence between stream chunks
     max_connections: int = 1000
+    # How long the provider keeps a conversation's cached prefix: past it, history compaction has
+    # nothing cached to lose (docs/compaction.md). None: 5 minutes, 1 hour with ttl: 1h breakpoints.
+    cache_idle_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +229,7 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
     deployments = _parse_deployments(f, api, errors)
     api_key_env = f.get("api_key_env", str, _DEFAULT_KEY_ENV.get(api, "OPENAI_API_KEY"))
     f.check("api_key_env", lambda v: bool(_ENV_NAME.match(str(v))), "must be an environment variable name")
-    for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections"):
+    for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections", "cache_idle_s"):
         f.check(key, _positive, "must be a positive number")
     upstream = UpstreamConfig(
         name=name,
@@ -238,6 +241,7 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         max_connections=f.get_field(UpstreamConfig, "max_connections", int),
         api="anthropic" if api == "anthropic" else "azure" if api == "azure" else "openai",
         deployments=deployments,
+        cache_idle_s=f.get("cache_idle_s", float, None),
     )
     f.finish()
     return upstream

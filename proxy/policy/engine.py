@@ -33,6 +33,8 @@ from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
+from proxy.policy.compaction_log import CompactionLog
+from proxy.policy.compactor import Compacted, Compactor, PriceSource
 from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.model import Policy, PolicySet, Rule, Step
@@ -55,6 +57,9 @@ _COUNT_PIECE = 64 * 1024
 # Where a piece may end without changing the count: after a newline that a non-space follows,
 # or at the space between two word characters (both start a new pre-token in tiktoken's patterns).
 _PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
+# Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
+# a compaction batch compresses them when it changes the history anyway.
+_PASSING = ("latency_budget", "compressor_error")
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
 
@@ -126,6 +131,8 @@ class PolicyRewriter:
         store: SharedStore | None = None,
         memo: MemoConfig | None = None,
         max_part_chars: int = 50_000,
+        prices: PriceSource | None = None,
+        cache_idle_s: Mapping[str, float] | None = None,
         originals: Originals | None = None,
     ) -> None:
         self.policies = policies
@@ -145,6 +152,9 @@ class PolicyRewriter:
             metrics=metrics,
         )
         self._counts: BytesLRU[int] = BytesLRU(max_bytes=min(_COUNTS_BYTES, memo_bytes), entry_overhead=200)
+        # History compaction (docs/compaction.md): its batches live in the same store as the forms.
+        self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
+        self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -318,7 +328,16 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0], exchange)
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        result = self._result(policy, mode, body, parts, counts, outcome)
+        walked = (dialect, blocks, parts)
+        compacted = await self._compact(policy, exchange, body, walked, counts, outcome, tokenizer, deadline)
+        if (
+            self.metrics is not None
+            and compacted is not None
+            and compacted.decision
+            and compacted.decision.stubs
+        ):
+            self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
+        result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override
@@ -512,6 +531,74 @@ class PolicyRewriter:
             if key is not None and key in won:
                 chosen.form = won[key]
 
+    async def _compact(
+        self,
+        policy: Policy,
+        exchange: Exchange,
+        body: dict[str, Any],
+        walked: tuple[Dialect, Sequence[Block], Sequence[Part]],
+        counts: Sequence[int],
+        outcome: _Outcome,
+        tokenizer: Tokenizer,
+        deadline: float,
+    ) -> Compacted | None:
+        """Replay the conversation's compactions and maybe add a batch (policy.compaction)."""
+        if policy.compaction is None:
+            return None
+        dialect, blocks, parts = walked
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
+        passing = {
+            c.part.path: c
+            for c in outcome.selected
+            if c.source == "memo"
+            and c.form is not None
+            and c.form.text is None
+            and c.form.note.startswith(_PASSING)
+        }
+
+        async def catch_up(
+            paths: Sequence[tuple[str | int, ...]],
+        ) -> dict[tuple[str | int, ...], tuple[str, int]]:
+            again = _Outcome(
+                outcome.namespace, [dataclasses.replace(passing[p], form=None) for p in paths if p in passing]
+            )
+            await self._compress_new(policy, again, parts, model, deadline)
+            made = [
+                (c.part.path, c.made)
+                for c in again.selected
+                if c.made is not None and c.made.text is not None
+            ]
+            return {path: (form.text, form.tokens_after) for path, form in made if form.text is not None}
+
+        forwarded = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                forwarded[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                forwarded[index[chosen.part.path]] = form.tokens_after
+        try:
+            return await self.compactor(
+                policy.compaction,
+                scope=outcome.namespace,
+                dialect=dialect,
+                body=body,
+                blocks=blocks,
+                model=model,
+                parts=parts,
+                tokens=forwarded,
+                count=tokenizer.count,
+                catch_up=catch_up,
+                idle_s=self.cache_idle_s.get(exchange.upstream),
+                retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
+                if policy.retrieve and self.originals is not None
+                else None,
+            )
+        except Exception:  # compaction is an optimisation: the request goes on without it
+            log.exception("compaction failed")
+            return None
+
     def _result(
         self,
         policy: Policy,
@@ -520,6 +607,7 @@ class PolicyRewriter:
         parts: Sequence[Part],
         counts: Sequence[int],
         outcome: _Outcome,
+        compacted: Compacted | None = None,
     ) -> Rewrite:
         texts: dict[tuple[str | int, ...], str] = {}
         drops: list[tuple[str | int, ...]] = []
@@ -534,15 +622,21 @@ class PolicyRewriter:
             elif form is not None and form.text is not None:
                 texts[chosen.part.path] = form.text
                 after[index[chosen.part.path]] = form.tokens_after
+        for path, (stub, tokens) in (compacted.texts if compacted else {}).items():
+            if path not in drops:
+                texts[path], after[index[path]] = stub, tokens
+        stubbed = set(compacted.texts) if compacted else set()
         details = tuple(
-            _detail(p, by_path.get(p.path), b, a) for p, b, a in zip(parts, counts, after, strict=True)
+            _detail(p, by_path.get(p.path), b, a, p.path in stubbed)
+            for p, b, a in zip(parts, counts, after, strict=True)
         )
         changed = bool(texts or drops)
         return Rewrite(
             body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
             policy=policy.name,
             mode=mode,
-            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected)),
+            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
+            + (("compaction",) if stubbed else ()),
             tokens_before=sum(counts),
             tokens_after=sum(after),
             compress_ms=outcome.compress_ms,
@@ -561,7 +655,23 @@ class PolicyRewriter:
             texts[part.path] = part.blank  # tool results must stay paired with their call
 
 
-def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _ScopedOriginals:
+    """The originals store bound to one request's scope: compaction's :class:`Retrieval`."""
+
+    originals: Originals
+    scope: str
+
+    async def refs(self, texts: Sequence[str]) -> list[str | None]:
+        return await self.originals.refs(self.scope, texts)
+
+    async def keep_referenced(self, items: Sequence[tuple[str, str, str]]) -> int:
+        return await self.originals.keep_referenced(self.scope, items)
+
+
+def _detail(part: Part, chosen: _Selected | None, before: int, after: int, stubbed: bool) -> dict[str, Any]:
+    if stubbed:
+        return {**_detail(part, chosen, before, after, False), "source": "compacted", "tokens_after": after}
     return {
         "message": part.message,
         "role": part.role,

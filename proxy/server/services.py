@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.audit.cache_model import CacheModel
+from proxy.audit.pricing import PriceBook
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
@@ -130,6 +131,7 @@ def build_services(
     audit: AuditSink | None = None
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
+    prices = PriceBook()  # one cost map for the audit and compaction's break-even rule
     originals = _originals(config, store)
     rewriter = PolicyRewriter(
         policies,
@@ -139,13 +141,15 @@ def build_services(
         max_part_chars=config.compression.max_part_chars,
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
+        prices=prices,
+        cache_idle_s={u.name: u.cache_idle_s for u in config.upstreams.values() if u.cache_idle_s},
         originals=originals,
     )
     if config.audit.path is not None:
         # The audit's cache model keeps its digests in the memo's store (restarts and workers share
         # it) and reuses the engine's token counts of the texts the engine counted.
         cache_model = CacheModel(store, counted=rewriter.counted)
-        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model)
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model, prices=prices)
     services = Services(
         config=config,
         metrics=metrics,

@@ -3,9 +3,9 @@
 from typing import Any
 
 from proxy.apis import Dialect
+from proxy.apis.wire import TOOL_NAME, Wire, wire_for
 from proxy.exchange import Rewrite
 from proxy.server.expand.loop import ExpandLoop, Upstream, identity_encoding
-from proxy.server.expand.wire import TOOL_NAME, Wire, wire_for
 
 __all__ = ["TOOL_NAME", "ExpandLoop", "Upstream", "Wire", "identity_encoding", "offer", "wire_for"]
 

@@ -26,11 +26,11 @@ from typing import Any
 import orjson
 
 from proxy.apis.stream_usage import UsageTap
+from proxy.apis.wire import TOOL_NAME, Call, Cut, Wire
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.policy.originals import Expansion, Originals
 from proxy.server.asgi import Receive, Send
-from proxy.server.expand.wire import TOOL_NAME, Call, Cut, Wire
 from proxy.server.forward import UpstreamResponse
 from proxy.server.relay import Commit, usage_of, watched
 

@@ -1,6 +1,6 @@
 """What the expand loop needs of chat completions and Anthropic Messages, JSON and SSE.
 
-One :class:`Wire` per dialect: add the tool to a body, find tool calls in a response, build the
+One :class:`Wire` per dialect (it lives in the dialect room: only here may a dialect be named): add the tool to a body, find tool calls in a response, build the
 follow-up turn, remove calls from a response; and per upstream stream a :class:`Cut`, which passes
 frames to the client until a tool call starts, holds the rest, and at the end either releases what
 it held as it came or writes end frames carrying only the calls the client should see. A
