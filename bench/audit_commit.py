@@ -20,21 +20,25 @@ import time
 from pathlib import Path
 
 from proxy.audit.sink import JsonlAuditSink
-from proxy.config.model import AuditConfig
+from proxy.config.model import AuditConfig, InlineWrites
 from proxy.metrics import Metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from samples import audited_exchange
 
-MODES = {"writer thread": False, "inline write (default, adaptive)": True}
+MODES: dict[str, InlineWrites] = {
+    "writer thread": "never",
+    "inline write when idle (default)": "when_idle",
+    "inline write always": "always",
+}
 
 
-async def one_run(folder: Path, inline: bool, records: int) -> tuple[float, float, float, float]:
+async def one_run(folder: Path, inline: InlineWrites, records: int) -> tuple[float, float, float, float]:
     """``(c=1 p50 us, c=1 p99 us, c=32 records/s, c=32 CPU us/record)``."""
     sink = JsonlAuditSink(
         AuditConfig(path=folder / f"audit-{time.monotonic_ns()}.jsonl"),
         metrics=Metrics(),
-        inline_writes=inline,
+        inline=inline,
     )
     for i in range(200):  # warm: price map, file
         await sink.commit(audited_exchange(i))

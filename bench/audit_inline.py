@@ -1,5 +1,6 @@
-"""The audit-on path end to end: this checkout against other variants of the audit write (e.g. the
-writer thread only, or inline always), plus the audit off, by CPU time per request, latency and req/s.
+"""The audit-on path end to end: the audit's write modes (``audit.inline_writes``: when_idle, the
+default; always; never, i.e. the writer thread only) and the audit off, by CPU time per request,
+latency and req/s.
 
 On a machine shared with other jobs, req/s and latency move with their load; the proxy process's own
 CPU time per request (user + system, from /proc) moves much less, and it is what a request costs. Each
@@ -7,12 +8,11 @@ target is a ``tersegate serve`` (compression off, the audit on with the live SQL
 config.yaml ships it) pinned to CPU 0; wrk and the fake upstream run on CPU 1. Cells are interleaved
 across targets, ``--repeats`` times; medians are reported.
 
-    python bench/audit_inline.py --other "writer thread only=/tmp/tersegate-thread" \
-        [--other NAME=DIR ...] [--duration 4] [--repeats 5] [--no-index]
+    python bench/audit_inline.py [--modes when_idle,always,never] [--other NAME=DIR ...] \
+        [--duration 4] [--repeats 5] [--no-index]
 
-Each ``--other`` is a copy of the package with one change, made with
-``git archive HEAD proxy compressors | tar -x -C DIR`` and then edited: e.g. ``inline_writes``
-(``proxy/audit/sink.py``) False for the writer thread only, or ``_ADAPTIVE = False`` for inline always.
+Each ``--other`` is a copy of the package with some other change (made with
+``git archive HEAD proxy compressors | tar -x -C DIR`` and then edited), run in the default mode.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from overhead import (
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--other", action="append", required=True, help="NAME=DIR: a variant's package")
+    parser.add_argument("--modes", default="when_idle,always,never", help="audit.inline_writes values to run")
+    parser.add_argument("--other", action="append", default=[], help="NAME=DIR: a variant's package")
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-index", action="store_true", help="the audit without the live SQLite index")
@@ -58,19 +59,21 @@ def main() -> int:
         )
     }
     urls: dict[str, str] = {}
-    targets: dict[str, tuple[bool, dict[str, str]]] = {
-        "audit off": (False, {}),
-        "audit on, this checkout": (True, {}),
-    }
+    # name -> (audit on, audit.inline_writes, environment)
+    targets: dict[str, tuple[bool, str | None, dict[str, str]]] = {"audit off": (False, None, {})}
+    for mode in args.modes.split(","):
+        targets[f"audit on, inline_writes: {mode}"] = (True, mode, {})
     for other in args.other:
         name, _, path = other.partition("=")
-        targets[f"audit on, {name}"] = (True, {"PYTHONPATH": path})
+        targets[f"audit on, {name}"] = (True, None, {"PYTHONPATH": path})
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/chat/completions", procs["upstream"])
         place(procs["upstream"].pid, LOAD_CPU)
-        for name, (audit, env) in targets.items():
+        for name, (audit, mode, env) in targets.items():
             port = free_port()
-            config = tersegate_config(folder, up_port, port, audit=audit, index=not args.no_index)
+            config = tersegate_config(
+                folder, up_port, port, audit=audit, index=not args.no_index, inline_writes=mode
+            )
             procs[name] = start(
                 [tersegate, "serve", "--config", str(config)], log=folder / f"{port}.log", env=env
             )
@@ -96,7 +99,8 @@ def main() -> int:
             stop(proc)
     med = statistics.median
     print(
-        f"Command: `python bench/audit_inline.py {' '.join(repr('--other=' + o) for o in args.other)} "
+        f"Command: `python bench/audit_inline.py --modes {args.modes} "
+        f"{' '.join(repr('--other=' + o) for o in args.other)} "
         f"--duration {args.duration} "
         f"--repeats {args.repeats}{' --no-index' if args.no_index else ''}`\n"
     )

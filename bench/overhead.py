@@ -145,16 +145,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def tersegate_config(
-    folder: Path, upstream_port: int, port: int, *, audit: bool, workers: int = 1, index: bool = True
+    folder: Path,
+    upstream_port: int,
+    port: int,
+    *,
+    audit: bool,
+    workers: int = 1,
+    index: bool = True,
+    inline_writes: str | None = None,
 ) -> Path:
     path = folder / f"tersegate-{'audit' if audit else 'noaudit'}-{port}.yaml"
     sub = folder / f"audit-{port}"
     # As config.yaml ships: the JSONL plus the SQLite report index the proxy keeps current.
-    audit_line = (
-        (f"audit: {{path: {sub / 'bench.jsonl'}" + (f", sqlite: {sub / 'bench.sqlite'}}}" if index else "}"))
-        if audit
-        else "audit: {}"
+    options = (f", sqlite: {sub / 'bench.sqlite'}" if index else "") + (
+        f", inline_writes: {inline_writes}" if inline_writes else ""
     )
+    audit_line = f"audit: {{path: {sub / 'bench.jsonl'}{options}}}" if audit else "audit: {}"
     path.write_text(
         f"""listen: {{host: 127.0.0.1, port: {port}{f", workers: {workers}" if workers > 1 else ""}}}
 auth: passthrough

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import orjson
 
+from proxy.audit.chainfile import GENESIS
+from proxy.audit.chains import rotated_name
 from proxy.audit.pricing import PriceBook, costs_for
-from proxy.audit.sink import GENESIS, rotated_name
 
 TEAMS = ("search", "support", "rag", "agents", "analytics")
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini")

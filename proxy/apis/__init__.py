@@ -5,8 +5,9 @@ Responses (:mod:`.responses`), completions (:mod:`.completions`), Anthropic Mess
 (:mod:`.messages`), Azure's mapping over the OpenAI ones (:mod:`.azure`), and each API's routes
 without a prompt (:mod:`.openai`, :mod:`.messages`). A request's :class:`Route` carries its
 dialect; nothing outside this package asks which API or route a request is to decide how to
-read it. This package imports only the shared vocabulary (``proxy.exchange``, ``errors``,
-``usage``, ``splice``).
+read it. Beside them: the OpenAI streams' usage tap (:mod:`.stream_usage`) and the splice that
+encodes a rewritten body (:mod:`.splice`). This package imports only the shared vocabulary
+(``proxy.exchange``, ``errors``).
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from proxy.apis.stream_usage import UsageTap
 from proxy.errors import ProxyError
 from proxy.exchange import Payload
-from proxy.usage import UsageTap
 
 __all__ = [
     "Block",

@@ -26,9 +26,9 @@ import orjson
 
 from proxy.apis.base import Block, DialectBase, JsonPath, Part, StreamItem, TextDelta, ToolCall
 from proxy.apis.items import Item, compact_json, content_texts, parts_of, sorted_json
+from proxy.apis.stream_usage import UsageTap, event_data
 from proxy.errors import ProxyError
 from proxy.exchange import Payload
-from proxy.usage import UsageTap, event_data
 
 __all__ = [
     "ANTHROPIC",

@@ -13,9 +13,9 @@ from typing import Any
 
 from proxy.apis.base import Block, DialectBase
 from proxy.apis.items import sorted_json
+from proxy.apis.stream_usage import UsageTap, ask_stream_usage, ask_unparsed_stream_usage
 from proxy.errors import ProxyError, error_body
 from proxy.exchange import Payload
-from proxy.usage import UsageTap, ask_stream_usage, ask_unparsed_stream_usage
 
 __all__ = ["OPENAI", "OpenAIDialect", "message_text", "openai_usage", "tools_block"]
 

@@ -16,7 +16,7 @@ import orjson
 from proxy.apis.base import Block, Part, StreamItem, TextDelta, ToolCall
 from proxy.apis.items import Item, content_texts, parts_of
 from proxy.apis.openai import OpenAIDialect, tools_block
-from proxy.usage import event_data
+from proxy.apis.stream_usage import event_data
 
 __all__ = ["RESPONSES", "ResponsesDialect", "ResponsesStreamReader"]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from proxy.apis.base import Dialect, JsonPath
-from proxy.splice import encode_rewrite
+from proxy.apis.splice import encode_rewrite
 
 __all__ = ["forwarded_body", "rewrite_body"]
 
@@ -58,7 +58,7 @@ def forwarded_body(
 ) -> tuple[bytes, bool]:
     """``(bytes to send upstream, usage injected)`` after the rewrite hook: the original bytes when
     neither the hook nor :meth:`Dialect.prepare_stream` changed anything, else the changed values
-    spliced into them (:mod:`proxy.splice`). If the new body cannot be encoded, the original bytes
+    spliced into them (:mod:`proxy.apis.splice`). If the new body cannot be encoded, the original bytes
     (fail open)."""
     injected = False
     if stream:

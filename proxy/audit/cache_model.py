@@ -7,7 +7,7 @@ of token prefixes in a :class:`~proxy.store.base.SharedStore` (never text), so i
 the store, survives restarts where the store does, and is shared by workers. The upstream's
 reported cached tokens calibrate the "before" estimate (:func:`~proxy.audit.cache_rules.calibrate`).
 
-Each block of a prompt is tokenized once (a bounded memo by the block's SHA-256); OpenAI prefixes
+Each block of a prompt is tokenized once (a bounded memo by team, encoding and the block's SHA-256); OpenAI prefixes
 are digests chained over 128-token steps of the whole prompt, Anthropic prefixes digests chained
 over blocks. See docs/audit.md.
 """
@@ -17,22 +17,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from compressors.tokenizer import tokenizer_for
+from compressors.tokenizer import Tokenizer, tokenizer_for
 from proxy.apis import Block, Dialect
 from proxy.audit import cache_rules as rules
 from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.lru import BytesLRU
 from proxy.store.memory import MemoryStore
 
-__all__ = ["CacheEstimate", "CacheModel", "Simulated"]
+__all__ = ["CacheEstimate", "CacheModel", "Counted", "Simulated"]
 
 log = logging.getLogger("tersegate.audit")
 
@@ -43,6 +42,9 @@ _OFFLOAD_CHARS = 32_768  # prompts above this are tokenized and digested in a th
 _MAX_TRACKED_TOKENS = 2_097_152
 _PRESENT = b"1"
 _WARN_EVERY_S = 60.0
+
+Counted = Callable[[str, str, str], int | None]
+"""``(team, encoding, text) -> count``: a token count another component already made, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,39 +69,30 @@ class CacheEstimate:
     prompt_before: int | None = None  # Anthropic: the original's prompt tokens, in the upstream's units
 
 
-class _TokenMemo:
-    """Block SHA-256 -> token ids (uint32 bytes), LRU by bytes; shared by both streams."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._bytes = 0
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> bytes | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-            return found
-
-    def put(self, key: bytes, ids: bytes) -> None:
-        with self._lock:
-            if key in self._items or len(ids) > self._max:
-                return
-            self._items[key] = ids
-            self._bytes += len(ids) + len(key)
-            while self._bytes > self._max:
-                old_key, old = self._items.popitem(last=False)
-                self._bytes -= len(old) + len(old_key)
-
-
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    """A block as the provider's cache sees it: the text its tokens come from, its breakpoint."""
+    """A block as the provider's cache sees it: the text its tokens come from, its breakpoint, and
+    (``split``) the head and the text it is made of when the text is one text the policy engine
+    counted after a role line: its count is then the head's plus the engine's (see :func:`_split`)."""
 
     text: str
     breakpoint: str | None
+    split: tuple[str, str] | None = None
+
+
+def _split(block: Block, text: str) -> tuple[str, str] | None:
+    """``(head, part text)`` when ``text`` is ``role + "\n" + the block's one text`` and that text
+    starts with no whitespace. Then tokenizing ``text`` gives the head's tokens followed by the part
+    text's, exactly: the tokenizers' pre-split (cl100k, o200k) ends a run of letters before a
+    newline and, when no whitespace follows, the newline stands alone; token merges never cross a
+    pre-split boundary. So the engine's count of the part text can be reused."""
+    if len(block.texts) != 1 or not block.role.isalpha():
+        return None
+    part = block.texts[0][1]
+    head = block.role + "\n"
+    if not part or part[0].isspace() or len(text) != len(head) + len(part):
+        return None
+    return (head, part) if text.startswith(head) and text.endswith(part) else None
 
 
 def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
@@ -108,7 +101,7 @@ def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
     for block in blocks:
         text = dialect.cache_text(block)
         if text is not None:
-            out.append(_Cached(text, block.breakpoint))
+            out.append(_Cached(text, block.breakpoint, _split(block, text)))
     return out
 
 
@@ -137,22 +130,44 @@ def _chain(pieces: Sequence[bytes | memoryview]) -> list[str]:
 class CacheModel:
     """``await model.estimate(...)`` per audited request (see module docs)."""
 
-    def __init__(self, store: SharedStore | None = None, *, token_memo_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        store: SharedStore | None = None,
+        *,
+        token_memo_bytes: int = 64 << 20,
+        counted: Counted | None = None,
+    ) -> None:
+        """``counted(team, encoding, text)``: a count the policy engine already made of ``text``
+        for ``team``, or None (:meth:`proxy.policy.engine.PolicyRewriter.counted`)."""
         self.store: SharedStore = store if store is not None else MemoryStore()
-        self._tokens = _TokenMemo(token_memo_bytes)
+        # (team, encoding, block SHA-256) -> token ids (uint32 bytes), shared by both streams.
+        self._tokens: BytesLRU[bytes] = BytesLRU(max_bytes=token_memo_bytes)
+        self._counted = counted
         self._warned_at = -_WARN_EVERY_S
 
-    def _tokenize(self, model: str | None, blocks: Sequence[_Cached]) -> list[bytes]:
+    def _ids(self, team: str, tokenizer: Tokenizer, text: str) -> bytes:
+        """``text``'s token ids, through the memo. Keyed by the encoding (the same text has other
+        ids under another model's tokenizer) and by team: the audit runs before the client's last
+        byte, so a block another team sent must not make this team's request faster (the policy
+        engine keys its token counts per team for the same reason)."""
+        key = (team, tokenizer.encoding, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+        ids = self._tokens.get(key)
+        if ids is None:
+            ids = np.asarray(tokenizer.encode(text), dtype=np.uint32).tobytes()
+            ids = self._tokens.setdefault(key, ids, size=len(ids) + len(key[2]) + len(team))
+        return ids
+
+    def _counts(self, team: str, model: str | None, blocks: Sequence[_Cached]) -> list[int]:
+        """Each block's token count; a part text the engine counted is not tokenized again."""
         tokenizer = tokenizer_for(model)
         out = []
         for block in blocks:
-            data = block.text.encode("utf-8", "surrogatepass")
-            key = hashlib.sha256(data).digest()
-            ids = self._tokens.get(key)
-            if ids is None:
-                ids = np.asarray(tokenizer.encode(block.text), dtype=np.uint32).tobytes()
-                self._tokens.put(key, ids)
-            out.append(ids)
+            split, counted = block.split, self._counted
+            known = None if split is None or counted is None else counted(team, tokenizer.encoding, split[1])
+            if split is None or known is None:
+                out.append(len(self._ids(team, tokenizer, block.text)) // 4)
+            else:
+                out.append(len(self._ids(team, tokenizer, split[0])) // 4 + known)
         return out
 
     async def estimate(
@@ -189,7 +204,7 @@ class CacheModel:
         after_blocks = blocks if forwarded is None else _prompt(dialect, dialect.walk(forwarded))
 
         def build() -> list[_Plan]:
-            return [plan("b", model, blocks), plan("a", model, after_blocks)]
+            return [plan("b", team, model, blocks), plan("a", team, model, after_blocks)]
 
         large = sum(len(b.text) for b in blocks) + sum(len(b.text) for b in after_blocks) > _OFFLOAD_CHARS
         plans = await asyncio.to_thread(build) if large else build()
@@ -221,10 +236,11 @@ class CacheModel:
             await self.store.put(scope, items, ttl_s=ttl)
         return results[0], results[1]
 
-    def _openai(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
+    def _openai(self, side: str, team: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
             return _Plan.nothing()  # too short to be cached: not worth tokenizing
-        ids = b"".join(self._tokenize(model, blocks))
+        tokenizer = tokenizer_for(model)
+        ids = b"".join(self._ids(team, tokenizer, block.text) for block in blocks)
         total = len(ids) // 4
         tracked = min(total, _MAX_TRACKED_TOKENS) // rules.OPENAI_STEP
         step = rules.OPENAI_STEP * 4
@@ -238,12 +254,12 @@ class CacheModel:
 
         return _Plan(keys, resolve)
 
-    def _anthropic(self, side: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
+    def _anthropic(self, side: str, team: str, model: str | None, blocks: Sequence[_Cached]) -> _Plan:
         shortest = rules.anthropic_min_tokens(model)
         breakpoints = [(i, b.breakpoint) for i, b in enumerate(blocks) if b.breakpoint is not None]
         if not breakpoints or _surely_shorter(blocks, shortest):
             return _Plan.nothing()  # nothing the client asked to cache, or too short to be
-        counts = [len(ids) // 4 for ids in self._tokenize(model, blocks)]
+        counts = self._counts(team, model, blocks)
         ends = np.cumsum(counts).tolist()
         keys = [side + d for d in _chain([b.text.encode("utf-8", "surrogatepass") for b in blocks])]
         candidates = rules.lookback(breakpoints)

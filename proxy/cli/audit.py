@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from proxy.audit.chainfile import GENESIS, record_hash
 from proxy.audit.chains import audit_files, group_chains
-from proxy.audit.sink import GENESIS, record_hash
 from proxy.config.model import ConfigErrors, load_config
 
 __all__ = ["ChainReport", "expand_paths", "register", "verify_chain"]

@@ -27,9 +27,9 @@ from proxy.logs import setup_logging
 from proxy.server.app import create_app
 from proxy.server.drain import DrainingServer
 from proxy.server.limits import limited_protocol
+from proxy.server.seats import WorkerSeat
 from proxy.server.services import build_services
 from proxy.server.supervisor import Supervisor, bind_socket, worker_command
-from proxy.server.workers import WorkerSeat
 
 __all__ = ["register", "uvicorn_config"]
 

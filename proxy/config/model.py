@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, default_of, load_yaml
 
 __all__ = [
+    "INLINE_WRITES",
     "AuditConfig",
     "CompressionConfig",
     "Config",
     "ConfigError",
     "ConfigErrors",
+    "InlineWrites",
     "LimitsConfig",
     "ListenConfig",
     "MemoConfig",
@@ -93,6 +95,10 @@ class TeamConfig:
     key_hashes: frozenset[str] = frozenset()
 
 
+InlineWrites = Literal["when_idle", "always", "never"]
+INLINE_WRITES: tuple[InlineWrites, ...] = ("when_idle", "always", "never")
+
+
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
     path: Path | None = None  # None: no audit
@@ -102,6 +108,8 @@ class AuditConfig:
     rotate_bytes: int | None = None
     rotate_daily: bool = False
     sqlite: Path | None = None
+    # When a record is written on the event loop rather than by the writer thread (proxy.audit.sink).
+    inline_writes: InlineWrites = "when_idle"
 
 
 MEMO_BACKENDS: tuple[str, ...] = ("memory", "sqlite", "redis")
@@ -300,6 +308,8 @@ def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> Au
     f.check("on_error", lambda v: v in ("fail-open", "fail-closed"), "must be fail-open or fail-closed")
     f.check("rotate_bytes", _positive, "must be a positive integer")
     sqlite = f.get("sqlite", str, None)
+    inline = f.get_field(AuditConfig, "inline_writes", str)
+    f.check("inline_writes", lambda v: v in INLINE_WRITES, f"must be one of {', '.join(INLINE_WRITES)}")
     audit = AuditConfig(
         path=_resolve(base, path) if path else None,
         all_routes=f.get_field(AuditConfig, "all_routes", bool),
@@ -310,6 +320,7 @@ def _parse_audit(node: Node | None, base: Path, errors: list[ConfigError]) -> Au
         rotate_bytes=f.get_field(AuditConfig, "rotate_bytes", int),
         rotate_daily=f.get_field(AuditConfig, "rotate_daily", bool),
         sqlite=_resolve(base, sqlite) if sqlite else None,
+        inline_writes=next((v for v in INLINE_WRITES if v == inline), "when_idle"),
     )
     f.finish()
     return audit

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from proxy.policy.memo import Memo
 from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.lru import BytesLRU
 from proxy.store.memory import MemoryStore
 
 __all__ = ["Batch", "CompactionLog", "Record"]
@@ -68,7 +68,7 @@ class CompactionLog:
     def __init__(self, store: SharedStore | None, *, timeout_s: float = 0.5) -> None:
         self.store: SharedStore = store if store is not None else MemoryStore()
         self.timeout_s = timeout_s
-        self._lru: Memo[bytes] = Memo(max_bytes=_LRU_BYTES)
+        self._lru: BytesLRU[bytes] = BytesLRU(max_bytes=_LRU_BYTES, entry_overhead=200)
 
     async def _get(self, namespace: str, keys: Sequence[str]) -> list[bytes | None] | None:
         try:

@@ -35,14 +35,14 @@ from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
 from proxy.policy.compaction_log import CompactionLog
 from proxy.policy.compactor import Compacted, Compactor, PriceSource
+from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
-from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule, Step
 from proxy.policy.originals import Originals
 from proxy.policy.query import QueryPlan, plan_query
 from proxy.policy.steps import StepTrace
-from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
+from proxy.store.lru import BytesLRU
 
 __all__ = ["PolicyRewriter"]
 
@@ -139,7 +139,7 @@ class PolicyRewriter:
         self.originals = originals  # where retrieve policies keep originals (None: not kept)
         self.metrics = metrics
         self.max_part_chars = max_part_chars
-        self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.work)
+        self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.compressor_pool)
         self._fail_open_log = RateLimitedLog(log)  # the reason's kind only: messages may quote text
         self._tokenizers: dict[str | None, Tokenizer] = {}
         memo = memo or MemoConfig()
@@ -151,7 +151,7 @@ class PolicyRewriter:
             shared_across_teams=memo.shared_across_teams,
             metrics=metrics,
         )
-        self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
+        self._counts: BytesLRU[int] = BytesLRU(max_bytes=min(_COUNTS_BYTES, memo_bytes), entry_overhead=200)
         # History compaction (docs/compaction.md): its batches live in the same store as the forms.
         self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
         self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
@@ -377,6 +377,11 @@ class PolicyRewriter:
             counts.append(count)
         return counts
 
+    def counted(self, team: str, encoding: str, text: str) -> int | None:
+        """The token count of ``text`` under ``encoding`` this engine already made for ``team``'s
+        requests, or None: the audit's cache model reuses it rather than tokenize the text again."""
+        return self._counts.get((self.forms.namespace(team), encoding, text_digest(text)))
+
     async def _select(
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
     ) -> _Outcome:
@@ -416,7 +421,7 @@ class PolicyRewriter:
         self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None, deadline: float
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
-        is forwarded as it came (a job still running then is abandoned, see policy.work)."""
+        is forwarded as it came (a job still running then is abandoned, see policy.compressor_pool)."""
         planning = self._planning(parts)
         jobs: dict[tuple[str, str, QueryPlan], Job] = {}
         wanted: dict[int, tuple[str, str, QueryPlan]] = {}

@@ -12,7 +12,7 @@ Keys (docs/memo.md has the reasoning):
 
 Both live in a namespace per team (``memo:<team>``) unless ``shared_across_teams`` is set.
 
-Two levels: the in-process LRU (:class:`proxy.policy.memo.Memo`) in front of a shared store
+Two levels: the in-process LRU (:class:`proxy.store.lru.BytesLRU`) in front of a shared store
 (:mod:`proxy.store`), looked up once per request for every key the LRU missed. When the store
 fails, the request is served from the LRU alone (fail-open), the failure is counted in
 /metrics, logged at most once a minute, and the store is left alone for a second.
@@ -33,9 +33,9 @@ import orjson
 
 from proxy.apis import Part
 from proxy.metrics import Metrics
-from proxy.policy.memo import Memo
 from proxy.policy.model import Rule
 from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.lru import BytesLRU
 
 __all__ = ["QUERY_FREE", "Form", "FormKeys", "FormMemory", "form_keys", "text_digest", "turn_digests"]
 
@@ -126,7 +126,7 @@ class FormMemory:
         shared_across_teams: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self.lru: Memo[Form] = Memo(max_bytes=lru_bytes)
+        self.lru: BytesLRU[Form] = BytesLRU(max_bytes=lru_bytes, entry_overhead=200)
         self.store = store
         self.backend = backend
         self.timeout_s = timeout_s

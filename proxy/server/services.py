@@ -23,7 +23,7 @@ from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
 from proxy.policy.originals import Originals
 from proxy.server.reload import PolicyReloader
-from proxy.server.workers import WorkerSeat
+from proxy.server.seats import WorkerSeat
 from proxy.store.base import SharedStore
 from proxy.store.factory import open_store
 from proxy.store.memory import MemoryStore
@@ -132,9 +132,6 @@ def build_services(
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
     prices = PriceBook()  # one cost map for the audit and compaction's break-even rule
-    if config.audit.path is not None:
-        # The audit's cache model keeps its digests in the memo's store: restarts and workers share it.
-        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store), prices=prices)
     originals = _originals(config, store)
     rewriter = PolicyRewriter(
         policies,
@@ -148,6 +145,11 @@ def build_services(
         cache_idle_s={u.name: u.cache_idle_s for u in config.upstreams.values() if u.cache_idle_s},
         originals=originals,
     )
+    if config.audit.path is not None:
+        # The audit's cache model keeps its digests in the memo's store (restarts and workers share
+        # it) and reuses the engine's token counts of the texts the engine counted.
+        cache_model = CacheModel(store, counted=rewriter.counted)
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model, prices=prices)
     services = Services(
         config=config,
         metrics=metrics,

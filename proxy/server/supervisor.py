@@ -39,7 +39,7 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
-from proxy.server.workers import SEAT_ENV, WorkerSeat
+from proxy.server.seats import SEAT_ENV, WorkerSeat
 
 __all__ = ["Supervisor", "bind_socket", "worker_command"]
 

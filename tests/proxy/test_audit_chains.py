@@ -11,15 +11,16 @@ import pytest
 from harness import tersegate_command
 from samples import audited_exchange
 
+from proxy.audit.chainfile import GENESIS
 from proxy.audit.chains import audit_chains, audit_files, chain_of
-from proxy.audit.sink import GENESIS, JsonlAuditSink
-from proxy.config.model import AuditConfig
+from proxy.audit.sink import JsonlAuditSink
+from proxy.config.model import AuditConfig, InlineWrites
 from proxy.metrics import Metrics
 
 
-def sink(path: Path, *, inline_writes: bool = True, **options: object) -> JsonlAuditSink:
+def sink(path: Path, *, inline: InlineWrites = "when_idle", **options: object) -> JsonlAuditSink:
     config = AuditConfig(path=path, **options)  # type: ignore[arg-type]
-    return JsonlAuditSink(config, metrics=Metrics(), inline_writes=inline_writes)
+    return JsonlAuditSink(config, metrics=Metrics(), inline=inline)
 
 
 async def interleave(sinks: list[JsonlAuditSink], count: int) -> None:
@@ -40,12 +41,12 @@ def lines(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "writer-thread"])
-def test_two_writers_on_one_path_write_two_intact_chains(tmp_path: Path, inline: bool) -> None:
+@pytest.mark.parametrize("inline", ["when_idle", "always", "never"])
+def test_two_writers_on_one_path_write_two_intact_chains(tmp_path: Path, inline: InlineWrites) -> None:
     path = tmp_path / "audit.jsonl"
 
     async def run() -> tuple[Path, Path]:
-        first, second = sink(path, inline_writes=inline), sink(path, inline_writes=inline)
+        first, second = sink(path, inline=inline), sink(path, inline=inline)
         chains = first.chain, second.chain
         await interleave([first, second], 20)
         return chains

@@ -13,7 +13,8 @@ import pytest
 from harness import tersegate_command
 from samples import audited_exchange
 
-from proxy.audit.sink import GENESIS, JsonlAuditSink
+from proxy.audit.chainfile import GENESIS
+from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import AuditConfig
 from proxy.metrics import Metrics
 
@@ -69,7 +70,7 @@ def test_edited_line_is_a_hash_mismatch(audit: Path) -> None:
 
 def test_rehashed_edit_still_breaks_the_next_link(audit: Path) -> None:
     # Someone who recomputes the edited record's own hash is caught by the next record's prev_hash.
-    from proxy.audit.sink import record_hash
+    from proxy.audit.chainfile import record_hash
 
     lines = audit.read_bytes().splitlines(keepends=True)
     record = orjson.loads(lines[2])

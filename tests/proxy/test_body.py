@@ -1,4 +1,4 @@
-"""Large non-stream responses come through promptly, with bounded memory (proxy/server/body.py)."""
+"""Large non-stream responses come through promptly, with bounded memory (proxy/server/relay.py)."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_memory_stays_bounded_for_a_200_mb_download(spawn_proxy: Any) -> None:
 
 
 def test_usage_tail_reads_the_last_usage_object_through_gzip() -> None:
-    from proxy.server.body import TAIL_BYTES, UsageTail  # here: the file also runs against main
+    from proxy.server.relay import TAIL_BYTES, UsageTail  # here: the file also runs against main
 
     body = orjson.dumps(
         {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,14 +91,17 @@ def test_prompt_cache_key_and_team_narrow_the_scope() -> None:
     assert estimate(model, chat(WORDS, prompt_cache_key="user-1")).before.cached > 5000
 
 
-def test_state_is_digests_only_and_shared_by_workers_using_one_store() -> None:
-    store = MemoryStore()
+def test_state_is_digests_only_and_shared_by_workers_using_one_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cache.sqlite", max_bytes=1 << 24)  # the file replicas would share
     worker_a, worker_b = CacheModel(store), CacheModel(store)
     estimate(worker_a, chat(SECRET, WORDS, prompt_cache_key="alice@example.com"))
     assert estimate(worker_b, chat(SECRET, WORDS, prompt_cache_key="alice@example.com")).before.cached > 5000
-    stored = b"".join(ns.encode() + key.encode() + value for (ns, key), (value, _) in store._items.items())
-    assert b"launch" not in stored and b"word1" not in stored and b"alice" not in stored
-    assert all(len(key) == 25 for _, key in store._items)  # a side letter and a 96-bit digest
+    asyncio.run(store.aclose())
+    on_disk = b"".join(path.read_bytes() for path in tmp_path.iterdir())  # the database and its WAL
+    assert b"launch" not in on_disk and b"word1" not in on_disk and b"alice" not in on_disk
+    with contextlib.closing(sqlite3.connect(tmp_path / "cache.sqlite")) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM entries")]
+    assert keys and all(len(key) == 25 for key in keys)  # a side letter and a 96-bit digest
 
 
 def test_a_bounded_store_forgets_and_the_model_then_expects_no_hit() -> None:
@@ -177,3 +182,113 @@ async def test_two_workers_share_the_state_through_redis(redis_server: RedisServ
     assert await _cached(CacheModel(two), chat(WORDS, "next")) > 5000  # the other worker's prefix
     await one.aclose()
     await two.aclose()
+
+
+def test_a_text_seen_under_one_models_tokenizer_is_counted_anew_under_anothers() -> None:
+    from compressors.tokenizer import tokenizer_for
+
+    model = CacheModel()
+    text = " ".join(f"word{i} naïve 東京" for i in range(600))
+
+    def prompt(name: str) -> int:
+        body = {"model": name, "messages": [{"role": "user", "content": text}]}
+        found = asyncio.run(
+            model.estimate(
+                team="t",
+                model=name,
+                dialect=dialect_for("/v1/chat/completions", "openai"),
+                original=body,
+                forwarded=None,
+                usage={"cached_tokens": 0},
+            )
+        )
+        return int(found.before.prompt)
+
+    for name in ("gpt-4o", "gpt-4", "gpt-4o"):  # o200k, cl100k, o200k again (memo hits)
+        assert prompt(name) == tokenizer_for(name).count("user\n" + text), name
+
+
+async def test_the_engines_counts_are_reused_and_the_estimate_is_the_same() -> None:
+    """A body is tokenized once: the cache model takes the policy engine's counts of the texts the
+    engine counted (an Anthropic block is its role line and one such text), and estimates exactly
+    what it estimates tokenizing every block itself."""
+    import time
+
+    from proxy.exchange import Exchange
+    from proxy.policy.engine import PolicyRewriter
+    from proxy.policy.model import PolicySet
+
+    system = [{"type": "text", "text": WORDS, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": SECRET + WORDS[:5000]}]},
+        {"role": "assistant", "content": "Noted. " + WORDS[5000:9000]},
+        {"role": "user", "content": "(and now?) " + WORDS[9000:], "cache_control": {"type": "ephemeral"}},
+    ]
+    body = {"model": "claude-sonnet-4-5", "system": system, "messages": messages}
+    rewriter = PolicyRewriter(PolicySet(policies={}, team_policy={}), memo_bytes=1 << 24, workers=1)
+    asked: list[bool] = []
+
+    def counted(team: str, encoding: str, text: str) -> int | None:
+        found = rewriter.counted(team, encoding, text)
+        asked.append(found is not None)
+        return found
+
+    try:
+        exchange = Exchange("r", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic")
+        await rewriter(exchange, body, {})
+        sharing, alone = CacheModel(counted=counted), CacheModel()
+        for _ in range(2):  # a first turn (written), then a second (read)
+            estimates = [
+                await model.estimate(
+                    team="t",
+                    model="claude-sonnet-4-5",
+                    dialect=dialect_for("/v1/messages", "anthropic"),
+                    original=body,
+                    forwarded=None,
+                    usage={"prompt_tokens": 20_000, "cached_tokens": 0},
+                )
+                for model in (sharing, alone)
+            ]
+            assert estimates[0] == estimates[1] and estimates[0] is not None
+    finally:
+        rewriter.close()
+    assert asked and all(asked)  # every text block's count came from the engine
+    assert rewriter.counted("other team", "o200k_base", WORDS) is None  # counts stay per team
+
+
+def test_a_role_line_and_a_text_tokenize_as_their_parts() -> None:
+    """What lets the cache model add the engine's count to its role line's (``_split``): for texts
+    that start with no whitespace, ``role + "\\n" + text`` has exactly the tokens of both."""
+    import random
+
+    from compressors.tokenizer import tokenizer_for
+
+    rng = random.Random(7)
+    starts = [
+        "Hello",
+        "'s",
+        "123",
+        ".",
+        "...\n",
+        "{",
+        "\u6771\u4eac",
+        "\u00e9t\u00e9",
+        "_x",
+        "/path",
+        "-",
+        "'",
+    ]
+    ends = ["", ".", "\n", " ", "\n\n", "!\n", " 42"]
+    texts = [
+        a + rng.choice([" word", WORDS[:300], SECRET[:200], "\t\ttab"]) + b for a in starts for b in ends
+    ]
+    for name in ("gpt-4o", "gpt-4"):
+        tokenizer = tokenizer_for(name)
+        for role in ("user", "assistant", "system", "tool", "USER"):
+            for text in texts:
+                joint = tokenizer.encode(role + "\n" + text)
+                assert joint == tokenizer.encode(role + "\n") + tokenizer.encode(text), (
+                    name,
+                    role,
+                    text[:20],
+                )

@@ -115,3 +115,13 @@ def test_keys_left_out_take_the_models_defaults(tmp_path: Path) -> None:
     policy, _ = load_policy(policy_path)
     assert policy == Policy(name="p", file=str(policy_path), rules=policy.rules)
     assert policy.rules[0].match == Match()
+
+
+def test_audit_inline_writes_is_one_of_three_modes(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    head = "upstreams: {openai: {base_url: 'http://127.0.0.1:9/v1'}}\nteams: {default: {}}\n"
+    path.write_text(head + "audit: {path: a.jsonl, inline_writes: never}\n", encoding="utf-8")
+    assert load_config(path).audit.inline_writes == "never"
+    out = check(tmp_path, GOOD + "audit: {path: a.jsonl, inline_writes: sometimes}\n")
+    assert out.returncode == 1
+    assert "audit.inline_writes: must be one of when_idle, always, never" in out.stderr, out.stderr

@@ -7,7 +7,6 @@ the server call it) so a test can swap policies between turns.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 import evaldata
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
-from proxy.policy.memo import Memo
 from proxy.policy.model import PolicySet, load_policy
 
 needs_evaldata = pytest.mark.evaldata(evaldata.NQ)
@@ -128,31 +126,3 @@ async def test_a_part_past_the_latency_budget_stays_uncompressed_on_later_turns(
         assert len(other.body["messages"][2]["content"]) < len(body["messages"][2]["content"])
     finally:
         rewriter.close()
-
-
-def test_memo_is_bounded_in_bytes_and_first_writer_wins() -> None:
-    memo: Memo[str] = Memo(max_bytes=10_000)
-    for i in range(100):
-        memo.setdefault(("k", i), "x" * 500, size=500)
-    assert memo.bytes_used <= 10_000
-    assert memo.get(("k", 0)) is None and memo.get(("k", 99)) == "x" * 500
-    assert memo.setdefault(("k", 99), "other", size=5) == "x" * 500
-
-
-def test_memo_is_thread_safe() -> None:
-    memo: Memo[int] = Memo(max_bytes=100_000)  # room for all 300 keys: no eviction
-    winners: list[int] = []
-
-    def write(n: int) -> None:
-        for i in range(2000):
-            got = memo.setdefault(("k", i % 300), n, size=10)
-            if i % 300 == 7:
-                winners.append(got)
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(memo) == 300 and memo.bytes_used <= 100_000
-    assert len(set(winners)) == 1  # every writer saw the same first value

@@ -24,7 +24,8 @@ RANK: dict[str, int] = {
     "server": 5,
     "cli": 6,
 }
-VOCABULARY = {"exchange", "errors", "metrics", "logs", "splice", "usage", "__init__", "__main__"}
+# The shared vocabulary: at most six modules (issue 19); anything else lives in a room.
+VOCABULARY = {"exchange", "errors", "metrics", "logs", "__init__", "__main__"}
 
 
 def room_of(module: str) -> str:
@@ -88,7 +89,7 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
 # Storage never imports presentation (report tables, commands, rich): shared pieces such as report rows
 # live below both (proxy/audit/rows.py).
 PRESENTATION = ("proxy.audit.report", "proxy.cli", "rich")
-STORAGE = ("audit/index.py", "audit/sink.py", "audit/rows.py")
+STORAGE = ("audit/index.py", "audit/sink.py", "audit/chainfile.py", "audit/record.py", "audit/rows.py")
 
 
 def presentation_imports(path: Path) -> list[tuple[int, str]]:

@@ -18,7 +18,7 @@ import pytest
 from compressors.embedding import Embedder
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
-from proxy.policy import work
+from proxy.policy.compressor_pool import Job, WorkerPool, run_job
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policy
 
@@ -151,25 +151,26 @@ async def test_query_free_forms_are_shared_within_a_team_and_across_teams_only_w
 
 @pytest.mark.slow
 async def test_embedding_vectors_cached_for_one_team_do_not_serve_another(
-    tmp_path: Path, make_rewriter: Any
+    tmp_path: Path, make_rewriter: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine tags each job with its team's scope, and a worker encodes under that scope only.
-    The jobs the engine sent to its worker processes are run again here, as a worker runs them
-    (``work._run``), so this process's embedding cache shows what a worker's holds."""
+    The jobs the engine hands its worker pool (``WorkerPool.submit``, the pool's one entry) are run
+    again here as a worker runs them (``run_job``), so this process's embedding cache shows what a
+    worker's holds."""
     rewriter = make_rewriter(policies(tmp_path, options="{scorer: embedding}"))
-    sent: list[work.Job] = []
-    submit = rewriter._workers.submit
-    rewriter._workers.submit = lambda job: (sent.append(job), submit(job))[1]
+    sent: list[Job] = []
+    submit = WorkerPool.submit
+    monkeypatch.setattr(WorkerPool, "submit", lambda pool, job: (sent.append(job), submit(pool, job))[1])
     await rewriter(exchange("a"), conversation(QUESTION_A), {})
     await rewriter(exchange("b"), conversation(QUESTION_B), {})
     assert [job.scope for job in sent] == ["memo:a", "memo:b"]
     loaded = Embedder()._loaded()
     loaded.cache.clear()
     compressors: dict[str, Any] = {}
-    work._run(sent[0], compressors)
+    run_job(sent[0], compressors)
     scopes = {scope for scope, _ in loaded.cache}
     assert "memo:a" in scopes and "memo:b" not in scopes
-    work._run(sent[1], compressors)
+    run_job(sent[1], compressors)
     team_b = {text for scope, text in loaded.cache if scope == "memo:b"}
     team_a = {text for scope, text in loaded.cache if scope == "memo:a"}
     assert team_a & team_b  # the same document units, encoded again for team B, not served from A's

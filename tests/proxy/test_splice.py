@@ -1,4 +1,4 @@
-"""Rewritten bodies keep every byte of what was not rewritten (proxy/splice.py): big integers,
+"""Rewritten bodies keep every byte of what was not rewritten (proxy/apis/splice.py): big integers,
 number spellings, nesting deeper than orjson can serialise; and a body that cannot be encoded is
 forwarded as sent, never failed."""
 
@@ -87,7 +87,7 @@ def test_a_compressed_deep_request_is_spliced_not_failed(make_proxy: MakeProxy, 
 
 
 def test_encode_rewrite_splices_changes_and_drops() -> None:
-    from proxy.splice import encode_rewrite  # here: the file also runs against main
+    from proxy.apis.splice import encode_rewrite  # here: the file also runs against main
 
     data = b'{"a": ' + BIG + b', "m": [{"c": "x"}, {"c": "y"}, {"c": "z"}], "d": {"k": 1}, "d": {"k": 2}}'
     old = orjson.loads(data)

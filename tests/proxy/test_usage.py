@@ -9,8 +9,8 @@ import orjson
 from fake_upstream import _Call, chat_frames, completion_frames, response_frames
 
 from proxy import apis
+from proxy.apis.stream_usage import UsageTap
 from proxy.exchange import payload_size
-from proxy.usage import UsageTap
 
 
 def _call(body: dict[str, Any]) -> _Call:

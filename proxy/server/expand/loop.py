@@ -25,15 +25,14 @@ from typing import Any
 
 import orjson
 
+from proxy.apis.stream_usage import UsageTap
 from proxy.apis.wire import TOOL_NAME, Call, Cut, Wire
 from proxy.exchange import Exchange
 from proxy.metrics import Metrics
 from proxy.policy.originals import Expansion, Originals
 from proxy.server.asgi import Receive, Send
-from proxy.server.body import usage_of
 from proxy.server.forward import UpstreamResponse
-from proxy.server.relay import watched
-from proxy.usage import UsageTap
+from proxy.server.relay import Commit, usage_of, watched
 
 __all__ = ["ExpandLoop", "Upstream", "identity_encoding"]
 
@@ -45,7 +44,6 @@ _READ_LIMIT = 64 * 1024 * 1024
 
 # Sends a body upstream: ``(response, body deadline)``; streaming or not.
 Upstream = Callable[[bytes, bool], Awaitable[tuple[UpstreamResponse, float]]]
-Commit = Callable[[], Awaitable[None]]
 
 
 @dataclass(slots=True)

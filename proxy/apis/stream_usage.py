@@ -21,11 +21,11 @@ from typing import Any
 
 import orjson
 
+from proxy.apis.splice import past_space
 from proxy.exchange import Payload
 
 __all__ = ["UsageTap", "ask_stream_usage", "ask_unparsed_stream_usage", "event_data"]
 
-_JSON_SPACE = re.compile(rb"[ \t\r\n]*")
 # `"usage": null` as a key of a chunk. In valid JSON an unescaped quote followed by
 # `usage":` can only open a key, so this never matches inside a string value.
 _NULL_USAGE = re.compile(rb'(,\s*"usage"\s*:\s*null(?=\s*[,}]))|("usage"\s*:\s*null\s*,\s*)')
@@ -49,22 +49,16 @@ def ask_stream_usage(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return {**body, "stream_options": new_options}, True
 
 
-def _past_space(data: bytes, at: int) -> int:
-    """The index of the first byte at or after ``at`` that is not JSON whitespace (no copy made)."""
-    found = _JSON_SPACE.match(data, at)
-    return found.end() if found is not None else at
-
-
 def ask_unparsed_stream_usage(body: bytes) -> tuple[Payload, bool]:
     """:func:`ask_stream_usage` for a body too large to parse: ``stream_options`` is written in
     front of the client's first key (the rest is the client's bytes, sent as a view of them, not
     copied), unless the client named ``stream_options`` itself (then its own choice stands)."""
     if b'"stream_options"' in body:
         return body, False
-    start = _past_space(body, 0)
+    start = past_space(body, 0)
     if body[start : start + 1] != b"{":
         return body, False
-    rest = _past_space(body, start + 1)
+    rest = past_space(body, start + 1)
     joint = b"" if body[rest : rest + 1] == b"}" else b","
     return (b'{"stream_options":{"include_usage":true}' + joint, memoryview(body)[rest:]), True
 

@@ -36,7 +36,16 @@ from proxy.policy.model import Step
 from proxy.policy.query import QueryPlan
 from proxy.policy.steps import StepTrace, run_steps
 
-__all__ = ["WARM_MODELS", "WARM_TIMEOUT_S", "Done", "Failed", "Job", "WarmReport", "WorkerPool"]
+__all__ = [
+    "WARM_MODELS",
+    "WARM_TIMEOUT_S",
+    "Done",
+    "Failed",
+    "Job",
+    "WarmReport",
+    "WorkerPool",
+    "run_job",
+]
 
 log = logging.getLogger("tersegate.policy")
 
@@ -49,7 +58,7 @@ WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take 
 # Token counters of OpenAI's current encodings (o200k_base, cl100k_base): loaded at warm-up in every
 # process, or the first request for a model of the other encoding spends its budget loading one.
 WARM_MODELS = ("gpt-4o", "gpt-4")
-_PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.work"]
+_PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.compressor_pool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,8 @@ def _compressors(cache: dict[str, Compressor], identity: str, steps: Sequence[St
     return [cache.setdefault(f"{identity}:{i}", step.compressor) for i, step in enumerate(steps)]
 
 
-def _run(job: Job, cache: dict[str, Compressor]) -> Done:
+def run_job(job: Job, cache: dict[str, Compressor]) -> Done:
+    """What a worker process does with one job (``cache``: its compressors by rule identity and step)."""
     compressors = _compressors(cache, job.identity, job.steps)
     started = time.perf_counter()
     with cache_scope(job.scope):
@@ -153,7 +163,7 @@ def _serve(conn: Connection) -> None:
             conn.send(_warm(message, cache))
             continue
         try:
-            result: Done | Failed = _run(message, cache)
+            result: Done | Failed = run_job(message, cache)
         except CompressorError as exc:
             result = Failed(str(exc), compressor_error=True)
         except Exception as exc:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["encode_rewrite", "value_end"]
+__all__ = ["encode_rewrite", "past_space", "value_end"]
 
 _WS = re.compile(rb"[ \t\n\r]*")
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -33,7 +33,8 @@ class _NoSplice(Exception):
     """The original bytes do not line up with the parsed body."""
 
 
-def _skip_ws(data: bytes, pos: int) -> int:
+def past_space(data: bytes, pos: int) -> int:
+    """The index of the first byte at or after ``pos`` that is not JSON whitespace (no copy made)."""
     match = _WS.match(data, pos)
     return match.end() if match else pos
 
@@ -72,42 +73,42 @@ def value_end(data: bytes, pos: int) -> int:
 def _members(data: bytes, start: int) -> list[tuple[bytes, int, int]]:
     """``(key bytes, value start, value end)`` of the object at ``start``."""
     out: list[tuple[bytes, int, int]] = []
-    pos = _skip_ws(data, start + 1)
+    pos = past_space(data, start + 1)
     if data[pos : pos + 1] == b"}":
         return out
     while True:
         key = _STRING.match(data, pos)
         if key is None:
             raise _NoSplice
-        pos = _skip_ws(data, key.end())
+        pos = past_space(data, key.end())
         if data[pos : pos + 1] != b":":
             raise _NoSplice
-        begin = _skip_ws(data, pos + 1)
+        begin = past_space(data, pos + 1)
         end = value_end(data, begin)
         out.append((key.group(), begin, end))
-        pos = _skip_ws(data, end)
+        pos = past_space(data, end)
         if data[pos : pos + 1] == b"}":
             return out
         if data[pos : pos + 1] != b",":
             raise _NoSplice
-        pos = _skip_ws(data, pos + 1)
+        pos = past_space(data, pos + 1)
 
 
 def _items(data: bytes, start: int) -> list[tuple[int, int]]:
     """``(start, end)`` of each element of the array at ``start``."""
     out: list[tuple[int, int]] = []
-    pos = _skip_ws(data, start + 1)
+    pos = past_space(data, start + 1)
     if data[pos : pos + 1] == b"]":
         return out
     while True:
         end = value_end(data, pos)
         out.append((pos, end))
-        pos = _skip_ws(data, end)
+        pos = past_space(data, end)
         if data[pos : pos + 1] == b"]":
             return out
         if data[pos : pos + 1] != b",":
             raise _NoSplice
-        pos = _skip_ws(data, pos + 1)
+        pos = past_space(data, pos + 1)
 
 
 def _object(data: bytes, start: int, old: dict[str, Any], new: dict[str, Any], out: list[bytes]) -> None:
@@ -171,7 +172,7 @@ def _value(data: bytes, begin: int, end: int, old: Any, new: Any, out: list[byte
 
 def splice(data: bytes, old: dict[str, Any], new: dict[str, Any]) -> bytes:
     """``data`` (which parsed to ``old``) with the values that differ in ``new`` replaced."""
-    start = _skip_ws(data, 0)
+    start = past_space(data, 0)
     if data[start : start + 1] != b"{":
         raise _NoSplice
     out: list[bytes] = []
