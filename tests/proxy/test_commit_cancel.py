@@ -110,5 +110,6 @@ def test_a_request_cancelled_while_its_record_is_written_keeps_it(
     while not path.read_bytes().strip() and time.monotonic() < deadline:
         time.sleep(0.05)
     records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
-    # One record (the upstream had answered: its status, as for any client that left after that).
-    assert [(r["status"], r.get("client_disconnected")) for r in records] == [(200, True)]
+    # One record: the client left, so 499 (docs/audit.md), with the upstream's usage still billed in it.
+    assert [(r["status"], r.get("client_disconnected")) for r in records] == [(499, True)]
+    assert records[0]["usage"] is not None
