@@ -36,7 +36,7 @@ from proxy.metrics import Metrics
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule, Step
-from proxy.policy.query import QueryPlan, plan_query
+from proxy.policy.query import SHAPED, QueryPlan, plan_query
 from proxy.policy.steps import StepTrace
 from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
@@ -368,7 +368,7 @@ class PolicyRewriter:
             too_large = len(part.text) > self.max_part_chars and _all_model(rule)
             # The kept spans of a part depend on its own text only; the query on the whole request.
             compress = rule.action == "compress" and not too_large
-            keep = self._plan(policy, self._planning([part]), part).keep if compress else ()
+            keep = self._plan(policy, self._planning([part]), part, rule).keep if compress else ()
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
             chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
@@ -397,7 +397,7 @@ class PolicyRewriter:
             if chosen.form is not None:
                 continue
             rule = chosen.rule
-            plan = self._plan(policy, planning, chosen.part)
+            plan = self._plan(policy, planning, chosen.part, rule)
             key = wanted[i] = (rule.identity, chosen.part.text, plan)  # one job per distinct input
             if key not in jobs:
                 jobs[key] = Job(
@@ -438,10 +438,11 @@ class PolicyRewriter:
         question is there), since planning runs on the event loop."""
         return [p if len(p.text) <= self.max_part_chars else _tail(p) for p in parts]
 
-    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part) -> QueryPlan:
+    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part, rule: Rule) -> QueryPlan:
         """The query plan of ``part``, its kept spans in the offsets of its whole text."""
         clipped = len(part.text) > self.max_part_chars
-        plan = plan_query(policy.query, planning, _tail(part) if clipped else part)
+        shaped = any(step.compressor_name in SHAPED for step in rule.steps)
+        plan = plan_query(policy.query, planning, _tail(part) if clipped else part, shaped=shaped)
         return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
 
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:

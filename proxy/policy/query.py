@@ -9,11 +9,20 @@ it, and a short leading instruction paragraph are kept verbatim: only the text
 between them is compressed. ``query: {pattern: ...}`` takes the regex's group from
 the newest part it matches, with the same keep rule when the match sits in the
 compressed part.
+
+A tool output (a chat ``tool`` message, a Responses ``function_call_output``, an Anthropic
+``tool_result``), and a user message that a rule reads by shape (an observation of an agent
+without tool calling), gets the query of what the agent is after (:func:`tool_query`): the task,
+the assistant's words before the call, the call's name and arguments, and the lines of the last
+few outputs that pointed somewhere (failures, errors, ``file:line``). It is built from the parts
+*before* the output only, so it is the same on every turn that re-sends that output: the memo keys
+the form by the turn it was first sent in, and a replica with a cold memo remakes the same form.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,10 +32,38 @@ from compressors.tokenizer import tokenizer_for
 from proxy.apis import Part
 from proxy.policy.model import QuerySpec
 
-__all__ = ["Fit", "QueryPlan", "Run", "compress_around", "final_question", "plan_query", "whole"]
+__all__ = [
+    "SHAPED",
+    "Fit",
+    "QueryPlan",
+    "Run",
+    "compress_around",
+    "final_question",
+    "plan_query",
+    "tool_query",
+    "whole",
+]
 
 _MAX_QUERY_CHARS = 4000  # a whole message as the query: its end, where the question usually is
 _MAX_INSTRUCTION_CHARS = 1200
+TOOL_ROLES = frozenset({"tool", "function"})
+SHAPED = frozenset({"tooloutput"})  # compressors that read a part as a tool output by its shape
+# The tool query's pieces, each bounded, so a long task or a huge earlier output never makes the
+# query (which the shapes match every line against) big: about 3,000 characters at most.
+_TASK_HEAD, _TASK_TAIL = 500, 300  # an issue statement's title and first lines, and its end
+_WORDS_CHARS = 600  # the assistant's words just before the call
+_CALL_CHARS = 500
+_RECENT_OUTPUTS = 3
+_POINTERS_PER_OUTPUT = 6
+_POINTER_CHARS = 200
+# Lines of an earlier output that point somewhere: a test runner's failure lines, error lines,
+# and locations (``path.py:123``, ``File "x.py", line 9``).
+_POINTER = re.compile(
+    r"^.*(?:\b(?:FAILED|FAIL|ERROR|Error|Exception|error\[?|panic|Traceback)\b"
+    r"|[\w./-]+\.\w{1,5}:\d+|File \"[^\"]+\", line \d+).*$",
+    re.MULTILINE,
+)
+_SUMMARY = re.compile(r"^(?:FAILED|ERROR|FAIL)\b|^[\w./-]+\.\w{1,5}:\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +125,55 @@ def _pattern_plan(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPl
     return QueryPlan(None)
 
 
-def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPlan:
-    """The query to compress ``part`` with, given every part of the request."""
+def _clip(text: str, head: int, tail: int = 0) -> str:
+    text = text.strip()
+    if len(text) <= head + tail:
+        return text
+    return text[:head] + (" ... " + text[-tail:] if tail else "")
+
+
+def _pointers(text: str) -> list[str]:
+    """The lines of one output that point somewhere: failure summaries and bare locations first
+    (``FAILED tests/x.py::test_y``, ``src/a.py:12: error``), then other error lines; each once."""
+    found = dict.fromkeys(m.group(0).strip()[:_POINTER_CHARS] for m in _POINTER.finditer(text))
+    lines = [line for line in found if line]
+    ranked = sorted(range(len(lines)), key=lambda k: (not _SUMMARY.match(lines[k]), k))
+    return [lines[k] for k in sorted(ranked[:_POINTERS_PER_OUTPUT])]
+
+
+def tool_query(parts: Sequence[Part], part: Part) -> str | None:
+    """What the agent is after when it reads ``part`` (a tool output or an observation): built
+    from ``part``'s call and the parts before it, never from ``part`` itself or what follows."""
+    at = next((k for k, p in enumerate(parts) if p.path == part.path), len(parts))
+    before = parts[:at]
+    observation = part.role not in TOOL_ROLES
+    # Text blocks beside tool_results (an agent's reminders) are not the task.
+    hosts = {p.message for p in before if p.role in TOOL_ROLES}
+    users = [p for p in before if p.role == "user" and p.message not in hosts and p.text.strip()]
+    # An agent without tool calling sends observations as user messages: its task is the first.
+    task = users[0] if observation and users else (users[-1] if users else None)
+    pieces: list[str] = []
+    if task is not None:
+        pieces.append("Task: " + _clip(task.text, _TASK_HEAD, _TASK_TAIL))
+    words = next((p for p in reversed(before) if p.role == "assistant" and p.text.strip()), None)
+    if words is not None and words.turn == part.turn:  # the reply that made the call
+        pieces.append("Assistant: " + words.text.strip()[-_WORDS_CHARS:])
+    if part.tool_name or part.tool_arguments:
+        pieces.append("Call: " + _clip(f"{part.tool_name or ''} {part.tool_arguments or ''}", _CALL_CHARS))
+    outputs = [p for p in before if p.role in TOOL_ROLES or (observation and p.role == "user" and p is not task)]
+    pointed = dict.fromkeys(line for p in outputs[-_RECENT_OUTPUTS:] for line in _pointers(p.text))
+    if pointed:
+        pieces.append("Recent:\n" + "\n".join(pointed))
+    return "\n".join(pieces) or None
+
+
+def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part, *, shaped: bool = False) -> QueryPlan:
+    """The query to compress ``part`` with, given every part of the request. ``shaped``: the
+    part's rule reads tool outputs by shape, so a user message it matches is an observation."""
     if spec.kind == "pattern":
         return _pattern_plan(spec, parts, part)
+    if part.role in TOOL_ROLES or (shaped and part.role == "user"):
+        return QueryPlan(tool_query(parts, part))
     user = [p for p in parts if p.last_user]
     if not user:
         return QueryPlan(None)
