@@ -36,7 +36,7 @@ from proxy.metrics import Metrics
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule, Step
-from proxy.policy.query import SHAPED, QueryPlan, plan_query
+from proxy.policy.query import POINTER_SCAN_CHARS, SHAPED, TOOL_ROLES, QueryPlan, plan_query, pointers_of
 from proxy.policy.steps import StepTrace
 from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.store.base import SharedStore
@@ -47,6 +47,7 @@ log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
+_POINTERS_BYTES = 4 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
 # Huge texts are counted in pieces: one tiktoken call holds the GIL while it builds its list of
 # ids (about 130 ms for 30 MB), so pieces of this size let the event loop in between.
@@ -140,6 +141,8 @@ class PolicyRewriter:
             metrics=metrics,
         )
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
+        # The lines each earlier tool output points at (tool queries), scanned once per text.
+        self._pointers: Memo[tuple[str, ...]] = Memo(max_bytes=_POINTERS_BYTES)
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -436,14 +439,28 @@ class PolicyRewriter:
     def _planning(self, parts: Sequence[Part]) -> list[Part]:
         """What query planning reads: only the tail of a part above ``max_part_chars`` (its
         question is there), since planning runs on the event loop."""
-        return [p if len(p.text) <= self.max_part_chars else _tail(p) for p in parts]
+        return [p if len(p.text) <= self.max_part_chars else _tail(p, _scan_chars(p)) for p in parts]
 
     def _plan(self, policy: Policy, planning: Sequence[Part], part: Part, rule: Rule) -> QueryPlan:
         """The query plan of ``part``, its kept spans in the offsets of its whole text."""
         clipped = len(part.text) > self.max_part_chars
         shaped = any(step.compressor_name in SHAPED for step in rule.steps)
-        plan = plan_query(policy.query, planning, _tail(part) if clipped else part, shaped=shaped)
+        plan = plan_query(
+            policy.query,
+            planning,
+            _tail(part) if clipped else part,
+            shaped=shaped,
+            pointers=self._pointers_of,
+        )
         return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
+
+    def _pointers_of(self, text: str) -> tuple[str, ...]:
+        key = text_digest(text)
+        found = self._pointers.get(key)
+        if found is None:
+            found = pointers_of(text)
+            found = self._pointers.setdefault(key, found, size=200 + sum(len(line) for line in found))
+        return found
 
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
@@ -551,8 +568,14 @@ def _all_model(rule: Rule) -> bool:
     return all(step.compressor.cost_class == "model" for step in rule.steps)
 
 
-def _tail(part: Part) -> Part:
-    return dataclasses.replace(part, text=part.text[-_QUERY_TAIL_CHARS:])
+def _tail(part: Part, chars: int = _QUERY_TAIL_CHARS) -> Part:
+    return dataclasses.replace(part, text=part.text[-chars:])
+
+
+def _scan_chars(part: Part) -> int:
+    """What planning reads of a big part: a tool output's failures may sit mid-way (``pytest -v``
+    without a summary), and scanning its lines for them is cheap; a question is at the end."""
+    return POINTER_SCAN_CHARS if part.role in TOOL_ROLES else _QUERY_TAIL_CHARS
 
 
 def _count(tokenizer: Tokenizer, text: str) -> int:

@@ -33,13 +33,17 @@ from proxy.apis import Part
 from proxy.policy.model import QuerySpec
 
 __all__ = [
+    "POINTER_SCAN_CHARS",
     "SHAPED",
+    "TOOL_ROLES",
     "Fit",
+    "Pointers",
     "QueryPlan",
     "Run",
     "compress_around",
     "final_question",
     "plan_query",
+    "pointers_of",
     "tool_query",
     "whole",
 ]
@@ -53,17 +57,22 @@ SHAPED = frozenset({"tooloutput"})  # compressors that read a part as a tool out
 _TASK_HEAD, _TASK_TAIL = 500, 300  # an issue statement's title and first lines, and its end
 _WORDS_CHARS = 600  # the assistant's words just before the call
 _CALL_CHARS = 500
-_RECENT_OUTPUTS = 3
-_POINTERS_PER_OUTPUT = 6
+_RECENT_OUTPUTS = 6
+_POINTERS_PER_OUTPUT = 8
 _POINTER_CHARS = 200
-# Lines of an earlier output that point somewhere: a test runner's failure lines, error lines,
-# and locations (``path.py:123``, ``File "x.py", line 9``).
+_POINTER_TOTAL = 1500
+# Lines of an earlier output that point somewhere, surest first: a test runner's failures, then
+# error messages (``AssertionError: ...``, ``error: ...``, ``panic: ...``), then locations
+# (``src/a.py:12``, ``File "x.py", line 9``; an address like ``127.0.0.1:8000`` is none). Words
+# like Error inside source lines (``class RangeError(Exception):``) are not pointers.
 _POINTER = re.compile(
-    r"^.*(?:\b(?:FAILED|FAIL|ERROR|Error|Exception|error\[?|panic|Traceback)\b"
-    r"|[\w./-]+\.\w{1,5}:\d+|File \"[^\"]+\", line \d+).*$",
-    re.MULTILINE,
+    r"(?P<t0>\b(?:FAILED|FAIL|ERROR)\b)"
+    r"|(?P<t1>(?:Error|Exception|Failure): \S|\berror(?:\[[\w-]+\])?: |\bpanic: )"
+    r"|(?P<t2>\w\.[A-Za-z]\w{0,4}:\d+|File \"[^\"\n]+\", line \d+)"
 )
-_SUMMARY = re.compile(r"^(?:FAILED|ERROR|FAIL)\b|^[\w./-]+\.\w{1,5}:\d+")
+_TIERS = ("t0", "t1", "t2")
+Pointers = Callable[[str], Sequence[str]]
+POINTER_SCAN_CHARS = 200_000  # what is read of an earlier output (its end), on the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +141,31 @@ def _clip(text: str, head: int, tail: int = 0) -> str:
     return text[:head] + (" ... " + text[-tail:] if tail else "")
 
 
-def _pointers(text: str) -> list[str]:
-    """The lines of one output that point somewhere: failure summaries and bare locations first
-    (``FAILED tests/x.py::test_y``, ``src/a.py:12: error``), then other error lines; each once."""
-    found = dict.fromkeys(m.group(0).strip()[:_POINTER_CHARS] for m in _POINTER.finditer(text))
-    lines = [line for line in found if line]
-    ranked = sorted(range(len(lines)), key=lambda k: (not _SUMMARY.match(lines[k]), k))
-    return [lines[k] for k in sorted(ranked[:_POINTERS_PER_OUTPUT])]
+def pointers_of(text: str) -> tuple[str, ...]:
+    """The lines of one output that point somewhere (``_POINTER``), surest first, each once: one
+    regex pass over the text (a line is ranked by its first match)."""
+    text = text[-POINTER_SCAN_CHARS:]
+    tiers: dict[str, dict[str, None]] = {tier: {} for tier in _TIERS}
+    done = -1  # the end of the last line taken: one match per line
+    for match in _POINTER.finditer(text):
+        if match.start() < done:
+            continue
+        start = text.rfind("\n", 0, match.start()) + 1
+        end = text.find("\n", match.end())
+        done = end = len(text) if end < 0 else end
+        tier = tiers[str(match.lastgroup)]
+        if len(tier) < _POINTERS_PER_OUTPUT:
+            tier.setdefault(text[start:end].strip()[:_POINTER_CHARS])
+        elif all(len(t) >= _POINTERS_PER_OUTPUT for t in tiers.values()):
+            break
+    found = [line for tier in tiers.values() for line in tier if line]
+    return tuple(dict.fromkeys(found))[:_POINTERS_PER_OUTPUT]
 
 
-def tool_query(parts: Sequence[Part], part: Part) -> str | None:
+def tool_query(parts: Sequence[Part], part: Part, pointers: Pointers = pointers_of) -> str | None:
     """What the agent is after when it reads ``part`` (a tool output or an observation): built
-    from ``part``'s call and the parts before it, never from ``part`` itself or what follows."""
+    from ``part``'s call and the parts before it, never from ``part`` itself or what follows.
+    ``pointers`` is :func:`pointers_of`, or a cached twin (the engine scans an output once)."""
     at = next((k for k, p in enumerate(parts) if p.path == part.path), len(parts))
     before = parts[:at]
     observation = part.role not in TOOL_ROLES
@@ -160,20 +182,32 @@ def tool_query(parts: Sequence[Part], part: Part) -> str | None:
         pieces.append("Assistant: " + words.text.strip()[-_WORDS_CHARS:])
     if part.tool_name or part.tool_arguments:
         pieces.append("Call: " + _clip(f"{part.tool_name or ''} {part.tool_arguments or ''}", _CALL_CHARS))
-    outputs = [p for p in before if p.role in TOOL_ROLES or (observation and p.role == "user" and p is not task)]
-    pointed = dict.fromkeys(line for p in outputs[-_RECENT_OUTPUTS:] for line in _pointers(p.text))
-    if pointed:
-        pieces.append("Recent:\n" + "\n".join(pointed))
+    outputs = [
+        p for p in before if p.role in TOOL_ROLES or (observation and p.role == "user" and p is not task)
+    ]
+    pointed: dict[str, None] = {}
+    for output in reversed(outputs[-_RECENT_OUTPUTS:]):  # the newest output first
+        pointed.update(dict.fromkeys(pointers(output.text)))
+    recent = "\n".join(pointed)[:_POINTER_TOTAL]
+    if recent:
+        pieces.append("Recent:\n" + recent)
     return "\n".join(pieces) or None
 
 
-def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part, *, shaped: bool = False) -> QueryPlan:
+def plan_query(
+    spec: QuerySpec,
+    parts: Sequence[Part],
+    part: Part,
+    *,
+    shaped: bool = False,
+    pointers: Pointers = pointers_of,
+) -> QueryPlan:
     """The query to compress ``part`` with, given every part of the request. ``shaped``: the
     part's rule reads tool outputs by shape, so a user message it matches is an observation."""
     if spec.kind == "pattern":
         return _pattern_plan(spec, parts, part)
     if part.role in TOOL_ROLES or (shaped and part.role == "user"):
-        return QueryPlan(tool_query(parts, part))
+        return QueryPlan(tool_query(parts, part, pointers))
     user = [p for p in parts if p.last_user]
     if not user:
         return QueryPlan(None)

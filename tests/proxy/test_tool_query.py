@@ -19,7 +19,7 @@ from proxy.apis import CHAT, MESSAGES, RESPONSES, Part
 from proxy.exchange import Exchange
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, QuerySpec, load_policy
-from proxy.policy.query import plan_query, tool_query
+from proxy.policy.query import plan_query, pointers_of, tool_query
 
 ROOT = Path(__file__).resolve().parents[2]
 READ = (ROOT / "bench/cases/tooloutput/httpx_client_cat_n.txt").read_text()
@@ -216,3 +216,21 @@ async def test_without_the_earlier_failure_the_line_is_not_kept(tmp_path: Path) 
         assert LINE not in done.body["messages"][3]["content"].splitlines()
     finally:
         rewriter.close()
+
+
+def test_pointers_are_failures_then_errors_then_locations_and_not_addresses_or_source() -> None:
+    text = "\n".join(
+        [
+            '2026-12-07 07:23:17,029 INFO    uvicorn.access: 127.0.0.1:49522 - "POST /login HTTP/1.1" 500',
+            "   284\tclass MalformedRangeHeader(Exception):",
+            "    except OSError:",
+            "starlette/responses.py:107: in set_cookie",
+            "E   http.cookies.CookieError: Invalid attribute 'max_age'",
+            "tests/test_responses.py::test_set_cookie[asyncio] FAILED                 [ 56%]",
+        ]
+    )
+    assert pointers_of(text) == (
+        "tests/test_responses.py::test_set_cookie[asyncio] FAILED                 [ 56%]",
+        "E   http.cookies.CookieError: Invalid attribute 'max_age'",
+        "starlette/responses.py:107: in set_cookie",
+    )
