@@ -252,9 +252,15 @@ def report(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "tooloutput_proxy.md")
+    parser.add_argument("--dump", type=Path, help="write each forwarded output here (<case>.<route>.txt)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tooloutput-proxy-"))
-    text = report(run(folder))
+    rows = run(folder)
+    if args.dump is not None:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            (args.dump / f"{row.case}.{row.route}.txt").write_text(row.forwarded, encoding="utf-8")
+    text = report(rows)
     print(text)
     args.out.write_text(text, encoding="utf-8")
 
