@@ -81,6 +81,23 @@ def cases() -> list[Case]:
     return out
 
 
+def session_cases(min_chars: int = 800) -> list[Case]:
+    """Each step output of the long real sessions (bench/sessions) as a case of its own: the
+    session's task, the step's call, its facts (the latency check on the biggest real outputs)."""
+    from bench.sessions.shapes import load, names
+
+    out = []
+    for name in names():
+        session = load(name)
+        for step in session["steps"]:
+            if len(step["output"]) >= min_chars:
+                case = f"{name}#{step['n']} `{step['command'][:40]}`"
+                out.append(
+                    Case(case, step["output"], session["task"], step["tool"], step["args"], step["facts"])
+                )
+    return out
+
+
 def _config(folder: Path, upstream: str) -> Path:
     (folder / "policies").mkdir()
     shutil.copy(REPO / "policies" / "agents.yaml", folder / "policies" / "agents.yaml")
@@ -157,7 +174,7 @@ def forwarded_output(body: dict[str, Any]) -> str:
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
-def run(folder: Path) -> list[Row]:
+def run(folder: Path, chosen: list[Case]) -> list[Row]:
     upstream = FakeUpstream()
     server = ServerThread(upstream).start()
     port = free_port()
@@ -172,7 +189,7 @@ def run(folder: Path) -> list[Row]:
         _wait_ready(url)
         chat = openai.OpenAI(base_url=url + "/v1", api_key="sk-bench", max_retries=0, timeout=120)
         claude = anthropic.Anthropic(base_url=url, api_key="sk-ant-bench", max_retries=0, timeout=120)
-        for case in cases():
+        for case in chosen:
             sent.append((case, "chat", send_chat(chat, case), upstream.last().json()))
             sent.append((case, "messages", send_messages(claude, case), upstream.last().json()))
     finally:
@@ -214,11 +231,11 @@ def _excerpt(text: str, lines: int = 3) -> str:
     return "<br>".join(f"`{line.replace('|', '/').replace('`', ' ')}`" for line in out)
 
 
-def report(rows: list[Row]) -> str:
+def report(rows: list[Row], title: str) -> str:
     out = [
-        "## Through the proxy: the shipped `agents` policy on `tersegate serve` (chat and Messages)",
+        title,
         "",
-        "`PYTHONPATH=. python bench/tooloutput_proxy.py`: each case sent as an agent sends it (task, the",
+        "`PYTHONPATH=. python bench/tooloutput_proxy.py [--sessions]`: each case sent as an agent sends it (task, the",
         "assistant's tool call, the output) with the official `openai` SDK on `/v1/chat/completions` (`tool`",
         "message) and the `anthropic` SDK on `/v1/messages` (`tool_result`), through a real `tersegate serve`",
         "with policies/agents.yaml unchanged (300 ms latency budget) to tests/fake_upstream.py, which records",
@@ -253,14 +270,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "tooloutput_proxy.md")
     parser.add_argument("--dump", type=Path, help="write each forwarded output here (<case>.<route>.txt)")
+    parser.add_argument(
+        "--sessions", action="store_true", help="also every step output of bench/sessions (800+ chars)"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="tooloutput-proxy-"))
-    rows = run(folder)
+    chosen = cases() + (session_cases() if args.sessions else [])
+    rows = run(folder, chosen)
     if args.dump is not None:
         args.dump.mkdir(parents=True, exist_ok=True)
         for row in rows:
-            (args.dump / f"{row.case}.{row.route}.txt").write_text(row.forwarded, encoding="utf-8")
-    text = report(rows)
+            name = re.sub(r"[^\w.#-]+", "_", row.case)
+            (args.dump / f"{name}.{row.route}.txt").write_text(row.forwarded, encoding="utf-8")
+    title = "## Through the proxy: the shipped `agents` policy on `tersegate serve` (chat and Messages)"
+    text = report([r for r in rows if "#" not in r.case], title)
+    if args.sessions:
+        text += "\n" + report(
+            [r for r in rows if "#" in r.case], "## The same, every step output of bench/sessions"
+        )
     print(text)
     args.out.write_text(text, encoding="utf-8")
 

@@ -18,6 +18,7 @@ from harness import MakeProxy, Upstream
 from samples import write_agent_trace
 
 import evaldata
+from compressors.markers import find_markers
 from compressors.tokenizer import tokenizer_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,7 +57,10 @@ def shipped(*names: str) -> dict[str, str]:
 @pytest.fixture
 def proxy(make_proxy: MakeProxy) -> Any:
     teams = {name: {"policy": name} for name in ("default", "agents", "support")}
-    running = make_proxy({"teams": teams}, policies=shipped("default", "agents", "support"))
+    policies = shipped("default", "agents", "support")
+    # A SWE-agent trace's outputs are mostly under the shipped 3,000-token target: a smaller one.
+    policies["agents"] = policies["agents"].replace("max_tokens: 3000", "max_tokens: 400")
+    running = make_proxy({"teams": teams}, policies=policies)
     assert running.services is not None
     assert running.services.rewriter.warmed.wait(120)  # type: ignore[attr-defined]
     return running
@@ -96,7 +100,9 @@ def test_agents_policy_shrinks_tool_outputs_and_nothing_else(
             }
             before, after = COUNT(original["content"]), COUNT(out["content"])
             assert after <= before
-            if original["role"] == "tool" and before >= 2000:
-                assert after <= 0.5 * before * 1.05  # truncate middle-out at rate 0.5 (max 2,000)
+            # tooloutput removes and marks: every line it keeps is a line of the original.
+            lines = set(original["content"].splitlines())
+            kept = [line for line in out["content"].splitlines() if not find_markers(line)]
+            assert all(line in lines for line in kept)
             saved += before - after
     assert saved > 1000
