@@ -206,6 +206,7 @@ class PolicyCompression:
             memo_bytes=1 << 28,
             workers=2,
             max_part_chars=max_part_chars,
+            prices=PriceBook(),  # history compaction prices its batches (docs/compaction.md)
         )
         self.fail_open: dict[str, int] = {}
         self.compress_ms: dict[str, float] = {}

@@ -135,7 +135,8 @@ def serve_replays(sessions: list[Session], apis: list[str], labels: list[str]) -
     invoice: dict[str, dict[str, float]] = {api: {} for api in apis}
     for _, scope, usage in upstream.served:
         key, model, _ = scope.split("|")
-        label = next(lb for lb in labels if key.startswith(f"Bearer sk-{lb}-"))
+        # The longest label first: "agents-nocompact-<session>" also starts with "agents-".
+        label = next(lb for lb in sorted(labels, key=len, reverse=True) if key.startswith(f"Bearer sk-{lb}-"))
         api = api_of[model]
         invoice[api][label] = invoice[api].get(label, 0.0) + billed(usage, price_of(api))[0]
     audit: dict[str, dict[str, tuple[float, float]]] = {api: {} for api in apis}

@@ -48,12 +48,12 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     return {"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": value}
 
 
-def _history(path: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(system, messages, tools)`` of a trace; each message holds a list of blocks."""
+def _history(path: Path | list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(system, messages, tools)`` of a trace (or of chat messages); each message holds a list of blocks."""
     system: list[str] = []
     messages: list[dict[str, Any]] = []
     names: dict[str, None] = {}
-    for m in evaldata.agent_messages(path):
+    for m in evaldata.agent_messages(path) if isinstance(path, Path) else path:
         role, text = m["role"], m.get("content") or ""
         text = text if isinstance(text, str) else json.dumps(text)
         if role == "system":
@@ -83,7 +83,7 @@ def _history(path: Path) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]
     return "\n\n".join(system), messages, tools
 
 
-def turns(path: Path) -> list[dict[str, Any]]:
+def turns(path: Path | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The request bodies the client sends, one per assistant reply."""
     system, messages, tools = _history(path)
     bodies = []

@@ -18,6 +18,7 @@ ORDER = (
     "policy",
     "cost",
     "anthropic",
+    "compaction",
     "memo",
     "audit",
     "workers",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quality_tokens import normalize_answer
+
 from compressors.base import Target
 from compressors.bm25 import Bm25Index, terms
 from compressors.preserve import PreserveSpec
@@ -35,7 +37,7 @@ import evaldata
 RESULTS = Path(__file__).resolve().parent / "results" / "quality_relevance.md"
 SEED = 20240103
 DOCUMENTS = 20
-NQ_RATES = (0.25, 0.125)
+NQ_RATES = (0.25, 0.125, 0.0625)
 KV_RATE = 0.1
 # The default preserve spec: the KV prompt is one JSON object, whose members are selected whole.
 KV_PRESERVE = PreserveSpec.default()
@@ -45,6 +47,9 @@ KV_PRESERVE = PreserveSpec.default()
 class Case:
     prompt: str
     gold: str  # text that must survive
+    answers: tuple[
+        str, ...
+    ] = ()  # NQ: any of these (normalized) in the kept documents counts as "answer kept"
 
 
 def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
@@ -73,7 +78,7 @@ def nq_cases(limit: int | None, seed: int = SEED) -> list[Case]:
         lines = [f"Document [{i + 1}](Title: {title}) {text}" for i, (title, text) in enumerate(chosen)]
         gold_line = lines[chosen.index(gold)]
         prompt = evaldata.qa_prompt(lines, row["question"])
-        cases.append(Case(prompt, gold_line))
+        cases.append(Case(prompt, gold_line, tuple(a for a in row["answers"] if a.strip())))
     return cases
 
 
@@ -115,7 +120,7 @@ def _measure(
 ) -> dict[str, Any]:
     compressor = Relevance({"scorer": scorer, **(options or {})})
     target = Target(rate=rate)
-    kept = 0
+    kept = answered = 0
     met = 0
     ratios: list[float] = []
     millis: list[float] = []
@@ -124,6 +129,8 @@ def _measure(
         result = compressor.compress(case.prompt, target=target, preserve=preserve, model="gpt-4o")
         millis.append((time.perf_counter() - started) * 1000)
         kept += case.gold in result.text
+        documents = normalize_answer(result.text.rsplit("Question:", 1)[0])
+        answered += any(normalize_answer(a) in documents for a in case.answers)
         met += result.target_met
         ratios.append(result.ratio)
     label = "/".join([scorer, *(f"{k}={v}" for k, v in (options or {}).items())])
@@ -134,6 +141,7 @@ def _measure(
         "cases": len(cases),
         "gold_kept": kept,
         "share": round(kept / len(cases), 4),
+        "answer": round(answered / len(cases), 4) if any(case.answers for case in cases) else "-",
         "target_met": round(met / len(cases), 4),
         "mean_ratio": round(statistics.fmean(ratios), 4),
         "median_ms": round(statistics.median(millis), 2),
@@ -168,6 +176,7 @@ def speed(scorer: str, repeats: int = 7) -> dict[str, Any]:
         "cases": repeats,
         "gold_kept": "-",
         "share": "-",
+        "answer": "-",
         "target_met": "-",
         "mean_ratio": f"{median / tokens * 1000:.2f} ms/1k tok",
         "median_ms": round(median, 2),
@@ -200,13 +209,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    keys = ("task", "scorer", "rate", "cases", "gold_kept", "share", "target_met", "mean_ratio", "median_ms")
+    keys = (
+        "task",
+        "scorer",
+        "rate",
+        "cases",
+        "gold_kept",
+        "share",
+        "answer",
+        "target_met",
+        "mean_ratio",
+        "median_ms",
+    )
     return "| " + " | ".join(str(row[key]) for key in keys) + " |"
 
 
 def table(rows: list[dict[str, Any]]) -> Iterator[str]:
-    yield "| task | scorer | rate | cases | gold kept | share | target met | mean kept/orig | median ms |"
-    yield "|---|---|---|---|---|---|---|---|---|"
+    yield "| task | scorer | rate | cases | gold kept | share | answer kept | target met | mean kept/orig | median ms |"
+    yield "|---|---|---|---|---|---|---|---|---|---|"
     for row in rows:
         yield _format_row(row)
 

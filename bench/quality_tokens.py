@@ -32,6 +32,7 @@ import evaldata
 
 NQ = evaldata.path(evaldata.NQ)
 GSM8K = evaldata.path(evaldata.GSM8K_PROMPT)
+GSM8K_TEST = "gsm8k/gsm8k_test.jsonl"  # the new questions asked after the 8-shot prompt
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _ANSWER_LINE = re.compile(r"The answer is (\S+)")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -128,11 +129,83 @@ def run_gsm8k(compressor: Tokens, rate: float) -> dict[str, Any]:
     }
 
 
+def gsm8k_prompts(questions: int) -> list[tuple[str, str]]:
+    """``(prompt, new question line)``: the 8-shot prompt, then a GSM8K test question to answer."""
+    demos = GSM8K.read_text(encoding="utf-8").rstrip()
+    rows = evaldata.jsonl(GSM8K_TEST, questions)
+    asked = [f"Question: {row['question']}\nLet's think step by step" for row in rows]
+    return [(f"{demos}\n\n{line}\n", line) for line in asked]
+
+
+def run_gsm8k_templates(compressor: Tokens, rate: float, questions: int) -> dict[str, Any]:
+    """Per demonstration of 8-shot prompts with a new question: its ``The answer is N`` line verbatim."""
+    answers = _ANSWER_LINE.findall(GSM8K.read_text(encoding="utf-8"))
+    kept = numbers = total = 0
+    ratios: list[float] = []
+    for prompt, _ in gsm8k_prompts(questions):
+        result = compressor.compress(prompt, target=Target(rate=rate), model="gpt-4o")
+        lines = set(result.text.splitlines())
+        kept += sum(f"The answer is {a}" in lines for a in answers)
+        numbers += sum(a in _NUMBER.findall(result.text) for a in answers)
+        total += len(answers)
+        ratios.append(result.ratio)
+    return {
+        "bench": "gsm8k 8-shot + new question: 'The answer is N' lines kept verbatim",
+        "rate": rate,
+        "demonstrations": total,
+        "answer_lines_kept": f"{kept}/{total}",
+        "share": round(kept / total, 4),
+        "final_numbers_kept": f"{numbers}/{total}",
+        "achieved_rate": round(statistics.fmean(ratios), 4),
+    }
+
+
+def _segments(text: str) -> list[str]:
+    """The output cut at each line opening with ``Question:`` (one segment per example, the last asks)."""
+    starts = [m.start() for m in re.finditer(r"^Question:", text, re.MULTILINE)]
+    return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def run_gsm8k_coarse(questions: int, divisor: int = 20) -> dict[str, Any]:
+    """``examples: select`` at 1/``divisor`` of the demonstrations' tokens (the new question on top,
+    verbatim): complete demonstrations, fragments, and the new question intact."""
+    compressor = Tokens({"examples": "select"})
+    demos_tokens = _TOKENIZER.count(GSM8K.read_text(encoding="utf-8").rstrip())
+    complete_cases = fragment_cases = verbatim = 0
+    kept_tokens: list[int] = []
+    prompts = gsm8k_prompts(questions)
+    for prompt, line in prompts:
+        budget = round(demos_tokens / divisor) + _TOKENIZER.count(f"\n\n{line}\n")
+        result = compressor.compress(prompt, target=Target(max_tokens=budget), model="gpt-4o")
+        segments = _segments(result.text)
+        verbatim += bool(segments) and segments[-1].strip() == line
+        examples = segments[:-1]
+        complete = [
+            s
+            for s in examples
+            if "Let's think step by step" in s and _ANSWER_LINE.search(s) and s.count("\n") >= 3
+        ]
+        complete_cases += len(complete) >= 1
+        fragment_cases += len(complete) < len(examples)
+        kept_tokens.append(result.tokens_after)
+    return {
+        "bench": f"gsm8k coarse-to-fine at 1/{divisor} of the demonstrations (+ new question verbatim)",
+        "prompts": len(prompts),
+        "with_a_complete_demonstration": f"{complete_cases}/{len(prompts)}",
+        "with_a_fragment": f"{fragment_cases}/{len(prompts)}",
+        "new_question_verbatim": f"{verbatim}/{len(prompts)}",
+        "demonstrations_tokens": demos_tokens,
+        "median_tokens_after": statistics.median(kept_tokens),
+    }
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     compressor = Tokens({"scorer": args.scorer})
     rows = nq_rows(args.limit)
     results = [run_nq(compressor, rows, rate) for rate in args.rates]
     results.append(run_gsm8k(compressor, 0.5))
+    results.append(run_gsm8k_templates(compressor, 0.5, args.gsm8k_questions))
+    results.append(run_gsm8k_coarse(args.gsm8k_questions))
     return results
 
 
@@ -141,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.33])
     parser.add_argument("--scorer", default="selfinfo")
     parser.add_argument("--limit", type=int, default=None, help="first N NQ rows only")
+    parser.add_argument(
+        "--gsm8k-questions", type=int, default=20, help="new questions after the 8-shot prompt"
+    )
     args = parser.parse_args(argv)
     if not NQ.exists():
         print(f"evaldata missing: {NQ}", file=sys.stderr)

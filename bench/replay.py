@@ -72,6 +72,12 @@ def write_config(folder: Path, upstream_url: str) -> Path:
         (folder / "policies" / f"{name}.yaml").write_text(yaml.safe_dump(policy), encoding="utf-8")
     for name, age in STRAWMEN.items():
         (folder / "policies" / f"{name}.yaml").write_text(HALVE.format(name=name, age=age), encoding="utf-8")
+    return serve_config(folder, upstream_url, (*SHIPPED, *STRAWMEN))
+
+
+def serve_config(folder: Path, upstream_url: str, policies: tuple[str, ...]) -> Path:
+    """config.yaml for the in-process proxy: team ``none`` passes through, each policy in
+    ``folder/policies`` is its own team; the audit goes to ``folder/audit.jsonl``."""
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "auth": "passthrough",
@@ -79,7 +85,7 @@ def write_config(folder: Path, upstream_url: str) -> Path:
         "upstreams": {"fake": {"base_url": upstream_url, "api_key_env": "NO_KEY", "timeout_s": 300}},
         "default_upstream": "fake",
         "policies_dir": str(folder / "policies"),
-        "teams": {"none": {}, **{name: {"policy": name} for name in (*SHIPPED, *STRAWMEN)}},
+        "teams": {"none": {}, **{name: {"policy": name} for name in policies}},
         "audit": {"path": str(folder / "audit.jsonl")},
     }
     path = folder / "config.yaml"

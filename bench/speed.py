@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         f"documents {counts['documents']} tokens (all candidate units; relevance rows); model {MODEL}, "
         f"target rate 0.5, {args.repeats} repeats"
     )
-    print(f"load average {os.getloadavg()[0]:.2f}")
+    from compressors.cpu import cpu_info
+
+    # The fastest int8 runtime differs between CPUs (AVX-512 VNNI or not): say which this was.
+    print(f"cpu: {cpu_info().describe()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
     print(f"{'compressor':<32}{'ms total':>10}{'ms/1k tok':>11}{'bar':>7}  verdict")
     for name in args.only or list(ROWS):
         registry_name, options, bar = ROWS[name]

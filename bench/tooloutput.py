@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -136,6 +137,9 @@ def report(rows: list[Row], big: list[tuple[str, float, float, float]], budget: 
     out += [
         "",
         "## ~2 MB inputs (each case repeated), one call against one token count of the same text",
+        "",
+        f"Load average when this ran: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared machine:",
+        "read the ratio; the call counts the input once, so 1 is the floor).",
         "",
         "| case | MB | tooloutput ms (count included) | one tokenizer.count ms | ratio |",
         "|---|---:|---:|---:|---:|",

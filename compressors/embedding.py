@@ -52,8 +52,11 @@ __all__ = [
     "verify",
 ]
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino-int8")
-DEFAULT_BACKEND = "openvino-int8"
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8", "openvino-int8")
+# auto: the faster of openvino-int8 and onnx-int8 on this CPU, timed when the model loads.
+DEFAULT_BACKEND = "auto"
+_AUTO_CANDIDATES = ("openvino-int8", "onnx-int8")
+_PROBE_TEXTS = 16
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +136,27 @@ def _exported(model: str, sha256: str | None, backend: str) -> PooledEncoder | N
     return None
 
 
+def _auto(model: str, sha256: str | None) -> PooledEncoder | None:
+    """The fastest int8 runtime that loads here (:func:`compressors.cpu.fastest`), else what falls back."""
+    from compressors.cpu import fastest
+    from compressors.openvino_build import calibration_texts
+
+    loaded: dict[str, PooledEncoder] = {}
+    for backend in _AUTO_CANDIDATES:
+        runtime = _exported(model, sha256, backend)
+        if runtime is not None and type(runtime) not in {type(r) for r in loaded.values()}:
+            loaded[backend] = runtime
+    if not loaded:
+        return None
+    texts = calibration_texts()[:_PROBE_TEXTS]
+    candidates = {name: (lambda t, r=runtime: r.encode(t, batch_size=32)) for name, runtime in loaded.items()}
+    return loaded[fastest(candidates, texts)]
+
+
 def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loaded:
     if sha256 is not None:
         verify(model, sha256)
-    runtime = _exported(model, sha256, backend)
+    runtime = _auto(model, sha256) if backend == "auto" else _exported(model, sha256, backend)
     if runtime is not None:
         return _Loaded(None, cache_size=cache_size, runtime=runtime)
     return _Loaded(torch_model(model), cache_size=cache_size)
@@ -149,10 +169,11 @@ class Embedder:
     all-MiniLM-L6-v2, verified against :data:`DEFAULT_MODEL_SHA256`. ``sha256``: the
     expected hash of the model's ``model.safetensors`` (checked on load). ``long_units``:
     ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
-    every window of a long text and keeps the best similarity. ``backend``: ``torch``
-    (sentence-transformers), ``onnx`` (ONNX Runtime, fp32), ``onnx-int8`` (ONNX Runtime,
-    int8 weights) or ``openvino-int8`` (OpenVINO, weights and activations int8: the
-    fastest on CPU, cosine >= 0.99 to torch). The exported backends need verified
+    every window of a long text and keeps the best similarity. ``backend``: ``auto`` (the
+    faster of ``openvino-int8`` and ``onnx-int8`` on this CPU, timed once when the model
+    loads and logged), ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, fp32),
+    ``onnx-int8`` (ONNX Runtime, int8 weights) or ``openvino-int8`` (OpenVINO, weights and
+    activations int8; cosine >= 0.99 to torch). The exported backends need verified
     weights and their runtime installed; when one cannot run, the next one down
     (openvino-int8, onnx-int8, torch) is used, logged once.
     """

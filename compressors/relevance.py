@@ -10,17 +10,19 @@ most relevant at the beginning and the end, against lost-in-the-middle).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from compressors.base import Ask, Compressed, Compressor, Cost, Decision, OptionsError
-from compressors.bm25 import bm25_scores
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
 from compressors.preserve import find_spans, split_tags
 from compressors.question import find_question
+from compressors.rerank import Scored, StageOptions, aligned, score_layout
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
+from compressors.windows import Window, header_end
 
 __all__ = ["SCORERS", "Relevance", "derive_query"]
 
@@ -32,6 +34,7 @@ _IDENTIFIER = re.compile(r"[\w][\w.\-/:]{4,}[\w]")
 _QUOTED = re.compile(r"[\"'`]([^\"'`\n]{4,200})[\"'`]")
 _MAX_REFITS = 8
 _DOC_LABEL = re.compile(r"^Document \[\d+\]")
+_PROSE = frozenset({"documents", "paragraphs", "sections"})
 _UNIT_NAMES = {
     "documents": "document",
     "json": "json-element",
@@ -75,13 +78,6 @@ def exact_terms(query: str) -> list[str]:
     return list(dict.fromkeys(term.casefold() for term in found))
 
 
-def _minmax(values: Sequence[float]) -> list[float]:
-    low, high = min(values), max(values)
-    if high - low <= 1e-12:
-        return [0.0 for _ in values]
-    return [(value - low) / (high - low) for value in values]
-
-
 class Relevance(Compressor):
     """Keep the units most relevant to the query, within the token budget."""
 
@@ -97,7 +93,16 @@ class Relevance(Compressor):
         "exact_boost": (bool, True),  # units holding the query's identifiers verbatim rank first
         "long_units": (str, "max"),  # embedding: max over 256-word-piece windows, or head (the first only)
         "min_units": (int, 1),
-        "backend": (str, DEFAULT_BACKEND),  # embedding runtime: torch, onnx or onnx-int8 (fastest)
+        "backend": (str, DEFAULT_BACKEND),  # embedding runtime: auto (the fastest here) or one named
+        # The embedding reads the best windows by BM25 only: this many tokens of them, plus
+        # embed_share of the input's tokens (a 20-document RAG prompt is embedded whole).
+        "embed_tokens": (int, 3000),
+        "embed_share": ((int, float), 0.05),
+        "window_chars": (int, 200),  # windows of whole sentences up to this many characters
+        # Stop embedding when the call has run this many ms (0: no limit); BM25 ranks the rest.
+        "max_ms": ((int, float), 0),
+        # Prose units that do not fit whole may keep their best windows (a document keeps its header).
+        "partial": (bool, True),
     }
 
     @property
@@ -115,6 +120,10 @@ class Relevance(Compressor):
             (0.0 <= opts["alpha"] <= 1.0, "alpha must be in [0, 1]"),
             (opts["min_units"] >= 0, "min_units must be >= 0"),
             (opts["backend"] in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}"),
+            (opts["embed_tokens"] >= 0, "embed_tokens must be >= 0"),
+            (0.0 <= opts["embed_share"] <= 1.0, "embed_share must be in [0, 1]"),
+            (opts["window_chars"] >= 40, "window_chars must be >= 40"),
+            (opts["max_ms"] >= 0, "max_ms must be >= 0"),
         )
         for ok, message in checks:
             if not ok:
@@ -132,33 +141,49 @@ class Relevance(Compressor):
                 backend=opts["backend"],
             )
 
-    def scores(self, query: str, units: Sequence[str]) -> list[float]:
-        """Relevance of each unit to ``query`` with the configured scorer (higher is better).
+    def score(
+        self,
+        query: str,
+        layout: Layout,
+        texts: Sequence[str],
+        tokens_before: int,
+        started: float | None = None,
+    ) -> Scored:
+        """Relevance of each unit (and of its windows) to ``query`` with the configured scorer.
 
-        With ``exact_boost``, units that hold an identifier or quoted string of the
-        query verbatim rank above all others; when any do, the rest are ranked by
-        BM25 alone: embeddings cannot tell UUIDs apart, and encoding 75 UUID pairs
-        costs seconds on CPU.
+        The embedding reads only the windows a BM25 first stage ranks best
+        (:mod:`compressors.rerank`). With ``exact_boost``, units that hold an identifier
+        or quoted string of the query verbatim rank above all others; when any do, the
+        rest are ranked by BM25 alone: embeddings cannot tell UUIDs apart.
         """
-        if not units:
-            return []
-        matches = self._exact_matches(query, units)
-        scorer = "bm25" if any(matches) else self.options["scorer"]
-        if scorer == "bm25":
-            result = bm25_scores(query, units)
-        else:
-            assert self._embedder is not None
-            result = self._embedder.similarities(query, units)
-            if scorer == "hybrid":
-                alpha = float(self.options["alpha"])
-                lexical = _minmax(bm25_scores(query, units))
-                result = [
-                    alpha * e + (1.0 - alpha) * w for e, w in zip(_minmax(result), lexical, strict=True)
-                ]
-        if any(matches):
-            boost = (max(result) - min(result)) + 1.0
-            result = [score + boost * hit for score, hit in zip(result, matches, strict=True)]
-        return result
+        opts = self.options
+        matches = self._exact_matches(query, texts)
+        stage = StageOptions(
+            scorer=opts["scorer"],
+            alpha=float(opts["alpha"]),
+            floor_tokens=int(opts["embed_tokens"]),
+            share=float(opts["embed_share"]),
+            window_chars=int(opts["window_chars"]),
+            head_only=opts["long_units"] == "head",
+            max_ms=float(opts["max_ms"]),
+            started=time.perf_counter() if started is None else started,
+        )
+        scored = score_layout(
+            query,
+            layout,
+            texts,
+            tokens_before=tokens_before,
+            embedder=self._embedder,
+            options=stage,
+            lexical_only=any(matches),
+        )
+        if not any(matches):
+            return scored
+        result = scored.units
+        boost = (max(result) - min(result)) + 1.0
+        units = [score + boost * hit for score, hit in zip(result, matches, strict=True)]
+        windows = aligned(units, scored.windows, scored.window_scores)
+        return Scored(units, scored.windows, windows, scored.embedded, scored.note)
 
     def _exact_matches(self, query: str, units: Sequence[str]) -> list[bool]:
         wanted = exact_terms(query) if self.options["exact_boost"] else []
@@ -167,6 +192,7 @@ class Relevance(Compressor):
         return [any(term in unit.casefold() for term in wanted) for unit in units]
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
+        started = time.perf_counter()  # max_ms counts the whole call
         target, query, preserve, tokenizer = ask.target, ask.query, ask.preserve, ask.tokenizer
         regions = split_tags(text)
         joined = "".join(region.text for region in regions)
@@ -197,7 +223,9 @@ class Relevance(Compressor):
         forced_ranges += [(s, e) for s, e in spans if s < layout.prefix_end or e > layout.suffix_start]
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
-        plan = _Plan.build(self, joined, layout, query, forced_ranges, tokenizer, notes)
+        plan = _Plan.build(
+            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started)
+        )
         return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
 
 
@@ -214,6 +242,18 @@ class _Plan:
     sep_tokens: list[int]
     fixed_tokens: int
     note: str
+    parts: _Parts | None = None  # pieces of units a tight budget may keep instead of whole units
+    items: list[tuple[int, int | None]] = field(default_factory=list)  # (unit, window or None), by score
+
+    def __post_init__(self) -> None:
+        # Whole units by rank; a unit's windows by their own scores, after the whole unit had its turn.
+        if self.parts is None:
+            self.items = [(i, None) for i in self.ranking]
+            return
+        items: list[tuple[float, int, int, int]] = [(-self.scores[i], 0, i, -1) for i in self.ranking]
+        items += [(-score, 1, unit, w) for w, (unit, score) in enumerate(self.parts.windows)]
+        items.sort()
+        self.items = [(unit, None if window < 0 else window) for _, _, unit, window in items]
 
     @classmethod
     def build(
@@ -225,8 +265,10 @@ class _Plan:
         forced_ranges: list[tuple[int, int]],
         tokenizer: Tokenizer,
         notes: list[str],
+        size: tuple[int, float],  # tokens before, and when the call began
     ) -> _Plan:
         units = layout.units()
+        parts: _Parts | None = None
         found = QueryMatch(query) if query else derive_query(text, layout)
         if found is not None and found.start is not None and found.end is not None:
             forced_ranges = [*forced_ranges, (found.start, found.end)]  # the question itself survives
@@ -239,7 +281,11 @@ class _Plan:
             texts = (
                 [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
             )
-            scores = compressor.scores(found.text, texts)
+            scored = compressor.score(found.text, layout, texts, *size)
+            scores = scored.units
+            notes = [*notes, scored.note] if scored.note else notes
+            if compressor.options["partial"] and layout.kind in _PROSE:
+                parts = _Parts.build(layout, scored.windows, scored.window_scores, tokenizer)
         forced = {
             i for i, (s, e) in enumerate(layout.spans) if any(fs < e and s < fe for fs, fe in forced_ranges)
         }
@@ -258,25 +304,43 @@ class _Plan:
             sep_tokens=[sep_count[sep] for sep in seps],
             fixed_tokens=counts[0] + counts[1],
             note="; ".join(notes),
+            parts=parts,
         )
 
-    def _greedy(self, budget: int, min_units: int, excluded: set[int]) -> tuple[list[int], bool]:
-        """Units to keep by rank while they fit; whether the budget could be respected."""
+    def _greedy(
+        self, budget: int, min_units: int, excluded: set[int]
+    ) -> tuple[list[int], dict[int, list[int]], bool]:
+        """Units to keep by rank while they fit, and pieces of the units that do not fit whole
+        (window indexes, when the layout has parts); whether the budget could be respected."""
         kept = [i for i in self.ranking if i in self.forced]
         used = self.fixed_tokens + sum(self.unit_tokens[i] + self.sep_tokens[i] for i in kept)
         fits = used <= budget
-        for i in self.ranking:
-            if i in self.forced or i in excluded:
+        pieces: dict[int, list[int]] = {}
+        whole = set(kept)
+        for unit, window in self.items:
+            if unit in self.forced or unit in excluded or unit in whole:
                 continue
-            cost = self.unit_tokens[i] + self.sep_tokens[i]
+            if window is None:
+                cost = self.unit_tokens[unit] + self.sep_tokens[unit]
+                if unit not in pieces and used + cost <= budget:
+                    kept.append(unit)
+                    whole.add(unit)
+                    used += cost
+                continue
+            assert self.parts is not None
+            if used + self.parts.least(window) > budget:
+                continue  # cannot fit whatever it counts: spare the tokenizer
+            cost = self.parts.tokens(window)
+            if unit not in pieces:
+                cost += self.parts.head_tokens(unit) + self.sep_tokens[unit]
             if used + cost <= budget:
-                kept.append(i)
+                pieces.setdefault(unit, []).append(window)
                 used += cost
-        if len(kept) < min_units:
+        if len(kept) + len(pieces) < min_units:
             fits = False
-            extra = [i for i in self.ranking if i not in kept][: min_units - len(kept)]
-            kept += extra
-        return kept, fits
+            extra = [i for i in self.ranking if i not in kept and i not in pieces]
+            kept += extra[: min_units - len(kept) - len(pieces)]
+        return kept, pieces, fits
 
     def _order(self, kept: list[int]) -> list[int]:
         if self.compressor.options["reorder"] != "ends":
@@ -290,11 +354,12 @@ class _Plan:
         min_units = min(min_units, len(layout.spans))
         excluded: set[int] = set()
         for _ in range(_MAX_REFITS):
-            kept, fits = self._greedy(budget, min_units, excluded)
-            output = layout.render(self._order(kept))
+            kept, pieces, fits = self._greedy(budget, min_units, excluded)
+            replaced = self.parts.render(pieces) if self.parts is not None else {}
+            output = layout.render(self._order([*kept, *pieces]), replaced)
             tokens_after = tokenizer.count(output)
             # Token counts of parts do not add up exactly (merges across joins): refit if over.
-            droppable = [i for i in kept if i not in self.forced]
+            droppable = [i for i in [*kept, *pieces] if i not in self.forced]
             if tokens_after <= budget or not fits or len(droppable) <= min_units:
                 break
             excluded.add(min(droppable, key=lambda i: (self.scores[i], -i)))
@@ -306,7 +371,7 @@ class _Plan:
                 f" over the budget of {budget}"
             )
             note = f"{note}; {why}" if note else why
-        kept_set = set(kept)
+        kept_set = set(kept) | set(pieces)
         rank_of = {unit: rank for rank, unit in enumerate(self.ranking)}
         decisions = tuple(
             Decision(
@@ -315,7 +380,11 @@ class _Plan:
                 tokens=self.unit_tokens[i],
                 kept=i in kept_set,
                 score=round(self.scores[i], 6),
-                reason=("forced" if i in self.forced else f"rank {rank_of[i] + 1}"),
+                reason=(
+                    "forced"
+                    if i in self.forced
+                    else f"rank {rank_of[i] + 1}" + (f", {len(pieces[i])} pieces kept" if i in pieces else "")
+                ),
                 preview=layout.unit(i)[:40],
             )
             for i in range(len(layout.spans))
@@ -330,3 +399,60 @@ class _Plan:
             note=note,
             decisions=decisions,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """The windows of prose units as pieces to keep: their units, scores and token costs, and
+    each unit's header (a document's ``Document [i](Title: ...)``), kept with any of its pieces."""
+
+    layout: Layout
+    spans: list[tuple[int, int]]
+    windows: list[tuple[int, float]]  # (unit, score) per window
+    heads: dict[int, int]  # unit -> where its header ends
+    tokenizer: Tokenizer
+    # Counted when first asked: most windows belong to units kept or dropped whole.
+    counted: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, layout: Layout, windows: Sequence[Window], scores: Sequence[float], tokenizer: Tokenizer
+    ) -> _Parts:
+        text = layout.text
+        return cls(
+            layout=layout,
+            spans=[(w.start, w.end) for w in windows],
+            windows=[(w.unit, score) for w, score in zip(windows, scores, strict=True)],
+            heads={i: header_end(text, s, e) for i, (s, e) in enumerate(layout.spans)},
+            tokenizer=tokenizer,
+        )
+
+    def least(self, window: int) -> float:
+        """A bound below the window's tokens (no token of English prose is 12 characters long)."""
+        start, end = self.spans[window]
+        return (end - start) / 12
+
+    def tokens(self, window: int) -> int:
+        """The window's tokens, with the space that joins it to the one before."""
+        key = ("window", window)
+        if key not in self.counted:
+            start, end = self.spans[window]
+            self.counted[key] = self.tokenizer.count(" " + self.layout.text[start:end])
+        return self.counted[key]
+
+    def head_tokens(self, unit: int) -> int:
+        key = ("head", unit)
+        if key not in self.counted:
+            start = self.layout.spans[unit][0]
+            self.counted[key] = self.tokenizer.count(self.layout.text[start : self.heads[unit]])
+        return self.counted[key]
+
+    def render(self, pieces: dict[int, list[int]]) -> dict[int, str]:
+        """The text each partly kept unit reads as: its header, then its kept windows in text order."""
+        text = self.layout.text
+        result: dict[int, str] = {}
+        for unit, chosen in pieces.items():
+            start = self.layout.spans[unit][0]
+            body = " ".join(text[self.spans[w][0] : self.spans[w][1]] for w in sorted(chosen))
+            result[unit] = text[start : self.heads[unit]] + body
+        return result

@@ -23,9 +23,11 @@ import numpy as np
 import numpy.typing as npt
 
 from compressors.base import Ask, Compressed, Compressor, Decision, OptionsError
+from compressors.fewshot import Selection, select_demonstrations
 from compressors.preserve import PreserveSpec, find_spans
 from compressors.question import query_of
 from compressors.selfinfo import SelfInfo
+from compressors.templates import template_openings, template_spans
 from compressors.tokenizer import Tokenizer
 from compressors.words import Unit, Units, assemble, atomic_spans, segment
 
@@ -46,6 +48,7 @@ _NEWLINE = re.compile("\n")
 _Bools = npt.NDArray[np.bool_]
 _Ints = npt.NDArray[np.int64]
 _Floats = npt.NDArray[np.float64]
+_Asked = tuple[str | None, frozenset[str]]  # the query, and the template openings to keep
 
 
 class UnitScorer(Protocol):
@@ -84,6 +87,10 @@ class Tokens(Compressor):
         "batch_size": (int, 8),
         "preserve_boost": ((int, float), 0.0),
         "bridge": ((int, float), 0.7),
+        "templates": (bool, True),  # keep line openings that recur across examples (compressors.templates)
+        # select: keep or drop whole demonstrations first, then prune words in the kept ones
+        "examples": (str, "prune"),
+        "inner": ((int, float), 0.4),  # select: the share of a kept demonstration's tokens planned for
     }
 
     def _validate(self) -> None:
@@ -104,6 +111,10 @@ class Tokens(Compressor):
             raise OptionsError("tokens: preserve_boost must be in [0, 1]")
         if not 0 <= opts["bridge"] <= 1:
             raise OptionsError("tokens: bridge must be in [0, 1]")
+        if opts["examples"] not in ("prune", "select"):
+            raise OptionsError(f"tokens: examples must be prune or select, got {opts['examples']!r}")
+        if not 0 < opts["inner"] <= 1:
+            raise OptionsError("tokens: inner must be in (0, 1]")
         if opts["batch_size"] < 1:
             raise OptionsError("tokens: batch_size must be >= 1")
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", opts["device"]):
@@ -140,14 +151,50 @@ class Tokens(Compressor):
         )
 
     def _compress(self, text: str, ask: Ask) -> Compressed:
-        target, query, preserve, tokenizer = ask.target, ask.query, ask.preserve, ask.tokenizer
+        target, query, tokenizer = ask.target, ask.query, ask.tokenizer
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         if tokens_before <= budget:
             return Compressed(text, tokens_before, tokens_before, self.name, target_tokens=budget)
         # No query given: the question the text ends with, if any, is the query (and its line is kept).
         query = query if query and query.strip() else query_of(text)
-        plan = self._plan(text, query, preserve, tokenizer)
+        # Few-shot structure ("Question:", "The answer is 52") is the format to copy: kept. Found
+        # on the whole text, before the coarse step leaves too few examples to see it recur.
+        openings = template_openings(text) if self.options["templates"] else frozenset()
+        selection = None
+        if self.options["examples"] == "select":
+            selection = select_demonstrations(
+                text, query, budget, tokenizer, inner=float(self.options["inner"])
+            )
+        if selection is not None:
+            return self._fine(selection, tokens_before, budget, (query, openings), ask)
+        return self._prune(text, tokens_before, budget, (query, openings), ask)
+
+    def _fine(
+        self, selection: Selection, tokens_before: int, budget: int, asked: _Asked, ask: Ask
+    ) -> Compressed:
+        """Words pruned inside the demonstrations the coarse step kept (compressors.fewshot)."""
+        left = ask.tokenizer.count(selection.text)
+        if left <= budget:
+            pruned = Compressed(selection.text, tokens_before, left, self.name, target_tokens=budget)
+        else:
+            pruned = self._prune(selection.text, tokens_before, budget, asked, ask)
+        note = f"kept {selection.kept} of {selection.total} demonstrations whole, then pruned words inside"
+        return Compressed(
+            pruned.text,
+            tokens_before,
+            pruned.tokens_after,
+            self.name,
+            target_tokens=budget,
+            target_met=pruned.target_met,
+            note=f"{note}; {pruned.note}" if pruned.note else note,
+            decisions=selection.decisions + pruned.decisions,
+        )
+
+    def _prune(self, text: str, tokens_before: int, budget: int, asked: _Asked, ask: Ask) -> Compressed:
+        preserve, tokenizer = ask.preserve, ask.tokenizer
+        query, openings = asked
+        plan = self._plan(text, query, preserve, tokenizer, openings)
         raw = self._scorer.scores(plan.text, plan.units, query, keep_ratio=budget / tokens_before)
         scores = _ranked(raw, plan.preserved, float(self.options["preserve_boost"]))
         kept, output, tokens_after = _fit(plan, scores, budget, tokenizer)
@@ -172,9 +219,18 @@ class Tokens(Compressor):
             decisions=_decisions(plan, kept, scores),
         )
 
-    def _plan(self, text: str, query: str | None, preserve: PreserveSpec, tokenizer: Tokenizer) -> _Plan:
+    def _plan(
+        self,
+        text: str,
+        query: str | None,
+        preserve: PreserveSpec,
+        tokenizer: Tokenizer,
+        openings: frozenset[str] = frozenset(),
+    ) -> _Plan:
         # Inline <keep>/<llmlingua> tags were split off by the base class; this is one plain region.
         forced_spans = _query_line(text, query)
+        if openings:
+            forced_spans = atomic_spans(text, forced_spans + template_spans(text, openings), detect=False)
         # Preserved spans stay whole (byte for byte when kept) and rank higher, but may go as a whole.
         preserved_spans = [(s.start, s.end) for s in find_spans(text, preserve)]
         units = segment(text, atomic_spans(text, forced_spans + preserved_spans))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["KINDS", "Layout", "split_units"]
@@ -99,11 +99,12 @@ class Layout:
             return self
         return Layout(self.text, self.kind, self.prefix_end, self.suffix_start, tuple(spans))
 
-    def render(self, order: Sequence[int]) -> str:
-        """The text with only the units in ``order``, in that order, each followed by its own gap."""
+    def render(self, order: Sequence[int], replaced: Mapping[int, str] | None = None) -> str:
+        """The text with only the units in ``order``, in that order, each followed by its own gap;
+        a unit in ``replaced`` reads as the text given there (a part of it)."""
         parts = [self.prefix]
         for position, index in enumerate(order):
-            parts.append(self.unit(index))
+            parts.append(replaced[index] if replaced and index in replaced else self.unit(index))
             if position + 1 < len(order):
                 parts.append(self.sep(index) or self.default_sep())
         parts.append(self.suffix)

@@ -66,6 +66,7 @@ class Rewrite:
     skipped: str | None = None  # why the hook did not look (e.g. "body is not valid JSON")
     unparsed: bool = False  # a body above compression.max_parse_bytes: the audit counts the upstream's usage
     override: str | None = None  # the client's X-Tersegate-Mode: "applied" or "refused: why"
+    retrieve: bool = False  # the policy keeps originals: the server offers tersegate_expand
     # Per-part details for `tersegate compress --explain` (never written to logs).
     parts: tuple[Mapping[str, Any], ...] = ()
 
@@ -104,6 +105,11 @@ class Exchange:
     arrived: float = field(default_factory=time.monotonic)  # the clock latency budgets run on
     api: str = "openai"  # openai | anthropic | azure: the API the route speaks
     deployment: str | None = None  # Azure: the deployment named in the path
+    # The proxy's tool loop (proxy.server.expand): tersegate_expand calls answered, bytes of
+    # originals they returned, and the usage of each extra upstream call it made.
+    expansions: int = 0
+    expanded_bytes: int = 0
+    extra_usage: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Rewriter(Protocol):

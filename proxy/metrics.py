@@ -59,6 +59,12 @@ class Metrics:
             ["team", "reason"],
             registry=r,
         )
+        self.compaction_batches = Counter(
+            "tersegate_compaction_batches_total",
+            "History compactions: batches of old parts replaced by stubs (docs/compaction.md)",
+            ["team", "reason"],
+            registry=r,
+        )
         self.memo_lookups = Counter(
             "tersegate_memo_lookups_total",
             "Parts looked up in the compress-once memo, by where their form was found (lru, store, miss)",
@@ -69,6 +75,12 @@ class Metrics:
             "tersegate_memo_store_errors_total",
             "Memo store calls that failed or were skipped while it was down (served from the process's memo)",
             ["backend", "op"],
+            registry=r,
+        )
+        self.expansions = Counter(
+            "tersegate_expansions_total",
+            "tersegate_expand calls the proxy answered, by status (ok, expired, unknown, unavailable, limit)",
+            ["team", "status"],
             registry=r,
         )
         self.policy_reloads = Counter(

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import fake_expander
 import orjson
 
 REPLY = "Hello from the fake Anthropic upstream."
@@ -83,10 +84,19 @@ def _wants_tool(body: Mapping[str, Any]) -> bool:
     return not (isinstance(content, list) and any(b.get("type") == "tool_result" for b in content))
 
 
-def message(body: Mapping[str, Any], fake: Mapping[str, str]) -> dict[str, Any]:
+def _expander(body: Mapping[str, Any], fake: Mapping[str, str]) -> fake_expander.Turn | None:
+    return fake_expander.decide(body, fake) if fake_expander.wanted(str(body.get("model")), fake) else None
+
+
+def message(
+    body: Mapping[str, Any], fake: Mapping[str, str], turn: fake_expander.Turn | None = None
+) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": REPLY}]
     stop = "end_turn"
-    if _wants_tool(body):
+    turn = turn or _expander(body, fake)
+    if turn is not None:
+        content, stop = fake_expander.anthropic_content(turn)
+    elif _wants_tool(body):
         name = body["tools"][0].get("name", "tool")
         content.append({"type": "tool_use", "id": "toolu_fake01", "name": name, "input": TOOL_INPUT})
         stop = "tool_use"
@@ -108,10 +118,20 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
 
 def frames(body: Mapping[str, Any], fake: Mapping[str, str]) -> list[bytes]:
     """The SSE events of the streamed message, framed as Anthropic frames them."""
-    whole = message(body, fake)
+    turn = _expander(body, fake)
+    whole = message(body, fake, turn)
     start_usage = {**whole["usage"], "output_tokens": 1}
     start = {**whole, "content": [], "stop_reason": None, "usage": start_usage}
     out = [_event("message_start", {"type": "message_start", "message": start})]
+    if turn is not None:
+        out += fake_expander.anthropic_block_frames(turn, lambda n, p: _event(n, {"type": n, **p}))
+        end = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+        delta = {
+            "type": "message_delta",
+            "delta": end,
+            "usage": {"output_tokens": whole["usage"]["output_tokens"]},
+        }
+        return [*out, _event("message_delta", delta), _event("message_stop", {"type": "message_stop"})]
     out.append(
         _event(
             "content_block_start",

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fake_anthropic
+import fake_expander
 import orjson
 import uvicorn
 
@@ -177,6 +178,12 @@ def _invalid_messages(parsed: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def chat_completion(call: _Call) -> dict[str, Any]:
+    turn = (
+        fake_expander.decide(call.parsed, call.headers)
+        if fake_expander.wanted(call.model, call.headers)
+        else None
+    )
+    message = {"role": "assistant", "content": REPLY, "refusal": None, "annotations": []}
     return {
         "id": "chatcmpl-" + call.request_id[4:],
         "object": "chat.completion",
@@ -185,9 +192,9 @@ def chat_completion(call: _Call) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": REPLY, "refusal": None, "annotations": []},
+                "message": fake_expander.chat_message(turn) if turn else message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "tool_calls" if turn and turn[1] else "stop",
             }
         ],
         "usage": _usage(call, len(REPLY.split())),
@@ -277,6 +284,13 @@ def chat_frames(call: _Call) -> list[bytes]:
     frames = [chunk({"role": "assistant", "content": "", "refusal": None})]
     frames += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
     frames.append(chunk({}, "stop"))
+    turn = (
+        fake_expander.decide(call.parsed, call.headers)
+        if fake_expander.wanted(call.model, call.headers)
+        else None
+    )
+    if turn is not None:
+        frames = fake_expander.chat_delta_frames(turn, chunk)
     if with_usage:
         frames.append(_data({**base, "choices": [], "usage": _usage(call, len(words))}))
     frames.append(b"data: [DONE]\n\n")

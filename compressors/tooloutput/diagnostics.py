@@ -100,6 +100,11 @@ def _colon_diag(lines: Sequence[str], i: int, match: re.Match[str]) -> _Diag:
     return _Diag(i, i + 1, file, number, _kind(match, match["msg"]))
 
 
+def _is_summary(line: str) -> bool:
+    # summaries start at the margin; an indented line (most excerpt lines) skips the slow search
+    return bool(line) and line[0] not in " \t" and _SUMMARY.search(line) is not None
+
+
 def _continues(line: str) -> bool:
     """A line under a diagnostic: its source excerpt, caret, code, note or help."""
     return bool(line) and (
@@ -122,7 +127,7 @@ def parse(lines: Sequence[str]) -> list[_Diag]:
     for diag in heads:
         end = diag.head + 1
         end = max(end, diag.head_end)
-        while end < len(lines) and end not in starts and not _SUMMARY.search(lines[end]):
+        while end < len(lines) and end not in starts and not _is_summary(lines[end]):
             line = lines[end]
             blank_inside = not line.strip() and end + 1 < len(lines) and _continues(lines[end + 1])
             if not (_continues(line) or blank_inside) or (end + 1 in starts and not line.strip()):

@@ -33,7 +33,7 @@ __all__ = ["AuditIndex", "LiveIndexer", "covers"]
 log = logging.getLogger(__name__)
 _LIVE_EVERY_S = 1.0  # at most one live ingest per second: one sums row per key and second at most
 
-_VERSION = 3  # PRAGMA user_version: an index of another layout is rebuilt
+_VERSION = 4  # PRAGMA user_version: an index of another layout is rebuilt
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
@@ -48,11 +48,12 @@ CREATE TABLE IF NOT EXISTS sums (
     cost_before REAL NOT NULL, cost_after REAL NOT NULL, saved REAL NOT NULL, priced INTEGER NOT NULL,
     fail_open INTEGER NOT NULL, price_missing INTEGER NOT NULL,
     prompt_before INTEGER NOT NULL, prompt_after INTEGER NOT NULL,
-    cached_before INTEGER NOT NULL, cached_after INTEGER NOT NULL
+    cached_before INTEGER NOT NULL, cached_after INTEGER NOT NULL,
+    expansions INTEGER NOT NULL, expanded_bytes INTEGER NOT NULL, expansion_cost REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sums_file ON sums (file_id);
 """
-_INSERT = f"INSERT INTO sums VALUES ({', '.join('?' * 19)})"
+_INSERT = f"INSERT INTO sums VALUES ({', '.join('?' * 22)})"
 _READ_CHUNK = 16 << 20
 # How report groupings map onto the stored columns (all but the day are stored as they are).
 _COLUMNS = {key: "substr(hour, 1, 10)" if key == "day" else key for key in GROUP_KEYS}
@@ -199,7 +200,8 @@ class AuditIndex:
         sql = (
             f"SELECT {''.join(c + ', ' for c in columns)}sum(requests), sum(tokens_before), sum(tokens_after), "
             "total(cost_before), total(cost_after), total(saved), sum(priced), sum(fail_open), "
-            "sum(price_missing), sum(prompt_before), sum(prompt_after), sum(cached_before), sum(cached_after) "
+            "sum(price_missing), sum(prompt_before), sum(prompt_after), sum(cached_before), sum(cached_after), "
+            "sum(expansions), sum(expanded_bytes), total(expansion_cost) "
             f"FROM sums WHERE {where} {group}"
         )
         rows = []

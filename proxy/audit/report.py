@@ -123,6 +123,9 @@ def _total(rows: Sequence[Row]) -> Row:
         sum(r.prompt_after for r in rows),
         sum(r.cached_before for r in rows),
         sum(r.cached_after for r in rows),
+        sum(r.expansions for r in rows),
+        sum(r.expanded_bytes for r in rows),
+        math.fsum(r.expansion_cost_usd for r in rows),
     )
     return row_of((), totals)
 
@@ -198,7 +201,23 @@ def _table(rows: Sequence[Row], by: Sequence[str]) -> str:
         )
     out = io.StringIO()
     Console(file=out, width=180, force_terminal=False, color_system=None).print(table)
-    return out.getvalue() + "".join(line + "\n" for line in _losses(rows, by))
+    lines = [*_losses(rows, by), *_expansions(rows)]
+    return out.getvalue() + "".join(line + "\n" for line in lines)
+
+
+def _expansions(rows: Sequence[Row]) -> list[str]:
+    """Per group with expansions: how many, and what their extra upstream calls cost against what
+    compression saved (``saved_usd`` is already net of them)."""
+    out = []
+    for row in rows:
+        if row.expansions:
+            name = ", ".join(f"{k}={v}" for k, v in row.keys) or "all traffic"
+            gross = (row.saved_usd or 0.0) + row.expansion_cost_usd
+            out.append(
+                f"~ {name}: {row.expansions:,} expansions ({row.expanded_bytes:,} bytes returned) cost "
+                f"{_money(row.expansion_cost_usd)} of the {_money(gross)} compression saved"
+            )
+    return out
 
 
 def render(rows: Sequence[Row], *, by: Sequence[str], fmt: str) -> str:

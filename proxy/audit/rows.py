@@ -19,8 +19,9 @@ _USD_DIGITS = 8
 
 # The totals of a group, in this order: requests, tokens before, tokens after, cost before,
 # cost after, saved, priced requests, fail-open requests, unpriced requests, then over the priced
-# requests: prompt tokens before and after, cached tokens before and after.
-Totals = tuple[int, int, int, float, float, float, int, int, int, int, int, int, int]
+# requests: prompt tokens before and after, cached tokens before and after; then the proxy's tool
+# loop: expansions, bytes they returned, dollars of its extra upstream calls (in cost after).
+Totals = tuple[int, int, int, float, float, float, int, int, int, int, int, int, int, int, int, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class Row:
     prompt_after: int = 0
     cached_before: int = 0
     cached_after: int = 0
+    expansions: int = 0
+    expanded_bytes: int = 0
+    expansion_cost_usd: float = 0.0
 
     @property
     def cached_share_before(self) -> float | None:
@@ -75,6 +79,9 @@ class Row:
             "cached_share_before": self.cached_share_before,
             "cached_share_after": self.cached_share_after,
             "cache_loss": self.cache_loss,
+            "expansions": self.expansions,
+            "expanded_bytes": self.expanded_bytes,
+            "expansion_cost_usd": round(self.expansion_cost_usd, _USD_DIGITS),
         }
 
 
@@ -118,6 +125,9 @@ def row_of(keys: tuple[tuple[str, str | None], ...], totals: Sequence[Any]) -> R
         prompt_after=int(totals[10]),
         cached_before=int(totals[11]),
         cached_after=int(totals[12]),
+        expansions=int(totals[13]) if len(totals) > 13 else 0,
+        expanded_bytes=int(totals[14]) if len(totals) > 14 else 0,
+        expansion_cost_usd=float(totals[15]) if len(totals) > 15 else 0.0,
     )
 
 
@@ -156,6 +166,9 @@ class Sums:
         "cached",
         "cost_after",
         "cost_before",
+        "expanded_bytes",
+        "expansion_cost",
+        "expansions",
         "fail_open",
         "priced",
         "requests",
@@ -169,6 +182,8 @@ class Sums:
         self.cost_after = _ExactSum()
         self.saved = _ExactSum()
         self.cached = [0, 0, 0, 0]  # prompt before, prompt after, cached before, cached after
+        self.expansions = self.expanded_bytes = 0  # the tool loop's expansions, bytes they returned
+        self.expansion_cost = _ExactSum()  # dollars of its extra upstream calls
 
     def add(self, record: dict[str, Any]) -> None:
         self.requests += 1
@@ -184,6 +199,9 @@ class Sums:
             self.saved.add(record.get("saved_usd") or 0.0)
             for i, value in enumerate(cache_tokens(record)):
                 self.cached[i] += value
+        self.expansions += record.get("expansions") or 0
+        self.expanded_bytes += record.get("expanded_bytes") or 0
+        self.expansion_cost.add(record.get("expansion_cost_usd") or 0.0)
 
     def totals(self) -> Totals:
         return (
@@ -200,6 +218,9 @@ class Sums:
             self.cached[1],
             self.cached[2],
             self.cached[3],
+            self.expansions,
+            self.expanded_bytes,
+            self.expansion_cost.value(),
         )
 
     def row(self, keys: tuple[tuple[str, str | None], ...]) -> Row:

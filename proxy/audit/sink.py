@@ -167,6 +167,7 @@ def build_record(
         "upstream_ms": round(exchange.upstream_ms, 3) if exchange.upstream_ms is not None else None,
         "fail_open": rw.fail_open,
     }
+    _add_expansions(record, exchange, prices)
     if usage is not None and "cache_write_tokens" in usage:
         record["cache_write_tokens_before_est"] = (
             None if written_before is None else sum(written_before.values())
@@ -180,6 +181,31 @@ def build_record(
     if include_text:
         record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
     return record
+
+
+def _add_expansions(record: dict[str, Any], exchange: Exchange, prices: PriceBook) -> None:
+    """The proxy's tool loop (proxy.server.expand): its extra upstream calls are part of what the
+    request cost, priced from their own usage (cache reads as the upstream reported them), so
+    ``cost_after_usd`` and ``saved_usd`` include them and the uncompressed request never needed them."""
+    if not exchange.expansions and not exchange.extra_usage:
+        return
+    extra, priced = 0.0, True
+    dialect = dialect_for(exchange.route, exchange.api)
+    try:
+        price = prices.price_for(exchange.model)
+    except PricingError:
+        price = None
+    for raw in exchange.extra_usage:
+        cost = costs_for(price, dialect.usage(raw), prompt_delta=0).after_usd
+        priced = priced and cost is not None
+        extra += cost or 0.0
+    record["expansions"] = exchange.expansions
+    record["expanded_bytes"] = exchange.expanded_bytes
+    record["expansion_calls"] = len(exchange.extra_usage)
+    record["expansion_cost_usd"] = round(extra, 10) if priced else None
+    if priced and record["cost_after_usd"] is not None and record["cost_before_usd"] is not None:
+        record["cost_after_usd"] = round(record["cost_after_usd"] + extra, 10)
+        record["saved_usd"] = round(record["cost_before_usd"] - record["cost_after_usd"], 10)
 
 
 def _removed(exchange: Exchange, usage: dict[str, int | None] | None) -> tuple[int, float | None]:

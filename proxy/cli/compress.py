@@ -25,6 +25,7 @@ from rich.table import Table
 from proxy.apis import forwarded_body, route_of
 from proxy.config.model import AuditConfig, ConfigErrors, MemoConfig, load_config
 from proxy.exchange import Exchange, Rewrite
+from proxy.server.expand import offer
 from proxy.server.services import build_services
 
 __all__ = ["register", "rewrite_request"]
@@ -64,6 +65,7 @@ async def rewrite_request(
             deployment=found.deployment,
         )
         rewrite = await services.rewriter(exchange, parsed, dict(headers or {}))
+        offer(rewrite, found.dialect, parsed)
         out, _ = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, dialect=found.dialect)
         return out, rewrite
     finally:

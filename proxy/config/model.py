@@ -27,6 +27,7 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "MemoConfig",
+    "RetrieveConfig",
     "TeamConfig",
     "UpstreamConfig",
     "load_config",
@@ -77,6 +78,9 @@ class UpstreamConfig:
     connect_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 300.0  # max silence between stream chunks
     max_connections: int = 1000
+    # How long the provider keeps a conversation's cached prefix: past it, history compaction has
+    # nothing cached to lose (docs/compaction.md). None: 5 minutes, 1 hour with ttl: 1h breakpoints.
+    cache_idle_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,17 @@ class MemoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrieveConfig:
+    """Originals of compressed parts, for the model's ``tersegate_expand`` (``compression.retrieve``;
+    docs/operations.md sizes it)."""
+
+    ttl_s: float = 2 * 3600.0  # an original is kept this long (longer than the providers' caches)
+    max_expansions_per_request: int = 3  # then the call is answered "limit reached"
+    max_return_chars: int = 60_000  # one expansion returns at most this much text
+    max_bytes: int = 64 * 1024 * 1024  # memory backend only: the originals' own LRU per process
+
+
+@dataclass(frozen=True, slots=True)
 class CompressionConfig:
     memo_bytes: int = 256 * 1024 * 1024
     workers: int = 2  # compression worker processes
@@ -128,6 +143,7 @@ class CompressionConfig:
     # loop (~50 ms for 30 MB here), and no model's context holds that much text anyway.
     max_parse_bytes: int = 8 * 1024 * 1024
     memo: MemoConfig = MemoConfig()
+    retrieve: RetrieveConfig = RetrieveConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +221,7 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
     deployments = _parse_deployments(f, api, errors)
     api_key_env = f.get("api_key_env", str, _DEFAULT_KEY_ENV.get(api, "OPENAI_API_KEY"))
     f.check("api_key_env", lambda v: bool(_ENV_NAME.match(str(v))), "must be an environment variable name")
-    for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections"):
+    for key in ("timeout_s", "connect_timeout_s", "stream_idle_timeout_s", "max_connections", "cache_idle_s"):
         f.check(key, _positive, "must be a positive number")
     upstream = UpstreamConfig(
         name=name,
@@ -217,6 +233,7 @@ def _parse_upstream(name: str, node: Node, errors: list[ConfigError]) -> Upstrea
         max_connections=f.get_field(UpstreamConfig, "max_connections", int),
         api="anthropic" if api == "anthropic" else "azure" if api == "azure" else "openai",
         deployments=deployments,
+        cache_idle_s=f.get("cache_idle_s", float, None),
     )
     f.finish()
     return upstream
@@ -340,9 +357,36 @@ def _parse_compression(node: Node | None, base: Path, errors: list[ConfigError])
         max_part_chars=f.get_field(CompressionConfig, "max_part_chars", int),
         max_parse_bytes=f.get_field(CompressionConfig, "max_parse_bytes", int),
         memo=_parse_memo(f.node_of("memo"), base, errors),
+        retrieve=_parse_retrieve(f.node_of("retrieve"), errors),
     )
     f.finish()
     return result
+
+
+def _parse_retrieve(node: Node | None, errors: list[ConfigError]) -> RetrieveConfig:
+    if node is None or node.value is None:
+        return RetrieveConfig()
+    f = Fields(node, errors, what="compression.retrieve")
+    f.check("ttl_s", _positive, "must be a positive number of seconds")
+    for key in ("max_return_chars", "max_bytes"):
+        f.check(
+            key,
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "must be a positive integer",
+        )
+    f.check(
+        "max_expansions_per_request",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "must be an integer >= 0",
+    )
+    retrieve = RetrieveConfig(
+        ttl_s=f.get_field(RetrieveConfig, "ttl_s", float),
+        max_expansions_per_request=f.get_field(RetrieveConfig, "max_expansions_per_request", int),
+        max_return_chars=f.get_field(RetrieveConfig, "max_return_chars", int),
+        max_bytes=f.get_field(RetrieveConfig, "max_bytes", int),
+    )
+    f.finish()
+    return retrieve
 
 
 def _parse_limits(node: Node | None, errors: list[ConfigError]) -> LimitsConfig:

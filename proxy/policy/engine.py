@@ -33,9 +33,12 @@ from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
+from proxy.policy.compaction_log import CompactionLog
+from proxy.policy.compactor import Compacted, Compactor, PriceSource
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.memo import Memo
 from proxy.policy.model import Policy, PolicySet, Rule, Step
+from proxy.policy.originals import Originals
 from proxy.policy.query import POINTER_SCAN_CHARS, SHAPED, TOOL_ROLES, QueryPlan, plan_query, pointers_of
 from proxy.policy.steps import StepTrace
 from proxy.policy.work import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
@@ -55,6 +58,9 @@ _COUNT_PIECE = 64 * 1024
 # Where a piece may end without changing the count: after a newline that a non-space follows,
 # or at the space between two word characters (both start a new pre-token in tiktoken's patterns).
 _PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
+# Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
+# a compaction batch compresses them when it changes the history anyway.
+_PASSING = ("latency_budget", "compressor_error")
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
 
@@ -68,6 +74,7 @@ class _Selected:
     form: Form | None = None
     made: Form | None = None  # what the compressor returned, for a new part
     source: str = "new"  # new | memo | drop | kept (a drop called off) | too_large (max_part_chars)
+    ref: str | None = None  # retrieve policies: the original's id, for hash= in its markers
     steps: tuple[StepTrace, ...] = ()  # what each step did, for a new part (--explain)
 
 
@@ -79,6 +86,7 @@ class _Outcome:
     selected: list[_Selected] = field(default_factory=list)
     fail_open: str | None = None
     compress_ms: float = 0.0
+    originals_scope: str = ""  # retrieve policies: the scope originals are kept in
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -124,8 +132,12 @@ class PolicyRewriter:
         store: SharedStore | None = None,
         memo: MemoConfig | None = None,
         max_part_chars: int = 50_000,
+        prices: PriceSource | None = None,
+        cache_idle_s: Mapping[str, float] | None = None,
+        originals: Originals | None = None,
     ) -> None:
         self.policies = policies
+        self.originals = originals  # where retrieve policies keep originals (None: not kept)
         self.metrics = metrics
         self.max_part_chars = max_part_chars
         self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.work)
@@ -143,6 +155,9 @@ class PolicyRewriter:
         self._counts: Memo[int] = Memo(max_bytes=min(_COUNTS_BYTES, memo_bytes))
         # The lines each earlier tool output points at (tool queries), scanned once per text.
         self._pointers: Memo[tuple[str, ...]] = Memo(max_bytes=_POINTERS_BYTES)
+        # History compaction (docs/compaction.md): its batches live in the same store as the forms.
+        self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
+        self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
         self._warming: asyncio.Task[None] | None = None
         self.warmed = threading.Event()  # set once a warm-up pass has finished
         self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
@@ -308,13 +323,25 @@ class PolicyRewriter:
         scope = self.forms.namespace(exchange.team)
         counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
         outcome = await self._select(policy, parts, counts, tokenizer, scope)
+        if policy.retrieve and mode == "enforce":
+            await self._reference(exchange.team, outcome)
         await self._compress_new(policy, outcome, parts, model, deadline)
         await self._settle(policy, outcome)
         if outcome.fail_open is not None:
             self._count_fail_open(exchange.team, outcome.fail_open.split(":", 1)[0], exchange)
         if self.metrics is not None:
             self.metrics.compress_seconds.labels(team=exchange.team).observe(outcome.compress_ms / 1000)
-        result = self._result(policy, mode, body, parts, counts, outcome)
+        walked = (dialect, blocks, parts)
+        compacted = await self._compact(policy, exchange, body, walked, counts, outcome, tokenizer, deadline)
+        if (
+            self.metrics is not None
+            and compacted is not None
+            and compacted.decision
+            and compacted.decision.stubs
+        ):
+            self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
+        result = self._result(policy, mode, body, parts, counts, outcome, compacted)
+        result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
         result.override = override
         return result
@@ -413,6 +440,7 @@ class PolicyRewriter:
                     deadline,
                     outcome.namespace,
                     self.max_part_chars,
+                    chosen.ref,
                 )
         if not jobs:
             return
@@ -462,6 +490,24 @@ class PolicyRewriter:
             found = self._pointers.setdefault(key, found, size=200 + sum(len(line) for line in found))
         return found
 
+    async def _reference(self, team: str, outcome: _Outcome) -> None:
+        """Retrieve policies: each new part's id (its markers carry it as ``hash=``)."""
+        new = [c for c in outcome.selected if c.source == "new"]
+        if self.originals is None or not new:
+            return
+        scope = self.originals.scope(team)
+        for chosen, ref in zip(
+            new, await self.originals.refs(scope, [c.part.text for c in new]), strict=True
+        ):
+            chosen.ref = ref
+        outcome.originals_scope = scope
+
+    async def _keep_originals(self, outcome: _Outcome, new: Sequence[_Selected]) -> None:
+        """Keep the original of every new part whose forwarded form points at it (``hash=``)."""
+        items = [(c.ref, c.part.text, c.form.text) for c in new if c.ref and c.form and c.form.text]
+        if self.originals is not None and items:
+            await self.originals.keep_referenced(outcome.originals_scope, items)
+
     async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
         new part is forwarded in (first writer wins, across processes when the store is up)."""
@@ -490,11 +536,81 @@ class PolicyRewriter:
             writes.append((chosen.keys.conversation, form))  # this conversation's form
         if not writes:
             return
-        won = await self.forms.keep(outcome.namespace, writes)
+        won, _ = await asyncio.gather(
+            self.forms.keep(outcome.namespace, writes), self._keep_originals(outcome, new)
+        )
         for chosen in new:
             key = chosen.keys.conversation if chosen.keys.conversation in won else chosen.keys.shared
             if key is not None and key in won:
                 chosen.form = won[key]
+
+    async def _compact(
+        self,
+        policy: Policy,
+        exchange: Exchange,
+        body: dict[str, Any],
+        walked: tuple[Dialect, Sequence[Block], Sequence[Part]],
+        counts: Sequence[int],
+        outcome: _Outcome,
+        tokenizer: Tokenizer,
+        deadline: float,
+    ) -> Compacted | None:
+        """Replay the conversation's compactions and maybe add a batch (policy.compaction)."""
+        if policy.compaction is None:
+            return None
+        dialect, blocks, parts = walked
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
+        passing = {
+            c.part.path: c
+            for c in outcome.selected
+            if c.source == "memo"
+            and c.form is not None
+            and c.form.text is None
+            and c.form.note.startswith(_PASSING)
+        }
+
+        async def catch_up(
+            paths: Sequence[tuple[str | int, ...]],
+        ) -> dict[tuple[str | int, ...], tuple[str, int]]:
+            again = _Outcome(
+                outcome.namespace, [dataclasses.replace(passing[p], form=None) for p in paths if p in passing]
+            )
+            await self._compress_new(policy, again, parts, model, deadline)
+            made = [
+                (c.part.path, c.made)
+                for c in again.selected
+                if c.made is not None and c.made.text is not None
+            ]
+            return {path: (form.text, form.tokens_after) for path, form in made if form.text is not None}
+
+        forwarded = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                forwarded[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                forwarded[index[chosen.part.path]] = form.tokens_after
+        try:
+            return await self.compactor(
+                policy.compaction,
+                scope=outcome.namespace,
+                dialect=dialect,
+                body=body,
+                blocks=blocks,
+                model=model,
+                parts=parts,
+                tokens=forwarded,
+                count=tokenizer.count,
+                catch_up=catch_up,
+                idle_s=self.cache_idle_s.get(exchange.upstream),
+                retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
+                if policy.retrieve and self.originals is not None
+                else None,
+            )
+        except Exception:  # compaction is an optimisation: the request goes on without it
+            log.exception("compaction failed")
+            return None
 
     def _result(
         self,
@@ -504,6 +620,7 @@ class PolicyRewriter:
         parts: Sequence[Part],
         counts: Sequence[int],
         outcome: _Outcome,
+        compacted: Compacted | None = None,
     ) -> Rewrite:
         texts: dict[tuple[str | int, ...], str] = {}
         drops: list[tuple[str | int, ...]] = []
@@ -518,15 +635,21 @@ class PolicyRewriter:
             elif form is not None and form.text is not None:
                 texts[chosen.part.path] = form.text
                 after[index[chosen.part.path]] = form.tokens_after
+        for path, (stub, tokens) in (compacted.texts if compacted else {}).items():
+            if path not in drops:
+                texts[path], after[index[path]] = stub, tokens
+        stubbed = set(compacted.texts) if compacted else set()
         details = tuple(
-            _detail(p, by_path.get(p.path), b, a) for p, b, a in zip(parts, counts, after, strict=True)
+            _detail(p, by_path.get(p.path), b, a, p.path in stubbed)
+            for p, b, a in zip(parts, counts, after, strict=True)
         )
         changed = bool(texts or drops)
         return Rewrite(
             body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
             policy=policy.name,
             mode=mode,
-            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected)),
+            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
+            + (("compaction",) if stubbed else ()),
             tokens_before=sum(counts),
             tokens_after=sum(after),
             compress_ms=outcome.compress_ms,
@@ -545,7 +668,23 @@ class PolicyRewriter:
             texts[part.path] = part.blank  # tool results must stay paired with their call
 
 
-def _detail(part: Part, chosen: _Selected | None, before: int, after: int) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _ScopedOriginals:
+    """The originals store bound to one request's scope: compaction's :class:`Retrieval`."""
+
+    originals: Originals
+    scope: str
+
+    async def refs(self, texts: Sequence[str]) -> list[str | None]:
+        return await self.originals.refs(self.scope, texts)
+
+    async def keep_referenced(self, items: Sequence[tuple[str, str, str]]) -> int:
+        return await self.originals.keep_referenced(self.scope, items)
+
+
+def _detail(part: Part, chosen: _Selected | None, before: int, after: int, stubbed: bool) -> dict[str, Any]:
+    if stubbed:
+        return {**_detail(part, chosen, before, after, False), "source": "compacted", "tokens_after": after}
     return {
         "message": part.message,
         "role": part.role,

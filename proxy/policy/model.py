@@ -26,6 +26,7 @@ from compressors.registry import create, names
 from proxy.config.model import Config
 from proxy.config.yamlsource import ConfigError, ConfigErrors, Fields, Node, default_of, load_yaml
 from proxy.exchange import COMPRESSIBLE_ROUTES
+from proxy.policy.compaction import Knobs
 
 __all__ = [
     "ROLES",
@@ -118,8 +119,10 @@ class Policy:
     min_saving_tokens: int = 50
     latency_budget_ms: float = 300.0
     allow_client_override: bool = False
+    retrieve: bool = False  # markers carry hash=<id>, originals are kept, tersegate_expand is offered
     query: QuerySpec = QuerySpec()
     rules: tuple[Rule, ...] = ()
+    compaction: Knobs | None = None  # None: old parts keep their form (docs/compaction.md)
 
     def applies(self, route: str, model: str | None) -> bool:
         if not any(fnmatch.fnmatchcase(route, glob) for glob in self.routes):
@@ -326,6 +329,48 @@ def _parse_query(f: Fields) -> QuerySpec:
     return QuerySpec(kind="pattern", pattern=pattern)
 
 
+def _parse_compaction(node: Node | None, errors: list[ConfigError]) -> Knobs | None:
+    """``compaction: {keep_last, keep_tokens, margin, idle_s, min_tokens, horizon, max_lines, roles}``;
+    ``true`` or ``{}`` for the defaults, ``false`` (or no key) for none."""
+    if node is None or node.value is None or node.value is False:
+        return None
+    if node.value is True:
+        return Knobs()
+    f = Fields(node, errors, what="compaction")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in ("keep_last", "keep_tokens", "min_tokens"):
+        f.check(key, count, "must be an integer >= 0")
+    for key in ("horizon", "max_lines"):
+        f.check(key, lambda v: count(v) and v >= 1, "must be an integer >= 1")
+    f.check(
+        "margin", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be > 0"
+    )
+    f.check(
+        "idle_s", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be > 0"
+    )
+    roles = _str_list(f, "roles", None)
+    for role in roles or ():
+        if role not in ROLES:
+            at = f.node_of("roles") or node
+            errors.append(at.error(f"compaction.roles: unknown role {role!r} (known: {', '.join(ROLES)})"))
+    idle = f.get("idle_s", float, None)
+    knobs = Knobs(
+        roles=frozenset(roles) if roles is not None else default_of(Knobs, "roles"),
+        idle_s=float(idle) if idle is not None else None,
+        keep_last=f.get_field(Knobs, "keep_last", int),
+        keep_tokens=f.get_field(Knobs, "keep_tokens", int),
+        margin=f.get_field(Knobs, "margin", float),
+        min_tokens=f.get_field(Knobs, "min_tokens", int),
+        horizon=f.get_field(Knobs, "horizon", int),
+        max_lines=f.get_field(Knobs, "max_lines", int),
+    )
+    f.finish()
+    return knobs
+
+
 def _parse_rules(f: Fields) -> tuple[Rule, ...]:
     node = f.node_of("rules")
     if node is None or node.value is None:
@@ -386,8 +431,10 @@ def _parse_policy(root: Node, errors: list[ConfigError], *, expected_name: str |
         min_saving_tokens=f.get_field(Policy, "min_saving_tokens", int),
         latency_budget_ms=f.get_field(Policy, "latency_budget_ms", float),
         allow_client_override=f.get_field(Policy, "allow_client_override", bool),
+        retrieve=f.get_field(Policy, "retrieve", bool),
         query=_parse_query(f),
         rules=_parse_rules(f),
+        compaction=_parse_compaction(f.node_of("compaction"), errors),
     )
     f.finish()
     return policy

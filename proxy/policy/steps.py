@@ -51,8 +51,10 @@ class _Chain:
         query: str | None,
         model: str | None,
         max_model_chars: int,
+        ref: str | None = None,
     ) -> None:
         self.steps = steps
+        self.ref = ref  # the original's id: every marker a step writes carries it as hash=
         self.query = query
         self.model = model
         self.max_model_chars = max_model_chars
@@ -70,7 +72,12 @@ class _Chain:
                 continue
             started = time.perf_counter()
             done = compressor.compress(
-                text, target=fit(step.target), query=self.query, preserve=step.preserve, model=self.model
+                text,
+                target=fit(step.target),
+                query=self.query,
+                preserve=step.preserve,
+                model=self.model,
+                ref=self.ref,
             )
             tally.ms += (time.perf_counter() - started) * 1000
             tally.before += done.tokens_before
@@ -92,10 +99,11 @@ def run_steps(
     plan: QueryPlan,
     model: str | None,
     max_model_chars: int,
+    ref: str | None = None,
 ) -> tuple[str, str, tuple[StepTrace, ...]]:
     """Run ``steps`` (each with the compressor instance to use) on ``text``. Returns the new text,
     the steps' notes (prefixed with the step's compressor when there are several) and a trace per step."""
-    chain = _Chain(steps, query=plan.query, model=model, max_model_chars=max_model_chars)
+    chain = _Chain(steps, query=plan.query, model=model, max_model_chars=max_model_chars, ref=ref)
     out, kept, note = compress_around(chain, text, plan=plan, model=model)
     traces = tuple(
         StepTrace(step.compressor_name, t.before + kept, t.after + kept, t.ms, "; ".join(t.notes))

@@ -65,6 +65,7 @@ class Job:
     deadline: float
     scope: str = "-"  # whose cached vectors the compressor may use (compressors.embedding.cache_scope)
     max_model_chars: int = 50_000  # compression.max_part_chars: model steps skip longer texts
+    ref: str | None = None  # the original's id (proxy.policy.originals): markers carry it as hash=
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ def _run(job: Job, cache: dict[str, Compressor]) -> Done:
             plan=job.plan,
             model=job.model,
             max_model_chars=job.max_model_chars,
+            ref=job.ref,
         )
     after = tokenizer_for(job.model).count(new_text)
     ms = (time.perf_counter() - started) * 1000

@@ -38,6 +38,7 @@ from proxy.server.access import AccessLog
 from proxy.server.asgi import Receive, Scope, Send
 from proxy.server.auth import KEY_HEADERS, Authenticator
 from proxy.server.body import BUFFER_BYTES, UsageTail, limit_encodings, relay_body, usage_of
+from proxy.server.expand import ExpandLoop, identity_encoding, offer, wire_for
 from proxy.server.forward import UpstreamPool, UpstreamResponse, read_failure
 from proxy.server.health import UpstreamHealth
 from proxy.server.hop import response_headers
@@ -78,7 +79,7 @@ class _Bound:
 class _Ctx:
     """What the outer handler needs to know about a request in progress."""
 
-    __slots__ = ("audited", "committed", "exchange", "route", "started", "status", "team")
+    __slots__ = ("audited", "committed", "exchange", "expand", "route", "started", "status", "team")
 
     def __init__(self, route: Route) -> None:
         self.route = route
@@ -88,6 +89,7 @@ class _Ctx:
         self.team = "-"
         self.audited = False
         self.committed = False
+        self.expand: ExpandLoop | None = None  # the proxy answers tersegate_expand calls
 
 
 class ProxyApp:
@@ -329,6 +331,7 @@ class ProxyApp:
         )
         headers.extend(identity.upstream_auth)
         request = UpstreamRequest(method, upstream_path_qs(scope, upstream), headers, body, streaming)
+        ctx.expand = self._expand_loop(exchange, found.dialect, upstream, request, tap)
         if streaming:  # the relay watches for a client that goes away itself
             await self._exchange(upstream, request, receive, send, ctx, tap)
             return
@@ -409,6 +412,7 @@ class ProxyApp:
             if name not in KEY_HEADERS
         }
         rewrite = exchange.rewrite = await self.services.rewriter(exchange, parsed, client_headers)
+        offer(rewrite, dialect, parsed)  # tersegate_expand, for a retrieve policy (server.expand)
         out, injected = forwarded_body(body, parsed, rewrite.body, stream=exchange.stream, dialect=dialect)
         if out is body and rewrite.body is not None:  # could not be encoded: forwarded as sent (fail open)
             exchange.rewrite = dataclasses.replace(
@@ -417,6 +421,44 @@ class ProxyApp:
         if not exchange.stream:
             return out, False, None
         return out, True, dialect.usage_tap(injected)
+
+    def _expand_loop(
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        upstream: UpstreamConfig,
+        request: UpstreamRequest,
+        tap: UsageTap | None,
+    ) -> ExpandLoop | None:
+        """The tool loop of a request that was offered ``tersegate_expand`` (proxy.server.expand)."""
+        originals, wire, body = self.services.originals, wire_for(dialect), exchange.rewrite.body
+        if originals is None or wire is None or body is None or not exchange.rewrite.retrieve:
+            return None
+        identity_encoding(request.headers)
+        injected = tap.injected if tap is not None else False
+
+        async def again(payload: bytes, streaming: bool) -> tuple[UpstreamResponse, float]:
+            return await self.pool.send(
+                upstream,
+                method=request.method,
+                path_qs=request.path_qs,
+                headers=request.headers,
+                body=payload,
+                streaming=streaming,
+            )
+
+        return ExpandLoop(
+            wire,
+            originals,
+            originals.scope(exchange.team),
+            self.services.config.compression.retrieve.max_expansions_per_request,
+            body,
+            again,
+            exchange,
+            idle_timeout=upstream.stream_idle_timeout_s,
+            injected=injected,
+            metrics=self.services.metrics,
+        )
 
     def _unparsed(
         self, exchange: Exchange, dialect: Dialect, body: bytes
@@ -466,6 +508,8 @@ class ProxyApp:
         if ctx.audited and response.status < 400:
             exchange.usage, model = usage_of(body, response.header(b"content-encoding"))
             exchange.model = exchange.model or model
+        if ctx.expand is not None and response.status == 200:
+            body = await ctx.expand.finish_json(body)
         await self._commit(ctx)
         headers.append((b"content-length", str(len(body)).encode()))
         ctx.started = True
@@ -546,6 +590,9 @@ class ProxyApp:
 
         failure: ProxyError | None = None
         try:
+            if ctx.expand is not None and response.status == 200:
+                await ctx.expand.relay(response, send=send, receive=receive, tap=tap, commit=commit)
+                return
             await relay_stream(
                 response,
                 send=send,

@@ -19,7 +19,7 @@ from proxy.server.asgi import Receive, Send
 from proxy.server.forward import UpstreamResponse
 from proxy.usage import UsageTap
 
-__all__ = ["relay_stream", "watch_disconnect"]
+__all__ = ["relay_stream", "watch_disconnect", "watched"]
 
 log = logging.getLogger("tersegate.relay")
 
@@ -104,7 +104,16 @@ async def relay_stream(
     """
     # An encoded (e.g. gzip) body cannot be split into frames: it is copied as is.
     frames = _Frames(tap) if split_frames else None
-    pump = asyncio.ensure_future(_pump(response, idle_timeout, send, frames, commit))
+    pump = _pump(response, idle_timeout, send, frames, commit)
+    await watched(pump, response=response, receive=receive, exchange=exchange, commit=commit)
+
+
+async def watched(
+    work: Awaitable[None], *, response: UpstreamResponse, receive: Receive, exchange: Exchange, commit: Commit
+) -> None:
+    """Run ``work`` (a stream's pump) until it ends or the client goes away; then stop reading,
+    drop the upstream connection and commit the audit. Re-raises ``work``'s read errors."""
+    pump = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(watch_disconnect(receive))
     try:
         await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)

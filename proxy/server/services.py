@@ -14,16 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.audit.cache_model import CacheModel
+from proxy.audit.pricing import PriceBook
 from proxy.audit.sink import JsonlAuditSink
 from proxy.config.model import Config
 from proxy.exchange import AuditSink, Exchange, Rewrite, Rewriter
 from proxy.metrics import Metrics
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policies
+from proxy.policy.originals import Originals
 from proxy.server.reload import PolicyReloader
 from proxy.server.workers import WorkerSeat
 from proxy.store.base import SharedStore
 from proxy.store.factory import open_store
+from proxy.store.memory import MemoryStore
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -91,6 +94,7 @@ class Services:
         self.publish_readiness()
 
     store: SharedStore | None = None  # compression.memo's backend: the memo's shared level
+    originals: Originals | None = None  # retrieve policies' originals (tersegate_expand answers from it)
 
     async def start(self) -> None:
         """Start background work (hot reload, the rewriter's warm-up); the app's lifespan calls it at startup."""
@@ -127,9 +131,11 @@ def build_services(
     audit: AuditSink | None = None
     memo = config.compression.memo
     store = open_store(memo)  # connects on first use
+    prices = PriceBook()  # one cost map for the audit and compaction's break-even rule
     if config.audit.path is not None:
         # The audit's cache model keeps its digests in the memo's store: restarts and workers share it.
-        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store))
+        audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=CacheModel(store), prices=prices)
+    originals = _originals(config, store)
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
@@ -138,9 +144,18 @@ def build_services(
         max_part_chars=config.compression.max_part_chars,
         store=None if memo.backend == "memory" else store,  # memory: the LRU alone is that level
         memo=memo,
+        prices=prices,
+        cache_idle_s={u.name: u.cache_idle_s for u in config.upstreams.values() if u.cache_idle_s},
+        originals=originals,
     )
     services = Services(
-        config=config, metrics=metrics, rewriter=rewriter, audit=audit, store=store, seat=seat
+        config=config,
+        metrics=metrics,
+        rewriter=rewriter,
+        audit=audit,
+        store=store,
+        seat=seat,
+        originals=originals,
     )
     rewriter.on_warm_change = services.publish_readiness
 
@@ -150,3 +165,17 @@ def build_services(
 
     services.reloader = PolicyReloader(config, apply=apply, metrics=metrics)
     return services
+
+
+def _originals(config: Config, store: SharedStore) -> Originals:
+    """Originals live in the memo's backend (any replica answers); with the memory backend in an
+    LRU of their own (``compression.retrieve.max_bytes``), so they never evict the memo's forms."""
+    memo, retrieve = config.compression.memo, config.compression.retrieve
+    return Originals(
+        MemoryStore(max_bytes=retrieve.max_bytes) if memo.backend == "memory" else store,
+        ttl_s=retrieve.ttl_s,
+        seen_ttl_s=memo.max_age_s,
+        shared_across_teams=memo.shared_across_teams,
+        timeout_s=memo.timeout_s,
+        max_return_chars=retrieve.max_return_chars,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ def compress(config: Path, request: bytes, *args: str) -> subprocess.CompletedPr
     )
 
 
+def masked(body: bytes) -> bytes:
+    return re.sub(rb"hash=[0-9a-f]{24}", b"hash=<id>", body)
+
+
 def anthropic_proxy(make: MakeProxy) -> object:
     agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
     return make(
@@ -73,7 +78,9 @@ def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
     assert response.status_code == 200
     run = compress(proxy.config_path, request, "--team", "default", "--route", "/v1/messages", "--explain")  # type: ignore[attr-defined]
     assert run.returncode == 0, run.stderr.decode()
-    assert run.stdout == upstream.last().body + b"\n"
+    # Byte for byte, but for the ids in hash= markers: they are keyed with the fleet's shared secret,
+    # which a dry run never reads (docs/retrieve.md), so its ids are its own.
+    assert masked(run.stdout) == masked(upstream.last().body + b"\n")
     assert len(run.stdout) < len(request)
     table = run.stderr.decode()
     assert "tool (" in table and "tool-output" in table and "system" in table
@@ -81,7 +88,10 @@ def test_compress_explains_an_anthropic_request_as_the_server_forwards_it(
         response.headers["x-tersegate-tokens-before"],
         response.headers["x-tersegate-tokens-after"],
     )
-    assert int(before) > int(after) and f"tokens {before} -> {after}" in table
+    found = re.search(r"tokens (\d+) -> (\d+)", table)
+    assert found is not None and int(before) > int(after) and found.group(1) == before
+    # Another id (24 hex) may tokenize into a few more or fewer tokens: allow 8 per marker.
+    assert abs(int(found.group(2)) - int(after)) <= 8 * run.stdout.count(b"hash=")
 
 
 def test_report_sums_anthropic_dollars(make_proxy: MakeProxy, upstream: Upstream) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import evaldata
 
 REPO = Path(__file__).resolve().parents[2]
 TRACE = "swe-agent-traces/marshmallow-1867__function_calling_replace_from_source.traj"
+
+
+def masked(body: bytes) -> bytes:
+    return re.sub(rb"hash=[0-9a-f]{24}", b"hash=<id>", body)
 
 
 @pytest.fixture(params=["built", pytest.param("evaldata", marks=pytest.mark.evaldata(TRACE))])
@@ -60,7 +65,9 @@ def test_compress_prints_what_the_server_forwards(
     assert response.status_code == 200
     run = compress(proxy.config_path, request, "--team", "agents", "--explain")
     assert run.returncode == 0, run.stderr.decode()
-    assert run.stdout == upstream.last().body + b"\n"
+    # Byte for byte, but for the ids in hash= markers: they are keyed with the fleet's shared secret,
+    # which a dry run never reads (docs/retrieve.md), so its ids are its own.
+    assert masked(run.stdout) == masked(upstream.last().body + b"\n")
     assert len(run.stdout) < len(request)
     table = run.stderr.decode()
     for column in ("msg", "role", "rule", "compressor", "before", "after", "ms"):
@@ -70,7 +77,10 @@ def test_compress_prints_what_the_server_forwards(
         response.headers["x-tersegate-tokens-before"],
         response.headers["x-tersegate-tokens-after"],
     )
-    assert f"tokens {before} -> {after}" in table
+    found = re.search(r"tokens (\d+) -> (\d+)", table)
+    assert found is not None and found.group(1) == before
+    # Another id (24 hex) may tokenize into a few more or fewer tokens: allow 8 per marker.
+    assert abs(int(found.group(2)) - int(after)) <= 8 * run.stdout.count(b"hash=")
 
 
 def test_unchanged_requests_come_back_as_the_original_bytes(tmp_path: Path, trace: str | Path) -> None:

@@ -8,6 +8,7 @@ hitting. And the selected parts must shrink as the policy says.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from compressors.tokenizer import tokenizer_for
 
 REPO = Path(__file__).resolve().parents[2]
 COUNT = tokenizer_for("gpt-4o").count
+STUB = re.compile(r"\[\d+ lines( like \"[^\"\n]*\")? omitted; lines=")
 
 
 BUILT = "built"
@@ -72,11 +74,22 @@ def test_each_turn_resends_the_previous_turn_byte_identical(
     proxy: Any, upstream: Upstream, built_trace: Path, trace: str, team: str
 ) -> None:
     previous: list[bytes] = []
-    for sent, forwarded in replay(proxy, upstream, built_trace if trace == BUILT else trace, team):
+    turns = replay(proxy, upstream, built_trace if trace == BUILT else trace, team)
+    batches = 0
+    for sent, forwarded in turns:
         assert len(forwarded) == len(sent)  # nothing dropped or reordered
         encoded = [orjson.dumps(m) for m in forwarded]
-        assert encoded[: len(previous)] == previous
+        if encoded[: len(previous)] != previous:
+            # Only agents' history compaction changes an earlier message: old tool outputs become
+            # stubs (a marker first), in a few batches (docs/compaction.md).
+            assert team == "agents"
+            batches += 1
+            for old, new in zip(previous, encoded, strict=False):
+                if old != new:
+                    stub = orjson.loads(new)
+                    assert stub["role"] == "tool" and STUB.match(stub["content"]), stub
         previous = encoded
+    assert batches <= max(1, len(turns) // 4)
 
 
 @pytest.mark.parametrize(

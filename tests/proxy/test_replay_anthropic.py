@@ -77,7 +77,11 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
     shrunk = 0
     for k, (client_body, body) in enumerate(zip(sent, forwarded, strict=True)):
         assert markers(body) == markers(client_body)  # count, positions, TTLs
-        assert body.get("tools") == client_body.get("tools")
+        # The agents policy keeps originals: tersegate_expand comes after the client's tools.
+        theirs = client_body.get("tools") or []
+        assert body.get("tools", [])[: len(theirs)] == theirs
+        added = [t["name"] for t in body.get("tools", [])[len(theirs) :]]
+        assert added == (["tersegate_expand"] if theirs else [])
         shrunk += len(str(body["messages"])) < len(str(client_body["messages"]))
         if k == 0:
             continue

@@ -146,6 +146,9 @@ def test_since_filters_by_day(audit: Path) -> None:
             "cached_share_before": 0.0,
             "cached_share_after": 0.0,
             "cache_loss": False,
+            "expansions": 0,
+            "expanded_bytes": 0,
+            "expansion_cost_usd": 0.0,
         }
     ]
 

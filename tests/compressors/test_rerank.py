@@ -1,0 +1,108 @@
+"""Two-stage relevance: bounded embedding, pieces of documents at tight budgets, time budget, CPU probe."""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import evaldata
+from compressors.base import Target
+from compressors.cpu import cpu_info, fastest
+from compressors.relevance import Relevance
+from compressors.tokenizer import tokenizer_for
+from compressors.units import split_units
+from compressors.windows import split_windows
+
+needs_data = pytest.mark.evaldata(evaldata.NQ, evaldata.QA_PROMPT)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+def _haystack(size: int, number: int) -> tuple[str, str, str]:
+    from long_context import build_case
+
+    rows = evaldata.nq_rows()
+    return build_case(rows, number, size, random.Random(number))
+
+
+@needs_data
+@pytest.mark.slow
+def test_a_needle_sentence_in_a_long_haystack_survives_at_one_sixteenth() -> None:
+    prompt, question, needle = _haystack(8000, 11)
+    result = Relevance().compress(prompt, target=Target(rate=1 / 16), model="gpt-4o")
+    assert needle in result.text
+    assert result.target_met
+    assert result.text.endswith(f"Question: {question}\nAnswer:")
+
+
+@needs_data
+def test_pieces_keep_document_order_headers_and_whole_sentences() -> None:
+    prompt, _, _ = _haystack(3000, 5)
+    result = Relevance().compress(prompt, target=Target(max_tokens=110), model="gpt-4o")
+    lines = {
+        int(m.group(1)): m.group(0) for m in re.finditer(r"^Document \[(\d+)\].*$", prompt, re.MULTILINE)
+    }
+    kept = re.findall(r"^Document \[(\d+)\](\(Title: [^\n]*?\) )(.*)$", result.text, re.MULTILINE)
+    assert kept, result.text
+    numbers = [int(n) for n, _, _ in kept]
+    assert numbers == sorted(numbers)
+    for number, header, body in kept:
+        original = lines[int(number)]
+        assert original.startswith(f"Document [{number}]{header}")
+        position = 0
+        for piece in re.split(r"(?<=[.!?]) ", body):  # each piece is in the original, in order
+            found = original.find(piece, position)
+            assert found >= 0, piece
+            position = found + len(piece)
+    assert any("pieces kept" in d.reason for d in result.decisions)
+
+
+@needs_data
+def test_the_embedding_reads_a_bounded_share_of_a_long_input() -> None:
+    prompt, question, _ = _haystack(20000, 3)
+    compressor = Relevance()
+    tokens = tokenizer_for("gpt-4o").count(prompt)
+    layout = split_units(prompt)
+    scored = compressor.score(question, layout, layout.units(), tokens)
+    windows = split_windows(layout, max_chars=200)
+    # The budget: 3,000 tokens plus 5% of the input, about four characters a token.
+    assert 0 < scored.embedded < len(windows) / 2
+    assert len(scored.units) == len(layout.spans)
+
+
+@needs_data
+def test_a_time_budget_stops_the_embedding_and_says_so() -> None:
+    prompt, question, _ = _haystack(20000, 7)
+    compressor = Relevance({"max_ms": 1, "embed_tokens": 20000})
+    compressor.compress("a b c.\n\nd e f.\n\ng h i.\n\nQuestion: a?", target=Target(rate=0.5))
+    result = compressor.compress(prompt, target=Target(rate=0.1), query=question, model="gpt-4o")
+    assert "within max_ms 1" in result.note
+    assert result.target_met
+    assert result.text.endswith(f"Question: {question}\nAnswer:")
+
+
+def test_cpu_info_reads_model_and_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n\n"
+        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n"
+    )
+    info = cpu_info(cpuinfo)
+    assert info.model == "Test CPU 9000"
+    assert info.flags == ("avx2", "avx512f", "avx512_vnni")
+    assert "avx512_vnni" in info.describe()
+
+
+def test_the_faster_runtime_is_picked() -> None:
+    def slow(texts: object) -> None:
+        time.sleep(0.02)
+
+    def quick(texts: object) -> None:
+        time.sleep(0.001)
+
+    assert fastest({"slow": slow, "quick": quick}, ["a"]) == "quick"
+    assert fastest({"only": slow}, ["a"]) == "only"
