@@ -67,7 +67,8 @@ def _count(tokenizer: Tokenizer, text: str) -> int:
 
 class ToolOutput(Compressor):
     """See the module docstring. Options: ``min_tokens`` (below it: unchanged), ``threshold`` (the score
-    a shape needs), ``shapes`` (the shape names allowed; all by default)."""
+    a shape needs), ``shapes`` (the shape names allowed; all by default), ``fallback`` (false: a text
+    no shape recognises goes unchanged, e.g. a task typed as a user message beside observations)."""
 
     name = "tooloutput"
     cost = "linear"  # line scans and one token count: runs on parts of any size (see base.Cost)
@@ -75,6 +76,7 @@ class ToolOutput(Compressor):
         "min_tokens": (int, 200),
         "threshold": ((int, float), 0.5),
         "shapes": ((list, tuple), None),
+        "fallback": (bool, True),
     }
 
     def _validate(self) -> None:
@@ -97,6 +99,8 @@ class ToolOutput(Compressor):
             return Compressed(text, tokens, tokens, self.name, budget)
         doc = Doc.of(text, Query.parse(ask.query, text), ask.ref, ask.tokenizer, tokens)
         shape, score = choose(doc, float(self.options["threshold"]), self._only)
+        if shape is FALLBACK and not self.options["fallback"]:
+            return Compressed(text, tokens, tokens, self.name, budget, False, "no shape recognised")
         cut = shape.compress(doc, budget)
         if cut.tokens >= tokens:  # nothing gained: the original, unchanged
             return Compressed(text, tokens, tokens, self.name, budget, tokens <= budget * 1.05, cut.note)

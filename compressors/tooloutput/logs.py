@@ -21,6 +21,8 @@ _LOG_LINE = re.compile(
 _LEVEL_OF = re.compile(rf"\b({_LEVEL})\b|level=(\w+)|\"level\": ?\"(\w+)\"", re.IGNORECASE)
 _SEVERE = frozenset({"WARN", "WARNING", "ERROR", "ERR", "CRITICAL", "FATAL", "SEVERE", "PANIC"})
 _ENDS = 3
+# An access log's server error (`"POST /login HTTP/1.1" 500`) is an error whatever its level says.
+_SERVER_ERROR = re.compile(r'HTTP/\d(?:\.\d)?" 5\d\d\b')
 
 
 def _level(line: str) -> str | None:
@@ -43,11 +45,14 @@ class Logs(LineShape):
     def select(self, doc: Doc) -> Selection:
         n = len(doc.lines)
         levels = [_level(line) for line in doc.lines]
-        must = {i for i, level in enumerate(levels) if level in _SEVERE}
-        must |= traceback_blocks(doc.lines)
+        severe = {i for i, level in enumerate(levels) if level in _SEVERE}
+        severe |= {i for i, line in enumerate(doc.lines) if _SERVER_ERROR.search(line)}
+        must = severe | traceback_blocks(doc.lines)
         must |= set(range(min(_ENDS, n))) | set(range(max(0, n - _ENDS), n))
         rest = [i for i in range(n) if i not in must]
-        ranked = rare_first(rest, masks(doc.lines))
+        # The line before an error (the job or request that failed) first, while the budget lasts.
+        first = {i - 1 for i in severe if i > 0} - must
+        ranked = sorted(first) + rare_first([i for i in rest if i not in first], masks(doc.lines))
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             counts = Counter(levels[i] or "other" for i in members)

@@ -39,7 +39,7 @@ from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Jo
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.model import Policy, PolicySet, Rule, Step
 from proxy.policy.originals import Originals
-from proxy.policy.query import QueryPlan, plan_query
+from proxy.policy.query import POINTER_SCAN_CHARS, SHAPED, TOOL_ROLES, QueryPlan, plan_query, pointers_of
 from proxy.policy.steps import StepTrace
 from proxy.store.base import SharedStore
 from proxy.store.lru import BytesLRU
@@ -50,6 +50,7 @@ log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
 _COUNTS_BYTES = 16 * 1024 * 1024
+_POINTERS_BYTES = 4 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
 # Huge texts are counted in pieces: one tiktoken call holds the GIL while it builds its list of
 # ids (about 130 ms for 30 MB), so pieces of this size let the event loop in between.
@@ -152,6 +153,8 @@ class PolicyRewriter:
             metrics=metrics,
         )
         self._counts: BytesLRU[int] = BytesLRU(max_bytes=min(_COUNTS_BYTES, memo_bytes), entry_overhead=200)
+        # The lines each earlier tool output points at (tool queries), scanned once per text.
+        self._pointers: BytesLRU[tuple[str, ...]] = BytesLRU(max_bytes=_POINTERS_BYTES, entry_overhead=200)
         # History compaction (docs/compaction.md): its batches live in the same store as the forms.
         self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
         self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
@@ -400,7 +403,7 @@ class PolicyRewriter:
             too_large = len(part.text) > self.max_part_chars and _all_model(rule)
             # The kept spans of a part depend on its own text only; the query on the whole request.
             compress = rule.action == "compress" and not too_large
-            keep = self._plan(policy, self._planning([part]), part).keep if compress else ()
+            keep = self._plan(policy, self._planning([part]), part, rule).keep if compress else ()
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
             chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
@@ -429,7 +432,7 @@ class PolicyRewriter:
             if chosen.form is not None:
                 continue
             rule = chosen.rule
-            plan = self._plan(policy, planning, chosen.part)
+            plan = self._plan(policy, planning, chosen.part, rule)
             key = wanted[i] = (rule.identity, chosen.part.text, plan)  # one job per distinct input
             if key not in jobs:
                 jobs[key] = Job(
@@ -469,13 +472,28 @@ class PolicyRewriter:
     def _planning(self, parts: Sequence[Part]) -> list[Part]:
         """What query planning reads: only the tail of a part above ``max_part_chars`` (its
         question is there), since planning runs on the event loop."""
-        return [p if len(p.text) <= self.max_part_chars else _tail(p) for p in parts]
+        return [p if len(p.text) <= self.max_part_chars else _tail(p, _scan_chars(p)) for p in parts]
 
-    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part) -> QueryPlan:
+    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part, rule: Rule) -> QueryPlan:
         """The query plan of ``part``, its kept spans in the offsets of its whole text."""
         clipped = len(part.text) > self.max_part_chars
-        plan = plan_query(policy.query, planning, _tail(part) if clipped else part)
+        shaped = any(step.compressor_name in SHAPED for step in rule.steps)
+        plan = plan_query(
+            policy.query,
+            planning,
+            _tail(part) if clipped else part,
+            shaped=shaped,
+            pointers=self._pointers_of,
+        )
         return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
+
+    def _pointers_of(self, text: str) -> tuple[str, ...]:
+        key = text_digest(text)
+        found = self._pointers.get(key)
+        if found is None:
+            found = pointers_of(text)
+            found = self._pointers.setdefault(key, found, size=200 + sum(len(line) for line in found))
+        return found
 
     async def _reference(self, team: str, outcome: _Outcome) -> None:
         """Retrieve policies: each new part's id (its markers carry it as ``hash=``)."""
@@ -694,8 +712,14 @@ def _all_model(rule: Rule) -> bool:
     return all(step.compressor.cost_class == "model" for step in rule.steps)
 
 
-def _tail(part: Part) -> Part:
-    return dataclasses.replace(part, text=part.text[-_QUERY_TAIL_CHARS:])
+def _tail(part: Part, chars: int = _QUERY_TAIL_CHARS) -> Part:
+    return dataclasses.replace(part, text=part.text[-chars:])
+
+
+def _scan_chars(part: Part) -> int:
+    """What planning reads of a big part: a tool output's failures may sit mid-way (``pytest -v``
+    without a summary), and scanning its lines for them is cheap; a question is at the end."""
+    return POINTER_SCAN_CHARS if part.role in TOOL_ROLES else _QUERY_TAIL_CHARS
 
 
 def _count(tokenizer: Tokenizer, text: str) -> int:

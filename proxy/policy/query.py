@@ -9,11 +9,20 @@ it, and a short leading instruction paragraph are kept verbatim: only the text
 between them is compressed. ``query: {pattern: ...}`` takes the regex's group from
 the newest part it matches, with the same keep rule when the match sits in the
 compressed part.
+
+A tool output (a chat ``tool`` message, a Responses ``function_call_output``, an Anthropic
+``tool_result``), and a user message that a rule reads by shape (an observation of an agent
+without tool calling), gets the query of what the agent is after (:func:`tool_query`): the task,
+the assistant's words before the call, the call's name and arguments, and the lines of the last
+few outputs that pointed somewhere (failures, errors, ``file:line``). It is built from the parts
+*before* the output only, so it is the same on every turn that re-sends that output: the memo keys
+the form by the turn it was first sent in, and a replica with a cold memo remakes the same form.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,10 +32,47 @@ from compressors.tokenizer import tokenizer_for
 from proxy.apis import Part
 from proxy.policy.model import QuerySpec
 
-__all__ = ["Fit", "QueryPlan", "Run", "compress_around", "final_question", "plan_query", "whole"]
+__all__ = [
+    "POINTER_SCAN_CHARS",
+    "SHAPED",
+    "TOOL_ROLES",
+    "Fit",
+    "Pointers",
+    "QueryPlan",
+    "Run",
+    "compress_around",
+    "final_question",
+    "plan_query",
+    "pointers_of",
+    "tool_query",
+    "whole",
+]
 
 _MAX_QUERY_CHARS = 4000  # a whole message as the query: its end, where the question usually is
 _MAX_INSTRUCTION_CHARS = 1200
+TOOL_ROLES = frozenset({"tool", "function"})
+SHAPED = frozenset({"tooloutput"})  # compressors that read a part as a tool output by its shape
+# The tool query's pieces, each bounded, so a long task or a huge earlier output never makes the
+# query (which the shapes match every line against) big: about 3,000 characters at most.
+_TASK_HEAD, _TASK_TAIL = 500, 300  # an issue statement's title and first lines, and its end
+_WORDS_CHARS = 600  # the assistant's words just before the call
+_CALL_CHARS = 500
+_RECENT_OUTPUTS = 6
+_POINTERS_PER_OUTPUT = 8
+_POINTER_CHARS = 200
+_POINTER_TOTAL = 1500
+# Lines of an earlier output that point somewhere, surest first: a test runner's failures, then
+# error messages (``AssertionError: ...``, ``error: ...``, ``panic: ...``), then locations
+# (``src/a.py:12``, ``File "x.py", line 9``; an address like ``127.0.0.1:8000`` is none). Words
+# like Error inside source lines (``class RangeError(Exception):``) are not pointers.
+_POINTER = re.compile(
+    r"(?P<t0>\b(?:FAILED|FAIL|ERROR)\b)"
+    r"|(?P<t1>(?:Error|Exception|Failure): \S|\berror(?:\[[\w-]+\])?: |\bpanic: )"
+    r"|(?P<t2>\w\.[A-Za-z]\w{0,4}:\d+|File \"[^\"\n]+\", line \d+)"
+)
+_TIERS = ("t0", "t1", "t2")
+Pointers = Callable[[str], Sequence[str]]
+POINTER_SCAN_CHARS = 200_000  # what is read of an earlier output (its end), on the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +134,80 @@ def _pattern_plan(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPl
     return QueryPlan(None)
 
 
-def plan_query(spec: QuerySpec, parts: Sequence[Part], part: Part) -> QueryPlan:
-    """The query to compress ``part`` with, given every part of the request."""
+def _clip(text: str, head: int, tail: int = 0) -> str:
+    text = text.strip()
+    if len(text) <= head + tail:
+        return text
+    return text[:head] + (" ... " + text[-tail:] if tail else "")
+
+
+def pointers_of(text: str) -> tuple[str, ...]:
+    """The lines of one output that point somewhere (``_POINTER``), surest first, each once: one
+    regex pass over the text (a line is ranked by its first match)."""
+    text = text[-POINTER_SCAN_CHARS:]
+    tiers: dict[str, dict[str, None]] = {tier: {} for tier in _TIERS}
+    done = -1  # the end of the last line taken: one match per line
+    for match in _POINTER.finditer(text):
+        if match.start() < done:
+            continue
+        start = text.rfind("\n", 0, match.start()) + 1
+        end = text.find("\n", match.end())
+        done = end = len(text) if end < 0 else end
+        tier = tiers[str(match.lastgroup)]
+        if len(tier) < _POINTERS_PER_OUTPUT:
+            tier.setdefault(text[start:end].strip()[:_POINTER_CHARS])
+        elif all(len(t) >= _POINTERS_PER_OUTPUT for t in tiers.values()):
+            break
+    found = [line for tier in tiers.values() for line in tier if line]
+    return tuple(dict.fromkeys(found))[:_POINTERS_PER_OUTPUT]
+
+
+def tool_query(parts: Sequence[Part], part: Part, pointers: Pointers = pointers_of) -> str | None:
+    """What the agent is after when it reads ``part`` (a tool output or an observation): built
+    from ``part``'s call and the parts before it, never from ``part`` itself or what follows.
+    ``pointers`` is :func:`pointers_of`, or a cached twin (the engine scans an output once)."""
+    at = next((k for k, p in enumerate(parts) if p.path == part.path), len(parts))
+    before = parts[:at]
+    observation = part.role not in TOOL_ROLES
+    # Text blocks beside tool_results (an agent's reminders) are not the task.
+    hosts = {p.message for p in before if p.role in TOOL_ROLES}
+    users = [p for p in before if p.role == "user" and p.message not in hosts and p.text.strip()]
+    # An agent without tool calling sends observations as user messages: its task is the first.
+    task = users[0] if observation and users else (users[-1] if users else None)
+    pieces: list[str] = []
+    if task is not None:
+        pieces.append("Task: " + _clip(task.text, _TASK_HEAD, _TASK_TAIL))
+    words = next((p for p in reversed(before) if p.role == "assistant" and p.text.strip()), None)
+    if words is not None and words.turn == part.turn:  # the reply that made the call
+        pieces.append("Assistant: " + words.text.strip()[-_WORDS_CHARS:])
+    if part.tool_name or part.tool_arguments:
+        pieces.append("Call: " + _clip(f"{part.tool_name or ''} {part.tool_arguments or ''}", _CALL_CHARS))
+    outputs = [
+        p for p in before if p.role in TOOL_ROLES or (observation and p.role == "user" and p is not task)
+    ]
+    pointed: dict[str, None] = {}
+    for output in reversed(outputs[-_RECENT_OUTPUTS:]):  # the newest output first
+        pointed.update(dict.fromkeys(pointers(output.text)))
+    recent = "\n".join(pointed)[:_POINTER_TOTAL]
+    if recent:
+        pieces.append("Recent:\n" + recent)
+    return "\n".join(pieces) or None
+
+
+def plan_query(
+    spec: QuerySpec,
+    parts: Sequence[Part],
+    part: Part,
+    *,
+    shaped: bool = False,
+    pointers: Pointers = pointers_of,
+) -> QueryPlan:
+    """The query to compress ``part`` with, given every part of the request. ``shaped``: the
+    part's rule reads tool outputs by shape, so a user message it matches is an observation."""
     if spec.kind == "pattern":
         return _pattern_plan(spec, parts, part)
+    if part.role in TOOL_ROLES or (shaped and part.role == "user"):
+        return QueryPlan(tool_query(parts, part, pointers))
     user = [p for p in parts if p.last_user]
     if not user:
         return QueryPlan(None)

@@ -246,3 +246,27 @@ def test_a_read_of_a_test_log_keeps_its_failures_with_their_line_numbers() -> No
     assert "   701\u2192tests/test_app.py::test_broken FAILED" in result.text
     assert "   702\u2192========================= 1 failed, 700 passed in 3.10s" in result.text
     assert any(m.unit == "tests" for _, _, m in find_markers(result.text))
+
+
+def test_logs_keep_a_server_error_access_line_and_the_line_before_an_error() -> None:
+    info = "".join(
+        f'2024-05-01 10:00:{i % 60:02d},123 INFO    uvicorn.access: 127.0.0.1:4{i:04d} - "GET /items/{i} HTTP/1.1" 200\n'
+        for i in range(300)
+    )
+    failing = '2024-05-01 10:05:00,001 INFO    uvicorn.access: 127.0.0.1:49522 - "POST /login HTTP/1.1" 500\n'
+    start = "2024-05-01 10:05:00,002 INFO    scheduler[21093]: job 0217 start argv=--shard 12\n"
+    error = "2024-05-01 10:05:00,003 ERROR   scheduler[21093]: job 0217 failed\n"
+    result = run(info + failing + info + start + error + info, budget=600)
+    assert shape_of(result) == "logs"
+    assert failing in result.text and start + error in result.text
+
+
+def test_without_fallback_a_text_no_shape_recognises_goes_unchanged() -> None:
+    task = "\n".join(
+        f"Please look at the export job number {i} and tell me why it stopped." for i in range(60)
+    )
+    kept = create("tooloutput", {"min_tokens": 50, "fallback": False}).compress(
+        task, target=Target(max_tokens=100)
+    )
+    assert kept.text == task and kept.note == "no shape recognised"
+    assert run(task, budget=100).tokens_after < kept.tokens_after  # the fallback would cut it

@@ -54,7 +54,15 @@ def anthropic_proxy(make: MakeProxy) -> object:
     agents = (REPO / "policies" / "agents.yaml").read_text(encoding="utf-8")
     return make(
         anthropic_config(audit={"path": "audit/audit.jsonl"}, teams={"default": {"policy": "agents"}}),
-        policies={"agents": agents.replace("latency_budget_ms: 300", "latency_budget_ms: 30000")},
+        # A SWE-agent trace's outputs are mostly under the shipped 3,000-token target: a smaller
+        # one, so that this turn has parts to compress.
+        policies={
+            "agents": agents.replace("latency_budget_ms: 300", "latency_budget_ms: 30000")
+            .replace("max_tokens: 3000", "max_tokens: 400")
+            # without retrieve: a dry run's own hash= ids tokenize to other counts than the
+            # server's, and tooloutput fits lines to the target counting its markers
+            .replace("retrieve: true", "retrieve: false")
+        },
     )
 
 

@@ -43,7 +43,7 @@ def test_other_parts_use_the_last_user_message_as_query() -> None:
     body = {
         "messages": [
             {"role": "user", "content": "First question?"},
-            {"role": "tool", "content": "a long tool output"},
+            {"role": "assistant", "content": "a long answer"},
             {"role": "user", "content": "Which file holds the bug?"},
         ]
     }
