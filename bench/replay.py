@@ -46,6 +46,7 @@ from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 
 import evaldata  # noqa: E402
 from evaldata import agent_messages, turns  # noqa: E402
+from proxy.apis import CHAT  # noqa: E402
 from proxy.audit.cache_model import CacheModel  # noqa: E402
 from proxy.audit.pricing import PriceBook, request_cost_usd  # noqa: E402
 from proxy.cli.serve import uvicorn_config  # noqa: E402
@@ -195,7 +196,7 @@ async def _run_model(model: CacheModel, bodies: list[dict[str, Any]]) -> tuple[f
     t0 = time.process_time()
     for body in bodies:
         estimate = await model.estimate(
-            team="t", model="gpt-5", route="/v1/chat/completions", original=body, forwarded=None, usage=usage
+            team="t", model="gpt-5", dialect=CHAT, original=body, forwarded=None, usage=usage
         )
         assert estimate is not None
         looked += estimate.before.prompt // 128 + estimate.after.prompt // 128
@@ -210,14 +211,14 @@ async def model_cost(traces: list[Path]) -> None:
     store = MemoryStore(max_bytes=1 << 30)
     model.store = store
     warm, _ = await _run_model(model, bodies)  # token memo filled; a fresh store
-    keys = list(store._items)
+    keys = store._lru.keys()
     tracemalloc.start()
     copy = MemoryStore(max_bytes=1 << 30)
     for namespace, key in keys:
         await copy.put(namespace, [(key, b"1")], ttl_s=600)
     store_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    memo_bytes = model._tokens._bytes
+    memo_bytes = model._tokens.bytes_used
     n = len(bodies)
     print(
         f"\nCache model alone, {n} requests (both streams), {looked:,} prefix digests looked up, "

@@ -31,6 +31,11 @@ class BytesLRU(Generic[V]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def keys(self) -> list[Hashable]:
+        """The keys held now, least recently used first (a copy)."""
+        with self._lock:
+            return list(self._items)
+
     @property
     def bytes_used(self) -> int:
         return self._bytes
