@@ -28,7 +28,7 @@ def test_compressors_import_without_any_server_module() -> None:
 def test_compressors_public_names() -> None:
     public = "Ask Compressed Compressor CompressorError Decision OptionsError PreserveSpec Target Tokenizer"
     assert set(compressors.__all__) == {*public.split(), "create", "names", "tokenizer_for"}
-    assert set(compressors.names()) == {"normalize", "truncate", "relevance", "tokens"}
+    assert set(compressors.names()) == {"normalize", "truncate", "relevance", "tokens", "tooloutput"}
     for name in compressors.__all__:
         assert hasattr(compressors, name)
 

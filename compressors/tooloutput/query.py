@@ -148,6 +148,11 @@ class Query:
         numbers = frozenset(int(m.group(1)) for m in _LINE_NO.finditer(text))
         low = document.lower()
         limit = max(3, document.count("\n") // 50)
+        if document:
+            # A name on most lines (the test file a whole run is of, the folder every grep hit is in)
+            # points at nothing in particular: keeping what it matches would keep everything.
+            common = max(20, document.count("\n") // 4)
+            names = {name for name in names if document.count(name) <= common}
         words = {w.lower() for w in _WORD.findall(text)} - _STOP - {n.lower() for n in names}
         rare = frozenset(w for w in words if 0 < low.count(w) <= limit) if document else frozenset(words)
         return cls(text, frozenset(names), numbers, rare, _alternation(names, 0), _alternation(rare, re.I))

@@ -73,7 +73,9 @@ def _no_bytecode(_folder: str, names: list[str]) -> list[str]:
 
 def agent_command() -> str:
     # An absolute interpreter: Codex runs commands in a shell whose PATH may not hold the venv.
-    return f"{sys.executable} -m pytest -v -p no:cacheprovider -p no:asyncio {TEST_FILES}"
+    # COLUMNS pinned: pytest's summary line grows a " - <message>" tail on a wide terminal, and the
+    # client's shell and this test's run must print the same output.
+    return f"COLUMNS=80 {sys.executable} -m pytest -v -p no:cacheprovider -p no:asyncio {TEST_FILES}"
 
 
 def run_command(checkout: Path) -> str:
@@ -135,7 +137,12 @@ def run_agent(
     app = FakeModel(script)
     server = ServerThread(app).start()
     try:
+        # The shipped policy with a 1,000-token target: Claude Code caps a Bash result at about 10,000
+        # characters (~2,800 tokens here, whatever BASH_MAX_OUTPUT_LENGTH says), under the shipped
+        # 3,000-token target, where the shipped policy rightly forwards it as it came.
         shipped = (ROOT / "policies" / "agents.yaml").read_text(encoding="utf-8")
+        assert "max_tokens: 3000" in shipped
+        shipped = shipped.replace("max_tokens: 3000", "max_tokens: 1000")
         proxy = spawn_proxy(proxy_config(server.url), policies={"agents": shipped})
         home = tmp_path / "home"
         home.mkdir()
