@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from compressors.tokenizer import Tokenizer, tokenizer_for
-from proxy.apis import Block, Dialect
+from proxy.apis import Block, Dialect, JsonPath
+from proxy.apis.items import sorted_json
 from proxy.audit import cache_rules as rules
 from proxy.store.base import SharedStore, StoreUnavailable
 from proxy.store.lru import BytesLRU
@@ -78,6 +79,34 @@ class _Cached:
     text: str
     breakpoint: str | None
     split: tuple[str, str] | None = None
+    framing: str | None = None  # estimated-token dialects: the block's JSON without its texts
+
+
+def _blank(node: Any, rel: JsonPath) -> Any:
+    """``node`` with the value at ``rel`` replaced by ``""`` (copies only along the path)."""
+    if not rel:
+        return ""
+    key, rest = rel[0], rel[1:]
+    if isinstance(node, Mapping) and isinstance(key, str) and key in node:
+        return {**node, key: _blank(node[key], rest)}
+    if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+        return [*node[:key], _blank(node[key], rest), *node[key + 1 :]]
+    return node
+
+
+def _framing(block: Block) -> str | None:
+    """What the upstream receives around a block's texts: its JSON with every text emptied (a
+    tool result's type and ``tool_use_id``, ...). It is counted with the block so that the ratio to
+    the upstream's units (:func:`_calibrated`) is the texts' ratio, not inflated by framing that
+    weighs more in a heavily compressed request than in the original (docs/audit.md, "Anthropic")."""
+    node = block.node
+    if not block.texts or not isinstance(node, Mapping):
+        return None
+    skeleton: Any = {k: v for k, v in node.items() if k != "cache_control"}
+    depth = len(block.path)
+    for path, _ in block.texts:
+        skeleton = _blank(skeleton, path[depth:])
+    return sorted_json(skeleton)
 
 
 def _split(block: Block, text: str) -> tuple[str, str] | None:
@@ -96,12 +125,14 @@ def _split(block: Block, text: str) -> tuple[str, str] | None:
 
 
 def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
-    """The prompt's blocks in the order the provider caches them, rendered by the dialect."""
+    """The prompt's blocks in the order the provider caches them, rendered by the dialect; where its
+    counts are estimates (Anthropic), with each block's framing (:func:`_framing`)."""
     out = []
     for block in blocks:
         text = dialect.cache_text(block)
         if text is not None:
-            out.append(_Cached(text, block.breakpoint, _split(block, text)))
+            framing = _framing(block) if dialect.estimated_tokens else None
+            out.append(_Cached(text, block.breakpoint, _split(block, text), framing))
     return out
 
 
@@ -165,9 +196,12 @@ class CacheModel:
             split, counted = block.split, self._counted
             known = None if split is None or counted is None else counted(team, tokenizer.encoding, split[1])
             if split is None or known is None:
-                out.append(len(self._ids(team, tokenizer, block.text)) // 4)
+                count = len(self._ids(team, tokenizer, block.text)) // 4
             else:
-                out.append(len(self._ids(team, tokenizer, split[0])) // 4 + known)
+                count = len(self._ids(team, tokenizer, split[0])) // 4 + known
+            if block.framing is not None:
+                count += len(self._ids(team, tokenizer, block.framing)) // 4
+            out.append(count)
         return out
 
     async def estimate(

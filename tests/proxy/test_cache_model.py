@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefix_cache_upstream import PrefixCacheUpstream
 from redis_server import RedisServer, redis_server
 
 from proxy.apis import CHAT, dialect_for
@@ -292,3 +293,36 @@ def test_a_role_line_and_a_text_tokenize_as_their_parts() -> None:
                     role,
                     text[:20],
                 )
+
+
+def test_a_heavily_cut_anthropic_request_is_counted_in_the_upstreams_units() -> None:
+    """The original's size in the upstream's units: a request whose tool results were cut to a few
+    lines is mostly per-block framing, which must not inflate the ratio by which the original (mostly
+    text) is converted. The fake upstream counts o200k of each block's JSON: framing and escaping."""
+    lines = Path(rules.__file__).read_text(encoding="utf-8").splitlines()  # real code: quotes, indents
+    system = [{"type": "text", "text": WORDS[:4000], "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+
+    def body(cut: bool) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "fix the bug"}]
+        for k in range(30):
+            call = {
+                "type": "tool_use",
+                "id": f"toolu_01{k:022d}",
+                "name": "bash",
+                "input": {"cmd": f"cat {k}"},
+            }
+            output = "\n".join((lines[k:] + lines[:k])[:: 6 if cut else 1])  # a sixth of the lines
+            result = {"type": "tool_result", "tool_use_id": call["id"], "content": output}
+            messages += [{"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+        messages[-1]["content"][-1]["cache_control"] = {"type": "ephemeral"}
+        return {"model": "claude-sonnet-4-5", "max_tokens": 10, "system": system, "messages": messages}
+
+    original, forwarded = body(cut=False), body(cut=True)
+    upstream = PrefixCacheUpstream()
+    truth = dialect_for("/v1/messages", "anthropic").usage(upstream._anthropic_usage("o", original))
+    usage = dialect_for("/v1/messages", "anthropic").usage(upstream._anthropic_usage("f", forwarded))
+    assert truth is not None and usage is not None and truth["prompt_tokens"] and usage["prompt_tokens"]
+    assert usage["prompt_tokens"] < truth["prompt_tokens"] / 4  # heavily cut
+    found = estimate(CacheModel(), original, forwarded, usage=usage, route=("/v1/messages", "anthropic"))
+    assert found.prompt_before is not None
+    assert abs(found.prompt_before / truth["prompt_tokens"] - 1) < 0.03
