@@ -84,11 +84,15 @@ class FileRead(LineShape):
                 must.add(at)
                 first.extend(_around(at, _NEAR, len(content)))
         strengths = [doc.query.strength(text) for text in content]
-        hits = sorted((-strength, i) for i, strength in enumerate(strengths) if strength)
-        for _, i in hits:
-            first.extend(_around(i, _CONTEXT, len(content)))
+        hits: list[int] = []
+        for _, i in sorted((-strength, i) for i, strength in enumerate(strengths) if strength):
+            hits.extend(_around(i, _CONTEXT, len(content)))
         outline = sorted((_indent(m["indent"]), i) for i, m in defs)
-        ranked = first + [i for _, i in outline] + list(range(len(content)))  # then from the top
+        # The file's top-level outline (its classes and functions) comes before the lines around query
+        # words: a few dozen lines that say where everything is, which the next step reads by number.
+        top = [i for indent, i in outline if indent == 0]
+        nested = [i for indent, i in outline if indent > 0]
+        ranked = first + top + hits + nested + list(range(len(content)))  # then from the top
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             return Group(len(members), "lines")  # the kept numbers and lines= say where: no example
