@@ -73,9 +73,12 @@ def _no_bytecode(_folder: str, names: list[str]) -> list[str]:
 
 def agent_command() -> str:
     # An absolute interpreter: Codex runs commands in a shell whose PATH may not hold the venv.
-    # COLUMNS pinned: pytest's summary line grows a " - <message>" tail on a wide terminal, and the
-    # client's shell and this test's run must print the same output.
-    return f"COLUMNS=80 {sys.executable} -m pytest -v -p no:cacheprovider -p no:asyncio {TEST_FILES}"
+    # pytest's summary line grows a " - <message>" tail on a wide terminal or under CI (CI or
+    # BUILD_NUMBER set): pinned, so the client's shell and this test's run print the same output.
+    return (
+        f"env -u CI -u BUILD_NUMBER COLUMNS=80 {sys.executable} -m pytest -v -p no:cacheprovider"
+        f" -p no:asyncio {TEST_FILES}"
+    )
 
 
 def run_command(checkout: Path) -> str:
