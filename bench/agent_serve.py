@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import orjson
 import yaml
 from agent_replay import APIS, GENEROUS_MS, STRAWMAN_PART_CHARS, bodies_of, policy_yaml, price_of
 from fake_upstream import ServerThread
-from harness import free_port, tersegate_command, wait_healthy
+from harness import free_port, tersegate_command, wait_compression_ready, wait_healthy
 from prefix_cache_upstream import PrefixCacheUpstream
 from replay import billed
 
@@ -74,15 +73,6 @@ def _config(folder: Path, label: str, upstream_url: str) -> Path:
     return path
 
 
-def _wait_ready(url: str, timeout: float = 180) -> None:
-    """Until compression is warm, as a load balancer waits on /readyz (else the first turns fail open)."""
-    deadline = time.monotonic() + timeout
-    while httpx.get(url + "/healthz").json().get("compression") not in ("ready", None):
-        if time.monotonic() > deadline:
-            raise RuntimeError("compression never became ready")
-        time.sleep(0.2)
-
-
 def _serve_one(label: str, sessions: list[Session], apis: list[str], upstream_url: str) -> Path:
     """Replay every session through one ``tersegate serve``; returns its audit file."""
     folder = Path(tempfile.mkdtemp(prefix=f"agent-serve-{label}-"))
@@ -100,7 +90,7 @@ def _serve_one(label: str, sessions: list[Session], apis: list[str], upstream_ur
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, timeout=60)
-        _wait_ready(url)
+        wait_compression_ready(url, timeout=180)
         with httpx.Client(timeout=600) as client:
             for session in sessions:
                 for api in apis:

@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,11 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import anthropic  # noqa: E402
-import httpx  # noqa: E402
 import openai  # noqa: E402
 import yaml  # noqa: E402
 from fake_upstream import FakeUpstream, ServerThread  # noqa: E402
-from harness import free_port, tersegate_command, wait_healthy  # noqa: E402
+from harness import free_port, tersegate_command, wait_compression_ready, wait_healthy  # noqa: E402
 
 from compressors import tokenizer_for  # noqa: E402
 from compressors.markers import find_markers  # noqa: E402
@@ -119,15 +117,6 @@ def _config(folder: Path, upstream: str) -> Path:
     return path
 
 
-def _wait_ready(url: str, timeout: float = 180) -> None:
-    """Until compression is warm, as a load balancer waits on /readyz."""
-    deadline = time.monotonic() + timeout
-    while httpx.get(url + "/healthz").json().get("compression") not in ("ready", None):
-        if time.monotonic() > deadline:
-            raise RuntimeError("compression never became ready")
-        time.sleep(0.2)
-
-
 def send_chat(client: openai.OpenAI, case: Case) -> str:
     call = {
         "id": "call_1",
@@ -186,7 +175,7 @@ def run(folder: Path, chosen: list[Case]) -> list[Row]:
     sent: list[tuple[Case, str, str, dict[str, Any]]] = []
     try:
         wait_healthy(url, proc, timeout=60)
-        _wait_ready(url)
+        wait_compression_ready(url, timeout=180)
         chat = openai.OpenAI(base_url=url + "/v1", api_key="sk-bench", max_retries=0, timeout=120)
         claude = anthropic.Anthropic(base_url=url, api_key="sk-ant-bench", max_retries=0, timeout=120)
         for case in chosen:
