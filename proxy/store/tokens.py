@@ -46,6 +46,7 @@ _CUT = re.compile(r"(?<=[^\W_])(?=\n\S)|(?<=[^\W_]\n)(?=\S)|(?<=[^\W_])(?= [^\W_
 _PIECE = 64 * 1024
 _SEARCH = 4096  # how far into a part a cut is looked for when its edge in a block is not one
 _MIN_REUSE = 16  # shorter part texts are tokenized with what surrounds them
+_SHORT = 32  # texts up to this long are their own key: cheaper than hashing them
 
 
 class Tokenizing(Protocol):
@@ -75,8 +76,10 @@ class TokenMemo:
     def bytes_used(self) -> int:
         return self._ids.bytes_used + self._counts.bytes_used
 
-    def _key(self, team: str, tokenizer: Tokenizing, text: str) -> tuple[str, str, bytes]:
+    def _key(self, team: str, tokenizer: Tokenizing, text: str) -> tuple[str, str, str | bytes]:
         scope = "*" if self.shared_across_teams else team
+        if len(text) <= _SHORT:  # role lines and JSON tails: the text is a cheaper key than its digest
+            return (scope, tokenizer.encoding, text)
         return (scope, tokenizer.encoding, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
 
     def count(self, team: str, tokenizer: Tokenizing, text: str) -> int:
@@ -105,7 +108,7 @@ class TokenMemo:
             self._counts.setdefault(key, len(ids) // 4, size=100)
         return ids
 
-    def _encoded(self, key: tuple[str, str, bytes], tokenizer: Tokenizing, text: str) -> bytes:
+    def _encoded(self, key: tuple[str, str, str | bytes], tokenizer: Tokenizing, text: str) -> bytes:
         ids = np.asarray(_encode(tokenizer, text), dtype=np.uint32).tobytes()
         return self._ids.setdefault(key, ids, size=len(ids) + len(key[0]) + len(key[2]))
 
@@ -113,10 +116,18 @@ class TokenMemo:
         """The ids of ``text``, which holds ``pieces`` (the part texts of a block, in order): each
         piece's ids come from the memo, only the text around them is tokenized. Exactly
         ``tokenizer.encode(text)``: a piece whose edge is no exact cut (:data:`_CUT`) gives up the
-        few characters up to its nearest one, and a piece without one is tokenized with the rest."""
+        few characters up to its nearest one, and a piece without one is tokenized with the rest.
+
+        The block's ids are kept under its own key (the next turn re-sends it: one lookup) and its
+        pieces' ids are dropped (their counts stay): the ids of a text are kept once."""
+        key = self._key(team, tokenizer, text)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        spans = _reusable(text, [piece for piece in pieces if piece != text])
         out: list[bytes | memoryview] = []
         pos = 0
-        for at, start, end, piece in _reusable(text, pieces):
+        for at, start, end, piece in spans:
             if start > pos:
                 out.append(self.ids(team, tokenizer, text[pos:start]))
             ids = memoryview(self.ids(team, tokenizer, piece))
@@ -126,7 +137,11 @@ class TokenMemo:
             pos = end
         if pos < len(text):
             out.append(self.ids(team, tokenizer, text[pos:]))
-        return b"".join(out)
+        joined = b"".join(out)
+        for _, _, _, piece in spans:
+            self._ids.pop(self._key(team, tokenizer, piece))
+        self._counts.setdefault(key, len(joined) // 4, size=100)
+        return self._ids.setdefault(key, joined, size=len(joined) + len(key[0]) + len(key[2]))
 
 
 def _cut(text: str, at: int) -> bool:
@@ -142,7 +157,7 @@ def _reusable(text: str, pieces: Sequence[str]) -> list[tuple[int, int, int, str
     for piece in pieces:
         if len(piece) < _MIN_REUSE:
             continue
-        at = text.find(piece, cursor)
+        at = _find(text, piece, cursor)
         if at < 0:
             continue
         head = 0 if _cut(text, at) else _first_cut(piece)
@@ -151,6 +166,16 @@ def _reusable(text: str, pieces: Sequence[str]) -> list[tuple[int, int, int, str
             spans.append((at, at + head, at + tail, piece))
         cursor = at + len(piece)
     return spans
+
+
+def _find(text: str, piece: str, cursor: int) -> int:
+    """``text.find(piece, cursor)``, trying first where a piece usually starts: right there or after
+    the block's role line (``str.find`` prepares a long needle at a cost linear in its length)."""
+    line = text.find("\n", cursor, cursor + 256)
+    for at in (cursor, line + 1 if line >= 0 else -1):
+        if at >= 0 and text.startswith(piece, at):
+            return at
+    return text.find(piece, cursor)
 
 
 def _first_cut(piece: str) -> int | None:
