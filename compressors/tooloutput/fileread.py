@@ -1,17 +1,22 @@
-"""File reads with line numbers (``cat -n``, Claude Code's Read ``     1→``): the regions the query
-points at are kept with their line numbers (a definition it names: the whole body), the rest is
-outlined: class and function signatures kept, the lines between them markers with their ranges."""
+"""File reads: with line numbers (``cat -n``, Claude Code's Read ``     1→``) or without (``cat``,
+``sed -n``, what Codex-style agents run) when the text is source code. The regions the query points
+at are kept (a definition it names: the whole body; with numbers, the lines around a named line), the
+rest is outlined: class and function signatures kept, the lines between them markers whose ``lines=``
+ranges say where they were."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections import Counter
 from collections.abc import Sequence
 
+from compressors.markers import format_marker
 from compressors.tooloutput.diagnostics import Diagnostics
 from compressors.tooloutput.git import Git
 from compressors.tooloutput.lines import Doc, Group, Selection, fit
 from compressors.tooloutput.logs import Logs
+from compressors.tooloutput.query import Query
 from compressors.tooloutput.shape import Cut, LineShape
 from compressors.tooloutput.tests import Tests
 
@@ -28,6 +33,15 @@ _BODY_CAP = 200  # a named definition's body is kept up to this many lines
 _NEAR = 12  # lines kept around a line number the query names
 _INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
 _INNER_THRESHOLD = 0.6
+_OUTLINE_SLACK = 1.1  # the outline's estimate, rounded up: a budget it fits in, not one it misses
+# Source read without line numbers: below the content shapes' confident scores (a test run's
+# traceback quotes ``def`` lines too), above search (0.6) and the fallback.
+_SOURCE_SCORE = 0.7
+_SOURCE_DEFS = 3  # definitions a sample needs, at least, and 1 per 80 lines
+# A line a source file starts with at column 0 (imports, package lines, comments, docstrings).
+_SOURCE_LINE = re.compile(
+    r"^(?:import |from \S+ import |#|\"\"\"|'''|package |use |const |let |var |//|/\*|export |module )"
+)
 
 
 def _content(line: str) -> str:
@@ -56,11 +70,38 @@ class FileRead(LineShape):
     def score(self, doc: Doc) -> float:
         sample = doc.sample
         numbered = [m for m in map(_NUMBERED.match, sample) if m]
-        if len(sample) < 5 or len(numbered) < 0.9 * len(sample):
+        if len(sample) < 5:
             return 0.0
+        if len(numbered) < 0.9 * len(sample):
+            return _SOURCE_SCORE if _source(sample) else 0.0
         numbers = [int(m.group(1)) for m in numbered]
         rising = sum(1 for a, b in itertools.pairwise(numbers) if b == a + 1)
         return 0.97 if rising >= 0.8 * (len(numbers) - 1) else 0.0
+
+    def unpointed_budget(self, doc: Doc, lower: int) -> int | None:
+        """None when the query points into the read: it holds a line number of a numbered read, or
+        a path or name found on one of its lines, other than a name defined there several times
+        (``__init__`` points at no one of them); and None for a read without definitions (a
+        changelog has no outline to fall back on). Else the read's outline, at least ``lower``:
+        every definition line and a marker per gap, what a next step names and gets back by
+        ``lines=`` and ``hash=``."""
+        content = [_content(line) for line in doc.lines]
+        matches = [(i, m) for i, m in enumerate(map(_DEF.match, content)) if m]
+        defs = [i for i, _ in matches]
+        numbers = {int(m.group(1)) for m in map(_NUMBERED.match, doc.lines) if m}
+        if not defs or numbers & doc.query.numbers:
+            return None
+        made = Counter(m["name"] for _, m in matches if m["name"])
+        several = {name for name, n in made.items() if n > 1}
+        names = doc.query.names - several
+        query = Query.parse(" ".join(sorted(names))) if names != doc.query.names else doc.query
+        if any(query.strength(text) == 2 for text in content):
+            return None
+        costs = doc.costs()
+        gaps = sum(1 for a, b in itertools.pairwise([-1, *defs, len(content)]) if b > a + 1)
+        marker = doc.tokenizer.count(format_marker(999, "lines", lines=[(1000, 1999)], ref=doc.ref))
+        outline = sum(costs[i] for i in defs) + marker * gaps
+        return max(lower, round(outline * _OUTLINE_SLACK))
 
     def select(self, doc: Doc) -> Selection:
         content = [_content(line) for line in doc.lines]
@@ -98,6 +139,13 @@ class FileRead(LineShape):
             return Group(len(members), "lines")  # the kept numbers and lines= say where: no example
 
         return Selection(must, ranked, describe, why="the definitions the query names are never cut")
+
+
+def _source(sample: Sequence[str]) -> bool:
+    """Unnumbered lines that read as a source file: definitions at a steady rate, and a line at
+    column 0 that only source starts with (an import, a comment, a docstring)."""
+    defs = sum(1 for line in sample if _DEF.match(line))
+    return defs >= max(_SOURCE_DEFS, len(sample) // 80) and any(_SOURCE_LINE.match(x) for x in sample)
 
 
 def _named_defs(
