@@ -33,6 +33,7 @@ _BODY_CAP = 200  # a named definition's body is kept up to this many lines
 _NEAR = 12  # lines kept around a line number the query names
 _INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
 _INNER_THRESHOLD = 0.6
+_RECENT = "\nRecent:\n"  # where the proxy's query turns from what the agent said to other outputs' lines
 _OUTLINE_SLACK = 1.1  # the outline's estimate, rounded up: a budget it fits in, not one it misses
 # Source read without line numbers: below the content shapes' confident scores (a test run's
 # traceback quotes ``def`` lines too), above search (0.6) and the fallback.
@@ -79,23 +80,13 @@ class FileRead(LineShape):
         return 0.97 if rising >= 0.8 * (len(numbers) - 1) else 0.0
 
     def unpointed_budget(self, doc: Doc, lower: int) -> int | None:
-        """None when the query points into the read: it holds a line number of a numbered read, or
-        a path or name found on one of its lines, other than a name defined there several times
-        (``__init__`` points at no one of them); and None for a read without definitions (a
-        changelog has no outline to fall back on). Else the read's outline, at least ``lower``:
-        every definition line and a marker per gap, what a next step names and gets back by
-        ``lines=`` and ``hash=``."""
+        """None when the query points into the read (:func:`_points_into`) or the read has no
+        definitions (a changelog has no outline to fall back on). Else the read's outline, at
+        least ``lower``: every definition line and a marker per gap, what a next step names and
+        gets back by ``lines=`` and ``hash=``."""
         content = [_content(line) for line in doc.lines]
-        matches = [(i, m) for i, m in enumerate(map(_DEF.match, content)) if m]
-        defs = [i for i, _ in matches]
-        numbers = {int(m.group(1)) for m in map(_NUMBERED.match, doc.lines) if m}
-        if not defs or numbers & doc.query.numbers:
-            return None
-        made = Counter(m["name"] for _, m in matches if m["name"])
-        several = {name for name, n in made.items() if n > 1}
-        names = doc.query.names - several
-        query = Query.parse(" ".join(sorted(names))) if names != doc.query.names else doc.query
-        if any(query.strength(text) == 2 for text in content):
+        defs = [i for i, text in enumerate(content) if _DEF.match(text)]
+        if not defs or _points_into(doc, content):
             return None
         costs = doc.costs()
         gaps = sum(1 for a, b in itertools.pairwise([-1, *defs, len(content)]) if b > a + 1)
@@ -133,12 +124,30 @@ class FileRead(LineShape):
         # words: a few dozen lines that say where everything is, which the next step reads by number.
         top = [i for indent, i in outline if indent == 0]
         nested = [i for indent, i in outline if indent > 0]
-        ranked = first + top + hits + nested + list(range(len(content)))  # then from the top
+        # A read the agent points nowhere into keeps its whole outline first (its budget is sized
+        # for it): what other outputs' lines name says less about it than where things are.
+        pointed = _points_into(doc, content)
+        ranked = (first + top + hits + nested) if pointed else (top + nested + first + hits)
+        ranked += list(range(len(content)))  # then from the top
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             return Group(len(members), "lines")  # the kept numbers and lines= say where: no example
 
         return Selection(must, ranked, describe, why="the definitions the query names are never cut")
+
+
+def _points_into(doc: Doc, content: Sequence[str]) -> bool:
+    """The query points into the read: a line number of a numbered read (a traceback's, a grep
+    hit's), or a path or name the agent said or called with (the query before its ``Recent:``
+    lines, docs/tooloutput.md) found on one of its lines, other than a name defined there several
+    times (``__init__`` points at no one of them)."""
+    numbers = {int(m.group(1)) for m in map(_NUMBERED.match, doc.lines) if m}
+    if numbers & doc.query.numbers:
+        return True
+    made = Counter(m["name"] for m in map(_DEF.match, content) if m and m["name"])
+    said = Query.parse(doc.query.text.split(_RECENT, 1)[0], doc.text)
+    query = said.without({name for name, n in made.items() if n > 1})
+    return any(query.strength(text) == 2 for text in content)
 
 
 def _source(sample: Sequence[str]) -> bool:
