@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.apis import Block, Dialect, Part
-from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide, precheck
+from proxy.policy.compaction import (
+    CALL_CHARS,
+    CachePrices,
+    CacheTerms,
+    Decision,
+    Entry,
+    Knobs,
+    decide,
+    precheck,
+)
 from proxy.policy.compaction_log import CompactionLog
 
 __all__ = [
@@ -43,7 +52,6 @@ CLEARED_PLACEHOLDERS = ("[Old tool result content cleared]",)
 _PROVIDER_ITEMS = frozenset({"compaction", "compaction_summary"})  # OpenAI Responses
 _IDLE_S = {"5m": 300.0, "1h": 3600.0}
 LOOKBACK = 20  # blocks an Anthropic cache read looks back from a breakpoint
-_CALL_CHARS = 200  # of a call's arguments, in a stub's marker
 
 
 # Paths of parts that went out as they came for a passing reason -> their compressed forms.
@@ -194,7 +202,7 @@ def _entries(
             message=p.message,
             cached=p.turn < last,
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
-            call=f"{p.tool_name} {p.tool_arguments or ''}"[:_CALL_CHARS] if p.tool_name else None,
+            call=f"{p.tool_name} {p.tool_arguments or ''}"[:CALL_CHARS] if p.tool_name else None,
             turn=p.turn,
         )
         for p, k, n in zip(parts, keys, tokens, strict=True)
