@@ -34,6 +34,9 @@ _NEAR = 12  # lines kept around a line number the query names
 _INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
 _INNER_THRESHOLD = 0.6
 _RECENT = "\nRecent:\n"  # where the proxy's query turns from what the agent said to other outputs' lines
+# A 24-hex id of average token count (o200k: 25-34 tokens a marker, 30 on average): the outline's
+# budget is then the same whatever the read's real id, so the same read gets the same budget.
+_TYPICAL_REF = "f45d5cdaac7fad4b4ccb5eba"
 _OUTLINE_SLACK = 1.1  # the outline's estimate, rounded up: a budget it fits in, not one it misses
 # Source read without line numbers: below the content shapes' confident scores (a test run's
 # traceback quotes ``def`` lines too), above search (0.6) and the fallback.
@@ -90,7 +93,7 @@ class FileRead(LineShape):
             return None
         costs = doc.costs()
         gaps = sum(1 for a, b in itertools.pairwise([-1, *defs, len(content)]) if b > a + 1)
-        marker = doc.tokenizer.count(format_marker(999, "lines", lines=[(1000, 1999)], ref=doc.ref))
+        marker = doc.tokenizer.count(format_marker(999, "lines", lines=[(1000, 1999)], ref=_TYPICAL_REF))
         outline = sum(costs[i] for i in defs) + marker * gaps
         return max(lower, round(outline * _OUTLINE_SLACK))
 
@@ -125,15 +128,22 @@ class FileRead(LineShape):
         top = [i for indent, i in outline if indent == 0]
         nested = [i for indent, i in outline if indent > 0]
         # A read the agent points nowhere into keeps its whole outline first (its budget is sized
-        # for it): what other outputs' lines name says less about it than where things are.
-        pointed = _points_into(doc, content)
+        # for it): what other outputs' lines name says less about it than where things are. A read
+        # without definitions has no outline: its lines rank as in a pointed one.
+        pointed = not defs or _points_into(doc, content)
         ranked = (first + top + hits + nested) if pointed else (top + nested + first + hits)
         ranked += list(range(len(content)))  # then from the top
 
         def describe(doc: Doc, members: Sequence[int]) -> Group:
             return Group(len(members), "lines")  # the kept numbers and lines= say where: no example
 
-        return Selection(must, ranked, describe, why="the definitions the query names are never cut")
+        return Selection(
+            must,
+            ranked,
+            describe,
+            why="the definitions the query names are never cut",
+            charge_markers=not pointed,  # an outline: a marker between every two kept lines
+        )
 
 
 def _points_into(doc: Doc, content: Sequence[str]) -> bool:

@@ -78,3 +78,12 @@ def test_a_read_without_definitions_has_no_outline_to_fall_back_on() -> None:
     notes = "".join(f"{n:>6}\t- Fixed issue {n}: the option now shows its range.\n" for n in range(1, 120))
     result = run(notes, 'bash {"command": "cat -n CHANGES.md"}', ref=REF)
     assert result.text == notes  # a changelog under the target goes as it came
+
+
+def test_an_outline_over_the_target_still_fills_it_with_definitions() -> None:
+    """A big read nobody points into: a marker sits between every two definitions kept, so each is
+    charged the marker it splits off; the budget goes to definitions, not to overshoot and retreat."""
+    text = _source("_models.py")  # about 9,400 tokens, 95 definitions
+    result = run(text, 'bash {"command": "cat httpx/_models.py"}', ref=REF)
+    assert 2700 <= result.tokens_after <= 3150
+    assert len(defs(result.text)) >= 0.85 * len(defs(text))
