@@ -33,6 +33,7 @@ _BODY_CAP = 200  # a named definition's body is kept up to this many lines
 _NEAR = 12  # lines kept around a line number the query names
 _INNER: tuple[LineShape, ...] = (Tests(), Diagnostics(), Git(), Logs())  # what a read file may hold
 _INNER_THRESHOLD = 0.6
+_CALL = re.compile(r"^Call: (.*)$", re.M)  # the proxy's query line of the call and its arguments
 _RECENT = "\nRecent:\n"  # where the proxy's query turns from what the agent said to other outputs' lines
 # A 24-hex id of average token count (o200k: 25-34 tokens a marker, 30 on average): the outline's
 # budget is then the same whatever the read's real id, so the same read gets the same budget.
@@ -150,12 +151,17 @@ def _points_into(doc: Doc, content: Sequence[str]) -> bool:
     """The query points into the read: a line number of a numbered read (a traceback's, a grep
     hit's), or a path or name the agent said or called with (the query before its ``Recent:``
     lines, docs/tooloutput.md) found on one of its lines, other than a name defined there several
-    times (``__init__`` points at no one of them)."""
+    times (``__init__`` points at no one of them). A call that names a range (``offset``/``limit``,
+    ``sed -n '120,180p'``, ``head -n 50``: any number in it) chose its lines: it points in too."""
     numbers = {int(m.group(1)) for m in map(_NUMBERED.match, doc.lines) if m}
     if numbers & doc.query.numbers:
         return True
+    said_text = doc.query.text.split(_RECENT, 1)[0]
+    call = _CALL.search(said_text)
+    if call is not None and re.search(r"\d", call.group(1)):
+        return True
     made = Counter(m["name"] for m in map(_DEF.match, content) if m and m["name"])
-    said = Query.parse(doc.query.text.split(_RECENT, 1)[0], doc.text)
+    said = Query.parse(said_text, doc.text)
     query = said.without({name for name, n in made.items() if n > 1})
     return any(query.strength(text) == 2 for text in content)
 

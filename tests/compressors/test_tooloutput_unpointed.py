@@ -87,3 +87,12 @@ def test_an_outline_over_the_target_still_fills_it_with_definitions() -> None:
     result = run(text, 'bash {"command": "cat httpx/_models.py"}', ref=REF)
     assert 2700 <= result.tokens_after <= 3150
     assert len(defs(result.text)) >= 0.85 * len(defs(text))
+
+
+def test_a_call_that_names_a_range_chose_its_lines() -> None:
+    """An agent reading lines 1-350 of a file it found nothing about yet (Claude Code's Read with
+    offset/limit, ``sed -n``): the range is its pointer, so the read is not cut to its outline."""
+    text = _source("_auth.py")
+    ranged = 'Call: Read {"file_path": "httpx/_auth.py", "offset": 1, "limit": 350}'
+    assert run(text, ranged, ref=REF).text == text
+    assert run(text, 'Call: Read {"file_path": "httpx/_auth.py"}', ref=REF).tokens_after < 2000
