@@ -97,6 +97,9 @@ class Knobs:
     min_tokens: int = 200  # a part smaller than this is never worth a stub
     horizon: int = 40  # at most this many more turns are expected
     max_lines: int = 12  # lines a stub keeps verbatim
+    breakpoint: bool = (
+        True  # Anthropic: mark the last stub a cache breakpoint (the next batch re-writes less)
+    )
 
 
 @dataclass(frozen=True, slots=True)
