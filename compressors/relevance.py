@@ -101,6 +101,9 @@ class Relevance(Compressor):
         "window_chars": (int, 200),  # windows of whole sentences up to this many characters
         # Stop embedding when the call has run this many ms (0: no limit); BM25 ranks the rest.
         "max_ms": ((int, float), 0),
+        # Long inputs: the first stage also ranks windows by the model's word-piece vectors, so a
+        # sentence sharing no word with the question can still be embedded (half the budget each).
+        "word_vectors": (bool, True),
         # Prose units that do not fit whole may keep their best windows (a document keeps its header).
         "partial": (bool, True),
     }
@@ -166,6 +169,7 @@ class Relevance(Compressor):
             window_chars=int(opts["window_chars"]),
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
+            word_vectors=bool(opts["word_vectors"]),
             started=time.perf_counter() if started is None else started,
         )
         scored = score_layout(
