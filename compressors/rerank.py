@@ -68,10 +68,11 @@ def score_layout(
     if lexical_only or options.scorer == "bm25" or embedder is None:
         # A window's own BM25 only orders it among its unit's windows (scales differ between units).
         return Scored(list(unit_first), windows, aligned(unit_first, windows, [v / 1000 for v in first]))
-    static = _word_similarities(embedder, query, layout.text, windows, tokens_before, options)
+    static, skipped = _word_similarities(embedder, query, layout.text, windows, tokens_before, options)
     chosen = _candidates(windows, first, tokens_before, options, static)
     embedded_texts = [w.context + layout.text[w.start : w.end] for w in (windows[i] for i in chosen)]
     sims, note = _similarities(embedder, query, embedded_texts, options)
+    note = "; ".join(part for part in (skipped, note) if part)
     chosen = chosen[: len(sims)]
     low = min(sims, default=0.0)
     # Not embedded: below every embedded window, in first-stage order (first is at most 1.5).
@@ -143,18 +144,22 @@ def _word_similarities(
     windows: Sequence[Window],
     tokens: int,
     options: StageOptions,
-) -> list[float] | None:
+) -> tuple[list[float] | None, str]:
     """Word-vector similarity of each window to the query (:mod:`compressors.wordvectors`), when the
-    embedding cannot read every window and the model has word vectors; else None."""
+    embedding cannot read every window and the model has word vectors (else None), and a note
+    when ``max_ms`` left no time for them."""
     if embedder is None or not options.word_vectors or options.head_only:
-        return None
+        return None, ""
     limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
     if sum(len(w.context) + w.end - w.start for w in windows) <= limit:
-        return None  # everything is embedded: no first stage to help
+        return None, ""  # everything is embedded: no first stage to help
+    if options.max_ms and (time.perf_counter() - options.started) * 1000 > options.max_ms / 2:
+        # A huge input on a busy machine: the time left goes to the embedding.
+        return None, f"word vectors skipped: half of max_ms {options.max_ms:g} gone before them"
     vectors = embedder.word_vectors()
     if vectors is None:
-        return None
-    return [float(v) for v in vectors.similarities(query, [text[w.start : w.end] for w in windows])]
+        return None, ""
+    return [float(v) for v in vectors.similarities(query, [text[w.start : w.end] for w in windows])], ""
 
 
 def _similarities(

@@ -54,3 +54,25 @@ def test_a_needle_sharing_no_word_with_the_question_survives_a_long_haystack() -
         kept[word_vectors] = needle in result.text
     # BM25 alone never gives the needle's window to the embedding; the word vectors do.
     assert kept == {True: True, False: False}
+
+
+def test_words_the_tokenizer_splits_its_own_way_still_get_vectors() -> None:
+    vectors = Embedder().word_vectors()
+    assert vectors is not None
+    texts = ["東京 is the capital of Japan (日本).", "snake_case and x² and café", "", "!!!"]
+    sims = vectors.similarities("capital city of Japan", texts)
+    assert sims.shape == (4,)
+    assert int(sims.argmax()) == 0
+    assert sims[2] == 0.0 and sims[3] == 0.0  # no words: no direction
+
+
+@needs_data
+def test_word_vectors_give_way_when_half_of_max_ms_is_gone() -> None:
+    from long_context import build_case
+
+    prompt, question, _ = build_case(evaldata.nq_rows(), 3, 6000, random.Random(1))
+    result = Relevance({"max_ms": 0.001}).compress(
+        prompt, target=Target(rate=1 / 16), query=question, model="gpt-4o"
+    )
+    assert "word vectors skipped: half of max_ms" in result.note
+    assert result.target_met
