@@ -17,14 +17,16 @@ from typing import Any, ClassVar
 
 from compressors.base import Ask, Compressed, Compressor, Cost, Decision, OptionsError
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
+from compressors.models import load_once
 from compressors.preserve import find_spans, split_tags
 from compressors.question import find_question
 from compressors.rerank import Scored, StageOptions, aligned, score_layout
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
+from compressors.windowhead import WEIGHTS_FILE, WindowHead
 from compressors.windows import Window, header_end
 
-__all__ = ["SCORERS", "Relevance", "derive_query"]
+__all__ = ["SCORERS", "Relevance", "derive_query", "unit_texts"]
 
 SCORERS: tuple[str, ...] = ("bm25", "embedding", "hybrid")
 
@@ -68,6 +70,14 @@ def derive_query(text: str, layout: Layout) -> QueryMatch | None:
     return None
 
 
+def unit_texts(layout: Layout) -> list[str]:
+    """The units as the scorer reads them: without "Document [7]" labels, which carry no relevance
+    (and without them a passage seen at another position, the next turn or another request, is an
+    embedding-cache hit)."""
+    units = layout.units()
+    return [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
+
+
 def exact_terms(query: str) -> list[str]:
     """Casefolded identifiers and quoted strings of ``query`` that units should contain verbatim."""
     found = [match.group(1) for match in _QUOTED.finditer(query)]
@@ -104,6 +114,8 @@ class Relevance(Compressor):
         # Long inputs: the first stage also ranks windows by the model's word-piece vectors, so a
         # sentence sharing no word with the question can still be embedded (half the budget each).
         "word_vectors": (bool, True),
+        # The embedding's cosine re-weighed by cheap signals (compressors/windowhead.py), trained on NQ.
+        "window_head": (bool, True),
         # Prose units that do not fit whole may keep their best windows (a document keeps its header).
         "partial": (bool, True),
     }
@@ -135,6 +147,9 @@ class Relevance(Compressor):
         if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
             raise OptionsError(f"{self.name}: model_sha256 must be 64 hex digits")
         self._embedder: Embedder | None = None
+        self._head: WindowHead | None = None
+        if opts["scorer"] != "bm25" and opts["window_head"]:
+            self._head = load_once(("window-head", str(WEIGHTS_FILE)), WindowHead.load, pinned=True)
         if opts["scorer"] != "bm25":
             self._embedder = Embedder(
                 opts["model"],
@@ -170,6 +185,7 @@ class Relevance(Compressor):
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
             word_vectors=bool(opts["word_vectors"]),
+            head=self._head,
             started=time.perf_counter() if started is None else started,
         )
         scored = score_layout(
@@ -280,11 +296,7 @@ class _Plan:
             scores = [float(len(units) - i) for i in range(len(units))]
             notes = [*notes, "no query given or found in the text; kept the first units"]
         else:
-            # "Document [7]" labels carry no relevance; without them a passage seen at another
-            # position (the next turn, another request) is an embedding-cache hit.
-            texts = (
-                [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
-            )
+            texts = unit_texts(layout)
             scored = compressor.score(found.text, layout, texts, *size)
             scores = scored.units
             notes = [*notes, scored.note] if scored.note else notes

@@ -18,6 +18,7 @@ import numpy as np
 
 from compressors.embedding import Embedder
 from compressors.units import Layout
+from compressors.windowhead import WindowHead, features
 from compressors.windows import CHARS_PER_TOKEN, Window, embed_budget, first_stage, split_windows
 
 __all__ = ["Scored", "StageOptions", "aligned", "score_layout"]
@@ -38,6 +39,7 @@ class StageOptions:
     head_only: bool = False  # only each unit's first window (long_units: head)
     max_ms: float = 0.0  # 0: no time budget
     word_vectors: bool = True  # the first stage also ranks by word-piece vectors (long inputs)
+    head: WindowHead | None = None  # re-weighs the embedded windows' cosines (compressors/windowhead.py)
     started: float = 0.0  # time.perf_counter() when the compression began (max_ms counts from it)
 
 
@@ -74,6 +76,13 @@ def score_layout(
     sims, note = _similarities(embedder, query, embedded_texts, options)
     note = "; ".join(part for part in (skipped, note) if part)
     chosen = chosen[: len(sims)]
+    if options.head is not None and sims:
+        bodies = [layout.text[windows[i].start : windows[i].end] for i in chosen]
+        units_of = [windows[i].unit for i in chosen]
+        rows = features(
+            query, bodies, sims, [first[i] for i in chosen], [unit_first[u] for u in units_of], units_of
+        )
+        sims = options.head.scores(rows)
     low = min(sims, default=0.0)
     # Not embedded: below every embedded window, in first-stage order (first is at most 1.5).
     window_scores = [low - 2.0 + value / 1.5 for value in first]
