@@ -114,8 +114,11 @@ class Relevance(Compressor):
         # Long inputs: the first stage also ranks windows by the model's word-piece vectors, so a
         # sentence sharing no word with the question can still be embedded (half the budget each).
         "word_vectors": (bool, True),
-        # The embedding's cosine re-weighed by cheap signals (compressors/windowhead.py), trained on NQ.
-        "window_head": (bool, True),
+        # The embedding's cosine re-weighed by cheap signals (compressors/windowhead.py, trained on NQ)
+        # when the budget is below this share of the input (0: never, 1: always). At 1/16 a
+        # 20-document prompt keeps two or three windows, and the head ranks the answer's higher; at
+        # 1/8 whole documents still fit and it kept fewer of them whole (bench/RESULTS.md).
+        "window_head_below": ((int, float), 0.1),
         # Prose units that do not fit whole may keep their best windows (a document keeps its header).
         "partial": (bool, True),
     }
@@ -139,6 +142,7 @@ class Relevance(Compressor):
             (0.0 <= opts["embed_share"] <= 1.0, "embed_share must be in [0, 1]"),
             (opts["window_chars"] >= 40, "window_chars must be >= 40"),
             (opts["max_ms"] >= 0, "max_ms must be >= 0"),
+            (0.0 <= opts["window_head_below"] <= 1.0, "window_head_below must be in [0, 1]"),
         )
         for ok, message in checks:
             if not ok:
@@ -148,7 +152,7 @@ class Relevance(Compressor):
             raise OptionsError(f"{self.name}: model_sha256 must be 64 hex digits")
         self._embedder: Embedder | None = None
         self._head: WindowHead | None = None
-        if opts["scorer"] != "bm25" and opts["window_head"]:
+        if opts["scorer"] != "bm25" and opts["window_head_below"] > 0:
             self._head = load_once(("window-head", str(WEIGHTS_FILE)), WindowHead.load, pinned=True)
         if opts["scorer"] != "bm25":
             self._embedder = Embedder(
@@ -166,6 +170,7 @@ class Relevance(Compressor):
         texts: Sequence[str],
         tokens_before: int,
         started: float | None = None,
+        budget: int | None = None,
     ) -> Scored:
         """Relevance of each unit (and of its windows) to ``query`` with the configured scorer.
 
@@ -185,7 +190,7 @@ class Relevance(Compressor):
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
             word_vectors=bool(opts["word_vectors"]),
-            head=self._head,
+            head=self._head if self._head_applies(tokens_before, budget) else None,
             started=time.perf_counter() if started is None else started,
         )
         scored = score_layout(
@@ -204,6 +209,12 @@ class Relevance(Compressor):
         units = [score + boost * hit for score, hit in zip(result, matches, strict=True)]
         windows = aligned(units, scored.windows, scored.window_scores)
         return Scored(units, scored.windows, windows, scored.embedded, scored.note)
+
+    def _head_applies(self, tokens_before: int, budget: int | None) -> bool:
+        share = float(self.options["window_head_below"])
+        if share >= 1.0:
+            return True
+        return budget is not None and budget < share * tokens_before
 
     def _exact_matches(self, query: str, units: Sequence[str]) -> list[bool]:
         wanted = exact_terms(query) if self.options["exact_boost"] else []
@@ -244,7 +255,7 @@ class Relevance(Compressor):
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         plan = _Plan.build(
-            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started)
+            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started, budget)
         )
         return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
 
@@ -285,7 +296,7 @@ class _Plan:
         forced_ranges: list[tuple[int, int]],
         tokenizer: Tokenizer,
         notes: list[str],
-        size: tuple[int, float],  # tokens before, and when the call began
+        size: tuple[int, float, int],  # tokens before, when the call began, the budget
     ) -> _Plan:
         units = layout.units()
         parts: _Parts | None = None

@@ -42,8 +42,8 @@ def test_the_head_can_be_turned_off() -> None:
         "Document [2](Title: River) The river floods in spring.\n\n"
         "Question: when was the bridge opened?\nAnswer:"
     )
-    for head in (True, False):
-        result = Relevance({"window_head": head}).compress(
+    for head in (1.0, 0.0):
+        result = Relevance({"window_head_below": head}).compress(
             prompt, target=Target(max_tokens=48), model="gpt-4o"
         )
         assert "opened in May 1932" in result.text
