@@ -650,7 +650,9 @@ class PolicyRewriter:
         )
         changed = bool(texts or drops)
         return Rewrite(
-            body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
+            body=rewrite_body(body, texts, drops, compacted.added if compacted else None)
+            if changed and mode == "enforce"
+            else None,
             policy=policy.name,
             mode=mode,
             rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
