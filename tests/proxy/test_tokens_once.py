@@ -244,3 +244,37 @@ def test_anthropic_messages_tokenize_each_new_text_once_per_request(
             assert not [t[:60] for t in texts if t in seen]
             assert forwarded[0] != result["content"]
             seen += texts
+
+
+def test_openai_responses_tokenize_each_new_text_once_per_request(
+    make_proxy: MakeProxy, upstream: Upstream, encoded: list[str]
+) -> None:
+    """A ``function_call_output`` is read as text by the cache model too, so its ids are reused."""
+    proxy = _audited(make_proxy)
+    with openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0) as client:
+        items: list[dict[str, Any]] = [{"role": "user", "content": "Lint the tree.\n" + CODE[:4000]}]
+        seen: list[str] = []
+        for k in range(1, 4):
+            items += [
+                {
+                    "type": "function_call",
+                    "call_id": f"call_{k}",
+                    "name": "bash",
+                    "arguments": '{"cmd":"lint"}',
+                },
+                {"type": "function_call_output", "call_id": f"call_{k}", "output": f"run {k}\n" + LOG},
+                {"role": "user", "content": f"Turn {k}: what failed? " + CODE[k * 500 : k * 500 + 3000]},
+            ]
+            encoded.clear()
+            client.responses.create(model="gpt-4o", instructions="You lint code.", input=items)  # type: ignore[arg-type]
+            assert _records(proxy, k)[-1]["cached_tokens_before_est"] is not None
+            texts = list(encoded)
+            sent = upstream.last().json()["input"]
+            outputs = [i["output"] for i in sent if i.get("type") == "function_call_output"]
+            assert outputs[-1] != items[-2]["output"]  # the tool output was compressed
+            parts = [i["output"] for i in items if "output" in i] + [
+                i["content"] for i in items if isinstance(i.get("content"), str)
+            ]
+            _once(texts, parts, [text for text in outputs if text not in seen])
+            assert not [t[:60] for t in texts if t in seen]
+            seen += texts
