@@ -73,12 +73,12 @@ def message_text(message: Mapping[str, Any]) -> str:
     """Role, content and the other fields (tool calls, ids) of one chat message or Responses item:
     the text its cached tokens come from."""
     head = str(message.get("role") or message.get("type") or "")
-    body = "content"
-    if message.get("type") == "function_call_output" and isinstance(message.get("output"), str):
+    body, output = "content", message.get("output")
+    if message.get("type") == "function_call_output" and isinstance(output, str):
         # A Responses tool output is read as text, like a chat tool message's content, not as
         # escaped JSON; the policy engine counted that same text, so its ids are reused (store/tokens.py).
         body = "output"
-        text = head + "\n" + message["output"]
+        text = head + "\n" + output
     else:
         text = head + "\n" + _content_text(message.get("content"))
         if len(message) <= 2 and "role" in message and "content" in message:
