@@ -19,6 +19,8 @@ import importlib.util
 import logging
 import subprocess
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_MODEL_SHA256",
     "Embedder",
+    "EncodeSpeed",
     "ModelIntegrityError",
     "cache_scope",
     "default_model_path",
@@ -59,6 +62,10 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8", "openvino-int
 DEFAULT_BACKEND = "auto"
 _AUTO_CANDIDATES = ("openvino-int8", "onnx-int8")
 _PROBE_TEXTS = 16
+# Encode calls of fewer texts than this are not timed for the speed estimate: a call's fixed
+# cost (tokenizer, runtime dispatch) would pass for slowness per character.
+_MIN_TIMED_TEXTS = 8
+_SPEED_SAMPLES = 32
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,29 @@ def cache_scope(scope: str) -> Iterator[None]:
         _scope.reset(token)
 
 
+class EncodeSpeed:
+    """Milliseconds per character this encoder takes here: timed once at load, refined by encode calls.
+
+    The last :data:`_SPEED_SAMPLES` timings are kept; the estimate is their lower quartile, so it
+    says what this CPU does (AVX2 or AVX-512, which runtime) rather than how busy it was during
+    a burst of load: ``max_ms`` is the knob for load, this estimate sizes work to the machine.
+    """
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_SPEED_SAMPLES)
+
+    def observe(self, chars: int, seconds: float) -> None:
+        if chars > 0 and seconds > 0:
+            self._samples.append(seconds * 1000 / chars)
+
+    def ms_per_char(self) -> float:
+        """The estimate; 0.0 before any timing."""
+        if not self._samples:
+            return 0.0
+        ordered = sorted(self._samples)
+        return ordered[(len(ordered) - 1) // 4]
+
+
 class _Loaded:
     """One loaded model (torch or an exported runtime), the lock its encode calls take, and its vector cache."""
 
@@ -87,8 +117,22 @@ class _Loaded:
         self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
         self.cache: LRUCache[tuple[str, str], Vectors] = LRUCache(maxsize=cache_size)  # (scope, text)
+        self.speed = EncodeSpeed()
 
     def encode(self, texts: list[str], *, batch_size: int) -> Vectors:
+        """Vectors of ``texts``; calls of many texts also refine :attr:`speed`."""
+        started = time.perf_counter()
+        vectors = self._encode(texts, batch_size=batch_size)
+        if len(texts) >= _MIN_TIMED_TEXTS:
+            self.speed.observe(sum(map(len, texts)), time.perf_counter() - started)
+        return vectors
+
+    def probe(self, texts: list[str], *, batch_size: int) -> None:
+        """Time ``texts`` once after a warm-up call: the speed estimate before any request."""
+        self._encode(texts, batch_size=batch_size)
+        self.encode(texts, batch_size=batch_size)
+
+    def _encode(self, texts: list[str], *, batch_size: int) -> Vectors:
         if self.runtime is not None:
             return self.runtime.encode(texts, batch_size=batch_size)
         import torch
@@ -160,8 +204,14 @@ def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loa
         verify(model, sha256)
     runtime = _auto(model, sha256) if backend == "auto" else _exported(model, sha256, backend)
     if runtime is not None:
-        return _Loaded(None, cache_size=cache_size, runtime=runtime)
-    return _Loaded(torch_model(model), cache_size=cache_size)
+        loaded = _Loaded(None, cache_size=cache_size, runtime=runtime)
+    else:
+        loaded = _Loaded(torch_model(model), cache_size=cache_size)
+    from compressors.openvino_build import calibration_texts
+
+    loaded.probe(calibration_texts()[:_PROBE_TEXTS], batch_size=32)
+    log.info("embedding speed here: %.3f ms per 1k characters", loaded.speed.ms_per_char() * 1000)
+    return loaded
 
 
 def _word_vectors(model: str, sha256: str | None) -> WordVectors | None:
@@ -234,6 +284,13 @@ class Embedder:
                 for text, vector in zip(missing, vectors, strict=True):
                     found[text] = loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
         return np.stack([found[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    def ms_per_char(self) -> float:
+        """What encoding costs on this machine, in milliseconds per character of new text
+        (:class:`EncodeSpeed`); loads the model if needed."""
+        loaded = self._loaded()
+        with loaded.lock:
+            return loaded.speed.ms_per_char()
 
     def word_vectors(self) -> WordVectors | None:
         """The model's word-piece vectors (:mod:`compressors.wordvectors`), loaded once; None when

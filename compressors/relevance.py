@@ -108,6 +108,12 @@ class Relevance(Compressor):
         # embed_share of the input's tokens (a 20-document RAG prompt is embedded whole).
         "embed_tokens": (int, 3000),
         "embed_share": ((int, float), 0.05),
+        # ...and no more of them than the encoder reads, at its measured speed on this CPU
+        # (compressors/embedding.py EncodeSpeed), in embed_ms_per_1k ms per 1k input tokens, or
+        # embed_min_ms on a short input (0: no cap). With the ~4 ms per 1k the rest costs, 14 keeps
+        # an AVX2-only CPU under 20 ms per 1k; on AVX-512 the token budget binds first.
+        "embed_ms_per_1k": ((int, float), 14),
+        "embed_min_ms": ((int, float), 300),
         "window_chars": (int, 200),  # windows of whole sentences up to this many characters
         # Stop embedding when the call has run this many ms (0: no limit); BM25 ranks the rest.
         "max_ms": ((int, float), 0),
@@ -140,6 +146,8 @@ class Relevance(Compressor):
             (opts["backend"] in BACKENDS, f"backend must be one of {', '.join(BACKENDS)}"),
             (opts["embed_tokens"] >= 0, "embed_tokens must be >= 0"),
             (0.0 <= opts["embed_share"] <= 1.0, "embed_share must be in [0, 1]"),
+            (opts["embed_ms_per_1k"] >= 0, "embed_ms_per_1k must be >= 0"),
+            (opts["embed_min_ms"] >= 0, "embed_min_ms must be >= 0"),
             (opts["window_chars"] >= 40, "window_chars must be >= 40"),
             (opts["max_ms"] >= 0, "max_ms must be >= 0"),
             (0.0 <= opts["window_head_below"] <= 1.0, "window_head_below must be in [0, 1]"),
@@ -189,6 +197,8 @@ class Relevance(Compressor):
             window_chars=int(opts["window_chars"]),
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
+            ms_per_1k=float(opts["embed_ms_per_1k"]),
+            min_ms=float(opts["embed_min_ms"]),
             word_vectors=bool(opts["word_vectors"]),
             head=self._head if self._head_applies(tokens_before, budget) else None,
             started=time.perf_counter() if started is None else started,

@@ -4,7 +4,11 @@
 up to a token budget that grows slowly with the input, are embedded and scored by cosine
 to the query. A unit scores as its best window. Windows (and units) the embedding did not
 read rank below every embedded one, in first-stage order: the first stage put them there.
-With ``max_ms``, embedding stops before it would run past that many milliseconds and says
+With ``ms_per_1k``, the token budget is also capped by time: what the encoder reads may cost
+no more than that many milliseconds per 1,000 input tokens (at least ``min_ms``), at the
+encoder's measured speed on this machine (:meth:`Embedder.ms_per_char`). On a fast CPU
+the token budget binds first; on a slow one (AVX2 only) the time cap does, and says so
+in the note. With ``max_ms``, embedding stops before it would run past that many milliseconds and says
 so in the note (the rest keeps its first-stage rank): a deadline the policy can set.
 """
 
@@ -21,7 +25,7 @@ from compressors.units import Layout
 from compressors.windowhead import WindowHead, features
 from compressors.windows import CHARS_PER_TOKEN, Window, embed_budget, first_stage, split_windows
 
-__all__ = ["Scored", "StageOptions", "aligned", "score_layout"]
+__all__ = ["Scored", "StageOptions", "aligned", "embed_limit", "score_layout"]
 
 _CHUNK = 64  # windows per encode call when a time budget is watched
 _FIRST_CHUNK = 16
@@ -38,6 +42,8 @@ class StageOptions:
     window_chars: int = 200
     head_only: bool = False  # only each unit's first window (long_units: head)
     max_ms: float = 0.0  # 0: no time budget
+    ms_per_1k: float = 0.0  # the embedding's cost cap, ms per 1k input tokens (0: none)
+    min_ms: float = 0.0  # but never below this many ms (a short prompt on a fast CPU is read whole)
     word_vectors: bool = True  # the first stage also ranks by word-piece vectors (long inputs)
     head: WindowHead | None = None  # re-weighs the embedded windows' cosines (compressors/windowhead.py)
     started: float = 0.0  # time.perf_counter() when the compression began (max_ms counts from it)
@@ -70,10 +76,13 @@ def score_layout(
     if lexical_only or options.scorer == "bm25" or embedder is None:
         # A window's own BM25 only orders it among its unit's windows (scales differ between units).
         return Scored(list(unit_first), windows, aligned(unit_first, windows, [v / 1000 for v in first]))
-    static, skipped = _word_similarities(embedder, query, layout.text, windows, tokens_before, options)
-    chosen = _candidates(windows, first, tokens_before, options, static)
+    limit, capped = embed_limit(tokens_before, options, embedder.ms_per_char())
+    static, skipped = _word_similarities(embedder, query, layout.text, windows, limit, options)
+    chosen = _candidates(windows, first, limit, options, static)
     embedded_texts = [w.context + layout.text[w.start : w.end] for w in (windows[i] for i in chosen)]
     sims, note = _similarities(embedder, query, embedded_texts, options)
+    if capped and sum(map(len, embedded_texts)) < _whole(windows):
+        note = f"{capped}; {note}" if note else capped
     note = "; ".join(part for part in (skipped, note) if part)
     chosen = chosen[: len(sims)]
     if options.head is not None and sims:
@@ -109,16 +118,37 @@ def aligned(units: Sequence[float], windows: Sequence[Window], raw: Sequence[flo
     return [units[w.unit] - (best[w.unit] - value) for w, value in zip(windows, raw, strict=True)]
 
 
+def embed_limit(tokens: int, options: StageOptions, ms_per_char: float) -> tuple[float, str]:
+    """Characters of windows the embedding may read for an input of ``tokens`` tokens, and a note
+    when the time cap (``options.ms_per_1k`` at ``ms_per_char``) made that fewer than the token
+    budget (``floor_tokens`` + ``share``) allows."""
+    limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
+    if not options.ms_per_1k or ms_per_char <= 0:
+        return limit, ""
+    allowed_ms = max(options.min_ms, options.ms_per_1k * tokens / 1000)
+    by_time = allowed_ms / ms_per_char
+    if by_time >= limit:
+        return limit, ""
+    return by_time, (
+        f"embedding capped at ~{by_time / CHARS_PER_TOKEN:.0f} of {limit / CHARS_PER_TOKEN:.0f} tokens:"
+        f" embed_ms_per_1k {options.ms_per_1k:g} at {ms_per_char * CHARS_PER_TOKEN * 1000:.0f} ms"
+        " per 1k tokens on this CPU"
+    )
+
+
+def _whole(windows: Sequence[Window]) -> int:
+    return sum(len(w.context) + w.end - w.start for w in windows)
+
+
 def _candidates(
     windows: Sequence[Window],
     first: Sequence[float],
-    tokens: int,
+    limit: float,
     options: StageOptions,
     static: Sequence[float] | None = None,
 ) -> list[int]:
-    """Windows to embed while their characters fit the budget: the best by the first stage, or,
+    """Windows to embed while their characters fit ``limit``: the best by the first stage, or,
     with word-vector similarities (``static``), the best of each ranking in turn."""
-    limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
     firsts = {w.unit: i for i, w in reversed(list(enumerate(windows)))}
     allowed = set(firsts.values()) if options.head_only else None
     orders = [sorted(range(len(windows)), key=lambda i: (-first[i], i))]
@@ -151,7 +181,7 @@ def _word_similarities(
     query: str,
     text: str,
     windows: Sequence[Window],
-    tokens: int,
+    limit: float,
     options: StageOptions,
 ) -> tuple[list[float] | None, str]:
     """Word-vector similarity of each window to the query (:mod:`compressors.wordvectors`), when the
@@ -159,8 +189,7 @@ def _word_similarities(
     when ``max_ms`` left no time for them."""
     if embedder is None or not options.word_vectors or options.head_only:
         return None, ""
-    limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
-    if sum(len(w.context) + w.end - w.start for w in windows) <= limit:
+    if _whole(windows) <= limit:
         return None, ""  # everything is embedded: no first stage to help
     if options.max_ms and (time.perf_counter() - options.started) * 1000 > options.max_ms / 2:
         # A huge input on a busy machine: the time left goes to the embedding.
