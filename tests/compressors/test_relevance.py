@@ -196,6 +196,12 @@ def test_unknown_and_invalid_options_are_rejected_at_construction() -> None:
         Relevance({"alpha": 1.5})
     with pytest.raises(OptionsError, match="model_sha256"):
         Relevance({"model_sha256": "abc"})
+    with pytest.raises(OptionsError, match="embed_ms_per_1k must be >= 0"):
+        Relevance({"embed_ms_per_1k": -1})
+    with pytest.raises(OptionsError, match="embed_min_ms must be >= 0"):
+        Relevance({"embed_min_ms": -5})
+    with pytest.raises(OptionsError, match="embed_ms_per_1k"):
+        Relevance({"embed_ms_per_1k": "fast"})
 
 
 @pytest.mark.slow

@@ -13,7 +13,9 @@ import pytest
 import evaldata
 from compressors.base import Target
 from compressors.cpu import cpu_info, fastest
+from compressors.embedding import EncodeSpeed
 from compressors.relevance import Relevance
+from compressors.rerank import StageOptions, embed_limit
 from compressors.tokenizer import tokenizer_for
 from compressors.units import split_units
 from compressors.windows import split_windows
@@ -83,6 +85,51 @@ def test_a_time_budget_stops_the_embedding_and_says_so() -> None:
     assert "within max_ms 1" in result.note
     assert result.target_met
     assert result.text.endswith(f"Question: {question}\nAnswer:")
+
+
+@needs_data
+def test_a_time_cap_binds_on_the_measured_encoder_and_says_so() -> None:
+    prompt, question, _ = _haystack(20000, 3)
+    tokens = tokenizer_for("gpt-4o").count(prompt)
+    layout = split_units(prompt)
+    free = Relevance({"embed_ms_per_1k": 0}).score(question, layout, layout.units(), tokens)
+    # 0.5 ms per 1k input tokens: ~10 ms for this input, a few windows on any CPU.
+    capped = Relevance({"embed_ms_per_1k": 0.5, "embed_min_ms": 0}).score(
+        question, layout, layout.units(), tokens
+    )
+    assert 0 < capped.embedded < free.embedded / 4
+    assert "embedding capped at" in capped.note
+    assert "capped" not in free.note
+
+
+def test_the_time_cap_binds_on_a_slow_encoder_not_on_a_fast_one() -> None:
+    options = StageOptions("embedding", floor_tokens=3000, share=0.05, ms_per_1k=14, min_ms=300)
+    budget = (3000 + 0.05 * 20000) * 4  # characters, at four a token
+    # AVX-512 VNNI here: ~0.05 ms per token; the token budget binds first.
+    assert embed_limit(20000, options, 0.05 / 4) == (budget, "")
+    # AVX2 only: ~0.19 ms per token; 14 ms per 1k of 20k tokens (280, raised to min_ms 300) buys ~1,580.
+    limit, note = embed_limit(20000, options, 0.19 / 4)
+    assert limit == pytest.approx(300 / 0.19 * 4)
+    assert note.startswith("embedding capped at ~1579 of 4000 tokens")
+    # A short input gets min_ms: a 3,000-token RAG prompt is read whole on a fast CPU.
+    assert embed_limit(3000, options, 0.05 / 4)[1] == ""
+    assert embed_limit(3000, options, 0.19 / 4)[0] == pytest.approx(300 / 0.19 * 4)
+    # No cap, or no measurement yet: the token budget alone.
+    assert embed_limit(20000, StageOptions("embedding"), 1.0)[0] == budget
+    assert embed_limit(20000, options, 0.0)[1] == ""
+
+
+def test_the_speed_estimate_is_a_bounded_low_quartile() -> None:
+    speed = EncodeSpeed()
+    assert speed.ms_per_char() == 0.0
+    for ms in (10, 20, 30, 40, 1000):  # one burst of load barely moves it
+        speed.observe(1000, ms / 1000)
+    assert speed.ms_per_char() == pytest.approx(0.02)
+    for _ in range(100):  # only recent calls count: a slower machine state wins in the end
+        speed.observe(1000, 0.5)
+    assert speed.ms_per_char() == pytest.approx(0.5)
+    speed.observe(0, 1.0)
+    assert speed.ms_per_char() == pytest.approx(0.5)
 
 
 def test_cpu_info_reads_model_and_flags(tmp_path: Path) -> None:
