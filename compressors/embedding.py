@@ -88,9 +88,11 @@ def cache_scope(scope: str) -> Iterator[None]:
 class EncodeSpeed:
     """Milliseconds per character this encoder takes here: timed once at load, refined by encode calls.
 
-    The last :data:`_SPEED_SAMPLES` timings are kept; the estimate is their lower quartile, so it
-    says what this CPU does (AVX2 or AVX-512, which runtime) rather than how busy it was during
-    a burst of load: ``max_ms`` is the knob for load, this estimate sizes work to the machine.
+    The last :data:`_SPEED_SAMPLES` timings are kept; the estimate is the fastest of them, so it
+    says what this CPU does when it gets its cores (AVX2 or AVX-512, which runtime) rather than
+    how busy other processes kept it (on a 2-core machine shared by several, a lower quartile
+    still tripled under load): ``max_ms`` is the knob for load, this estimate sizes work to the
+    machine. A CPU that is slow for good fills the window with slow timings within 32 calls.
     """
 
     def __init__(self) -> None:
@@ -104,8 +106,7 @@ class EncodeSpeed:
         """The estimate; 0.0 before any timing."""
         if not self._samples:
             return 0.0
-        ordered = sorted(self._samples)
-        return ordered[(len(ordered) - 1) // 4]
+        return min(self._samples)
 
 
 class _Loaded:
@@ -129,8 +130,9 @@ class _Loaded:
         return vectors
 
     def probe(self, texts: list[str], *, batch_size: int) -> None:
-        """Time ``texts`` once after a warm-up call: the speed estimate before any request."""
+        """Time ``texts`` twice after a warm-up call: the speed estimate before any request."""
         self._encode(texts, batch_size=batch_size)
+        self.encode(texts, batch_size=batch_size)
         self.encode(texts, batch_size=batch_size)
 
     def _encode(self, texts: list[str], *, batch_size: int) -> Vectors:
