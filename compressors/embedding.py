@@ -304,6 +304,13 @@ class Embedder:
         with loaded.lock:
             return loaded.speed.ms_per_char()
 
+    def cached(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each of ``texts`` has a cached vector in this scope (costs nothing to encode)."""
+        loaded = self._loaded()
+        scope = _scope.get()
+        with loaded.lock:
+            return [(scope, text) in loaded.cache for text in texts]
+
     def word_vectors(self) -> WordVectors | None:
         """The model's word-piece vectors (:mod:`compressors.wordvectors`), loaded once; None when
         the model is not a local directory with them."""

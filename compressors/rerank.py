@@ -76,13 +76,18 @@ def score_layout(
     if lexical_only or options.scorer == "bm25" or embedder is None:
         # A window's own BM25 only orders it among its unit's windows (scales differ between units).
         return Scored(list(unit_first), windows, aligned(unit_first, windows, [v / 1000 for v in first]))
-    limit, capped = embed_limit(tokens_before, options, embedder.ms_per_char())
+    budget, by_time = embed_limit(tokens_before, options, embedder.ms_per_char())
+    bodies = [w.context + layout.text[w.start : w.end] for w in windows]
+    # A window whose vector is cached (a document resent turn after turn) costs no time.
+    free = embedder.cached(bodies) if by_time < budget else [False] * len(windows)
+    free_chars = sum(len(body) for body, hit in zip(bodies, free, strict=True) if hit)
+    limit = min(budget, by_time + free_chars)
     static, skipped = _word_similarities(embedder, query, layout.text, windows, limit, options)
-    chosen = _candidates(windows, first, limit, options, static)
-    embedded_texts = [w.context + layout.text[w.start : w.end] for w in (windows[i] for i in chosen)]
+    chosen, capped = _candidates(windows, first, (budget, by_time), options, static, free)
+    embedded_texts = [bodies[i] for i in chosen]
     sims, note = _similarities(embedder, query, embedded_texts, options)
-    if capped and sum(map(len, embedded_texts)) < _whole(windows):
-        note = f"{capped}; {note}" if note else capped
+    if capped:
+        note = "; ".join(part for part in (_cap_note(by_time, budget, options, embedder), note) if part)
     note = "; ".join(part for part in (skipped, note) if part)
     chosen = chosen[: len(sims)]
     if options.head is not None and sims:
@@ -118,37 +123,37 @@ def aligned(units: Sequence[float], windows: Sequence[Window], raw: Sequence[flo
     return [units[w.unit] - (best[w.unit] - value) for w, value in zip(windows, raw, strict=True)]
 
 
-def embed_limit(tokens: int, options: StageOptions, ms_per_char: float) -> tuple[float, str]:
-    """Characters of windows the embedding may read for an input of ``tokens`` tokens, and a note
-    when the time cap (``options.ms_per_1k`` at ``ms_per_char``) made that fewer than the token
-    budget (``floor_tokens`` + ``share``) allows."""
-    limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
+def embed_limit(tokens: int, options: StageOptions, ms_per_char: float) -> tuple[float, float]:
+    """Characters of windows the embedding may read for an input of ``tokens`` tokens: by the
+    token budget (``floor_tokens`` + ``share``), and by the time cap (``options.ms_per_1k``, at
+    least ``min_ms``, at ``ms_per_char``; infinite without a cap or a measurement)."""
+    budget = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
     if not options.ms_per_1k or ms_per_char <= 0:
-        return limit, ""
-    allowed_ms = max(options.min_ms, options.ms_per_1k * tokens / 1000)
-    by_time = allowed_ms / ms_per_char
-    if by_time >= limit:
-        return limit, ""
-    return by_time, (
-        f"embedding capped at ~{by_time / CHARS_PER_TOKEN:.0f} of {limit / CHARS_PER_TOKEN:.0f} tokens:"
-        f" embed_ms_per_1k {options.ms_per_1k:g} at {ms_per_char * CHARS_PER_TOKEN * 1000:.0f} ms"
-        " per 1k tokens on this CPU"
+        return budget, float("inf")
+    return budget, max(options.min_ms, options.ms_per_1k * tokens / 1000) / ms_per_char
+
+
+def _cap_note(by_time: float, budget: float, options: StageOptions, embedder: Embedder) -> str:
+    per_1k = embedder.ms_per_char() * CHARS_PER_TOKEN * 1000
+    return (
+        f"embedding capped at ~{by_time / CHARS_PER_TOKEN:.0f} new of {budget / CHARS_PER_TOKEN:.0f}"
+        f" tokens: embed_ms_per_1k {options.ms_per_1k:g} at {per_1k:.0f} ms per 1k tokens on this CPU"
     )
-
-
-def _whole(windows: Sequence[Window]) -> int:
-    return sum(len(w.context) + w.end - w.start for w in windows)
 
 
 def _candidates(
     windows: Sequence[Window],
     first: Sequence[float],
-    limit: float,
+    limits: tuple[float, float],
     options: StageOptions,
     static: Sequence[float] | None = None,
-) -> list[int]:
-    """Windows to embed while their characters fit ``limit``: the best by the first stage, or,
-    with word-vector similarities (``static``), the best of each ranking in turn."""
+    free: Sequence[bool] | None = None,
+) -> tuple[list[int], bool]:
+    """Windows to embed while their characters fit the budget (``limits[0]``) and the new ones
+    among them (not ``free``) the time cap (``limits[1]``): the best by the first stage, or, with
+    word-vector similarities (``static``), the best of each ranking in turn. True when the time
+    cap stopped it."""
+    budget, by_time = limits
     firsts = {w.unit: i for i, w in reversed(list(enumerate(windows)))}
     allowed = set(firsts.values()) if options.head_only else None
     orders = [sorted(range(len(windows)), key=lambda i: (-first[i], i))]
@@ -156,18 +161,26 @@ def _candidates(
         orders.append(sorted(range(len(windows)), key=lambda i: (-static[i], i)))
     chosen: list[int] = []
     seen: set[int] = set()
-    used = 0
+    used = spent = 0
     for index in _alternate(orders):
         if index in seen or (allowed is not None and index not in allowed):
             continue
         window = windows[index]
         size = len(window.context) + window.end - window.start
-        if chosen and used + size > limit:
+        new = 0 if free is not None and free[index] else size
+        if chosen and used + size > budget:
             break
+        if chosen and spent + new > by_time:
+            return chosen, True
         chosen.append(index)
         seen.add(index)
         used += size
-    return chosen
+        spent += new
+    return chosen, False
+
+
+def _whole(windows: Sequence[Window]) -> int:
+    return sum(len(w.context) + w.end - w.start for w in windows)
 
 
 def _alternate(orders: Sequence[Sequence[int]]) -> Iterator[int]:

@@ -13,7 +13,7 @@ import pytest
 import evaldata
 from compressors.base import Target
 from compressors.cpu import cpu_info, fastest
-from compressors.embedding import EncodeSpeed
+from compressors.embedding import Embedder, EncodeSpeed, cache_scope
 from compressors.relevance import Relevance
 from compressors.rerank import StageOptions, embed_limit
 from compressors.tokenizer import tokenizer_for
@@ -92,11 +92,14 @@ def test_a_time_cap_binds_on_the_measured_encoder_and_says_so() -> None:
     prompt, question, _ = _haystack(20000, 3)
     tokens = tokenizer_for("gpt-4o").count(prompt)
     layout = split_units(prompt)
-    free = Relevance({"embed_ms_per_1k": 0}).score(question, layout, layout.units(), tokens)
-    # 0.5 ms per 1k input tokens: ~10 ms for this input, a few windows on any CPU.
-    capped = Relevance({"embed_ms_per_1k": 0.5, "embed_min_ms": 0}).score(
-        question, layout, layout.units(), tokens
-    )
+    with cache_scope("uncapped"):
+        free = Relevance({"embed_ms_per_1k": 0}).score(question, layout, layout.units(), tokens)
+    # 0.5 ms per 1k input tokens: ~10 ms for this input, a few windows on any CPU (none cached
+    # in this scope: a cached window would cost nothing).
+    with cache_scope("capped"):
+        capped = Relevance({"embed_ms_per_1k": 0.5, "embed_min_ms": 0}).score(
+            question, layout, layout.units(), tokens
+        )
     assert 0 < capped.embedded < free.embedded / 4
     assert "embedding capped at" in capped.note
     assert "capped" not in free.note
@@ -106,17 +109,33 @@ def test_the_time_cap_binds_on_a_slow_encoder_not_on_a_fast_one() -> None:
     options = StageOptions("embedding", floor_tokens=3000, share=0.05, ms_per_1k=14, min_ms=300)
     budget = (3000 + 0.05 * 20000) * 4  # characters, at four a token
     # AVX-512 VNNI here: ~0.05 ms per token; the token budget binds first.
-    assert embed_limit(20000, options, 0.05 / 4) == (budget, "")
+    fast_budget, fast_time = embed_limit(20000, options, 0.05 / 4)
+    assert fast_budget == budget < fast_time
     # AVX2 only: ~0.19 ms per token; 14 ms per 1k of 20k tokens (280, raised to min_ms 300) buys ~1,580.
-    limit, note = embed_limit(20000, options, 0.19 / 4)
-    assert limit == pytest.approx(300 / 0.19 * 4)
-    assert note.startswith("embedding capped at ~1579 of 4000 tokens")
+    slow_budget, slow_time = embed_limit(20000, options, 0.19 / 4)
+    assert slow_budget == budget
+    assert slow_time == pytest.approx(300 / 0.19 * 4)
     # A short input gets min_ms: a 3,000-token RAG prompt is read whole on a fast CPU.
-    assert embed_limit(3000, options, 0.05 / 4)[1] == ""
-    assert embed_limit(3000, options, 0.19 / 4)[0] == pytest.approx(300 / 0.19 * 4)
+    assert embed_limit(3000, options, 0.05 / 4)[1] > 3150 * 4
+    # 40k tokens: embed_ms_per_1k binds, not min_ms.
+    assert embed_limit(40000, options, 0.19 / 4)[1] == pytest.approx(560 / 0.19 * 4)
     # No cap, or no measurement yet: the token budget alone.
-    assert embed_limit(20000, StageOptions("embedding"), 1.0)[0] == budget
-    assert embed_limit(20000, options, 0.0)[1] == ""
+    assert embed_limit(20000, StageOptions("embedding"), 1.0)[1] == float("inf")
+    assert embed_limit(20000, options, 0.0)[1] == float("inf")
+
+
+@needs_data
+def test_windows_already_cached_do_not_count_against_the_time_cap() -> None:
+    prompt, question, _ = _haystack(20000, 5)
+    tokens = tokenizer_for("gpt-4o").count(prompt)
+    layout = split_units(prompt)
+    compressor = Relevance({"embed_ms_per_1k": 0.5, "embed_min_ms": 0})
+    with cache_scope("cap-test"):
+        Embedder().clear_cache()
+        cold = compressor.score(question, layout, layout.units(), tokens)
+        warm = compressor.score(question, layout, layout.units(), tokens)
+    assert "embedding capped at" in cold.note
+    assert warm.embedded > cold.embedded
 
 
 def test_the_speed_estimate_is_the_fastest_recent_call() -> None:
