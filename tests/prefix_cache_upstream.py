@@ -9,7 +9,8 @@ Independent of the proxy's cache model (its own rendering, token stream and hash
   ``cache_control`` breakpoint writes its prefix (>= 1,024 tokens; 5 minutes or ``ttl: "1h"``);
   a read is the longest written prefix ending at a block boundary up to 20 blocks before a
   breakpoint; usage splits ``input_tokens``, ``cache_creation_input_tokens`` and
-  ``cache_read_input_tokens``.
+  ``cache_read_input_tokens``. A block is counted as the model reads it: a text block's text, a
+  tool result's texts as text beside its other fields as JSON.
 
 The cache's scope is the caller's key (``authorization`` / ``x-api-key``), the model and OpenAI's
 ``prompt_cache_key``. ``flush_every=N`` empties a scope's cache before every N-th request in it
@@ -61,6 +62,24 @@ def _chat_tokens(body: dict[str, Any]) -> list[int]:
     return [*tokens, 200264, *ENCODE("assistant")]
 
 
+def _hollow(node: Any, texts: list[str]) -> Any:
+    """``node`` with every ``content``/``text`` string moved out into ``texts``. A real tokenizer reads
+    a tool result's text as text: counting it JSON-escaped (every newline and quote of source code
+    doubled) made the upstream's count depend on how much code a request carries."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in ("content", "text") and isinstance(value, str):
+                texts.append(value)
+                out[key] = ""
+            else:
+                out[key] = _hollow(value, texts)
+        return out
+    if isinstance(node, list):
+        return [_hollow(value, texts) for value in node]
+    return node
+
+
 def _anthropic_blocks(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     """``(text, ttl of its cache_control or None)`` per cacheable block, in cache order."""
     out: list[tuple[str, str | None]] = []
@@ -70,7 +89,12 @@ def _anthropic_blocks(body: dict[str, Any]) -> list[tuple[str, str | None]]:
             control = block.get("cache_control")
             ttl = (control.get("ttl") or "5m") if isinstance(control, dict) else None
             rest = {k: v for k, v in block.items() if k != "cache_control"}
-            out.append((prefix + _text(rest.get("text", rest)), ttl))
+            if "text" in rest:
+                out.append((prefix + _text(rest["text"]), ttl))
+            else:  # a tool_result: its texts as the model reads them, its other fields as JSON
+                texts: list[str] = []
+                skeleton = _hollow(rest, texts)
+                out.append((prefix + _text(skeleton) + "\n" + "\n".join(texts), ttl))
         else:
             out.append((prefix + _text(block), None))
 
