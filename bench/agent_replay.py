@@ -68,6 +68,8 @@ from proxy.audit.pricing import Price, PriceBook  # noqa: E402
 from proxy.exchange import Exchange  # noqa: E402
 from proxy.policy.engine import PolicyRewriter  # noqa: E402
 from proxy.policy.model import Policy, PolicySet, load_policy  # noqa: E402
+from proxy.policy.originals import Originals  # noqa: E402
+from proxy.store.memory import MemoryStore  # noqa: E402
 
 __all__ = ["APIS", "Compression", "PolicyCompression", "Replay", "bill", "policy_yaml", "replay"]
 
@@ -207,6 +209,8 @@ class PolicyCompression:
             workers=2,
             max_part_chars=max_part_chars,
             prices=PriceBook(),  # history compaction prices its batches (docs/compaction.md)
+            # as `serve` does for retrieve policies: markers carry hash=, omissions are retrievable
+            originals=Originals(MemoryStore(max_bytes=1 << 28)) if policy.retrieve else None,
         )
         self.fail_open: dict[str, int] = {}
         self.compress_ms: dict[str, float] = {}

@@ -47,6 +47,7 @@ from anthropic_shape import turns as anthropic_turns  # noqa: E402
 from fake_upstream import ServerThread  # noqa: E402
 from prefix_cache_upstream import PrefixCacheUpstream  # noqa: E402
 from replay import billed, serve_config  # noqa: E402
+from sessions.shapes import newest_output  # noqa: E402
 
 import evaldata  # noqa: E402
 from evaldata import agent_messages, turns  # noqa: E402
@@ -120,10 +121,12 @@ class Recording(PrefixCacheUpstream):
     def __init__(self) -> None:
         super().__init__()
         self.last: dict[str, dict[str, Any]] = {}
+        self.newest: dict[str, list[str]] = {}  # per scope, each turn's newest tool output as forwarded
 
     def _scope(self, headers: dict[str, str], body: dict[str, Any]) -> str:
         key = super()._scope(headers, body)
         self.last[key] = body
+        self.newest.setdefault(key, []).append(newest_output(body) or "")
         return key
 
 
@@ -200,9 +203,10 @@ def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
 
 def facts_kept(sessions: list[list[dict[str, Any]]], upstream: Recording) -> None:
     print(
-        "\n| session | steps | history tokens (o200k, last turn) | names pointed at | kept by agents (last turn) |"
+        "\n| session | steps | history tokens (o200k, last turn) | names pointed at | kept by agents (last turn) "
+        "| kept in the newest output when it was newest (gpt-5, Anthropic) |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     from compressors.tokenizer import tokenizer_for
 
     count = tokenizer_for("gpt-5").count
@@ -217,7 +221,18 @@ def facts_kept(sessions: list[list[dict[str, Any]]], upstream: Recording) -> Non
         ]
         steps = sum(m["role"] == "tool" for m in messages)
         tokens = sum(count(m.get("content") or "") for m in turns(messages)[-1])
-        print(f"| {s} | {steps} | {tokens:,} | {len(wanted)} | {kept[0]} (gpt-5), {kept[1]} (Anthropic) |")
+        # the step that needs a name reads it in the newest output: turn j + 1 forwards tool output j
+        outputs = [i for i, m in enumerate(messages) if m["role"] == "tool"]
+        newest = []
+        for m in ("gpt-5", ANTHROPIC_MODEL):
+            forwarded = next(
+                v for k, v in upstream.newest.items() if k.startswith(f"Bearer sk-agents-{s}|{m}|")
+            )
+            newest.append(sum(name in forwarded[outputs.index(i) + 1] for i, name in wanted))
+        print(
+            f"| {s} | {steps} | {tokens:,} | {len(wanted)} | {kept[0]} (gpt-5), {kept[1]} (Anthropic) "
+            f"| {newest[0]}, {newest[1]} |"
+        )
 
 
 async def main() -> None:

@@ -9,7 +9,7 @@ passes when the gold's full ``Document [i](Title: ...) text`` line survives.
 KV retrieval: ``kv-retrieval-75_keys`` prompts (``kv_retrieval.prompt``); a case
 passes when the gold ``"key": "value"`` pair survives at rate 0.1.
 
-    python bench/quality_relevance.py [--limit N] [--scorers bm25,embedding,hybrid] [--write]
+    python bench/quality_relevance.py [--skip N] [--limit N] [--scorers bm25,embedding,hybrid] [--write]
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of results: one per task, scorer and rate."""
     scorers = [s for s in args.scorers.split(",") if s]
     _warm(scorers)
-    nq = nq_cases(args.limit, args.seed)
+    nq = nq_cases(args.skip + args.limit if args.limit else None, args.seed)[args.skip :]
     kv = kv_cases(args.kv_limit)
     rows: list[dict[str, Any]] = []
     if args.long_limit:
@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--limit", type=int, default=None, help="NQ questions to use (default: all 2655)")
+    parser.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="NQ questions to leave out first (1800: the window head's held-out rows)",
+    )
     parser.add_argument("--kv-limit", type=int, default=None, help="KV prompts to use (default: all 500)")
     parser.add_argument("--long-limit", type=int, default=0, help="NQ cases for the long-unit head/max rows")
     parser.add_argument("--scorers", default="embedding,hybrid,bm25")

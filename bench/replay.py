@@ -218,7 +218,7 @@ async def model_cost(traces: list[Path]) -> None:
         await copy.put(namespace, [(key, b"1")], ttl_s=600)
     store_bytes = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    memo_bytes = model._tokens.bytes_used
+    memo_bytes = model.tokens.bytes_used
     n = len(bodies)
     print(
         f"\nCache model alone, {n} requests (both streams), {looked:,} prefix digests looked up, "

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from compressors.weights import (
     torch_model,
     verify,
 )
+from compressors.wordvectors import WordVectors
 
 __all__ = [
     "BACKENDS",
@@ -162,6 +164,14 @@ def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loa
     return _Loaded(torch_model(model), cache_size=cache_size)
 
 
+def _word_vectors(model: str, sha256: str | None) -> WordVectors | None:
+    if not Path(model).is_dir():
+        return None
+    if sha256 is not None:
+        verify(model, sha256)
+    return WordVectors.load(model)
+
+
 class Embedder:
     """Normalized embeddings of texts with one sentence-transformers model.
 
@@ -224,6 +234,12 @@ class Embedder:
                 for text, vector in zip(missing, vectors, strict=True):
                     found[text] = loaded.cache[(scope, text)] = np.asarray(vector, dtype=np.float32)
         return np.stack([found[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    def word_vectors(self) -> WordVectors | None:
+        """The model's word-piece vectors (:mod:`compressors.wordvectors`), loaded once; None when
+        the model is not a local directory with them."""
+        key = ("word-vectors", self.model_name, self.sha256)
+        return load_once(key, lambda: _word_vectors(self.model_name, self.sha256))
 
     def clear_cache(self) -> None:
         """Forget cached vectors (of this model and backend, in every Embedder sharing it)."""

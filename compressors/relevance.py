@@ -17,14 +17,16 @@ from typing import Any, ClassVar
 
 from compressors.base import Ask, Compressed, Compressor, Cost, Decision, OptionsError
 from compressors.embedding import BACKENDS, DEFAULT_BACKEND, Embedder
+from compressors.models import load_once
 from compressors.preserve import find_spans, split_tags
 from compressors.question import find_question
 from compressors.rerank import Scored, StageOptions, aligned, score_layout
 from compressors.tokenizer import Tokenizer
 from compressors.units import KINDS, Layout, split_units
+from compressors.windowhead import WEIGHTS_FILE, WindowHead
 from compressors.windows import Window, header_end
 
-__all__ = ["SCORERS", "Relevance", "derive_query"]
+__all__ = ["SCORERS", "Relevance", "derive_query", "unit_texts"]
 
 SCORERS: tuple[str, ...] = ("bm25", "embedding", "hybrid")
 
@@ -68,6 +70,14 @@ def derive_query(text: str, layout: Layout) -> QueryMatch | None:
     return None
 
 
+def unit_texts(layout: Layout) -> list[str]:
+    """The units as the scorer reads them: without "Document [7]" labels, which carry no relevance
+    (and without them a passage seen at another position, the next turn or another request, is an
+    embedding-cache hit)."""
+    units = layout.units()
+    return [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
+
+
 def exact_terms(query: str) -> list[str]:
     """Casefolded identifiers and quoted strings of ``query`` that units should contain verbatim."""
     found = [match.group(1) for match in _QUOTED.finditer(query)]
@@ -101,6 +111,14 @@ class Relevance(Compressor):
         "window_chars": (int, 200),  # windows of whole sentences up to this many characters
         # Stop embedding when the call has run this many ms (0: no limit); BM25 ranks the rest.
         "max_ms": ((int, float), 0),
+        # Long inputs: the first stage also ranks windows by the model's word-piece vectors, so a
+        # sentence sharing no word with the question can still be embedded (half the budget each).
+        "word_vectors": (bool, True),
+        # The embedding's cosine re-weighed by cheap signals (compressors/windowhead.py, trained on NQ)
+        # when the budget is below this share of the input (0: never, 1: always). At 1/16 a
+        # 20-document prompt keeps two or three windows, and the head ranks the answer's higher; at
+        # 1/8 whole documents still fit and it kept fewer of them whole (bench/RESULTS.md).
+        "window_head_below": ((int, float), 0.1),
         # Prose units that do not fit whole may keep their best windows (a document keeps its header).
         "partial": (bool, True),
     }
@@ -124,6 +142,7 @@ class Relevance(Compressor):
             (0.0 <= opts["embed_share"] <= 1.0, "embed_share must be in [0, 1]"),
             (opts["window_chars"] >= 40, "window_chars must be >= 40"),
             (opts["max_ms"] >= 0, "max_ms must be >= 0"),
+            (0.0 <= opts["window_head_below"] <= 1.0, "window_head_below must be in [0, 1]"),
         )
         for ok, message in checks:
             if not ok:
@@ -132,6 +151,9 @@ class Relevance(Compressor):
         if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
             raise OptionsError(f"{self.name}: model_sha256 must be 64 hex digits")
         self._embedder: Embedder | None = None
+        self._head: WindowHead | None = None
+        if opts["scorer"] != "bm25" and opts["window_head_below"] > 0:
+            self._head = load_once(("window-head", str(WEIGHTS_FILE)), WindowHead.load, pinned=True)
         if opts["scorer"] != "bm25":
             self._embedder = Embedder(
                 opts["model"],
@@ -148,6 +170,7 @@ class Relevance(Compressor):
         texts: Sequence[str],
         tokens_before: int,
         started: float | None = None,
+        budget: int | None = None,
     ) -> Scored:
         """Relevance of each unit (and of its windows) to ``query`` with the configured scorer.
 
@@ -166,6 +189,8 @@ class Relevance(Compressor):
             window_chars=int(opts["window_chars"]),
             head_only=opts["long_units"] == "head",
             max_ms=float(opts["max_ms"]),
+            word_vectors=bool(opts["word_vectors"]),
+            head=self._head if self._head_applies(tokens_before, budget) else None,
             started=time.perf_counter() if started is None else started,
         )
         scored = score_layout(
@@ -184,6 +209,12 @@ class Relevance(Compressor):
         units = [score + boost * hit for score, hit in zip(result, matches, strict=True)]
         windows = aligned(units, scored.windows, scored.window_scores)
         return Scored(units, scored.windows, windows, scored.embedded, scored.note)
+
+    def _head_applies(self, tokens_before: int, budget: int | None) -> bool:
+        share = float(self.options["window_head_below"])
+        if share >= 1.0:
+            return True
+        return budget is not None and budget < share * tokens_before
 
     def _exact_matches(self, query: str, units: Sequence[str]) -> list[bool]:
         wanted = exact_terms(query) if self.options["exact_boost"] else []
@@ -224,7 +255,7 @@ class Relevance(Compressor):
         tokens_before = tokenizer.count(text)
         budget = target.budget(tokens_before)
         plan = _Plan.build(
-            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started)
+            self, joined, layout, query, forced_ranges, tokenizer, notes, (tokens_before, started, budget)
         )
         return plan.select(budget, tokens_before, int(self.options["min_units"]), tokenizer)
 
@@ -265,7 +296,7 @@ class _Plan:
         forced_ranges: list[tuple[int, int]],
         tokenizer: Tokenizer,
         notes: list[str],
-        size: tuple[int, float],  # tokens before, and when the call began
+        size: tuple[int, float, int],  # tokens before, when the call began, the budget
     ) -> _Plan:
         units = layout.units()
         parts: _Parts | None = None
@@ -276,11 +307,7 @@ class _Plan:
             scores = [float(len(units) - i) for i in range(len(units))]
             notes = [*notes, "no query given or found in the text; kept the first units"]
         else:
-            # "Document [7]" labels carry no relevance; without them a passage seen at another
-            # position (the next turn, another request) is an embedding-cache hit.
-            texts = (
-                [_DOC_LABEL.sub("", unit, count=1) for unit in units] if layout.kind == "documents" else units
-            )
+            texts = unit_texts(layout)
             scored = compressor.score(found.text, layout, texts, *size)
             scores = scored.units
             notes = [*notes, scored.note] if scored.note else notes

@@ -11,13 +11,14 @@ so in the note (the rest keeps its first-stage rank): a deadline the policy can 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from compressors.embedding import Embedder
 from compressors.units import Layout
+from compressors.windowhead import WindowHead, features
 from compressors.windows import CHARS_PER_TOKEN, Window, embed_budget, first_stage, split_windows
 
 __all__ = ["Scored", "StageOptions", "aligned", "score_layout"]
@@ -37,6 +38,8 @@ class StageOptions:
     window_chars: int = 200
     head_only: bool = False  # only each unit's first window (long_units: head)
     max_ms: float = 0.0  # 0: no time budget
+    word_vectors: bool = True  # the first stage also ranks by word-piece vectors (long inputs)
+    head: WindowHead | None = None  # re-weighs the embedded windows' cosines (compressors/windowhead.py)
     started: float = 0.0  # time.perf_counter() when the compression began (max_ms counts from it)
 
 
@@ -67,10 +70,19 @@ def score_layout(
     if lexical_only or options.scorer == "bm25" or embedder is None:
         # A window's own BM25 only orders it among its unit's windows (scales differ between units).
         return Scored(list(unit_first), windows, aligned(unit_first, windows, [v / 1000 for v in first]))
-    chosen = _candidates(windows, first, tokens_before, options)
+    static, skipped = _word_similarities(embedder, query, layout.text, windows, tokens_before, options)
+    chosen = _candidates(windows, first, tokens_before, options, static)
     embedded_texts = [w.context + layout.text[w.start : w.end] for w in (windows[i] for i in chosen)]
     sims, note = _similarities(embedder, query, embedded_texts, options)
+    note = "; ".join(part for part in (skipped, note) if part)
     chosen = chosen[: len(sims)]
+    if options.head is not None and sims:
+        bodies = [layout.text[windows[i].start : windows[i].end] for i in chosen]
+        units_of = [windows[i].unit for i in chosen]
+        rows = features(
+            query, bodies, sims, [first[i] for i in chosen], [unit_first[u] for u in units_of], units_of
+        )
+        sims = options.head.scores(rows)
     low = min(sims, default=0.0)
     # Not embedded: below every embedded window, in first-stage order (first is at most 1.5).
     window_scores = [low - 2.0 + value / 1.5 for value in first]
@@ -98,24 +110,65 @@ def aligned(units: Sequence[float], windows: Sequence[Window], raw: Sequence[flo
 
 
 def _candidates(
-    windows: Sequence[Window], first: Sequence[float], tokens: int, options: StageOptions
+    windows: Sequence[Window],
+    first: Sequence[float],
+    tokens: int,
+    options: StageOptions,
+    static: Sequence[float] | None = None,
 ) -> list[int]:
-    """Windows to embed: the best by the first stage while their characters fit the budget."""
+    """Windows to embed while their characters fit the budget: the best by the first stage, or,
+    with word-vector similarities (``static``), the best of each ranking in turn."""
     limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
     firsts = {w.unit: i for i, w in reversed(list(enumerate(windows)))}
     allowed = set(firsts.values()) if options.head_only else None
+    orders = [sorted(range(len(windows)), key=lambda i: (-first[i], i))]
+    if static is not None:
+        orders.append(sorted(range(len(windows)), key=lambda i: (-static[i], i)))
     chosen: list[int] = []
+    seen: set[int] = set()
     used = 0
-    for index in sorted(range(len(windows)), key=lambda i: (-first[i], i)):
-        if allowed is not None and index not in allowed:
+    for index in _alternate(orders):
+        if index in seen or (allowed is not None and index not in allowed):
             continue
         window = windows[index]
         size = len(window.context) + window.end - window.start
         if chosen and used + size > limit:
             break
         chosen.append(index)
+        seen.add(index)
         used += size
     return chosen
+
+
+def _alternate(orders: Sequence[Sequence[int]]) -> Iterator[int]:
+    """The first of each order, then the second of each, and so on (repeats left to the caller)."""
+    for items in zip(*orders, strict=True):
+        yield from items
+
+
+def _word_similarities(
+    embedder: Embedder | None,
+    query: str,
+    text: str,
+    windows: Sequence[Window],
+    tokens: int,
+    options: StageOptions,
+) -> tuple[list[float] | None, str]:
+    """Word-vector similarity of each window to the query (:mod:`compressors.wordvectors`), when the
+    embedding cannot read every window and the model has word vectors (else None), and a note
+    when ``max_ms`` left no time for them."""
+    if embedder is None or not options.word_vectors or options.head_only:
+        return None, ""
+    limit = embed_budget(tokens, floor=options.floor_tokens, share=options.share) * CHARS_PER_TOKEN
+    if sum(len(w.context) + w.end - w.start for w in windows) <= limit:
+        return None, ""  # everything is embedded: no first stage to help
+    if options.max_ms and (time.perf_counter() - options.started) * 1000 > options.max_ms / 2:
+        # A huge input on a busy machine: the time left goes to the embedding.
+        return None, f"word vectors skipped: half of max_ms {options.max_ms:g} gone before them"
+    vectors = embedder.word_vectors()
+    if vectors is None:
+        return None, ""
+    return [float(v) for v in vectors.similarities(query, [text[w.start : w.end] for w in windows])], ""
 
 
 def _similarities(

@@ -68,7 +68,9 @@ def _count(tokenizer: Tokenizer, text: str) -> int:
 class ToolOutput(Compressor):
     """See the module docstring. Options: ``min_tokens`` (below it: unchanged), ``threshold`` (the score
     a shape needs), ``shapes`` (the shape names allowed; all by default), ``fallback`` (false: a text
-    no shape recognises goes unchanged, e.g. a task typed as a user message beside observations)."""
+    no shape recognises goes unchanged, e.g. a task typed as a user message beside observations),
+    ``unpointed_max_tokens`` (a file read the query points nowhere into is cut to this when its
+    omissions are retrievable; None: the target alone)."""
 
     name = "tooloutput"
     cost = "linear"  # line scans and one token count: runs on parts of any size (see base.Cost)
@@ -77,11 +79,15 @@ class ToolOutput(Compressor):
         "threshold": ((int, float), 0.5),
         "shapes": ((list, tuple), None),
         "fallback": (bool, True),
+        "unpointed_max_tokens": (int, None),
     }
 
     def _validate(self) -> None:
         if self.options["min_tokens"] < 0:
             raise OptionsError("tooloutput: min_tokens must be >= 0")
+        unpointed = self.options["unpointed_max_tokens"]
+        if unpointed is not None and unpointed < 1:
+            raise OptionsError("tooloutput: unpointed_max_tokens must be >= 1")
         if not 0 <= self.options["threshold"] <= 1:
             raise OptionsError("tooloutput: threshold must be in [0, 1]")
         known = {shape.name for shape in SHAPES}
@@ -92,13 +98,26 @@ class ToolOutput(Compressor):
             )
         self._only = frozenset(given) if given is not None else None
 
+    def _budget(self, tokens: int, ask: Ask) -> tuple[int, int | None]:
+        """The target's budget, and the lower one for a read the query points nowhere into: only
+        when its omissions are retrievable (``ref`` set), so the agent can still get every line."""
+        budget = ask.target.budget(tokens)
+        unpointed = self.options["unpointed_max_tokens"]
+        lower = min(budget, unpointed) if unpointed is not None and ask.ref is not None else None
+        return budget, lower
+
     def _compress(self, text: str, ask: Ask) -> Compressed:
         tokens = _count(ask.tokenizer, text)
-        budget = ask.target.budget(tokens)
-        if tokens < self.options["min_tokens"] or tokens <= budget:
+        budget, lower = self._budget(tokens, ask)
+        if tokens < self.options["min_tokens"] or tokens <= (budget if lower is None else lower):
             return Compressed(text, tokens, tokens, self.name, budget)
         doc = Doc.of(text, Query.parse(ask.query, text), ask.ref, ask.tokenizer, tokens)
         shape, score = choose(doc, float(self.options["threshold"]), self._only)
+        cold = shape.unpointed_budget(doc, lower) if lower is not None and lower < budget else None
+        if cold is not None and cold < min(budget, tokens):
+            budget = cold  # first appearance, the cheapest moment to cut: nothing cached to lose
+        elif tokens <= budget:
+            return Compressed(text, tokens, tokens, self.name, budget)
         if shape is FALLBACK and not self.options["fallback"]:
             return Compressed(text, tokens, tokens, self.name, budget, False, "no shape recognised")
         cut = shape.compress(doc, budget)

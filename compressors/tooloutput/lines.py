@@ -82,6 +82,9 @@ class Selection:
     # lines the query points at: kept before ``ranked``, within a share of the budget even when
     # the must-lines alone exceed it (what the next step needs is not crowded out)
     pointed: list[int] = field(default_factory=list)
+    # charge each kept line the marker it splits off (an outline: many short lines, a marker between
+    # every two); off, the budget is corrected round by round, which suits a few long runs
+    charge_markers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +135,24 @@ def render(doc: Doc, keep: list[bool], sel: Selection) -> str:
     return text + "\n" if doc.text.endswith("\n") and out else text
 
 
-def _choose(sel: Selection, costs: Sequence[float], room: float, budget: int) -> tuple[list[bool], float]:
-    """Which lines to keep for ``room`` estimated tokens, and the must-lines' estimate."""
+def _split_cost(keep: Sequence[bool], i: int, marker: float) -> float:
+    """What keeping line ``i`` adds in markers: one when it splits a run of omitted lines in two,
+    minus one when it fills the last omitted line between two kept ones (runs only: keyed groups
+    share a marker wherever their lines sit)."""
+    before = i > 0 and not keep[i - 1]
+    after = i + 1 < len(keep) and not keep[i + 1]
+    if before and after:
+        return marker
+    if not before and not after and 0 < i < len(keep) - 1:
+        return -marker
+    return 0.0
+
+
+def _choose(
+    sel: Selection, costs: Sequence[float], room: float, budget: int, marker: float
+) -> tuple[list[bool], float]:
+    """Which lines to keep for ``room`` estimated tokens, and the must-lines' estimate. With
+    ``marker`` (runs, not keyed groups) each kept line is charged the markers it adds."""
     keep = [False] * len(costs)
     for i in sel.must:
         keep[i] = True
@@ -144,9 +163,10 @@ def _choose(sel: Selection, costs: Sequence[float], room: float, budget: int) ->
             keep[i] = True
             used += costs[i]
     for i in sel.ranked:
-        if not keep[i] and used + costs[i] <= room:
+        cost = costs[i] + (_split_cost(keep, i, marker) if marker else 0.0)
+        if not keep[i] and used + cost <= room:
             keep[i] = True
-            used += costs[i]
+            used += cost
     return keep, must
 
 
@@ -154,9 +174,13 @@ def fit(doc: Doc, sel: Selection, budget: int) -> Fitted:
     """Must-lines, then ranked lines while the budget allows; the target missed only for must-lines."""
     costs = doc.costs()
     room = float(budget) - _MARKER_COST * 4
+    # Runs of omitted lines each get a marker: charge a kept line the marker it splits off, at this
+    # document's own marker cost (its hash= included), so an outline's many gaps are budgeted for.
+    charged = sel.charge_markers and sel.key is None
+    marker = float(doc.tokenizer.count(_sample_marker(doc))) if charged else 0.0
     best = ("", -1)
     for _ in range(_ROUNDS):
-        keep, must = _choose(sel, costs, room, budget)
+        keep, must = _choose(sel, costs, room, budget, marker)
         text = render(doc, keep, sel)
         tokens = doc.tokenizer.count(text)
         if best[1] < 0 or _better(tokens, best[1], budget):
@@ -175,6 +199,10 @@ def fit(doc: Doc, sel: Selection, budget: int) -> Fitted:
     if sel.notes:
         note = "; ".join(filter(None, [note, *sel.notes]))
     return Fitted(text, tokens, met, note)
+
+
+def _sample_marker(doc: Doc) -> str:
+    return format_marker(99, "lines", example=None, lines=[(100, 198)], ref=doc.ref)
 
 
 def _better(tokens: int, than: int, budget: int) -> bool:

@@ -157,6 +157,11 @@ class Query:
         rare = frozenset(w for w in words if 0 < low.count(w) <= limit) if document else frozenset(words)
         return cls(text, frozenset(names), numbers, rare, _alternation(names, 0), _alternation(rare, re.I))
 
+    def without(self, names: frozenset[str] | set[str]) -> Query:
+        """The same query, pointing at none of ``names``."""
+        kept = self.names - names
+        return Query(self.text, kept, self.numbers, self.words, _alternation(kept, 0), self.weak)
+
     def strength(self, line: str) -> int:
         """2 if ``line`` holds a name or path of the query, 1 if only a rare query word, else 0."""
         if self.strong is not None and self.strong.search(line):

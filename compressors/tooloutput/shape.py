@@ -38,6 +38,11 @@ class Shape(abc.ABC):
     def compress(self, doc: Doc, budget: int) -> Cut:
         """``doc`` towards ``budget`` tokens; what the shape must keep wins over the budget."""
 
+    def unpointed_budget(self, doc: Doc, lower: int) -> int | None:
+        """The budget when the query points nowhere into ``doc`` (at least ``lower``), or None: it
+        does point in, or this shape cannot tell, and the target applies. File reads say it."""
+        return None
+
 
 class LineShape(Shape):
     """A shape that keeps and drops whole lines."""

@@ -157,6 +157,11 @@ class Dialect(Protocol):
     def cache_key(self, body: Mapping[str, Any]) -> str | None:
         """A client-set key that narrows the cache's scope (OpenAI's ``prompt_cache_key``)."""
 
+    def breakpoint_at(self, blocks: Sequence[Block], index: int) -> tuple[JsonPath, Any] | None:
+        """``(path, value)`` to add so that block ``index`` ends a cached prefix, with the TTL of the
+        body's last breakpoint; None where the API places no breakpoints, the block cannot carry
+        one, it has one, or the body has no room for another."""
+
     # Usage and streams.
     def usage(self, raw: Mapping[str, Any] | None) -> dict[str, int | None] | None:
         """The upstream's usage object in the audit record's names."""
@@ -234,6 +239,9 @@ class DialectBase:
         return None
 
     def cache_key(self, body: Mapping[str, Any]) -> str | None:
+        return None
+
+    def breakpoint_at(self, blocks: Sequence[Block], index: int) -> tuple[JsonPath, Any] | None:
         return None
 
     def accepts_upstream(self, upstream_api: str) -> bool:

@@ -66,6 +66,9 @@ class Breakpoint:
     ttl: str  # "5m" | "1h"
 
 
+MAX_BREAKPOINTS = 4  # cache_control markers Anthropic accepts in one request
+
+
 def _ttl(value: Any) -> str | None:
     """The TTL of a ``cache_control`` on ``value``, or None without one."""
     if isinstance(value, Mapping):
@@ -284,6 +287,27 @@ class MessagesDialect(AnthropicDialect):
 
     def parts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[Part]:
         return parts_of(_items(self.walk(body) if blocks is None else blocks))
+
+    def breakpoint_at(self, blocks: Sequence[Block], index: int) -> tuple[JsonPath, Any] | None:
+        """A content block of a message (not a string ``content``) with no marker, before the
+        body's last one (a marker after it would write a prefix the client never asked to cache),
+        while the body has fewer than :data:`MAX_BREAKPOINTS`. A 1-hour TTL must not follow a
+        5-minute one, so the new marker takes the TTL of the last, which follows it."""
+        marked = [k for k, b in enumerate(blocks) if b.breakpoint is not None]
+        block = blocks[index]
+        if (
+            len(marked) >= MAX_BREAKPOINTS
+            or not marked
+            or index >= marked[-1]
+            or block.breakpoint is not None
+            or not isinstance(block.node, Mapping)
+            or block.path[:1] != ("messages",)
+            or len(block.path) != 4
+        ):
+            return None
+        ttl = blocks[marked[-1]].breakpoint
+        value = {"type": "ephemeral", "ttl": "1h"} if ttl == "1h" else {"type": "ephemeral"}
+        return (*block.path, "cache_control"), value
 
     def other_texts(self, body: Mapping[str, Any], blocks: Sequence[Block] | None = None) -> list[str]:
         """What the upstream also counts as input besides the rewritable text: tool definitions,

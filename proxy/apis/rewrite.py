@@ -1,8 +1,8 @@
 """Writing new text back into a body by path, and the bytes a rewritten body goes upstream as.
 
-Only text is ever rewritten: the paths come from a dialect's parts. Everything else reaches the
-upstream as the same value: :func:`rewrite_body` copies only the containers on the way to a
-changed string.
+Text is rewritten at the paths of a dialect's parts; the only other change is a key a dialect
+adds (:meth:`Dialect.breakpoint_at`). Everything else reaches the upstream as the same value:
+:func:`rewrite_body` copies only the containers on the way to a changed value.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ def _copy(container: Any) -> Any:
 
 
 def rewrite_body(
-    body: Mapping[str, Any], texts: Mapping[JsonPath, str], drop: Sequence[JsonPath] = ()
+    body: Mapping[str, Any],
+    texts: Mapping[JsonPath, str],
+    drop: Sequence[JsonPath] = (),
+    added: Mapping[JsonPath, Any] | None = None,
 ) -> dict[str, Any]:
-    """A copy of ``body`` with the strings at ``texts`` paths replaced and the
-    messages at ``drop`` paths removed. Only containers on a changed path are
-    copied; every other value is the original object."""
+    """A copy of ``body`` with the strings at ``texts`` paths replaced, the values at ``added``
+    paths set (keys a dialect adds) and the messages at ``drop`` paths removed. Only containers on
+    a changed path are copied; every other value is the original object."""
     root: dict[str, Any] = dict(body)
     copied: set[JsonPath] = {()}
-    for path, text in texts.items():
+    for path, text in {**texts, **(added or {})}.items():
         node: Any = root
         for depth, key in enumerate(path[:-1]):
             prefix = path[: depth + 1]

@@ -7,7 +7,9 @@ of token prefixes in a :class:`~proxy.store.base.SharedStore` (never text), so i
 the store, survives restarts where the store does, and is shared by workers. The upstream's
 reported cached tokens calibrate the "before" estimate (:func:`~proxy.audit.cache_rules.calibrate`).
 
-Each block of a prompt is tokenized once (a bounded memo by team, encoding and the block's SHA-256); OpenAI prefixes
+A block's token ids come from the token memo the policy engine fills as it counts the parts
+(:mod:`proxy.store.tokens`): only the text around a block's parts (its role line, a rendered JSON
+tail) and texts the engine never saw (the forwarded forms) are tokenized here, once. OpenAI prefixes
 are digests chained over 128-token steps of the whole prompt, Anthropic prefixes digests chained
 over blocks. See docs/audit.md.
 """
@@ -29,10 +31,10 @@ from proxy.apis import Block, Dialect, JsonPath
 from proxy.apis.items import sorted_json
 from proxy.audit import cache_rules as rules
 from proxy.store.base import SharedStore, StoreUnavailable
-from proxy.store.lru import BytesLRU
 from proxy.store.memory import MemoryStore
+from proxy.store.tokens import TokenMemo
 
-__all__ = ["CacheEstimate", "CacheModel", "Counted", "Simulated"]
+__all__ = ["CacheEstimate", "CacheModel", "Simulated"]
 
 log = logging.getLogger("tersegate.audit")
 
@@ -43,9 +45,6 @@ _OFFLOAD_CHARS = 32_768  # prompts above this are tokenized and digested in a th
 _MAX_TRACKED_TOKENS = 2_097_152
 _PRESENT = b"1"
 _WARN_EVERY_S = 60.0
-
-Counted = Callable[[str, str, str], int | None]
-"""``(team, encoding, text) -> count``: a token count another component already made, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +72,11 @@ class CacheEstimate:
 @dataclass(frozen=True, slots=True)
 class _Cached:
     """A block as the provider's cache sees it: the text its tokens come from, its breakpoint, and
-    (``split``) the head and the text it is made of when the text is one text the policy engine
-    counted after a role line: its count is then the head's plus the engine's (see :func:`_split`)."""
+    the part texts it holds (their ids are the policy engine's, :meth:`TokenMemo.ids_within`)."""
 
     text: str
     breakpoint: str | None
-    split: tuple[str, str] | None = None
+    pieces: tuple[str, ...] = ()
     framing: str | None = None  # estimated-token dialects: the block's JSON without its texts
 
 
@@ -109,21 +107,6 @@ def _framing(block: Block) -> str | None:
     return sorted_json(skeleton)
 
 
-def _split(block: Block, text: str) -> tuple[str, str] | None:
-    """``(head, part text)`` when ``text`` is ``role + "\n" + the block's one text`` and that text
-    starts with no whitespace. Then tokenizing ``text`` gives the head's tokens followed by the part
-    text's, exactly: the tokenizers' pre-split (cl100k, o200k) ends a run of letters before a
-    newline and, when no whitespace follows, the newline stands alone; token merges never cross a
-    pre-split boundary. So the engine's count of the part text can be reused."""
-    if len(block.texts) != 1 or not block.role.isalpha():
-        return None
-    part = block.texts[0][1]
-    head = block.role + "\n"
-    if not part or part[0].isspace() or len(text) != len(head) + len(part):
-        return None
-    return (head, part) if text.startswith(head) and text.endswith(part) else None
-
-
 def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
     """The prompt's blocks in the order the provider caches them, rendered by the dialect; where its
     counts are estimates (Anthropic), with each block's framing (:func:`_framing`)."""
@@ -132,7 +115,7 @@ def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
         text = dialect.cache_text(block)
         if text is not None:
             framing = _framing(block) if dialect.estimated_tokens else None
-            out.append(_Cached(text, block.breakpoint, _split(block, text), framing))
+            out.append(_Cached(text, block.breakpoint, tuple(t for _, t in block.texts), framing))
     return out
 
 
@@ -161,46 +144,27 @@ def _chain(pieces: Sequence[bytes | memoryview]) -> list[str]:
 class CacheModel:
     """``await model.estimate(...)`` per audited request (see module docs)."""
 
-    def __init__(
-        self,
-        store: SharedStore | None = None,
-        *,
-        token_memo_bytes: int = 64 << 20,
-        counted: Counted | None = None,
-    ) -> None:
-        """``counted(team, encoding, text)``: a count the policy engine already made of ``text``
-        for ``team``, or None (:meth:`proxy.policy.engine.PolicyRewriter.counted`)."""
+    def __init__(self, store: SharedStore | None = None, *, tokens: TokenMemo | None = None) -> None:
+        """``tokens``: the token memo the policy engine fills (so a part text it counted is not
+        tokenized again); by default one of the model's own."""
         self.store: SharedStore = store if store is not None else MemoryStore()
-        # (team, encoding, block SHA-256) -> token ids (uint32 bytes), shared by both streams.
-        self._tokens: BytesLRU[bytes] = BytesLRU(max_bytes=token_memo_bytes)
-        self._counted = counted
+        self.tokens = tokens if tokens is not None else TokenMemo()
         self._warned_at = -_WARN_EVERY_S
 
-    def _ids(self, team: str, tokenizer: Tokenizer, text: str) -> bytes:
-        """``text``'s token ids, through the memo. Keyed by the encoding (the same text has other
-        ids under another model's tokenizer) and by team: the audit runs before the client's last
-        byte, so a block another team sent must not make this team's request faster (the policy
-        engine keys its token counts per team for the same reason)."""
-        key = (team, tokenizer.encoding, hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
-        ids = self._tokens.get(key)
-        if ids is None:
-            ids = np.asarray(tokenizer.encode(text), dtype=np.uint32).tobytes()
-            ids = self._tokens.setdefault(key, ids, size=len(ids) + len(key[2]) + len(team))
-        return ids
+    def _ids(self, team: str, tokenizer: Tokenizer, block: _Cached) -> bytes:
+        """The block's token ids (uint32 bytes), its part texts' taken from the memo. The memo is
+        per team: the audit runs before the client's last byte, so a block another team sent must
+        not make this team's request faster."""
+        return self.tokens.ids_within(team, tokenizer, block.text, block.pieces)
 
     def _counts(self, team: str, model: str | None, blocks: Sequence[_Cached]) -> list[int]:
-        """Each block's token count; a part text the engine counted is not tokenized again."""
+        """Each block's token count, with its framing's (:func:`_framing`)."""
         tokenizer = tokenizer_for(model)
         out = []
         for block in blocks:
-            split, counted = block.split, self._counted
-            known = None if split is None or counted is None else counted(team, tokenizer.encoding, split[1])
-            if split is None or known is None:
-                count = len(self._ids(team, tokenizer, block.text)) // 4
-            else:
-                count = len(self._ids(team, tokenizer, split[0])) // 4 + known
+            count = len(self._ids(team, tokenizer, block)) // 4
             if block.framing is not None:
-                count += len(self._ids(team, tokenizer, block.framing)) // 4
+                count += self.tokens.count(team, tokenizer, block.framing)
             out.append(count)
         return out
 
@@ -274,7 +238,7 @@ class CacheModel:
         if _surely_shorter(blocks, rules.OPENAI_MIN_TOKENS):
             return _Plan.nothing()  # too short to be cached: not worth tokenizing
         tokenizer = tokenizer_for(model)
-        ids = b"".join(self._ids(team, tokenizer, block.text) for block in blocks)
+        ids = b"".join(self._ids(team, tokenizer, block) for block in blocks)
         total = len(ids) // 4
         tracked = min(total, _MAX_TRACKED_TOKENS) // rules.OPENAI_STEP
         step = rules.OPENAI_STEP * 4

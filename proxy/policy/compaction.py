@@ -33,6 +33,7 @@ from typing import Protocol
 from compressors.markers import format_marker
 
 __all__ = [
+    "CALL_CHARS",
     "CachePrices",
     "CacheTerms",
     "Decision",
@@ -96,6 +97,9 @@ class Knobs:
     min_tokens: int = 200  # a part smaller than this is never worth a stub
     horizon: int = 40  # at most this many more turns are expected
     max_lines: int = 12  # lines a stub keeps verbatim
+    breakpoint: bool = (
+        True  # Anthropic: mark the last stub a cache breakpoint (the next batch re-writes less)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,8 @@ class Decision:
     horizon: int = 0
     refs: dict[str, str] = field(default_factory=dict)  # key -> the original's id in its stub's hash=
 
+
+CALL_CHARS = 200  # of a call and its arguments, in an entry (and a stub's marker)
 
 # What later turns point at: paths, dotted or ::-joined names, snake/Camel identifiers, numbers.
 _TOKEN = re.compile(r"[A-Za-z0-9_][\w.:/\\-]*[\w]|\d+")
@@ -181,15 +187,25 @@ def _kept_lines(lines: Sequence[str], pointers: set[str], max_lines: int) -> lis
 
 
 def stub_for(
-    text: str, *, tokens: int, call: str | None, pointers: set[str], ref: str | None, max_lines: int
+    text: str,
+    *,
+    tokens: int,
+    call: str | None,
+    pointers: set[str],
+    ref: str | None,
+    max_lines: int,
+    again: bool = False,
 ) -> str:
-    """The part as a stub: one marker, then its lines that ``pointers`` name, byte-identical."""
+    """The part as a stub: one marker, then its lines that ``pointers`` name, byte-identical.
+    ``again``: the same call (or the same output) comes later in the history, which carries what
+    it said: the stub keeps no line, and its marker says so."""
     lines = text.split("\n")
-    kept = _kept_lines(lines, pointers, max_lines)
+    kept = [] if again else _kept_lines(lines, pointers, max_lines)
     keep = set(kept)
     omitted = [i + 1 for i in range(len(lines)) if i not in keep]
     example = next((lines[i - 1] for i in omitted if lines[i - 1].strip()), "")
     kinds = f"{call}, {tokens} tokens" if call else f"{tokens} tokens"
+    kinds += ", run again later" if again else ""
     marker = format_marker(
         len(omitted), "lines", example=example or None, lines=_ranges(omitted), kinds=kinds, ref=ref
     )
@@ -257,6 +273,7 @@ def decide(
     candidates = _eligible(entries, knobs)
     horizon = max(1, min(turns, knobs.horizon))
     later = _later_pointers(entries)
+    again = _repeated_later(entries)
     stubs: dict[str, tuple[str, int]] = {}
     removed: dict[int, int] = {}
     for i in candidates:
@@ -268,6 +285,7 @@ def decide(
             pointers=later[i],
             ref=ref(entry),
             max_lines=knobs.max_lines,
+            again=i in again,
         )
         size = count(stub)
         if size * 2 > entry.tokens:
@@ -315,6 +333,24 @@ def _economics(
     if saving * saving < 2 * cost * growth:
         return Decision({}, "waiting for a bigger batch", cost, saving, horizon)
     return Decision({}, "break-even", cost, saving, horizon)
+
+
+def _repeated_later(entries: Sequence[Entry]) -> set[int]:
+    """Outputs whose call (the same tool, the same arguments: a file read again, a grep re-run) or
+    whose text comes again later: the later one carries what it said, so whatever later turns point
+    at in this one, its stub need keep no line (the original stays retrievable by its hash=)."""
+    seen: set[str] = set()
+    out: set[int] = set()
+    for i in range(len(entries) - 1, -1, -1):
+        entry = entries[i]
+        if entry.role not in ("tool", "function"):
+            continue
+        whole = entry.call is not None and len(entry.call) < CALL_CHARS  # a cut call may differ after
+        marks = {"text:" + entry.text, *(("call:" + str(entry.call),) if whole else ())}
+        if marks & seen:
+            out.add(i)
+        seen |= marks
+    return out
 
 
 def _later_pointers(entries: Sequence[Entry]) -> list[set[str]]:

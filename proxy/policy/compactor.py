@@ -16,12 +16,21 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxy.apis import Block, Dialect, Part
-from proxy.policy.compaction import CachePrices, CacheTerms, Decision, Entry, Knobs, decide, precheck
+from proxy.policy.compaction import (
+    CALL_CHARS,
+    CachePrices,
+    CacheTerms,
+    Decision,
+    Entry,
+    Knobs,
+    decide,
+    precheck,
+)
 from proxy.policy.compaction_log import CompactionLog
 
 __all__ = [
@@ -43,7 +52,6 @@ CLEARED_PLACEHOLDERS = ("[Old tool result content cleared]",)
 _PROVIDER_ITEMS = frozenset({"compaction", "compaction_summary"})  # OpenAI Responses
 _IDLE_S = {"5m": 300.0, "1h": 3600.0}
 LOOKBACK = 20  # blocks an Anthropic cache read looks back from a breakpoint
-_CALL_CHARS = 200  # of a call's arguments, in a stub's marker
 
 
 # Paths of parts that went out as they came for a passing reason -> their compressed forms.
@@ -72,6 +80,7 @@ class Compacted:
     texts: dict[Path, tuple[str, int]]
     reason: str
     decision: Decision | None = None
+    added: dict[Path, Any] = dataclasses.field(default_factory=dict)  # keys the dialect adds (a breakpoint)
 
 
 def conversation_of(parts: Sequence[Part], model: str | None = None) -> str:
@@ -102,13 +111,21 @@ def client_compacts(body: Mapping[str, Any], parts: Sequence[Part]) -> bool:
     return any(marker in part.text for part in parts for marker in CLEARED_PLACEHOLDERS)
 
 
-def _breakpoint_reach(blocks: Sequence[Block], parts: Sequence[Part]) -> Callable[[int], int]:
+def _block_index(blocks: Sequence[Block], parts: Sequence[Part]) -> list[int]:
+    """The index in ``blocks`` of each part's block."""
+    index = {path: k for k, block in enumerate(blocks) for path, _ in block.texts}
+    return [index.get(p.path, 0) for p in parts]
+
+
+def _breakpoint_reach(
+    blocks: Sequence[Block], parts: Sequence[Part], anchor: int | None = None
+) -> Callable[[int], int]:
     """Breakpoint caches: the first part re-sent (written again) when part ``i`` changes. A read
     hits a written prefix ending at most 20 blocks before one of the request's breakpoints, so a
-    change further back than that loses everything after the breakpoint before it."""
-    index = {path: k for k, block in enumerate(blocks) for path, _ in block.texts}
-    block_of = [index.get(p.path, 0) for p in parts]
-    marked = [k for k, block in enumerate(blocks) if block.breakpoint is not None]
+    change further back than that loses everything after the breakpoint before it. ``anchor``:
+    the block the proxy marks (:func:`_anchor`), a breakpoint like the client's."""
+    block_of = _block_index(blocks, parts)
+    marked = [k for k, block in enumerate(blocks) if block.breakpoint is not None or k == anchor]
     reachable = {k for b in marked for k in range(max(0, b - LOOKBACK), b + 1)}
 
     def resent_from(first: int) -> int:
@@ -116,6 +133,29 @@ def _breakpoint_reach(blocks: Sequence[Block], parts: Sequence[Part]) -> Callabl
         return next((i for i, k in enumerate(block_of) if k > hit), first)
 
     return resent_from
+
+
+def _anchor(
+    dialect: Dialect,
+    blocks: Sequence[Block],
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    stubbed: Collection[str],
+) -> tuple[int, tuple[Path, Any]] | None:
+    """The block of the conversation's last stub, with the key that makes it a cache breakpoint.
+
+    Without it, a batch that changes a part more than 20 blocks before the client's newest
+    breakpoint re-writes everything after the system prompt (the only prefix still readable),
+    stubs of earlier batches included. Marked, the stubbed history is written once, on the batch's
+    turn, and read back by every later turn and by the next batch, which then re-writes only what
+    follows it. It moves only when a batch stubs a later part, so every turn between two batches
+    sends the same bytes. None where the dialect cannot add one (:meth:`Dialect.breakpoint_at`)."""
+    last = max((i for i, k in enumerate(keys) if k in stubbed), default=None)
+    if last is None:
+        return None
+    block = _block_index(blocks, parts)[last]
+    mark = dialect.breakpoint_at(blocks, block)
+    return None if mark is None else (block, mark)
 
 
 def _history_ttl(blocks: Sequence[Block]) -> str | None:
@@ -194,7 +234,7 @@ def _entries(
             message=p.message,
             cached=p.turn < last,
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
-            call=f"{p.tool_name} {p.tool_arguments or ''}"[:_CALL_CHARS] if p.tool_name else None,
+            call=f"{p.tool_name} {p.tool_arguments or ''}"[:CALL_CHARS] if p.tool_name else None,
             turn=p.turn,
         )
         for p, k, n in zip(parts, keys, tokens, strict=True)
@@ -259,8 +299,9 @@ class Compactor:
             idle_s = knobs.idle_s or idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
             warm = record.last_seen is None or now - record.last_seen <= idle_s
             terms = self._terms(dialect, blocks, model, warm)
+            marked = _anchor(dialect, blocks, parts, keys, known) if knobs.breakpoint else None
             reach = (
-                _breakpoint_reach(blocks, parts)
+                _breakpoint_reach(blocks, parts, marked[0] if marked else None)
                 if dialect.caching == "breakpoints"
                 else (lambda first: first)
             )
@@ -289,4 +330,6 @@ class Compactor:
                     decision.horizon,
                 )
         await self.batches.seen(namespace, conversation, now)
-        return Compacted(texts, reason, decision)
+        stubbed = {k for p, k in zip(parts, keys, strict=True) if p.path in texts}
+        marked = _anchor(dialect, blocks, parts, keys, stubbed) if knobs.breakpoint else None
+        return Compacted(texts, reason, decision, dict([marked[1]]) if marked else {})

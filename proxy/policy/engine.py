@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
+import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,21 +43,15 @@ from proxy.policy.query import POINTER_SCAN_CHARS, SHAPED, TOOL_ROLES, QueryPlan
 from proxy.policy.steps import StepTrace
 from proxy.store.base import SharedStore
 from proxy.store.lru import BytesLRU
+from proxy.store.tokens import COUNTS_BYTES, TokenMemo
 
 __all__ = ["PolicyRewriter"]
 
 log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
-_COUNTS_BYTES = 16 * 1024 * 1024
 _POINTERS_BYTES = 4 * 1024 * 1024
 _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
-# Huge texts are counted in pieces: one tiktoken call holds the GIL while it builds its list of
-# ids (about 130 ms for 30 MB), so pieces of this size let the event loop in between.
-_COUNT_PIECE = 64 * 1024
-# Where a piece may end without changing the count: after a newline that a non-space follows,
-# or at the space between two word characters (both start a new pre-token in tiktoken's patterns).
-_PIECE_END = re.compile(r"\n(?=\S)|(?<=\w) (?=\w)")
 # Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
 # a compaction batch compresses them when it changes the history anyway.
 _PASSING = ("latency_budget", "compressor_error")
@@ -135,7 +129,10 @@ class PolicyRewriter:
         prices: PriceSource | None = None,
         cache_idle_s: Mapping[str, float] | None = None,
         originals: Originals | None = None,
+        tokens: TokenMemo | None = None,
     ) -> None:
+        """``tokens``: the token memo the audit's cache model reads too (each text of a request
+        tokenized once); without one, a memo of counts only."""
         self.policies = policies
         self.originals = originals  # where retrieve policies keep originals (None: not kept)
         self.metrics = metrics
@@ -152,7 +149,11 @@ class PolicyRewriter:
             shared_across_teams=memo.shared_across_teams,
             metrics=metrics,
         )
-        self._counts: BytesLRU[int] = BytesLRU(max_bytes=min(_COUNTS_BYTES, memo_bytes), entry_overhead=200)
+        self.tokens = tokens or TokenMemo(
+            ids_bytes=0,
+            counts_bytes=min(COUNTS_BYTES, memo_bytes),
+            shared_across_teams=memo.shared_across_teams,
+        )
         # The lines each earlier tool output points at (tool queries), scanned once per text.
         self._pointers: BytesLRU[tuple[str, ...]] = BytesLRU(max_bytes=_POINTERS_BYTES, entry_overhead=200)
         # History compaction (docs/compaction.md): its batches live in the same store as the forms.
@@ -268,13 +269,13 @@ class PolicyRewriter:
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         dialect, blocks, parts = _walk(exchange, body)
         tokenizer = await self._tokenizer(model)
-        scope = self.forms.namespace(exchange.team)
+        team = exchange.team
         if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
-            counts = self._count_all(tokenizer, parts, scope)
+            counts = self._count_all(tokenizer, parts, team)
         else:
-            counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
+            counts = await asyncio.to_thread(self._count_all, tokenizer, parts, team)
         rewrite.tokens_before = rewrite.tokens_after = sum(counts)
-        rewrite.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
+        rewrite.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, team)
         return rewrite
 
     async def _count_other(
@@ -283,7 +284,7 @@ class PolicyRewriter:
         body: dict[str, Any],
         blocks: Sequence[Block],
         tokenizer: Tokenizer,
-        scope: str,
+        team: str,
     ) -> int | None:
         """Where the counts are estimates (Anthropic): tokens of what is sent besides the parts
         (tools, tool inputs), so the upstream's exact count can calibrate them."""
@@ -291,8 +292,8 @@ class PolicyRewriter:
             return None
         texts = dialect.other_texts(body, blocks)
         if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
-            return sum(self._count_texts(tokenizer, texts, scope))
-        return sum(await asyncio.to_thread(self._count_texts, tokenizer, texts, scope))
+            return sum(self.tokens.counts(team, tokenizer, texts))
+        return sum(await asyncio.to_thread(self.tokens.counts, team, tokenizer, texts))
 
     def _mode(self, policy: Policy, headers: Mapping[str, str]) -> tuple[str, str | None]:
         """``(mode, override)``: the mode to run and what became of the client's ask, if any."""
@@ -321,7 +322,7 @@ class PolicyRewriter:
         dialect, blocks, parts = _walk(exchange, body)
         tokenizer = await self._tokenizer(model)
         scope = self.forms.namespace(exchange.team)
-        counts = await asyncio.to_thread(self._count_all, tokenizer, parts, scope)
+        counts = await asyncio.to_thread(self._count_all, tokenizer, parts, exchange.team)
         outcome = await self._select(policy, parts, counts, tokenizer, scope)
         if policy.retrieve and mode == "enforce":
             await self._reference(exchange.team, outcome)
@@ -342,7 +343,7 @@ class PolicyRewriter:
             self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
         result = self._result(policy, mode, body, parts, counts, outcome, compacted)
         result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
-        result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, scope)
+        result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, exchange.team)
         result.override = override
         return result
 
@@ -367,23 +368,9 @@ class PolicyRewriter:
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 
-    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part], scope: str) -> list[int]:
-        return self._count_texts(tokenizer, [part.text for part in parts], scope)
-
-    def _count_texts(self, tokenizer: Tokenizer, texts: Sequence[str], scope: str) -> list[int]:
-        counts: list[int] = []  # per scope: a count cached for one team must not speed up another's request
-        for text in texts:
-            key = (scope, tokenizer.encoding, text_digest(text))
-            count = self._counts.get(key)
-            if count is None:
-                count = self._counts.setdefault(key, _count(tokenizer, text), size=100)
-            counts.append(count)
-        return counts
-
-    def counted(self, team: str, encoding: str, text: str) -> int | None:
-        """The token count of ``text`` under ``encoding`` this engine already made for ``team``'s
-        requests, or None: the audit's cache model reuses it rather than tokenize the text again."""
-        return self._counts.get((self.forms.namespace(team), encoding, text_digest(text)))
+    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part], team: str) -> list[int]:
+        # Through the token memo, per team: the audit's cache model reuses the ids it keeps.
+        return self.tokens.counts(team, tokenizer, [part.text for part in parts])
 
     async def _select(
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
@@ -606,7 +593,8 @@ class PolicyRewriter:
                 model=model,
                 parts=parts,
                 tokens=forwarded,
-                count=tokenizer.count,
+                # Stubs are counted through the memo: the audit reads their ids.
+                count=functools.partial(self.tokens.count, exchange.team, tokenizer),
                 catch_up=catch_up,
                 idle_s=self.cache_idle_s.get(exchange.upstream),
                 retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
@@ -650,7 +638,9 @@ class PolicyRewriter:
         )
         changed = bool(texts or drops)
         return Rewrite(
-            body=rewrite_body(body, texts, drops) if changed and mode == "enforce" else None,
+            body=rewrite_body(body, texts, drops, compacted.added if compacted else None)
+            if changed and mode == "enforce"
+            else None,
             policy=policy.name,
             mode=mode,
             rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
@@ -720,22 +710,6 @@ def _scan_chars(part: Part) -> int:
     """What planning reads of a big part: a tool output's failures may sit mid-way (``pytest -v``
     without a summary), and scanning its lines for them is cheap; a question is at the end."""
     return POINTER_SCAN_CHARS if part.role in TOOL_ROLES else _QUERY_TAIL_CHARS
-
-
-def _count(tokenizer: Tokenizer, text: str) -> int:
-    """``tokenizer.count(text)``, in pieces for a huge text (same total: pieces end where a
-    pre-token starts), so the event loop gets the GIL between them."""
-    if len(text) <= 2 * _COUNT_PIECE:
-        return tokenizer.count(text)
-    total = start = 0
-    while start < len(text):
-        end = min(len(text), start + _COUNT_PIECE)
-        found = _PIECE_END.search(text, end, end + 65536) if end < len(text) else None
-        if found is not None:
-            end = found.end() if found.group() == "\n" else found.start()
-        total += tokenizer.count(text[start:end])
-        start = end
-    return total
 
 
 def _count_once(model: str) -> None:

@@ -330,7 +330,8 @@ def _parse_query(f: Fields) -> QuerySpec:
 
 
 def _parse_compaction(node: Node | None, errors: list[ConfigError]) -> Knobs | None:
-    """``compaction: {keep_last, keep_tokens, margin, idle_s, min_tokens, horizon, max_lines, roles}``;
+    """``compaction: {keep_last, keep_tokens, margin, idle_s, min_tokens, horizon, max_lines, roles,
+    breakpoint}``;
     ``true`` or ``{}`` for the defaults, ``false`` (or no key) for none."""
     if node is None or node.value is None or node.value is False:
         return None
@@ -351,6 +352,7 @@ def _parse_compaction(node: Node | None, errors: list[ConfigError]) -> Knobs | N
     f.check(
         "idle_s", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "must be > 0"
     )
+    f.check("breakpoint", lambda v: isinstance(v, bool), "must be true or false")
     roles = _str_list(f, "roles", None)
     for role in roles or ():
         if role not in ROLES:
@@ -366,6 +368,7 @@ def _parse_compaction(node: Node | None, errors: list[ConfigError]) -> Knobs | N
         min_tokens=f.get_field(Knobs, "min_tokens", int),
         horizon=f.get_field(Knobs, "horizon", int),
         max_lines=f.get_field(Knobs, "max_lines", int),
+        breakpoint=f.get_field(Knobs, "breakpoint", bool),
     )
     f.finish()
     return knobs

@@ -27,6 +27,7 @@ from proxy.server.seats import WorkerSeat
 from proxy.store.base import SharedStore
 from proxy.store.factory import open_store
 from proxy.store.memory import MemoryStore
+from proxy.store.tokens import COUNTS_BYTES, IDS_BYTES, TokenMemo
 
 __all__ = ["NoRewrite", "Services", "build_services"]
 
@@ -133,6 +134,13 @@ def build_services(
     store = open_store(memo)  # connects on first use
     prices = PriceBook()  # one cost map for the audit and compaction's break-even rule
     originals = _originals(config, store)
+    # One token memo for the engine and the audit's cache model: each text of a request is
+    # tokenized once. Ids are kept only when an audit reads them; counts always.
+    tokens = TokenMemo(
+        ids_bytes=IDS_BYTES if config.audit.path is not None else 0,
+        counts_bytes=min(COUNTS_BYTES, config.compression.memo_bytes),
+        shared_across_teams=memo.shared_across_teams,
+    )
     rewriter = PolicyRewriter(
         policies,
         memo_bytes=config.compression.memo_bytes,
@@ -144,11 +152,12 @@ def build_services(
         prices=prices,
         cache_idle_s={u.name: u.cache_idle_s for u in config.upstreams.values() if u.cache_idle_s},
         originals=originals,
+        tokens=tokens,
     )
     if config.audit.path is not None:
         # The audit's cache model keeps its digests in the memo's store (restarts and workers share
-        # it) and reuses the engine's token counts of the texts the engine counted.
-        cache_model = CacheModel(store, counted=rewriter.counted)
+        # it) and reads the token ids the engine kept as it counted.
+        cache_model = CacheModel(store, tokens=tokens)
         audit = JsonlAuditSink(config.audit, metrics=metrics, cache_model=cache_model, prices=prices)
     services = Services(
         config=config,

@@ -1,7 +1,7 @@
 """The one bounded, thread-safe LRU of the package, sized in bytes.
 
-Every in-process cache is one of these: the policy engine's forms and token counts, the memory
-store's entries (:mod:`proxy.store.memory`) and the audit cache model's token ids. Each entry is
+Every in-process cache is one of these: the policy engine's forms, the memory store's entries
+(:mod:`proxy.store.memory`) and the token memo's ids and counts (:mod:`proxy.store.tokens`). Each entry is
 charged the size its caller gives plus ``entry_overhead`` (the dict/tuple/object bookkeeping the
 caller's values carry, roughly); an entry larger than the whole bound is not kept.
 """

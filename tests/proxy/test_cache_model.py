@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prefix_cache_upstream import PrefixCacheUpstream
 from redis_server import RedisServer, redis_server
 
+from compressors.tokenizer import tokenizer_for
 from proxy.apis import CHAT, dialect_for
 from proxy.audit import cache_rules as rules
 from proxy.audit.cache_model import CacheModel
@@ -186,8 +188,6 @@ async def test_two_workers_share_the_state_through_redis(redis_server: RedisServ
 
 
 def test_a_text_seen_under_one_models_tokenizer_is_counted_anew_under_anothers() -> None:
-    from compressors.tokenizer import tokenizer_for
-
     model = CacheModel()
     text = " ".join(f"word{i} naïve 東京" for i in range(600))
 
@@ -209,15 +209,21 @@ def test_a_text_seen_under_one_models_tokenizer_is_counted_anew_under_anothers()
         assert prompt(name) == tokenizer_for(name).count("user\n" + text), name
 
 
-async def test_the_engines_counts_are_reused_and_the_estimate_is_the_same() -> None:
-    """A body is tokenized once: the cache model takes the policy engine's counts of the texts the
-    engine counted (an Anthropic block is its role line and one such text), and estimates exactly
-    what it estimates tokenizing every block itself."""
+@pytest.mark.parametrize("route", [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai")])
+async def test_the_engines_token_ids_are_reused_and_the_estimate_is_the_same(
+    route: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body is tokenized once: the cache model builds each block's ids from the ids the policy
+    engine kept in the shared token memo as it counted, and estimates exactly what it estimates
+    tokenizing every block itself."""
     import time
+
+    import tiktoken
 
     from proxy.exchange import Exchange
     from proxy.policy.engine import PolicyRewriter
     from proxy.policy.model import PolicySet
+    from proxy.store.tokens import TokenMemo
 
     system = [{"type": "text", "text": WORDS, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
     messages = [
@@ -225,44 +231,55 @@ async def test_the_engines_counts_are_reused_and_the_estimate_is_the_same() -> N
         {"role": "assistant", "content": "Noted. " + WORDS[5000:9000]},
         {"role": "user", "content": "(and now?) " + WORDS[9000:], "cache_control": {"type": "ephemeral"}},
     ]
-    body = {"model": "claude-sonnet-4-5", "system": system, "messages": messages}
-    rewriter = PolicyRewriter(PolicySet(policies={}, team_policy={}), memo_bytes=1 << 24, workers=1)
-    asked: list[bool] = []
+    body: dict[str, Any] = {"model": "claude-sonnet-4-5", "system": system, "messages": messages}
+    if route[1] == "openai":
+        body = chat(WORDS, SECRET + WORDS[:5000], "(and now?) " + WORDS[9000:])
+    memo = TokenMemo()
+    rewriter = PolicyRewriter(
+        PolicySet(policies={}, team_policy={}), memo_bytes=1 << 24, workers=1, tokens=memo
+    )
+    encoded: list[int] = []
+    original = tiktoken.Encoding.encode_ordinary
 
-    def counted(team: str, encoding: str, text: str) -> int | None:
-        found = rewriter.counted(team, encoding, text)
-        asked.append(found is not None)
-        return found
+    def encode_ordinary(self: tiktoken.Encoding, text: str) -> list[int]:
+        encoded.append(len(text))
+        return original(self, text)
 
     try:
-        exchange = Exchange("r", "POST", "/v1/messages", "t", None, "u", time.time(), True, api="anthropic")
+        exchange = Exchange("r", "POST", route[0], "t", None, "u", time.time(), True, api=route[1])
         await rewriter(exchange, body, {})
-        sharing, alone = CacheModel(counted=counted), CacheModel()
+        sharing, alone = CacheModel(tokens=memo), CacheModel()
         for _ in range(2):  # a first turn (written), then a second (read)
-            estimates = [
-                await model.estimate(
-                    team="t",
-                    model="claude-sonnet-4-5",
-                    dialect=dialect_for("/v1/messages", "anthropic"),
-                    original=body,
-                    forwarded=None,
-                    usage={"prompt_tokens": 20_000, "cached_tokens": 0},
-                )
-                for model in (sharing, alone)
-            ]
+            estimates = []
+            for model in (sharing, alone):
+                with monkeypatch.context() as patch:
+                    patch.setattr(tiktoken.Encoding, "encode_ordinary", encode_ordinary)
+                    estimates.append(
+                        await model.estimate(
+                            team="t",
+                            model=str(body["model"]),
+                            dialect=dialect_for(*route),
+                            original=body,
+                            forwarded=None,
+                            usage={"prompt_tokens": 20_000, "cached_tokens": 0},
+                        )
+                    )
+                if model is sharing:
+                    assert sum(encoded) < 300  # role lines and framing: no text block again
+                encoded.clear()
             assert estimates[0] == estimates[1] and estimates[0] is not None
+            assert estimates[0].before.prompt > 10_000
     finally:
         rewriter.close()
-    assert asked and all(asked)  # every text block's count came from the engine
-    assert rewriter.counted("other team", "o200k_base", WORDS) is None  # counts stay per team
+    with monkeypatch.context() as patch:
+        patch.setattr(tiktoken.Encoding, "encode_ordinary", encode_ordinary)
+        assert memo.count("other team", tokenizer_for("gpt-5"), WORDS) and encoded  # ids stay per team
 
 
 def test_a_role_line_and_a_text_tokenize_as_their_parts() -> None:
     """What lets the cache model add the engine's count to its role line's (``_split``): for texts
     that start with no whitespace, ``role + "\\n" + text`` has exactly the tokens of both."""
     import random
-
-    from compressors.tokenizer import tokenizer_for
 
     rng = random.Random(7)
     starts = [

@@ -180,3 +180,24 @@ def test_a_batch_waits_until_the_saving_waiting_outweighs_another_rewrite() -> N
     assert small.reason == "waiting for a bigger batch" and not small.stubs
     assert small.saving_per_turn_usd**2 < 2 * small.cost_usd * small.saving_per_turn_usd / 5
     assert decide(history(10), knobs, terms, turns=40, count=COUNT).reason == "break-even"
+
+
+def test_a_read_run_again_later_keeps_no_line_whatever_later_turns_point_at() -> None:
+    """The later read carries what the earlier one said (a file read again, a grep re-run): the
+    earlier one's stub is its marker alone; a read that is not repeated keeps the lines pointed at."""
+    urls = (HTTPX / "_urls.py").read_text(encoding="utf-8")
+    models = (HTTPX / "_models.py").read_text(encoding="utf-8")
+    reads = [("httpx/_urls.py", urls), ("httpx/_models.py", models), ("httpx/_urls.py", urls)]
+    entries = [Entry("task", "user", "Find why relative URLs lose their query.", 12, 0, True)]
+    for i, (path, text) in enumerate(reads):
+        call = f'bash {{"command": "cat {path}"}}'
+        entries.append(Entry(f"out{i}", "tool", text, COUNT(text), 1 + 2 * i, True, True, call, turn=i + 1))
+        words = "copy_merge_params and _get_content_decoder look relevant."
+        entries.append(Entry(f"say{i}", "assistant", words, COUNT(words), 2 + 2 * i, True, turn=i + 1))
+    decision = decide(entries, Knobs(keep_last=1, keep_tokens=0), gpt5(warm=False), turns=3, count=COUNT)
+    again, other = decision.stubs["out0"][0], decision.stubs["out1"][0]
+    assert "copy_merge_params" in urls  # later turns point into it...
+    assert again.count("\n") == 0 and "run again later" in again  # ...yet its stub is the marker alone
+    assert "    def _get_content_decoder(self) -> ContentDecoder:" in other.split("\n")
+    assert "run again later" not in other
+    assert "out2" not in decision.stubs  # the newest read stays whole

@@ -213,8 +213,11 @@ def test_bad_compaction_settings_are_reported_with_file_and_line(tmp_path: Path)
     assert "unknown role 'tools'" in text and "unknown key 'colour'" in text
 
 
-async def test_messages_shape_keeps_every_breakpoint_where_the_client_put_it(tmp_path: Path) -> None:
-    engine = rewriter(tmp_path)
+async def claude_code_session(
+    tmp_path: Path, more: str = ""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(bodies sent, bodies as the client made them)``: the session in Claude Code's shape."""
+    engine = rewriter(tmp_path, more)
     sent: list[dict[str, Any]] = []
     bodies = claude_code_turns(session())
     try:
@@ -226,28 +229,56 @@ async def test_messages_shape_keeps_every_breakpoint_where_the_client_put_it(tmp
             sent.append(rewrite.body or body)
     finally:
         engine.close()
+    return sent, bodies
 
-    def marks(body: dict[str, Any]) -> list[tuple[int, int]]:
-        return [
-            (i, j)
-            for i, m in enumerate(body["messages"])
-            for j, block in enumerate(m["content"])
-            if "cache_control" in block
-        ]
 
-    results = [block for block in sent[-1]["messages"][-1]["content"] if block["type"] == "tool_result"]
-    assert results
-    stubs = [
-        b
-        for m in sent[-1]["messages"]
-        for b in m["content"]
-        if b["type"] == "tool_result" and isinstance(b["content"], str) and b["content"].startswith("[")
+def marks(body: dict[str, Any]) -> list[tuple[int, int]]:
+    return [
+        (i, j)
+        for i, m in enumerate(body["messages"])
+        for j, block in enumerate(m["content"])
+        if "cache_control" in block
     ]
-    assert stubs, "old tool results were compacted"
+
+
+def is_stub(block: dict[str, Any]) -> bool:
+    return (
+        block["type"] == "tool_result"
+        and isinstance(block["content"], str)
+        and block["content"].startswith("[")
+    )
+
+
+async def test_messages_shape_keeps_the_clients_breakpoints_and_marks_the_last_stub(tmp_path: Path) -> None:
+    sent, bodies = await claude_code_session(tmp_path)
+    assert any(is_stub(b) for m in sent[-1]["messages"] for b in m["content"]), (
+        "old tool results were compacted"
+    )
+    added_at = []
     for body, original in zip(sent, bodies, strict=True):
-        assert marks(body) == marks(original) and body["system"] == original["system"]
+        assert body["system"] == original["system"]
         uses = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
         assert uses == [b for m in original["messages"] for b in m["content"] if b["type"] == "tool_use"]
+        added = sorted(set(marks(body)) - set(marks(original)))
+        assert set(marks(original)) <= set(marks(body)) and len(added) <= 1
+        stubs = [
+            (i, j) for i, m in enumerate(body["messages"]) for j, b in enumerate(m["content"]) if is_stub(b)
+        ]
+        # The proxy's one breakpoint sits on the newest stub, before the client's last breakpoint.
+        assert added == stubs[-1:]
+        assert not added or added[0] < marks(original)[-1]
+        added_at.append(added[0] if added else None)
+        marker = body["messages"][added[0][0]]["content"][added[0][1]]["cache_control"] if added else None
+        assert marker in (None, {"type": "ephemeral"})
+    # It moves only at a batch: the turns between two batches mark the same block.
+    moves = [k for k in range(1, len(added_at)) if added_at[k] != added_at[k - 1]]
+    assert 1 <= len(moves) < len(added_at) // 2
+
+
+async def test_no_breakpoint_is_added_when_the_policy_says_so(tmp_path: Path) -> None:
+    sent, bodies = await claude_code_session(tmp_path, more=", breakpoint: false")
+    assert any(is_stub(b) for m in sent[-1]["messages"] for b in m["content"])
+    assert all(marks(body) == marks(original) for body, original in zip(sent, bodies, strict=True))
 
 
 SLOW = """\

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.apis import MESSAGES, breakpoints, rewrite_body
+from typing import Any
+
+from proxy.apis import CHAT, MESSAGES, breakpoints, rewrite_body
 
 MARK = {"type": "ephemeral", "ttl": "1h"}
 BODY = {
@@ -70,3 +72,41 @@ def test_rewriting_a_part_keeps_every_marker_and_the_other_blocks() -> None:
         "tool_use",
         "tool_result",
     ]
+
+
+def _marked_body(marks: int, ttl: str | None = None) -> dict[str, Any]:
+    control: dict[str, Any] = {"type": "ephemeral", **({"ttl": ttl} if ttl else {})}
+    messages: list[dict[str, Any]] = []
+    for i in range(6):
+        result = {"type": "tool_result", "tool_use_id": f"t{i}", "content": f"output {i}"}
+        messages += [
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": f"t{i}", "name": "bash", "input": {}}],
+            },
+            {"role": "user", "content": [result]},
+        ]
+    for k in range(marks):  # the newest results first, as a client marks them
+        messages[-1 - 2 * k]["content"][0]["cache_control"] = control
+    return {"model": "claude-sonnet-4-5", "system": "s", "messages": messages}
+
+
+def test_a_breakpoint_is_added_on_a_content_block_before_the_last_with_its_ttl() -> None:
+    body = _marked_body(1, ttl="1h")
+    blocks = MESSAGES.walk(body)
+    index = next(k for k, b in enumerate(blocks) if b.path == ("messages", 3, "content", 0))
+    assert MESSAGES.breakpoint_at(blocks, index) == (
+        ("messages", 3, "content", 0, "cache_control"),
+        {"type": "ephemeral", "ttl": "1h"},
+    )
+    last = next(k for k, b in enumerate(blocks) if b.breakpoint is not None)
+    assert MESSAGES.breakpoint_at(blocks, last) is None  # it has one
+    assert MESSAGES.breakpoint_at(blocks, len(blocks) - 1) is None  # not before the last
+
+
+def test_no_breakpoint_is_added_past_anthropics_four_or_without_one_to_follow() -> None:
+    blocks = MESSAGES.walk(_marked_body(4))
+    assert MESSAGES.breakpoint_at(blocks, 2) is None
+    blocks = MESSAGES.walk(_marked_body(0))
+    assert MESSAGES.breakpoint_at(blocks, 2) is None
+    assert CHAT.breakpoint_at(CHAT.walk({"messages": [{"role": "user", "content": "x"}]}), 0) is None
