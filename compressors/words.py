@@ -61,10 +61,6 @@ _CAPWORD = re.compile(r"[A-Z][\w'’.-]*\w|[A-Z]")
 _NAME_RUN = re.compile(
     r"[A-Z][\w'’.-]*(?:(?: (?:van|von|de|der|den|da|di|del|della|du|la|le|of|y))* [A-Z][\w'’.-]*)+"
 )
-# Titles and abbreviations whose period does not end a sentence ("Dr. Smith", "Warner Bros. Pictures").
-_ABBREVIATIONS = frozenset(
-    "mr ms mrs dr jr sr st mt ft gen col gov rev sen rep lt no vs co inc ltd corp bros".split()  # noqa: SIM905
-)
 # A capitalized word this common in lowercase is a sentence start, not a name ("The", "In").
 _COMMON_ZIPF = 6.0
 
@@ -85,45 +81,17 @@ class Unit(NamedTuple):
 
 def _name_spans(text: str) -> Iterable[tuple[int, int]]:
     for match in _NAME_RUN.finditer(text):
-        yield from _name_parts(match.start(), match.group())
-
-
-def _name_parts(start: int, run: str) -> Iterable[tuple[int, int]]:
-    """The names in one run of capitalised words, cut where a sentence ends inside it: "the Las
-    Vegas Film Critics Society. John C. Reilly sang" holds two names, and no period belongs to one."""
-    words: list[str] = []
-    for word in run.split(" "):
-        words.append(word)
-        if _ends_sentence(word):
-            words[-1] = word[:-1]
-            yield from _name_span(start, words)
-            start += len(" ".join(words)) + 2  # the period and the space after it
-            words = []
-    yield from _name_span(start, words)
-
-
-def _ends_sentence(word: str) -> bool:
-    """A word with a period that ends a sentence rather than an initial ("C."), a title ("Dr.")
-    or an abbreviation ("U.S.")."""
-    return (
-        word.endswith(".")
-        and len(word) > 2
-        and "." not in word[:-1]
-        and word[:-1].lower() not in _ABBREVIATIONS
-    )
-
-
-def _name_span(start: int, words: list[str]) -> Iterable[tuple[int, int]]:
-    end = start + len(" ".join(words))
-    # Drop leading common words ("The Beatles" -> "Beatles"; "In New York" -> "New York").
-    while len(words) > 1 and zipf(words[0].lower()) >= _COMMON_ZIPF:
-        start += len(words[0]) + 1
-        words = words[1:]
-    while words and words[-1] in _PARTICLES:
-        end -= len(words[-1]) + 1
-        words = words[:-1]
-    if len(words) > 1:
-        yield start, end
+        start, end = match.span()
+        words = match.group().split(" ")
+        # Drop leading common words ("The Beatles" -> "Beatles"; "In New York" -> "New York").
+        while len(words) > 1 and zipf(words[0].lower()) >= _COMMON_ZIPF:
+            start += len(words[0]) + 1
+            words = words[1:]
+        while words and words[-1] in _PARTICLES:
+            end -= len(words[-1]) + 1
+            words = words[:-1]
+        if len(words) > 1:
+            yield start, end
 
 
 def _dates(text: str) -> list[tuple[int, int]]:
