@@ -99,6 +99,18 @@ def test_a_huge_text_is_encoded_in_pieces_that_add_up_to_its_ids() -> None:
     assert _ids(ids) == counting.inner.encode(text)
 
 
+def test_a_huge_text_without_an_exact_cut_is_still_encoded_in_bounded_pieces() -> None:
+    # Numbered lines with trailing blanks: no letter or digit meets a newline or a space before
+    # another. One call over 1.5 MB (and one search through it) would hold the event loop.
+    text = "\n".join(f"{n:6d}\t    a_b = load_c(b, a.c)   " for n in range(40_000))
+    counting = Counting("gpt-4o")
+    ids = _ids(TokenMemo().ids("t", counting, text))
+    assert len(counting.texts) > 10 and "".join(counting.texts) == text
+    assert max(len(piece) for piece in counting.texts) <= 128 * 1024
+    whole = counting.inner.encode(text)
+    assert abs(len(ids) - len(whole)) <= 2 * len(counting.texts)  # a token or two at each seam
+
+
 def test_a_teams_ids_never_serve_another_team_unless_the_memo_is_shared() -> None:
     for shared, encodes in ((False, 2), (True, 1)):
         memo, counting = TokenMemo(shared_across_teams=shared), Counting("gpt-4o")
