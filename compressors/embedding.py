@@ -66,7 +66,6 @@ _PROBE_TEXTS = 16
 # cost (tokenizer, runtime dispatch) would pass for slowness per character.
 _MIN_TIMED_TEXTS = 8
 _SPEED_SAMPLES = 32
-_PROBE_CHARS = 240
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,10 @@ def cache_scope(scope: str) -> Iterator[None]:
 
 
 class EncodeSpeed:
-    """Milliseconds per character this encoder takes here: timed once at load, refined by encode calls.
+    """Milliseconds per character this encoder takes here, from its encode calls of many texts.
+
+    No probe at load (it cost ~3 s a load, the first inference included): the proxy's workers warm
+    each rule with a compression, whose encode calls are the first timings, before any request.
 
     The last :data:`_SPEED_SAMPLES` timings are kept; the estimate is the fastest of them, so it
     says what this CPU does when it gets its cores (AVX2 or AVX-512, which runtime) rather than
@@ -128,12 +130,6 @@ class _Loaded:
         if len(texts) >= _MIN_TIMED_TEXTS:
             self.speed.observe(sum(map(len, texts)), time.perf_counter() - started)
         return vectors
-
-    def probe(self, texts: list[str], *, batch_size: int) -> None:
-        """Time ``texts`` twice after a warm-up call: the speed estimate before any request."""
-        self._encode(texts, batch_size=batch_size)
-        self.encode(texts, batch_size=batch_size)
-        self.encode(texts, batch_size=batch_size)
 
     def _encode(self, texts: list[str], *, batch_size: int) -> Vectors:
         if self.runtime is not None:
@@ -210,20 +206,7 @@ def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loa
         loaded = _Loaded(None, cache_size=cache_size, runtime=runtime)
     else:
         loaded = _Loaded(torch_model(model), cache_size=cache_size)
-    loaded.probe(_window_like_texts(), batch_size=32)
-    log.info("embedding speed here: %.3f ms per 1k characters", loaded.speed.ms_per_char() * 1000)
     return loaded
-
-
-def _window_like_texts() -> list[str]:
-    """32 texts of ~240 characters from the shipped calibration texts: shaped like the windows
-    relevance embeds (a title and 200 characters), so the speed measured at load is theirs."""
-    from compressors.openvino_build import calibration_texts
-
-    texts = calibration_texts()
-    return [
-        (first + " " + second)[:_PROBE_CHARS] for first, second in zip(texts[0::2], texts[1::2], strict=False)
-    ][:32]
 
 
 def _word_vectors(model: str, sha256: str | None) -> WordVectors | None:
