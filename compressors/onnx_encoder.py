@@ -211,6 +211,8 @@ def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
         if (final / MANIFEST).is_file():  # built by the process we waited for
             verify_build(final)
             return final
+        if final.exists() and not final.is_dir():  # said now, not after a build of up to a minute
+            raise FileExistsError(f"{final}: a file is where the build goes; remove it to build")
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
             log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
