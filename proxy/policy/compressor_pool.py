@@ -58,7 +58,14 @@ WARM_TIMEOUT_S = 600.0  # a first model build (embedding: ONNX export) can take 
 # Token counters of OpenAI's current encodings (o200k_base, cl100k_base): loaded at warm-up in every
 # process, or the first request for a model of the other encoding spends its budget loading one.
 WARM_MODELS = ("gpt-4o", "gpt-4")
-_PRELOAD = ["compressors.registry", "compressors.tokens", "proxy.policy.compressor_pool"]
+# What the workers' forkserver imports once, so each worker starts with it (worker_preload: the
+# token counters).
+_PRELOAD = [
+    "compressors.registry",
+    "compressors.tokens",
+    "proxy.policy.compressor_pool",
+    "proxy.policy.worker_preload",
+]
 
 
 @dataclass(frozen=True, slots=True)
