@@ -158,6 +158,24 @@ def _anchor(
     return None if mark is None else (block, mark)
 
 
+def _marks(
+    dialect: Dialect,
+    blocks: Sequence[Block],
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    stubbed: Collection[str],
+    kept: Sequence[tuple[int, tuple[Path, Any]]],
+) -> dict[Path, Any]:
+    """The breakpoints the proxy adds: ``kept`` (the previous batch's anchor, on a batch's turn),
+    then the anchor of the conversation's last stub when the request has room for it too."""
+    marked = list(blocks)
+    for block, (_, value) in kept:
+        marked[block] = dataclasses.replace(marked[block], breakpoint=value.get("ttl", "5m"))
+    new = _anchor(dialect, marked, parts, keys, stubbed)
+    found = [*kept, *([new] if new is not None and new[0] not in {b for b, _ in kept} else [])]
+    return dict(mark for _, mark in found)
+
+
 def _history_ttl(blocks: Sequence[Block]) -> str | None:
     """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
     A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
@@ -288,7 +306,7 @@ class Compactor:
         known = record.stubs()
         keys = [_part_key(p) for p in parts]
         texts = {p.path: known[k] for p, k in zip(parts, keys, strict=True) if k in known}
-        decision = None
+        decision, marked = None, None
         if client_compacts(body, parts):
             reason = "client compacts"
         elif not record.reachable:
@@ -331,5 +349,9 @@ class Compactor:
                 )
         await self.batches.seen(namespace, conversation, now)
         stubbed = {k for p, k in zip(parts, keys, strict=True) if p.path in texts}
-        marked = _anchor(dialect, blocks, parts, keys, stubbed) if knobs.breakpoint else None
-        return Compacted(texts, reason, decision, dict([marked[1]]) if marked else {})
+        if not knobs.breakpoint:
+            return Compacted(texts, reason, decision)
+        # On a batch's turn the previous anchor stays marked: the batch's cost counted on reading
+        # the history up to it (``reach`` above), and a read reaches only 20 blocks back.
+        kept = [marked] if marked is not None and decision is not None and decision.stubs else []
+        return Compacted(texts, reason, decision, _marks(dialect, blocks, parts, keys, stubbed, kept))
