@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from proxy.apis import Block, Dialect, Part
 from proxy.policy.compaction import (
     CALL_CHARS,
@@ -233,6 +235,30 @@ async def _decision(
     return dataclasses.replace(decision, refs={k: r for k, r in refs.items() if k in decision.stubs})
 
 
+def _framing_chars(block: Block) -> int:
+    """Characters of ``block``'s JSON besides its rewritable texts (keys, ids, a call's input)."""
+    try:
+        whole = len(orjson.dumps(block.node))
+        return max(0, whole - sum(len(orjson.dumps(text)) - 2 for _, text in block.texts))
+    except (orjson.JSONEncodeError, TypeError):
+        return 0
+
+
+def _extras(blocks: Sequence[Block], parts: Sequence[Part]) -> list[int]:
+    """Tokens each part re-sends with it besides its text, at 4 characters a token: its block's
+    framing and the blocks without rewritable text up to the next part (a tool call, its input).
+    Left out, a batch's re-sent suffix looked smaller than the provider bills it: on the
+    SWE-agent traces a third of it (their short outputs in many blocks)."""
+    owner = {k: i for i, k in reversed(list(enumerate(_block_index(blocks, parts))))}
+    out = [0] * len(parts)
+    current: int | None = None
+    for k, block in enumerate(blocks):
+        current = owner.get(k, current)
+        if current is not None:
+            out[current] += _framing_chars(block) // 4
+    return out
+
+
 def _entries(
     parts: Sequence[Part],
     keys: Sequence[str],
@@ -240,6 +266,7 @@ def _entries(
     known: Mapping[str, tuple[str, int]],
     texts: Mapping[Path, tuple[str, int]],
     roles: frozenset[str],
+    extras: Sequence[int],
 ) -> list[Entry]:
     """The history as the decision reads it: each part with its tokens as forwarded now."""
     last = max((p.turn for p in parts), default=0)
@@ -254,8 +281,9 @@ def _entries(
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
             call=f"{p.tool_name} {p.tool_arguments or ''}"[:CALL_CHARS] if p.tool_name else None,
             turn=p.turn,
+            extra=x,
         )
-        for p, k, n in zip(parts, keys, tokens, strict=True)
+        for p, k, n, x in zip(parts, keys, tokens, extras, strict=True)
     ]
 
 
@@ -293,10 +321,14 @@ class Compactor:
         catch_up: CatchUp | None = None,
         idle_s: float | None = None,
         retrieval: Retrieval | None = None,
+        offered: bool = True,
     ) -> Compacted:
         """``tokens``: each part's tokens as it would be forwarded (its memoised form).
         ``catch_up`` compresses, with their rules, the parts that went out as they came for a
-        passing reason (warm-up, budget overrun); a batch takes them in when it changes them anyway."""
+        passing reason (warm-up, budget overrun); a batch takes them in when it changes them anyway.
+        ``offered``: the request already holds a marker with ``hash=`` (so ``tersegate_expand`` is
+        offered); a batch whose stubs bring the first one adds that tool, which changes the prompt
+        from its tool definitions on: nothing before the batch is read from the cache then."""
         if not any(p.roles & knobs.roles for p in parts):
             return Compacted({}, "no part to compact")
         now = time.time() if now is None else now
@@ -312,7 +344,7 @@ class Compactor:
         elif not record.reachable:
             reason = "store unreachable"
         else:
-            entries = _entries(parts, keys, tokens, known, texts, knobs.roles)
+            entries = _entries(parts, keys, tokens, known, texts, knobs.roles, _extras(blocks, parts))
             # The policy's setting, else the upstream's, else the lifetime of the history's breakpoint.
             idle_s = knobs.idle_s or idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
             warm = record.last_seen is None or now - record.last_seen <= idle_s
@@ -323,6 +355,8 @@ class Compactor:
                 if dialect.caching == "breakpoints"
                 else (lambda first: first)
             )
+            if retrieval is not None and not offered and not known and body.get("tools"):
+                reach = lambda first: 0  # noqa: E731 (the tool the first stub brings comes first)
             decision = await _decision(entries, knobs, terms, reach, count, retrieval)
             reason = decision.reason
             if decision.stubs:
