@@ -9,19 +9,27 @@ beside the timings to explain the choice.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import json
 import logging
+import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuInfo", "cpu_info", "fastest"]
+__all__ = ["CpuInfo", "Remembered", "cpu_info", "fastest"]
 
 log = logging.getLogger(__name__)
 
 _FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
 _PROBE_ROUNDS = 3
+# What else decides which runtime is fastest: oneDNN's instruction-set cap (how an AVX2-only
+# CPU is emulated here) and the runtimes' own versions.
+_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +83,43 @@ def fastest(candidates: Mapping[str, Callable[[Sequence[str]], object]], texts: 
     timings = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in sorted(best.items()))
     log.info("embedding runtime: %s is fastest on %s (%s)", chosen, cpu_info().describe(), timings)
     return chosen
+
+
+class Remembered:
+    """The outcome of :func:`fastest` kept in a JSON file for this machine, so a process that
+    loads a model later (each compression worker, each restart) loads only the winner instead
+    of every candidate and the timing rounds (~2 s). The key is the CPU, the cores this process
+    may use, oneDNN's instruction-set cap and the versions of ``packages``; any change times
+    again. Deleting the file does too."""
+
+    def __init__(self, path: Path, packages: Sequence[str]) -> None:
+        self.path = path
+        versions = []
+        for name in packages:
+            try:
+                versions.append(f"{name} {importlib.metadata.version(name)}")
+            except importlib.metadata.PackageNotFoundError:
+                versions.append(f"{name} absent")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        isa = os.environ.get(_ISA_ENV, "")
+        self.key = f"{cpu_info().describe()}; {cores} cores; {_ISA_ENV}={isa}; {', '.join(versions)}"
+
+    def get(self) -> str | None:
+        """The remembered winner for this key, or None."""
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("key") != self.key:
+            return None
+        choice = saved.get("fastest")
+        return choice if isinstance(choice, str) else None
+
+    def put(self, choice: str) -> None:
+        """Remember ``choice`` (atomically; an unwritable folder only costs the next process a probe)."""
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".fastest-")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump({"key": self.key, "fastest": choice}, out)
+            os.replace(tmp, self.path)

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from cachetools import LRUCache
 
 from compressors.models import load_once
-from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export
+from compressors.onnx_encoder import OnnxEncoder, PooledEncoder, ensure_export, export_dir
 from compressors.weights import (
     DEFAULT_MODEL_SHA256,
     ModelIntegrityError,
@@ -58,10 +58,11 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "onnx-int8", "openvino-int8")
-# auto: the faster of openvino-int8 and onnx-int8 on this CPU, timed when the model loads.
+# auto: the faster of openvino-int8 and onnx-int8 on this CPU, timed at the first load on a machine.
 DEFAULT_BACKEND = "auto"
 _AUTO_CANDIDATES = ("openvino-int8", "onnx-int8")
 _PROBE_TEXTS = 16
+_FASTEST_FILE = "fastest-runtime.json"  # beside the builds: the outcome of the auto probe here
 # Encode calls of fewer texts than this are not timed for the speed estimate: a call's fixed
 # cost (tokenizer, runtime dispatch) would pass for slowness per character.
 _MIN_TIMED_TEXTS = 8
@@ -117,7 +118,6 @@ class _Loaded:
     def __init__(self, model: Any, *, cache_size: int, runtime: PooledEncoder | None = None) -> None:
         self.model = model
         self.runtime = runtime
-        self.tokenizer: Any = runtime.tokenizer if runtime is not None else model.tokenizer
         self.max_seq_length = int(runtime.max_seq_length if runtime is not None else model.max_seq_length)
         self.lock = threading.Lock()
         self.cache: LRUCache[tuple[str, str], Vectors] = LRUCache(maxsize=cache_size)  # (scope, text)
@@ -130,6 +130,15 @@ class _Loaded:
         if len(texts) >= _MIN_TIMED_TEXTS:
             self.speed.observe(sum(map(len, texts)), time.perf_counter() - started)
         return vectors
+
+    def offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Each text's word-pieces as character spans (no special tokens, no truncation)."""
+        if self.runtime is not None:
+            return self.runtime.offsets(texts)
+        encoded = self.model.tokenizer(
+            texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        return [list(map(tuple, spans)) for spans in encoded["offset_mapping"]]
 
     def _encode(self, texts: list[str], *, batch_size: int) -> Vectors:
         if self.runtime is not None:
@@ -182,10 +191,22 @@ def _exported(model: str, sha256: str | None, backend: str) -> PooledEncoder | N
 
 
 def _auto(model: str, sha256: str | None) -> PooledEncoder | None:
-    """The fastest int8 runtime that loads here (:func:`compressors.cpu.fastest`), else what falls back."""
-    from compressors.cpu import fastest
+    """The fastest int8 runtime that loads here (:func:`compressors.cpu.fastest`, timed once per
+    machine and remembered beside the builds), else what falls back."""
+    from compressors.cpu import Remembered, fastest
     from compressors.openvino_build import calibration_texts
 
+    remembered = None
+    if sha256 is not None:
+        remembered = Remembered(export_dir(sha256) / _FASTEST_FILE, ("openvino", "onnxruntime"))
+        choice = remembered.get()
+        if choice in _AUTO_CANDIDATES:
+            try:
+                return _runtime(model, sha256, choice)
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+                log.warning(
+                    "embedding backend %s (fastest here before) cannot load (%s); timing again", choice, exc
+                )
     loaded: dict[str, PooledEncoder] = {}
     for backend in _AUTO_CANDIDATES:
         runtime = _exported(model, sha256, backend)
@@ -195,7 +216,10 @@ def _auto(model: str, sha256: str | None) -> PooledEncoder | None:
         return None
     texts = calibration_texts()[:_PROBE_TEXTS]
     candidates = {name: (lambda t, r=runtime: r.encode(t, batch_size=32)) for name, runtime in loaded.items()}
-    return loaded[fastest(candidates, texts)]
+    chosen = fastest(candidates, texts)
+    if remembered is not None and len(loaded) > 1:
+        remembered.put(chosen)
+    return loaded[chosen]
 
 
 def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loaded:
@@ -204,6 +228,14 @@ def _load(model: str, sha256: str | None, cache_size: int, backend: str) -> _Loa
     runtime = _auto(model, sha256) if backend == "auto" else _exported(model, sha256, backend)
     if runtime is not None:
         loaded = _Loaded(None, cache_size=cache_size, runtime=runtime)
+        # The speed estimate starts from a timed encode of fixed texts, so the time cap holds
+        # from the first compression on. An untimed run first: a fresh runtime's first calls
+        # pick kernels and allocate, which would pass for slowness.
+        from compressors.openvino_build import calibration_texts
+
+        texts = calibration_texts()[:_PROBE_TEXTS]
+        runtime.encode(texts, batch_size=32)
+        loaded.encode(texts, batch_size=32)
     else:
         loaded = _Loaded(torch_model(model), cache_size=cache_size)
     return loaded
@@ -225,8 +257,8 @@ class Embedder:
     expected hash of the model's ``model.safetensors`` (checked on load). ``long_units``:
     ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
     every window of a long text and keeps the best similarity. ``backend``: ``auto`` (the
-    faster of ``openvino-int8`` and ``onnx-int8`` on this CPU, timed once when the model
-    loads and logged), ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, fp32),
+    faster of ``openvino-int8`` and ``onnx-int8`` on this CPU, timed and logged the first time
+    the model loads on a machine, then remembered beside the builds), ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, fp32),
     ``onnx-int8`` (ONNX Runtime, int8 weights) or ``openvino-int8`` (OpenVINO, weights and
     activations int8; cosine >= 0.99 to torch). The exported backends need verified
     weights and their runtime installed; when one cannot run, the next one down
@@ -330,11 +362,9 @@ class Embedder:
         limit = loaded.max_seq_length - 2  # [CLS] and [SEP]
         step = limit * 3 // 4  # overlapping windows: an answer is not cut in two
         with loaded.lock:  # a fast tokenizer must not be used by two threads at once
-            encoded = loaded.tokenizer(
-                list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False
-            )
+            spans = loaded.offsets(list(texts))
         result: list[list[str]] = []
-        for text, offsets in zip(texts, encoded["offset_mapping"], strict=True):
+        for text, offsets in zip(texts, spans, strict=True):
             if len(offsets) <= limit:
                 result.append([text])
                 continue

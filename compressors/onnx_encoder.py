@@ -8,9 +8,8 @@ recorded at build time and checked again on each load. A recipe name changes
 whenever the way a model is built changes, so a stale build is never reused.
 
 This module holds what every runtime shares (the ONNX trace, the atomic build,
-length-bucketed batching, and pooling by the model's own sentence-transformers
-``Pooling`` (and ``Normalize``) modules, rebuilt from its saved configuration:
-:class:`PooledEncoder`) and the ONNX
+length-bucketed batching, and the model's own pooling (mean, CLS or max, from its saved
+sentence-transformers configuration) and normalization in numpy: :class:`PooledEncoder`) and the ONNX
 Runtime encoder: the traced graph fused by ONNX Runtime's BERT optimizer and, for
 ``onnx-int8``, its Linear weights quantized to int8 (u8 x s8 products use AVX512-VNNI).
 """
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compressors.threads import cap_torch_threads, cpu_threads
+from compressors.threads import cpu_threads
 
 __all__ = [
     "ONNX_RECIPE",
@@ -212,6 +211,8 @@ def ensure_built(final: Path, build: Callable[[Path], None]) -> Path:
         if (final / MANIFEST).is_file():  # built by the process we waited for
             verify_build(final)
             return final
+        if final.exists() and not final.is_dir():  # said now, not after a build of up to a minute
+            raise FileExistsError(f"{final}: a file is where the build goes; remove it to build")
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
         try:
             log.warning("building the embedding model's %s runtime once, into %s", final.name, final)
@@ -235,29 +236,42 @@ def ensure_export(sha256: str, load_torch_model: Callable[[], Any]) -> Path:
 
 
 class PooledEncoder(ABC):
-    """Sentence vectors from a built model; subclasses run the transformer, sentence-transformers pools."""
+    """Sentence vectors from a built model; subclasses run the transformer, this class tokenizes
+    and pools.
+
+    Only the Rust ``tokenizers`` library and numpy run here: importing transformers'
+    AutoTokenizer and sentence-transformers' pooling modules took 6-12 s and ~400 MB in every
+    process that loaded a model (each compression worker, each ``tersegate serve``), for a
+    mean over the attention mask and a division by the norm."""
 
     def __init__(self, directory: Path) -> None:
-        from sentence_transformers.models import Normalize, Pooling
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         meta = json.loads((directory / META).read_text())
         self.max_seq_length = int(meta["max_seq_length"])
         self.dim = int(meta["dim"])
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(str(directory / TOKENIZER), local_files_only=True)
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        cap_torch_threads()  # pooling is a few small tensor ops
-        self._pooling = Pooling(**meta["pooling"])
-        self._normalize = Normalize()  # unit length always, as Embedder promises (and torch encodes)
+        self._pool = _pooling(meta["pooling"])
+        path = str(directory / TOKENIZER / "tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(path)  # [CLS] text [SEP], cut as the model was trained
+        self.tokenizer.no_padding()  # a sentence-transformers tokenizer.json pads each batch
+        self.tokenizer.enable_truncation(self.max_seq_length)
+        self._pieces = Tokenizer.from_file(path)  # the whole text, for offsets
+        self._pieces.no_padding()
+        self._pieces.no_truncation()
+        config = json.loads((directory / TOKENIZER / "tokenizer_config.json").read_text())
+        self.pad_id = self.tokenizer.token_to_id(str(config.get("pad_token") or "[PAD]")) or 0
 
     @abstractmethod
     def hidden(self, feeds: Feeds) -> npt.NDArray[np.float32]:
         """The last hidden state, shape (batch, sequence, dim), for padded ``feeds``."""
 
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Each text's word-pieces as character spans, no special tokens, no truncation."""
+        return [list(e.offsets) for e in self._pieces.encode_batch(list(texts), add_special_tokens=False)]
+
     def encode(self, texts: Sequence[str], *, batch_size: int) -> Vectors:
         """Vectors of ``texts`` in order; texts of similar length share a run."""
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_seq_length, verbose=False)
-        ids: list[list[int]] = encoded["input_ids"]
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: (-len(ids[i]), i))
         start = 0
@@ -280,17 +294,37 @@ class PooledEncoder(ABC):
             input_ids[row, : len(pieces)] = pieces
             mask[row, : len(pieces)] = 1
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
-        hidden = self.hidden(feeds)
-        import torch
-
-        with torch.inference_mode():
-            features = {
-                "token_embeddings": torch.from_numpy(hidden),
-                "attention_mask": torch.from_numpy(mask),
-            }
-            features = self._normalize(self._pooling(features))
-            vectors: Vectors = features["sentence_embedding"].numpy().astype(np.float32, copy=False)
+        pooled = self._pool(self.hidden(feeds), mask.astype(np.float32))
+        # unit length, as sentence-transformers' Normalize (torch's normalize: eps 1e-12)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
+        vectors: Vectors = (pooled / norms).astype(np.float32, copy=False)
         return vectors
+
+
+Pool = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], Vectors]
+
+
+def _pooling(config: Mapping[str, Any]) -> Pool:
+    """The model's pooling (sentence-transformers' ``Pooling`` configuration) over (hidden, mask)."""
+    mode = config.get("pooling_mode")
+    if mode is None:  # sentence-transformers before 5 saved one flag per mode
+        flags = {
+            "mean": "pooling_mode_mean_tokens",
+            "cls": "pooling_mode_cls_token",
+            "max": "pooling_mode_max_tokens",
+        }
+        mode = next((name for name, flag in flags.items() if config.get(flag)), None)
+    if mode == "mean":
+        return lambda hidden, mask: (
+            (hidden * mask[:, :, None]).sum(axis=1)
+            / np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
+        )
+    if mode == "cls":
+        return lambda hidden, mask: hidden[:, 0, :]
+    if mode == "max":
+        return lambda hidden, mask: np.where(mask[:, :, None] > 0, hidden, np.float32(-1e9)).max(axis=1)
+    # a RuntimeError: the caller falls back to the torch runtime, which pools any way
+    raise RuntimeError(f"pooling {mode!r} is not run by the exported runtimes")
 
 
 class OnnxEncoder(PooledEncoder):

@@ -72,6 +72,10 @@ def verify(model: str, expected: str) -> None:
 
 def torch_model(model: str) -> Any:
     """The sentence-transformers model at ``model`` (local files only), on the CPU."""
+    path = Path(model).expanduser()
+    if (path.is_absolute() or model.startswith((".", "~"))) and not path.is_dir():
+        # said before importing sentence-transformers (6-12 s), which would only fail the same way
+        raise FileNotFoundError(f"{model}: no model directory there")
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 

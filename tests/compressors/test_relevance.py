@@ -18,6 +18,10 @@ from compressors.tokenizer import tokenizer_for
 
 needs_data = pytest.mark.evaldata(evaldata.NQ, evaldata.KV75, evaldata.QA_PROMPT, evaldata.KV_PROMPT)
 NO_JSON = PreserveSpec.parse([c for c in CATEGORIES if c != "json"])
+# The embedding's time cap sizes work to this machine's measured speed: under load it binds, and
+# later calls (with a slower estimate) read fewer windows than the first. Tests of determinism
+# and thread safety turn it off; the cap has its own tests (test_rerank.py).
+UNCAPPED = {"embed_ms_per_1k": 0}
 
 
 def _qa_prompt(rows: list[dict], question_row: int, doc_rows: list[int]) -> tuple[str, str]:
@@ -96,8 +100,8 @@ def test_target_is_honoured_within_five_percent_on_fine_units(rows: list[dict]) 
 @needs_data
 def test_output_is_byte_identical_across_calls_and_instances(rows: list[dict]) -> None:
     prompt, _ = _qa_prompt(rows, 11, list(range(30)))
-    first = Relevance({"scorer": "hybrid"}).compress(prompt, target=Target(rate=0.3))
-    second = Relevance({"scorer": "hybrid"}).compress(prompt, target=Target(rate=0.3))
+    first = Relevance({"scorer": "hybrid", **UNCAPPED}).compress(prompt, target=Target(rate=0.3))
+    second = Relevance({"scorer": "hybrid", **UNCAPPED}).compress(prompt, target=Target(rate=0.3))
     assert first.text.encode() == second.text.encode()
     assert first.decisions == second.decisions
 
@@ -105,7 +109,7 @@ def test_output_is_byte_identical_across_calls_and_instances(rows: list[dict]) -
 @needs_data
 def test_concurrent_calls_from_threads_agree(rows: list[dict]) -> None:
     prompts = [_qa_prompt(rows, q, list(range(q, q + 20)))[0] for q in range(100, 108)]
-    compressor = Relevance()
+    compressor = Relevance(UNCAPPED)
     expected = [compressor.compress(p, target=Target(rate=0.25)).text for p in prompts]
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda p: compressor.compress(p, target=Target(rate=0.25)).text, prompts))

@@ -12,13 +12,13 @@ import pytest
 
 import evaldata
 from compressors.base import Target
-from compressors.cpu import cpu_info, fastest
+from compressors.cpu import Remembered, cpu_info, fastest
 from compressors.embedding import Embedder, EncodeSpeed, cache_scope
 from compressors.relevance import Relevance
 from compressors.rerank import StageOptions, embed_limit
 from compressors.tokenizer import tokenizer_for
 from compressors.units import split_units
-from compressors.windows import split_windows
+from compressors.windows import CHARS_PER_TOKEN, split_windows
 
 needs_data = pytest.mark.evaldata(evaldata.NQ, evaldata.QA_PROMPT)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -129,7 +129,11 @@ def test_windows_already_cached_do_not_count_against_the_time_cap() -> None:
     prompt, question, _ = _haystack(20000, 5)
     tokens = tokenizer_for("gpt-4o").count(prompt)
     layout = split_units(prompt)
-    compressor = Relevance({"embed_ms_per_1k": 0.5, "embed_min_ms": 0})
+    # A cap that lets the encoder read about a tenth of the input new, at this machine's speed
+    # now (the estimate is timed when the model loads, so the cap holds from the first call).
+    per_1k = Embedder().ms_per_char() * CHARS_PER_TOKEN * 1000
+    assert per_1k > 0
+    compressor = Relevance({"embed_ms_per_1k": per_1k / 10, "embed_min_ms": 0})
     with cache_scope("cap-test"):
         Embedder().clear_cache()
         cold = compressor.score(question, layout, layout.units(), tokens)
@@ -172,3 +176,20 @@ def test_the_faster_runtime_is_picked() -> None:
 
     assert fastest({"slow": slow, "quick": quick}, ["a"]) == "quick"
     assert fastest({"only": slow}, ["a"]) == "only"
+
+
+def test_the_fastest_runtime_is_remembered_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "builds" / "fastest.json"
+    assert Remembered(path, ("numpy",)).get() is None
+    Remembered(path, ("numpy",)).put("onnx-int8")
+    assert Remembered(path, ("numpy",)).get() == "onnx-int8"  # a later process loads only the winner
+    # Anything that decides the winner times again: another runtime version, oneDNN held to AVX2.
+    assert Remembered(path, ("numpy", "no-such-package")).get() is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert Remembered(path, ("numpy",)).get() is None
+    path.write_text("{not json")
+    assert Remembered(path, ("numpy",)).get() is None
+    (tmp_path / "file").write_text("")
+    Remembered(tmp_path / "file" / "fastest.json", ("numpy",)).put("x")  # unwritable: no error
