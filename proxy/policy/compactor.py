@@ -178,6 +178,35 @@ def _marks(
     return dict(mark for _, mark in found)
 
 
+def _reach(
+    dialect: Dialect,
+    blocks: Sequence[Block],
+    parts: Sequence[Part],
+    marked: tuple[int, tuple[Path, Any]] | None,
+    *,
+    adds_tool: bool,
+) -> Callable[[int], int]:
+    """The first part re-sent when part ``i`` is the first to change (the decision's ``resent_from``)."""
+    if adds_tool:
+        return lambda first: 0  # the prompt changes from its tool definitions on
+    if dialect.caching == "breakpoints":
+        return _breakpoint_reach(blocks, parts, marked[0] if marked else None)
+    return lambda first: first
+
+
+def _log_batch(index: int, conversation: str, reason: str, decision: Decision) -> None:
+    log.info(
+        "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
+        index,
+        conversation[:12],
+        len(decision.stubs),
+        reason,
+        decision.cost_usd,
+        decision.saving_per_turn_usd,
+        decision.horizon,
+    )
+
+
 def _history_ttl(blocks: Sequence[Block]) -> str | None:
     """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
     A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
@@ -350,13 +379,9 @@ class Compactor:
             warm = record.last_seen is None or now - record.last_seen <= idle_s
             terms = self._terms(dialect, blocks, model, warm)
             marked = _anchor(dialect, blocks, parts, keys, known) if knobs.breakpoint else None
-            reach = (
-                _breakpoint_reach(blocks, parts, marked[0] if marked else None)
-                if dialect.caching == "breakpoints"
-                else (lambda first: first)
-            )
-            if retrieval is not None and not offered and not known and body.get("tools"):
-                reach = lambda first: 0  # noqa: E731 (the tool the first stub brings comes first)
+            # A batch bringing the first hash= adds tersegate_expand, which comes first in the prompt.
+            adds_tool = retrieval is not None and not offered and not known and bool(body.get("tools"))
+            reach = _reach(dialect, blocks, parts, marked, adds_tool=adds_tool)
             decision = await _decision(entries, knobs, terms, reach, count, retrieval)
             reason = decision.reason
             if decision.stubs:
@@ -371,16 +396,7 @@ class Compactor:
                     await retrieval.keep_referenced(
                         [(ref, originals[k], won[k][0]) for k, ref in decision.refs.items() if k in won]
                     )
-                log.info(
-                    "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
-                    len(record.batches),
-                    conversation[:12],
-                    len(decision.stubs),
-                    reason,
-                    decision.cost_usd,
-                    decision.saving_per_turn_usd,
-                    decision.horizon,
-                )
+                _log_batch(len(record.batches), conversation, reason, decision)
         await self.batches.seen(namespace, conversation, now)
         stubbed = {k for p, k in zip(parts, keys, strict=True) if p.path in texts}
         if not knobs.breakpoint:
