@@ -115,6 +115,7 @@ class Entry:
     eligible: bool = False  # a role the policy compacts, and not compacted yet
     call: str | None = None  # "name {arguments}" of the call it answers
     turn: int = 0  # assistant replies before it: how fast old outputs pile up
+    extra: int = 0  # tokens re-sent with it besides its text: framing, the next call's input
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +316,7 @@ def _economics(
     removed_new = sum(removed.values()) - removed_cached
     first = min(removed)
     lost = min(first, resent_from(first))
-    cached_after = sum(e.tokens for e in entries[lost:] if e.cached) if terms.warm else 0
+    cached_after = sum(e.tokens + e.extra for e in entries[lost:] if e.cached) if terms.warm else 0
     cost = (
         (cached_after - removed_cached) * terms.resend
         - cached_after * terms.read

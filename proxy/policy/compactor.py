@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from proxy.apis import Block, Dialect, Part
 from proxy.policy.compaction import (
     CALL_CHARS,
@@ -158,6 +160,53 @@ def _anchor(
     return None if mark is None else (block, mark)
 
 
+def _marks(
+    dialect: Dialect,
+    blocks: Sequence[Block],
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    stubbed: Collection[str],
+    kept: Sequence[tuple[int, tuple[Path, Any]]],
+) -> dict[Path, Any]:
+    """The breakpoints the proxy adds: ``kept`` (the previous batch's anchor, on a batch's turn),
+    then the anchor of the conversation's last stub when the request has room for it too."""
+    marked = list(blocks)
+    for block, (_, value) in kept:
+        marked[block] = dataclasses.replace(marked[block], breakpoint=value.get("ttl", "5m"))
+    new = _anchor(dialect, marked, parts, keys, stubbed)
+    found = [*kept, *([new] if new is not None and new[0] not in {b for b, _ in kept} else [])]
+    return dict(mark for _, mark in found)
+
+
+def _reach(
+    dialect: Dialect,
+    blocks: Sequence[Block],
+    parts: Sequence[Part],
+    marked: tuple[int, tuple[Path, Any]] | None,
+    *,
+    adds_tool: bool,
+) -> Callable[[int], int]:
+    """The first part re-sent when part ``i`` is the first to change (the decision's ``resent_from``)."""
+    if adds_tool:
+        return lambda first: 0  # the prompt changes from its tool definitions on
+    if dialect.caching == "breakpoints":
+        return _breakpoint_reach(blocks, parts, marked[0] if marked else None)
+    return lambda first: first
+
+
+def _log_batch(index: int, conversation: str, reason: str, decision: Decision) -> None:
+    log.info(
+        "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
+        index,
+        conversation[:12],
+        len(decision.stubs),
+        reason,
+        decision.cost_usd,
+        decision.saving_per_turn_usd,
+        decision.horizon,
+    )
+
+
 def _history_ttl(blocks: Sequence[Block]) -> str | None:
     """The TTL of the last breakpoint: the one that writes (and keeps) the history's suffix.
     A 1-hour breakpoint on the system prompt alone does not keep the history cached for an hour."""
@@ -215,6 +264,30 @@ async def _decision(
     return dataclasses.replace(decision, refs={k: r for k, r in refs.items() if k in decision.stubs})
 
 
+def _framing_chars(block: Block) -> int:
+    """Characters of ``block``'s JSON besides its rewritable texts (keys, ids, a call's input)."""
+    try:
+        whole = len(orjson.dumps(block.node))
+        return max(0, whole - sum(len(orjson.dumps(text)) - 2 for _, text in block.texts))
+    except (orjson.JSONEncodeError, TypeError):
+        return 0
+
+
+def _extras(blocks: Sequence[Block], parts: Sequence[Part]) -> list[int]:
+    """Tokens each part re-sends with it besides its text, at 4 characters a token: its block's
+    framing and the blocks without rewritable text up to the next part (a tool call, its input).
+    Left out, a batch's re-sent suffix looked smaller than the provider bills it: on the
+    SWE-agent traces a third of it (their short outputs in many blocks)."""
+    owner = {k: i for i, k in reversed(list(enumerate(_block_index(blocks, parts))))}
+    out = [0] * len(parts)
+    current: int | None = None
+    for k, block in enumerate(blocks):
+        current = owner.get(k, current)
+        if current is not None:
+            out[current] += _framing_chars(block) // 4
+    return out
+
+
 def _entries(
     parts: Sequence[Part],
     keys: Sequence[str],
@@ -222,6 +295,7 @@ def _entries(
     known: Mapping[str, tuple[str, int]],
     texts: Mapping[Path, tuple[str, int]],
     roles: frozenset[str],
+    extras: Sequence[int],
 ) -> list[Entry]:
     """The history as the decision reads it: each part with its tokens as forwarded now."""
     last = max((p.turn for p in parts), default=0)
@@ -236,8 +310,9 @@ def _entries(
             eligible=bool(p.roles & roles) and k not in known and p.turn > 0,
             call=f"{p.tool_name} {p.tool_arguments or ''}"[:CALL_CHARS] if p.tool_name else None,
             turn=p.turn,
+            extra=x,
         )
-        for p, k, n in zip(parts, keys, tokens, strict=True)
+        for p, k, n, x in zip(parts, keys, tokens, extras, strict=True)
     ]
 
 
@@ -275,10 +350,14 @@ class Compactor:
         catch_up: CatchUp | None = None,
         idle_s: float | None = None,
         retrieval: Retrieval | None = None,
+        offered: bool = True,
     ) -> Compacted:
         """``tokens``: each part's tokens as it would be forwarded (its memoised form).
         ``catch_up`` compresses, with their rules, the parts that went out as they came for a
-        passing reason (warm-up, budget overrun); a batch takes them in when it changes them anyway."""
+        passing reason (warm-up, budget overrun); a batch takes them in when it changes them anyway.
+        ``offered``: the request already holds a marker with ``hash=`` (so ``tersegate_expand`` is
+        offered); a batch whose stubs bring the first one adds that tool, which changes the prompt
+        from its tool definitions on: nothing before the batch is read from the cache then."""
         if not any(p.roles & knobs.roles for p in parts):
             return Compacted({}, "no part to compact")
         now = time.time() if now is None else now
@@ -288,23 +367,21 @@ class Compactor:
         known = record.stubs()
         keys = [_part_key(p) for p in parts]
         texts = {p.path: known[k] for p, k in zip(parts, keys, strict=True) if k in known}
-        decision = None
+        decision, marked = None, None
         if client_compacts(body, parts):
             reason = "client compacts"
         elif not record.reachable:
             reason = "store unreachable"
         else:
-            entries = _entries(parts, keys, tokens, known, texts, knobs.roles)
+            entries = _entries(parts, keys, tokens, known, texts, knobs.roles, _extras(blocks, parts))
             # The policy's setting, else the upstream's, else the lifetime of the history's breakpoint.
             idle_s = knobs.idle_s or idle_s or _IDLE_S.get(_history_ttl(blocks) or "5m", 300.0)
             warm = record.last_seen is None or now - record.last_seen <= idle_s
             terms = self._terms(dialect, blocks, model, warm)
             marked = _anchor(dialect, blocks, parts, keys, known) if knobs.breakpoint else None
-            reach = (
-                _breakpoint_reach(blocks, parts, marked[0] if marked else None)
-                if dialect.caching == "breakpoints"
-                else (lambda first: first)
-            )
+            # A batch bringing the first hash= adds tersegate_expand, which comes first in the prompt.
+            adds_tool = retrieval is not None and not offered and not known and bool(body.get("tools"))
+            reach = _reach(dialect, blocks, parts, marked, adds_tool=adds_tool)
             decision = await _decision(entries, knobs, terms, reach, count, retrieval)
             reason = decision.reason
             if decision.stubs:
@@ -319,17 +396,12 @@ class Compactor:
                     await retrieval.keep_referenced(
                         [(ref, originals[k], won[k][0]) for k, ref in decision.refs.items() if k in won]
                     )
-                log.info(
-                    "compaction: batch %d of conversation %s, %d parts (%s): one-time $%.6f, $%.6f a turn, %d turns",
-                    len(record.batches),
-                    conversation[:12],
-                    len(decision.stubs),
-                    reason,
-                    decision.cost_usd,
-                    decision.saving_per_turn_usd,
-                    decision.horizon,
-                )
+                _log_batch(len(record.batches), conversation, reason, decision)
         await self.batches.seen(namespace, conversation, now)
         stubbed = {k for p, k in zip(parts, keys, strict=True) if p.path in texts}
-        marked = _anchor(dialect, blocks, parts, keys, stubbed) if knobs.breakpoint else None
-        return Compacted(texts, reason, decision, dict([marked[1]]) if marked else {})
+        if not knobs.breakpoint:
+            return Compacted(texts, reason, decision)
+        # On a batch's turn the previous anchor stays marked: the batch's cost counted on reading
+        # the history up to it (``reach`` above), and a read reaches only 20 blocks back.
+        kept = [marked] if marked is not None and decision is not None and decision.stubs else []
+        return Compacted(texts, reason, decision, _marks(dialect, blocks, parts, keys, stubbed, kept))

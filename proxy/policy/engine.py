@@ -21,9 +21,10 @@ import dataclasses
 import fnmatch
 import functools
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ _INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thre
 # Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
 # a compaction batch compresses them when it changes the history anyway.
 _PASSING = ("latency_budget", "compressor_error")
+_RETRIEVABLE = re.compile(r"; hash=[0-9a-f]{24}\]")  # a marker whose original can be got back
 _QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
 # Token counters loaded before /readyz says ready: (encoding, a model that uses it).
 
@@ -341,8 +343,8 @@ class PolicyRewriter:
             and compacted.decision.stubs
         ):
             self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
-        result = self._result(policy, mode, body, parts, counts, outcome, compacted)
-        result.retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
+        retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
+        result = self._result(policy, mode, body, parts, counts, outcome, compacted, retrieve=retrieve)
         result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, exchange.team)
         result.override = override
         return result
@@ -600,6 +602,9 @@ class PolicyRewriter:
                 retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
                 if policy.retrieve and self.originals is not None
                 else None,
+                offered=_offers(
+                    parts, {c.part.path: c.form.text for c in outcome.selected if c.form and c.form.text}
+                ),
             )
         except Exception:  # compaction is an optimisation: the request goes on without it
             log.exception("compaction failed")
@@ -614,6 +619,8 @@ class PolicyRewriter:
         counts: Sequence[int],
         outcome: _Outcome,
         compacted: Compacted | None = None,
+        *,
+        retrieve: bool = False,
     ) -> Rewrite:
         texts: dict[tuple[str | int, ...], str] = {}
         drops: list[tuple[str | int, ...]] = []
@@ -650,6 +657,7 @@ class PolicyRewriter:
             compress_ms=outcome.compress_ms,
             fail_open=outcome.fail_open,
             parts=details,
+            retrieve=retrieve and mode == "enforce" and _offers(parts, texts, stubbed),
         )
 
     @staticmethod
@@ -661,6 +669,22 @@ class PolicyRewriter:
                 drops.append(part.message_path)
         else:
             texts[part.path] = part.blank  # tool results must stay paired with their call
+
+
+def _offers(
+    parts: Sequence[Part], texts: Mapping[tuple[str | int, ...], str], stubbed: Collection[object] = ()
+) -> bool:
+    """Whether a retrieve policy's request is offered ``tersegate_expand``: once a marker with
+    ``hash=`` (something to get back) is in a part of the first request with a tool output, or in a
+    compaction stub. The tool's definition comes first in the prompt, so adding it to a
+    conversation re-sends the whole cached prefix: it is added only where that costs next to
+    nothing, the first tool output (nothing much cached yet) or a batch (which re-sends from its
+    first stub anyway, and counts the rest: proxy/policy/compactor.py). A later output's marker
+    waits for the next batch. Before any, the definition would only be tokens billed every turn.
+    Markers and stubs are re-sent on every later turn: once offered, it stays offered."""
+    return any(
+        _RETRIEVABLE.search(texts.get(p.path, p.text)) for p in parts if p.turn <= 1 or p.path in stubbed
+    )
 
 
 @dataclass(frozen=True, slots=True)

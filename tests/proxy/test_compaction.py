@@ -7,6 +7,7 @@ calls point at names in them, as an agent's do. The prices are litellm's (gpt-5:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -167,6 +168,21 @@ def test_a_change_the_cache_cannot_read_past_costs_everything_after_the_last_rea
         )
         * price.cache_write_5m
         - lost * price.cached_input
+    )
+
+
+def test_what_is_resent_besides_the_texts_counts_in_a_batchs_cost() -> None:
+    """Framing and tool calls after the first change are re-written too: left out, the cost looked
+    a third smaller than the provider bills it on the SWE-agent traces."""
+    price = PRICES.price_for("claude-sonnet-4-5")
+    assert price is not None
+    terms, knobs = CacheTerms.breakpoints(price, "5m", warm=True), Knobs(keep_last=2, keep_tokens=500)
+    bare = decide(history(10), knobs, terms, turns=40, count=COUNT)
+    framed = [dataclasses.replace(e, extra=300) for e in history(10)]
+    with_framing = decide(framed, knobs, terms, turns=40, count=COUNT)
+    resent = sum(e.extra for e in framed[min(i for i, e in enumerate(framed) if e.key in bare.stubs) :])
+    assert with_framing.cost_usd == pytest.approx(
+        bare.cost_usd + resent * (price.cache_write_5m - price.cached_input)
     )
 
 

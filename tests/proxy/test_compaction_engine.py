@@ -19,6 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from anthropic_shape import turns as claude_code_turns
+from prefix_cache_upstream import ENCODE, PrefixCacheUpstream, _anthropic_blocks
 
 from compressors.markers import find_markers
 from proxy.audit.pricing import PriceBook
@@ -214,12 +215,12 @@ def test_bad_compaction_settings_are_reported_with_file_and_line(tmp_path: Path)
 
 
 async def claude_code_session(
-    tmp_path: Path, more: str = ""
+    tmp_path: Path, more: str = "", files: list[str] = FILES
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(bodies sent, bodies as the client made them)``: the session in Claude Code's shape."""
     engine = rewriter(tmp_path, more)
     sent: list[dict[str, Any]] = []
-    bodies = claude_code_turns(session())
+    bodies = claude_code_turns(session(files))
     try:
         for body in bodies:
             exchange = Exchange(
@@ -254,25 +255,50 @@ async def test_messages_shape_keeps_the_clients_breakpoints_and_marks_the_last_s
     assert any(is_stub(b) for m in sent[-1]["messages"] for b in m["content"]), (
         "old tool results were compacted"
     )
-    added_at = []
+    added_at: list[tuple[int, int] | None] = []
     for body, original in zip(sent, bodies, strict=True):
         assert body["system"] == original["system"]
         uses = [b for m in body["messages"] for b in m["content"] if b["type"] == "tool_use"]
         assert uses == [b for m in original["messages"] for b in m["content"] if b["type"] == "tool_use"]
         added = sorted(set(marks(body)) - set(marks(original)))
-        assert set(marks(original)) <= set(marks(body)) and len(added) <= 1
+        assert set(marks(original)) <= set(marks(body)) and len(added) <= 2
+        assert len(marks(body)) + 1 <= 4  # the system prompt's breakpoint is not in marks()
         stubs = [
             (i, j) for i, m in enumerate(body["messages"]) for j, b in enumerate(m["content"]) if is_stub(b)
         ]
-        # The proxy's one breakpoint sits on the newest stub, before the client's last breakpoint.
-        assert added == stubs[-1:]
-        assert not added or added[0] < marks(original)[-1]
-        added_at.append(added[0] if added else None)
-        marker = body["messages"][added[0][0]]["content"][added[0][1]]["cache_control"] if added else None
-        assert marker in (None, {"type": "ephemeral"})
+        # The proxy's breakpoint sits on the newest stub, before the client's last breakpoint; on a
+        # batch's turn the previous turn's one stays too (the batch reads the history up to it).
+        assert added[-1:] == stubs[-1:]
+        assert added[:-1] == ([added_at[-1]] if added[:-1] else [])
+        assert not added or added[-1] < marks(original)[-1]
+        added_at.append(added[-1] if added else None)
+        for i, j in added:
+            assert body["messages"][i]["content"][j]["cache_control"] == {"type": "ephemeral"}
     # It moves only at a batch: the turns between two batches mark the same block.
     moves = [k for k in range(1, len(added_at)) if added_at[k] != added_at[k - 1]]
     assert 1 <= len(moves) < len(added_at) // 2
+
+
+async def test_a_batch_turn_reads_the_history_up_to_the_previous_batchs_stubs(tmp_path: Path) -> None:
+    """The invoice: a later batch re-writes only what follows the previous batch's last stub."""
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "proxy").rglob("*.py"))[:40]
+    sent, _ = await claude_code_session(tmp_path, files=files)
+    upstream = PrefixCacheUpstream(min_tokens=0)
+    usage = [upstream._anthropic_usage("k", body) for body in sent]
+    stubs = [sum(is_stub(b) for m in body["messages"] for b in m["content"]) for body in sent]
+    batches = [k for k in range(1, len(sent)) if stubs[k] > stubs[k - 1]]
+    assert len(batches) >= 2
+    for k in batches[1:]:
+        i, j = marks(sent[k - 1])[0]  # the previous batch's last stub
+        cut = {
+            **sent[k],
+            "messages": [
+                *sent[k]["messages"][:i],
+                {"role": "user", "content": sent[k]["messages"][i]["content"][: j + 1]},
+            ],
+        }
+        upto = sum(len(ENCODE(text)) + 1 for text, _ in _anthropic_blocks(cut))
+        assert usage[k]["cache_read_input_tokens"] >= upto > 0
 
 
 async def test_no_breakpoint_is_added_when_the_policy_says_so(tmp_path: Path) -> None:

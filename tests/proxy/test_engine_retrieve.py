@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from proxy.exchange import Exchange
+from proxy.apis import dialect_for
+from proxy.exchange import Exchange, Rewrite
 from proxy.policy.engine import PolicyRewriter
 from proxy.policy.model import PolicySet, load_policy
 from proxy.policy.originals import Originals
+from proxy.server.expand import offer
 from proxy.store.sqlite import SqliteStore
 
 POLICY = """\
@@ -62,6 +64,15 @@ def body(output: str = LOG) -> dict[str, Any]:
     }
 
 
+TOOLS = [{"type": "function", "function": {"name": "pytest", "parameters": {"type": "object"}}}]
+
+
+def offered(result: Rewrite, sent: dict[str, Any]) -> list[str]:
+    """The tools' names of the request the server forwards."""
+    offer(result, dialect_for("/v1/chat/completions", "openai"), sent)
+    return [t["function"]["name"] for t in (result.body or sent)["tools"]]
+
+
 async def test_a_retrieve_policy_marks_its_omissions_and_keeps_the_original(tmp_path: Path) -> None:
     pytest.importorskip("compressors.markers", reason="markers with hash= come with helper tooloutput")
     store = SqliteStore(tmp_path / "memo.sqlite", max_bytes=1 << 26)
@@ -80,6 +91,13 @@ async def test_a_retrieve_policy_marks_its_omissions_and_keeps_the_original(tmp_
         assert (await two.expand("u", ref)).status == "unknown"  # another team's id
         again = await rewriter(exchange(), body(), {})  # the memo's form, the same id
         assert again.body is not None and again.body["messages"][2]["content"] == forwarded
+        # tersegate_expand is offered only once something can be got back (its definition is billed
+        # every turn); the marker stays in every later turn, and so does the tool.
+        short = {**body("1 passed in 0.02s"), "tools": TOOLS}
+        assert offered(await rewriter(exchange(), short, {}), short) == ["pytest"]
+        later = {**body(), "tools": TOOLS}
+        later["messages"] = [*later["messages"], {"role": "user", "content": "and now?"}]
+        assert offered(await rewriter(exchange(), later, {}), later) == ["pytest", "tersegate_expand"]
     finally:
         rewriter.close()
         await store.aclose()

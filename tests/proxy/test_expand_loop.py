@@ -240,20 +240,23 @@ def test_another_teams_id_and_an_unknown_id_are_answered_so(
     assert LOG.splitlines()[10] not in upstream.requests[-1].body.decode()
 
 
-def test_without_tools_nothing_is_added_and_with_tools_always(
+def test_the_tool_is_added_only_to_requests_with_tools_and_something_to_get_back(
     make_proxy: MakeProxy, upstream: Upstream, tmp_path: Path
 ) -> None:
-    proxy = start(make_proxy, tmp_path)
+    proxy, ref = started(make_proxy, tmp_path)
     plain = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     httpx.post(f"{proxy.base_url}/chat/completions", json=plain, timeout=10).raise_for_status()
     assert "tools" not in upstream.last().json()
-    with_tools = {**plain, "tools": [WEATHER]}
+    with_tools = {**plain, "tools": [WEATHER]}  # nothing in it was omitted: no tool, no tokens billed
     reply = httpx.post(f"{proxy.base_url}/chat/completions", json=with_tools, timeout=10).json()
-    assert [t["function"]["name"] for t in upstream.last().json()["tools"]] == [
+    assert [t["function"]["name"] for t in upstream.last().json()["tools"]] == ["get_weather"]
+    assert reply["choices"][0]["message"]["content"] == "Hello from the fake upstream."
+    marked = {**chat_body(ref), "tools": [WEATHER]}  # a marker with hash=: the tool is offered
+    httpx.post(f"{proxy.base_url}/chat/completions", json=marked, timeout=10).raise_for_status()
+    assert [t["function"]["name"] for t in upstream.requests[-1].json()["tools"]] == [
         "get_weather",
         "tersegate_expand",
     ]
-    assert reply["choices"][0]["message"]["content"] == "Hello from the fake upstream."
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -97,7 +97,9 @@ def test_each_turn_resends_the_previous_turn_byte_identical(
                     stub = orjson.loads(new)
                     assert stub["role"] == "tool" and STUB.match(stub["content"]), stub
         previous = encoded
-    assert batches <= max(1, len(turns) // 4)
+    # A few batches, never one a turn (gpt-4o: cached reads at 50%, so a batch pays back quickly;
+    # the built trace's 7 turns see 2 with the shipped window of 2 outputs).
+    assert batches <= max(2, len(turns) // 3)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ same markers at the same positions as the client sent.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,18 +79,26 @@ def test_each_request_repeats_the_previous_up_to_its_last_breakpoint(
     shrunk = 0
     for k, (client_body, body) in enumerate(zip(sent, forwarded, strict=True)):
         assert markers(body) == markers(client_body)  # count, positions, TTLs
-        # The agents policy keeps originals: tersegate_expand comes after the client's tools.
+        # The agents policy keeps originals: tersegate_expand comes after the client's tools, only
+        # once something in the request can be got back (a marker with hash=), and then on every
+        # later turn (the prefix check below).
         theirs = client_body.get("tools") or []
         assert body.get("tools", [])[: len(theirs)] == theirs
         added = [t["name"] for t in body.get("tools", [])[len(theirs) :]]
-        assert added == (["tersegate_expand"] if theirs else [])
+        assert added in ([], ["tersegate_expand"]) and not (added and not theirs)
+        assert not added or re.search(r"; hash=[0-9a-f]{24}\]", str(body["messages"]))
         shrunk += len(str(body["messages"])) < len(str(client_body["messages"]))
         if k == 0:
             continue
         previous = forwarded[k - 1]
         last = breakpoints(previous)[-1].block
         before = [without_markers(v) for v in block_values(previous)[: last + 1]]
-        now = [without_markers(v) for v in block_values(body)[: last + 1]]
+        values = block_values(body)
+        if added and len(previous.get("tools", [])) == len(theirs):
+            # Offered from the first tool output on (the prefix before it is the task alone).
+            assert k == 1, f"turn {k}: tersegate_expand added mid-conversation"
+            values = [v for v in values if not (isinstance(v, dict) and v.get("name") == "tersegate_expand")]
+        now = [without_markers(v) for v in values[: last + 1]]
         assert now == before, f"turn {k}: the cached prefix changed"
     assert shrunk > 0  # the policy did compress something, so the prefix check means something
 
