@@ -116,11 +116,12 @@ def test_who_question_keeps_the_person_over_rarer_words() -> None:
 
 @pytest.mark.slow
 def test_bridging_inner_words_keeps_more_answers_on_unseen_rows(nq_rows: list[dict[str, object]]) -> None:
-    # The bridge was tuned on rows 0-599; rows 600-2654 are unseen. Multi-word answers
-    # ("Speaker of the House") need their inner words: without them the phrase is a different one.
+    # The bridge was tuned on rows 0-599 and the keep network trained on rows 0-1799; rows 2100-2654
+    # are unseen by both (531 against 521 answers kept). Multi-word answers ("Speaker of the
+    # House") need their inner words: without them the phrase is a different one.
     bridged, plain = Tokens(), Tokens({"bridge": 0.0})
     counts = {"bridged": 0, "plain": 0}
-    for row in nq_rows[600:]:
+    for row in nq_rows[2100:]:
         question = str(row["question"])
         ctxs, answers = row["ctxs"], row["answers"]
         assert isinstance(ctxs, list) and isinstance(answers, list)
