@@ -46,7 +46,9 @@ rules:
 
 
 def config(memo: dict[str, Any]) -> dict[str, Any]:
-    return {"teams": {"default": {"policy": "qa"}}, "compression": {"memo": memo}}
+    # One compression worker a replica: what is shared here is the memo, and every replica
+    # started (up to six a test) warms each of its workers.
+    return {"teams": {"default": {"policy": "qa"}}, "compression": {"memo": memo, "workers": 1}}
 
 
 def post(proxy: RunningProxy, messages: list[dict[str, Any]]) -> None:
