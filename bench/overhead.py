@@ -331,11 +331,14 @@ def measure(
         apply_layout(layout, procs)
         for name in targets:  # warm-up
             run_wrk(urls[name], script, conc=8, duration=2, cell=Cell(), pid=procs[name].pid)
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
+            # interleaved, so background load hits every target alike; each round starts one target
+            # later, so no target (the baseline, added last) always runs last
+            shift = repeat % len(targets)
             for conc, lay in RUNS:
                 if lay != layout:
                     continue
-                for name in targets:  # interleaved, so background load hits every target alike
+                for name in targets[shift:] + targets[:shift]:
                     cell = cells[(name, conc, lay)]
                     run_wrk(
                         urls[name], script, conc=conc, duration=args.duration, cell=cell, pid=procs[name].pid
