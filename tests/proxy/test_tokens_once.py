@@ -174,15 +174,20 @@ def _audited(make_proxy: MakeProxy) -> RunningProxy:
     return make_proxy(config, policies={"halve": HALVE_TOOLS})
 
 
-def _once(texts: list[str], parts: list[str], forwarded: list[str]) -> None:
-    """No text encoded twice, no part encoded inside a larger text (a whole block), and each new
-    forwarded text (a compressed form) encoded (so once)."""
+def _once(encoded: list[str], seen: list[str], parts: list[str], forwarded: list[str]) -> None:
+    """One turn's encodes (``encoded``): no text encoded twice, none from an earlier turn (``seen``,
+    extended here), no part encoded inside a larger text (a whole block), and each new forwarded text
+    (a compressed form) encoded (so once)."""
+    texts = list(encoded)
     repeated = [t[:60] for t, n in collections.Counter(texts).items() if n > 1]
     assert not repeated
     for part in parts:
         assert not [t[:60] for t in texts if part in t and t != part], part[:60]
     for text in forwarded:
-        assert text in texts, text[:60]
+        if text not in seen:
+            assert text in texts, text[:60]
+    assert not [t[:60] for t in texts if t in seen]  # an earlier turn's text is not encoded again
+    seen += texts
 
 
 def _chat_messages(k: int) -> list[dict[str, Any]]:
@@ -210,16 +215,13 @@ def test_openai_chat_tokenizes_each_new_text_once_per_request(
             encoded.clear()
             client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
             record = _records(proxy, k)[-1]
-            texts = list(encoded)
             forwarded = [
                 m["content"] for m in upstream.last().json()["messages"] if isinstance(m.get("content"), str)
             ]
             parts = [m["content"] for m in messages if isinstance(m.get("content"), str)]
-            _once(texts, parts, [text for text in forwarded if text not in seen])
-            assert not [t[:60] for t in texts if t in seen]  # an earlier turn's text is not encoded again
+            _once(encoded, seen, parts, forwarded)
             assert forwarded[-2] != messages[-2]["content"]  # the tool output was compressed
             assert record["cached_tokens_before_est"] is not None  # the cache model ran
-            seen += texts
 
 
 def test_anthropic_messages_tokenize_each_new_text_once_per_request(
@@ -248,14 +250,10 @@ def test_anthropic_messages_tokenize_each_new_text_once_per_request(
                 messages=messages,  # type: ignore[arg-type]
             )
             assert _records(proxy, k)[-1]["cached_tokens_before_est"] is not None
-            texts = list(encoded)
             sent = upstream.last().json()["messages"]
             forwarded = [sent[-1]["content"][0]["content"]]
-            parts = [system[0]["text"], result["content"], question["text"]]
-            _once(texts, parts, [text for text in forwarded if text not in seen])
-            assert not [t[:60] for t in texts if t in seen]
+            _once(encoded, seen, [system[0]["text"], result["content"], question["text"]], forwarded)
             assert forwarded[0] != result["content"]
-            seen += texts
 
 
 def test_openai_responses_tokenize_each_new_text_once_per_request(
@@ -280,13 +278,10 @@ def test_openai_responses_tokenize_each_new_text_once_per_request(
             encoded.clear()
             client.responses.create(model="gpt-4o", instructions="You lint code.", input=items)  # type: ignore[arg-type]
             assert _records(proxy, k)[-1]["cached_tokens_before_est"] is not None
-            texts = list(encoded)
             sent = upstream.last().json()["input"]
             outputs = [i["output"] for i in sent if i.get("type") == "function_call_output"]
             assert outputs[-1] != items[-2]["output"]  # the tool output was compressed
             parts = [i["output"] for i in items if "output" in i] + [
                 i["content"] for i in items if isinstance(i.get("content"), str)
             ]
-            _once(texts, parts, [text for text in outputs if text not in seen])
-            assert not [t[:60] for t in texts if t in seen]
-            seen += texts
+            _once(encoded, seen, parts, outputs)
