@@ -258,8 +258,8 @@ class Embedder:
     ``head`` embeds the first ``max_seq_length`` word-pieces of a text, ``max`` embeds
     every window of a long text and keeps the best similarity. ``backend``: ``auto`` (the
     faster of ``openvino-int8`` and ``onnx-int8`` on this CPU, timed and logged the first time
-    the model loads on a machine, then remembered beside the builds), ``torch`` (sentence-transformers), ``onnx`` (ONNX Runtime, fp32),
-    ``onnx-int8`` (ONNX Runtime, int8 weights) or ``openvino-int8`` (OpenVINO, weights and
+    the model loads on a machine, then remembered beside the builds), ``torch``
+    (sentence-transformers), ``onnx`` (ONNX Runtime, fp32), ``onnx-int8`` (ONNX Runtime, int8 weights) or ``openvino-int8`` (OpenVINO, weights and
     activations int8; cosine >= 0.99 to torch). The exported backends need verified
     weights and their runtime installed; when one cannot run, the next one down
     (openvino-int8, onnx-int8, torch) is used, logged once.
