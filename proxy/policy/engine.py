@@ -12,11 +12,6 @@ in (compressed, or unchanged after an error, a budget overrun or a too-small
 saving) is memoized for the conversation that sent it (:mod:`proxy.policy.forms`:
 keys, the in-process LRU and the shared store), without the query: later turns
 re-send it byte-identical even after the query changed.
-
-This module keeps the flow; its jobs live beside it: the rewrite being built and
-its assembly (:mod:`~proxy.policy.outcome`), token counts (:mod:`~proxy.policy.counting`),
-query planning (:mod:`~proxy.policy.planner`), a retrieve policy's glue
-(:mod:`~proxy.policy.retrieval`) and the warm-up (:mod:`~proxy.policy.warm_up`).
 """
 
 from __future__ import annotations
