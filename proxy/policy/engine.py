@@ -21,12 +21,14 @@ import dataclasses
 import fnmatch
 import functools
 import logging
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from compressors.tokenizer import Tokenizer
-from proxy.apis import Block, Dialect, Part
+from proxy.apis import Block, Dialect, Part, rewrite_body
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
@@ -35,13 +37,11 @@ from proxy.policy.compaction_log import CompactionLog
 from proxy.policy.compactor import Compacted, Compactor, PriceSource
 from proxy.policy.compressor_pool import Failed, Job, WorkerPool
 from proxy.policy.counting import INLINE_COUNT_CHARS, TokenCounter, walk
-from proxy.policy.forms import Form, FormMemory, form_keys, text_digest, turn_digests
+from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
 from proxy.policy.model import Policy, PolicySet, Rule
 from proxy.policy.originals import Originals
-from proxy.policy.outcome import Outcome, Selected, assemble
 from proxy.policy.planner import QueryPlanner
 from proxy.policy.query import QueryPlan
-from proxy.policy.retrieval import ScopedOriginals, offers
 from proxy.policy.steps import StepTrace
 from proxy.policy.warm_up import WarmUp
 from proxy.store.base import SharedStore
@@ -52,6 +52,34 @@ __all__ = ["PolicyRewriter"]
 log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
+# Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
+# a compaction batch compresses them when it changes the history anyway.
+_PASSING = ("latency_budget", "compressor_error")
+_RETRIEVABLE = re.compile(r"; hash=[0-9a-f]{24}\]")  # a marker whose original can be got back
+
+
+@dataclass(slots=True)
+class _Selected:
+    part: Part
+    rule: Rule
+    tokens: int
+    keys: FormKeys
+    form: Form | None = None
+    made: Form | None = None  # what the compressor returned, for a new part
+    source: str = "new"  # new | memo | drop | kept (a drop called off) | too_large (max_part_chars)
+    ref: str | None = None  # retrieve policies: the original's id, for hash= in its markers
+    steps: tuple[StepTrace, ...] = ()  # what each step did, for a new part (--explain)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The rewrite being built for one request."""
+
+    namespace: str
+    selected: list[_Selected] = field(default_factory=list)
+    fail_open: str | None = None
+    compress_ms: float = 0.0
+    originals_scope: str = ""  # retrieve policies: the scope originals are kept in
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -220,7 +248,7 @@ class PolicyRewriter:
         ):
             self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
         retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
-        result = assemble(policy, mode, body, parts, counts, outcome, compacted, retrieve=retrieve)
+        result = self._result(policy, mode, body, parts, counts, outcome, compacted, retrieve=retrieve)
         result.tokens_other = await self._counter.other(dialect, body, blocks, tokenizer, exchange.team)
         result.override = override
         return result
@@ -238,8 +266,8 @@ class PolicyRewriter:
 
     async def _select(
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
-    ) -> Outcome:
-        outcome = Outcome(namespace=scope)
+    ) -> _Outcome:
+        outcome = _Outcome(namespace=scope)
         texts = [part.text for part in parts]
         if sum(len(t) for t in texts) < INLINE_COUNT_CHARS:
             digests = [text_digest(t) for t in texts]
@@ -260,7 +288,7 @@ class PolicyRewriter:
                 else ()
             )
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
-            chosen = Selected(part, rule, tokens, keys)
+            chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
                 chosen.form, chosen.source = Form(None, 0, note="dropped"), "drop"
             elif too_large:
@@ -276,7 +304,7 @@ class PolicyRewriter:
         return outcome
 
     async def _compress_new(
-        self, policy: Policy, outcome: Outcome, parts: Sequence[Part], model: str | None, deadline: float
+        self, policy: Policy, outcome: _Outcome, parts: Sequence[Part], model: str | None, deadline: float
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
         is forwarded as it came (a job still running then is abandoned, see policy.compressor_pool)."""
@@ -324,7 +352,7 @@ class PolicyRewriter:
         for i, key in wanted.items():
             outcome.selected[i].made, outcome.selected[i].steps = results.get(key, (None, ()))
 
-    async def _reference(self, team: str, outcome: Outcome) -> None:
+    async def _reference(self, team: str, outcome: _Outcome) -> None:
         """Retrieve policies: each new part's id (its markers carry it as ``hash=``)."""
         new = [c for c in outcome.selected if c.source == "new"]
         if self.originals is None or not new:
@@ -336,13 +364,13 @@ class PolicyRewriter:
             chosen.ref = ref
         outcome.originals_scope = scope
 
-    async def _keep_originals(self, outcome: Outcome, new: Sequence[Selected]) -> None:
+    async def _keep_originals(self, outcome: _Outcome, new: Sequence[_Selected]) -> None:
         """Keep the original of every new part whose forwarded form points at it (``hash=``)."""
         items = [(c.ref, c.part.text, c.form.text) for c in new if c.ref and c.form and c.form.text]
         if self.originals is not None and items:
             await self.originals.keep_referenced(outcome.originals_scope, items)
 
-    async def _settle(self, policy: Policy, outcome: Outcome) -> None:
+    async def _settle(self, policy: Policy, outcome: _Outcome) -> None:
         """Apply fail-open and ``min_saving_tokens`` to new parts, and memoize the form each
         new part is forwarded in (first writer wins, across processes when the store is up)."""
         new = [c for c in outcome.selected if c.source == "new"]
@@ -385,7 +413,7 @@ class PolicyRewriter:
         body: dict[str, Any],
         walked: tuple[Dialect, Sequence[Block], Sequence[Part]],
         counts: Sequence[int],
-        outcome: Outcome,
+        outcome: _Outcome,
         tokenizer: Tokenizer,
         deadline: float,
     ) -> Compacted | None:
@@ -394,12 +422,19 @@ class PolicyRewriter:
             return None
         dialect, blocks, parts = walked
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
-        passing = outcome.passing()
+        passing = {
+            c.part.path: c
+            for c in outcome.selected
+            if c.source == "memo"
+            and c.form is not None
+            and c.form.text is None
+            and c.form.note.startswith(_PASSING)
+        }
 
         async def catch_up(
             paths: Sequence[tuple[str | int, ...]],
         ) -> dict[tuple[str | int, ...], tuple[str, int]]:
-            again = Outcome(
+            again = _Outcome(
                 outcome.namespace, [dataclasses.replace(passing[p], form=None) for p in paths if p in passing]
             )
             await self._compress_new(policy, again, parts, model, deadline)
@@ -410,7 +445,14 @@ class PolicyRewriter:
             ]
             return {path: (form.text, form.tokens_after) for path, form in made if form.text is not None}
 
-        _, _, forwarded = outcome.forwarded(parts, counts)
+        forwarded = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                forwarded[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                forwarded[index[chosen.part.path]] = form.tokens_after
         try:
             return await self.compactor(
                 policy.compaction,
@@ -425,16 +467,126 @@ class PolicyRewriter:
                 count=functools.partial(self.tokens.count, exchange.team, tokenizer),
                 catch_up=catch_up,
                 idle_s=self.cache_idle_s.get(exchange.upstream),
-                retrieval=ScopedOriginals(self.originals, self.originals.scope(exchange.team))
+                retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
                 if policy.retrieve and self.originals is not None
                 else None,
-                offered=offers(
+                offered=_offers(
                     parts, {c.part.path: c.form.text for c in outcome.selected if c.form and c.form.text}
                 ),
             )
         except Exception:  # compaction is an optimisation: the request goes on without it
             log.exception("compaction failed")
             return None
+
+    def _result(
+        self,
+        policy: Policy,
+        mode: str,
+        body: dict[str, Any],
+        parts: Sequence[Part],
+        counts: Sequence[int],
+        outcome: _Outcome,
+        compacted: Compacted | None = None,
+        *,
+        retrieve: bool = False,
+    ) -> Rewrite:
+        texts: dict[tuple[str | int, ...], str] = {}
+        drops: list[tuple[str | int, ...]] = []
+        after = list(counts)
+        index = {p.path: i for i, p in enumerate(parts)}
+        by_path = {c.part.path: c for c in outcome.selected}
+        for chosen in outcome.selected:
+            form = chosen.form
+            if chosen.source == "drop":
+                self._apply_drop(chosen.part, texts, drops)
+                after[index[chosen.part.path]] = 0
+            elif form is not None and form.text is not None:
+                texts[chosen.part.path] = form.text
+                after[index[chosen.part.path]] = form.tokens_after
+        for path, (stub, tokens) in (compacted.texts if compacted else {}).items():
+            if path not in drops:
+                texts[path], after[index[path]] = stub, tokens
+        stubbed = set(compacted.texts) if compacted else set()
+        details = tuple(
+            _detail(p, by_path.get(p.path), b, a, p.path in stubbed)
+            for p, b, a in zip(parts, counts, after, strict=True)
+        )
+        changed = bool(texts or drops)
+        return Rewrite(
+            body=rewrite_body(body, texts, drops, compacted.added if compacted else None)
+            if changed and mode == "enforce"
+            else None,
+            policy=policy.name,
+            mode=mode,
+            rules=tuple(dict.fromkeys(c.rule.name for c in outcome.selected))
+            + (("compaction",) if stubbed else ()),
+            tokens_before=sum(counts),
+            tokens_after=sum(after),
+            compress_ms=outcome.compress_ms,
+            fail_open=outcome.fail_open,
+            parts=details,
+            retrieve=retrieve and mode == "enforce" and _offers(parts, texts, stubbed),
+        )
+
+    @staticmethod
+    def _apply_drop(
+        part: Part, texts: dict[tuple[str | int, ...], str], drops: list[tuple[str | int, ...]]
+    ) -> None:
+        if part.droppable and part.message_path is not None and isinstance(part.message_path[-1], int):
+            if part.message_path not in drops:
+                drops.append(part.message_path)
+        else:
+            texts[part.path] = part.blank  # tool results must stay paired with their call
+
+
+def _offers(
+    parts: Sequence[Part], texts: Mapping[tuple[str | int, ...], str], stubbed: Collection[object] = ()
+) -> bool:
+    """Whether a retrieve policy's request is offered ``tersegate_expand``: once a marker with
+    ``hash=`` (something to get back) is in a part of the first request with a tool output, or in a
+    compaction stub. The tool's definition comes first in the prompt, so adding it to a
+    conversation re-sends the whole cached prefix: it is added only where that costs next to
+    nothing, the first tool output (nothing much cached yet) or a batch (which re-sends from its
+    first stub anyway, and counts the rest: proxy/policy/compactor.py). A later output's marker
+    waits for the next batch. Before any, the definition would only be tokens billed every turn.
+    Markers and stubs are re-sent on every later turn: once offered, it stays offered."""
+    return any(
+        _RETRIEVABLE.search(texts.get(p.path, p.text)) for p in parts if p.turn <= 1 or p.path in stubbed
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ScopedOriginals:
+    """The originals store bound to one request's scope: compaction's :class:`Retrieval`."""
+
+    originals: Originals
+    scope: str
+
+    async def refs(self, texts: Sequence[str]) -> list[str | None]:
+        return await self.originals.refs(self.scope, texts)
+
+    async def keep_referenced(self, items: Sequence[tuple[str, str, str]]) -> int:
+        return await self.originals.keep_referenced(self.scope, items)
+
+
+def _detail(part: Part, chosen: _Selected | None, before: int, after: int, stubbed: bool) -> dict[str, Any]:
+    if stubbed:
+        return {**_detail(part, chosen, before, after, False), "source": "compacted", "tokens_after": after}
+    return {
+        "message": part.message,
+        "role": part.role,
+        "tool": part.tool_name,
+        "rule": chosen.rule.name if chosen else None,
+        "compressor": (chosen.rule.compressor_name if chosen.rule.action == "compress" else "drop")
+        if chosen
+        else None,
+        "tokens_before": before,
+        "tokens_after": after,
+        "ms": round(chosen.form.ms, 2) if chosen and chosen.form else 0.0,
+        "source": chosen.source if chosen else None,
+        "note": chosen.form.note if chosen and chosen.form else "",
+        "steps": [dataclasses.asdict(trace) for trace in chosen.steps] if chosen else [],
+    }
 
 
 def _all_model(rule: Rule) -> bool:
