@@ -22,29 +22,28 @@ import fnmatch
 import functools
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressors.tokenizer import Tokenizer
-from proxy.apis import Block, Dialect, Part, rewrite_body
+from compressors.tokenizer import Tokenizer, encoding_name_for, tokenizer_for
+from proxy.apis import Block, Dialect, Part, dialect_for, rewrite_body
 from proxy.config.model import MemoConfig
 from proxy.exchange import Exchange, Rewrite
 from proxy.logs import RateLimitedLog
 from proxy.metrics import Metrics
 from proxy.policy.compaction_log import CompactionLog
 from proxy.policy.compactor import Compacted, Compactor, PriceSource
-from proxy.policy.compressor_pool import Failed, Job, WorkerPool
-from proxy.policy.counting import INLINE_COUNT_CHARS, TokenCounter, walk
+from proxy.policy.compressor_pool import WARM_MODELS, WARM_TIMEOUT_S, Failed, Job, WorkerPool
 from proxy.policy.forms import Form, FormKeys, FormMemory, form_keys, text_digest, turn_digests
-from proxy.policy.model import Policy, PolicySet, Rule
+from proxy.policy.model import Policy, PolicySet, Rule, Step
 from proxy.policy.originals import Originals
-from proxy.policy.planner import QueryPlanner
-from proxy.policy.query import QueryPlan
+from proxy.policy.query import POINTER_SCAN_CHARS, SHAPED, TOOL_ROLES, QueryPlan, plan_query, pointers_of
 from proxy.policy.steps import StepTrace
-from proxy.policy.warm_up import WarmUp
 from proxy.store.base import SharedStore
+from proxy.store.lru import BytesLRU
 from proxy.store.tokens import COUNTS_BYTES, TokenMemo
 
 __all__ = ["PolicyRewriter"]
@@ -52,10 +51,14 @@ __all__ = ["PolicyRewriter"]
 log = logging.getLogger("tersegate.policy")
 
 _MODE_HEADER = "x-tersegate-mode"
+_POINTERS_BYTES = 4 * 1024 * 1024
+_INLINE_COUNT_CHARS = 4096  # ~1k tokens: cheaper to count than to hop to a thread
 # Forms memoised as they came for a reason that passes (warm-up, a budget overrun, an error):
 # a compaction batch compresses them when it changes the history anyway.
 _PASSING = ("latency_budget", "compressor_error")
 _RETRIEVABLE = re.compile(r"; hash=[0-9a-f]{24}\]")  # a marker whose original can be got back
+_QUERY_TAIL_CHARS = 8000  # what query planning reads of a part too large to compress
+# Token counters loaded before /readyz says ready: (encoding, a model that uses it).
 
 
 @dataclass(slots=True)
@@ -87,6 +90,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value.strip().lower()
     return None
+
+
+def _walk(exchange: Exchange, body: dict[str, Any]) -> tuple[Dialect, tuple[Block, ...], list[Part]]:
+    """The route's dialect, the body's blocks (walked once: the audit's cache model reuses them) and parts."""
+    dialect = dialect_for(exchange.route, exchange.api)
+    blocks = dialect.walk(body)
+    exchange.blocks = blocks
+    return dialect, blocks, dialect.parts(body, blocks)
 
 
 def _matches(rule: Rule, part: Part, tokens: int) -> bool:
@@ -130,6 +141,7 @@ class PolicyRewriter:
         self.max_part_chars = max_part_chars
         self._workers = WorkerPool(workers)  # compression: processes (see proxy.policy.compressor_pool)
         self._fail_open_log = RateLimitedLog(log)  # the reason's kind only: messages may quote text
+        self._tokenizers: dict[str | None, Tokenizer] = {}
         memo = memo or MemoConfig()
         self.forms = FormMemory(
             lru_bytes=memo_bytes,
@@ -144,45 +156,97 @@ class PolicyRewriter:
             counts_bytes=min(COUNTS_BYTES, memo_bytes),
             shared_across_teams=memo.shared_across_teams,
         )
-        self._counter = TokenCounter(self.tokens)
-        self._planner = QueryPlanner(max_part_chars)
+        # The lines each earlier tool output points at (tool queries), scanned once per text.
+        self._pointers: BytesLRU[tuple[str, ...]] = BytesLRU(max_bytes=_POINTERS_BYTES, entry_overhead=200)
         # History compaction (docs/compaction.md): its batches live in the same store as the forms.
         self.compactor = Compactor(CompactionLog(store, timeout_s=memo.timeout_s), prices)
         self.cache_idle_s = dict(cache_idle_s or {})  # upstream name -> its cache's lifetime
-        self._warm_up = WarmUp(self._workers, self._changed)
-        self.warmed = self._warm_up.warmed  # set once a warm-up pass has finished
+        self._warming: asyncio.Task[None] | None = None
+        self.warmed = threading.Event()  # set once a warm-up pass has finished
+        self._pending: set[str] = set()  # "policy/rule (compressor)" whose model is loading
+        self._failed: dict[str, str] = {}  # the same, whose warm-up raised: why
+        self._warm_done: set[str] = set()  # tokenizers loaded (once per process)
         self.on_warm_change: Callable[[], None] | None = None  # readiness changed (worker board)
 
     def close(self) -> None:
-        self._warm_up.cancel()
+        if self._warming is not None:
+            self._warming.cancel()
         self._workers.close()
 
     def start(self) -> None:
         """Load the policies' models in the background (at start), so the first requests do not
         spend their latency budget on loading."""
-        self._warm_up.start(lambda: self.policies)
+        self.warmed.clear()
+        self._failed.clear()
+        self._warming = asyncio.get_running_loop().create_task(self.ready(), name="tersegate-warm-up")
 
     async def adopt(self, policies: PolicySet) -> None:
         """A reload: warm ``policies``' compressors in the workers (one at a time; the others go
         on serving the current policies), then swap them in whole. No request meets a cold worker."""
-        await self._warm_up.workers_for(policies)
+        self._workers.warm(_worker_rules(policies))
+        await self._workers.warmed(timeout=WARM_TIMEOUT_S)
         self.policies = policies
-        self._warm_up.report(policies)
+        self._report(policies)
         self._changed()
 
     def readiness(self) -> tuple[list[str], dict[str, str]]:
         """``(rules whose model is still loading, rules whose warm-up failed: why)``; both empty
         once every model the loaded policies need is warm (``GET /readyz``)."""
-        return self._warm_up.readiness()
+        if not self.warmed.is_set():
+            return sorted(self._pending) or ["policies (warm-up starting)"], dict(self._failed)
+        if not self._workers.ready():
+            return ["compression workers (starting or replacing one)"], dict(self._failed)
+        return [], dict(self._failed)
 
     def is_ready(self) -> bool:
         """Warmed up, and every worker process is up with the current rules."""
-        return self._warm_up.is_ready()
+        return self.warmed.is_set() and self._workers.ready()
 
     async def ready(self) -> None:
         """Load the token counters of OpenAI's current encodings here (every audited request
         counts), and run each rule's compressor once on a small text in every worker process."""
-        await self._warm_up.run(lambda: self.policies)
+        jobs = []
+        for model in WARM_MODELS:
+            label = f"tokenizer {encoding_name_for(model)[0]}"
+            if label not in self._warm_done:
+                self._pending.add(label)
+                jobs.append(self._warm_tokenizer(label, model))
+        self._pending |= set(_labels(self.policies).values())
+        self._changed()
+        self._workers.warm(_worker_rules(self.policies))
+        await asyncio.gather(*jobs)
+        await self._workers.warmed(timeout=WARM_TIMEOUT_S)
+        self._report(self.policies)
+        self._pending.clear()
+        self.warmed.set()
+        self._changed()
+
+    async def _warm_tokenizer(self, label: str, model: str) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(_count_once, model)  # loading it parses a 4 MB file
+        except Exception as exc:  # counts fall back, and say why, at first use
+            log.warning("warm-up of %s failed: %s", label, exc)
+            self._failed[label] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            self._warm_done.add(label)
+            log.info("warm: %s in %.1f s", label, time.perf_counter() - started)
+        finally:
+            self._pending.discard(label)
+
+    def _report(self, policies: PolicySet) -> None:
+        """Log each rule's warm-up as the workers reported it; keep the failures for /readyz."""
+        for key in [k for k in self._failed if not k.startswith("tokenizer ")]:
+            del self._failed[key]
+        for identity, label in _labels(policies).items():
+            report = self._workers.report.get(identity)
+            if report is None:
+                continue
+            if report.error is not None:
+                log.warning("warm-up of %s failed: %s", label, report.error)
+                self._failed[label] = report.error
+            else:
+                log.info("warm: %s in %.1f s", label, report.seconds)
 
     def _changed(self) -> None:
         if self.on_warm_change is not None:
@@ -192,7 +256,7 @@ class PolicyRewriter:
         policy = self.policies.for_team(exchange.team)
         try:
             if policy is None:
-                return await self._counter.measured(Rewrite(skipped="no policy for team"), exchange, body)
+                return await self._measured(Rewrite(skipped="no policy for team"), exchange, body)
             return await self._rewrite(policy, exchange, body, headers)
         except Exception as exc:  # the hook never raises: forward the original
             name = policy.name if policy else None
@@ -200,6 +264,38 @@ class PolicyRewriter:
             self._count_fail_open(exchange.team, "internal_error", exchange)
             mode = policy.mode if policy else "off"
             return Rewrite(policy=name, mode=mode, fail_open=f"internal_error: {type(exc).__name__}"[:300])
+
+    async def _measured(self, rewrite: Rewrite, exchange: Exchange, body: dict[str, Any]) -> Rewrite:
+        """Count the prompt text of a request no rule looks at, so the audit still has
+        its tokens (before == after). Small bodies are counted inline, large ones off the loop."""
+        model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
+        dialect, blocks, parts = _walk(exchange, body)
+        tokenizer = await self._tokenizer(model)
+        team = exchange.team
+        if sum(len(p.text) for p in parts) < _INLINE_COUNT_CHARS:
+            counts = self._count_all(tokenizer, parts, team)
+        else:
+            counts = await asyncio.to_thread(self._count_all, tokenizer, parts, team)
+        rewrite.tokens_before = rewrite.tokens_after = sum(counts)
+        rewrite.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, team)
+        return rewrite
+
+    async def _count_other(
+        self,
+        dialect: Dialect,
+        body: dict[str, Any],
+        blocks: Sequence[Block],
+        tokenizer: Tokenizer,
+        team: str,
+    ) -> int | None:
+        """Where the counts are estimates (Anthropic): tokens of what is sent besides the parts
+        (tools, tool inputs), so the upstream's exact count can calibrate them."""
+        if not dialect.estimated_tokens:
+            return None
+        texts = dialect.other_texts(body, blocks)
+        if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
+            return sum(self.tokens.counts(team, tokenizer, texts))
+        return sum(await asyncio.to_thread(self.tokens.counts, team, tokenizer, texts))
 
     def _mode(self, policy: Policy, headers: Mapping[str, str]) -> tuple[str, str | None]:
         """``(mode, override)``: the mode to run and what became of the client's ask, if any."""
@@ -218,17 +314,17 @@ class PolicyRewriter:
         model = body.get("model") if isinstance(body.get("model"), str) else exchange.model
         if not policy.applies(exchange.route, model):
             skipped = Rewrite(policy=policy.name, mode="off", skipped="route or model not in policy")
-            return await self._counter.measured(skipped, exchange, body)
+            return await self._measured(skipped, exchange, body)
         mode, override = self._mode(policy, headers)
         if mode == "off":
             off = Rewrite(policy=policy.name, mode="off", override=override)
-            return await self._counter.measured(off, exchange, body)
+            return await self._measured(off, exchange, body)
         # The budget runs from the request's arrival: reading and counting a large body use it too.
         deadline = exchange.arrived + policy.latency_budget_ms / 1000
-        dialect, blocks, parts = walk(exchange, body)
-        tokenizer = await self._counter.tokenizer(model)
+        dialect, blocks, parts = _walk(exchange, body)
+        tokenizer = await self._tokenizer(model)
         scope = self.forms.namespace(exchange.team)
-        counts = await asyncio.to_thread(self._counter.parts, tokenizer, parts, exchange.team)
+        counts = await asyncio.to_thread(self._count_all, tokenizer, parts, exchange.team)
         outcome = await self._select(policy, parts, counts, tokenizer, scope)
         if policy.retrieve and mode == "enforce":
             await self._reference(exchange.team, outcome)
@@ -249,9 +345,19 @@ class PolicyRewriter:
             self.metrics.compaction_batches.labels(team=exchange.team, reason=compacted.reason).inc()
         retrieve = policy.retrieve and mode == "enforce" and self.originals is not None
         result = self._result(policy, mode, body, parts, counts, outcome, compacted, retrieve=retrieve)
-        result.tokens_other = await self._counter.other(dialect, body, blocks, tokenizer, exchange.team)
+        result.tokens_other = await self._count_other(dialect, body, blocks, tokenizer, exchange.team)
         result.override = override
         return result
+
+    async def _tokenizer(self, model: str | None) -> Tokenizer:
+        """The model's tokenizer; the first use of an encoding loads it in a thread (a second of
+        pure-Python parsing, behind a lock the warm-up may hold, must not stop the event loop)."""
+        tokenizer = self._tokenizers.get(model)
+        if tokenizer is None:
+            tokenizer = await asyncio.to_thread(tokenizer_for, model)
+            if len(self._tokenizers) < 256:  # model names come from clients
+                self._tokenizers[model] = tokenizer
+        return tokenizer
 
     def _count_fail_open(self, team: str, reason: str, exchange: Exchange | None = None) -> None:
         self._fail_open_log.info(
@@ -264,12 +370,16 @@ class PolicyRewriter:
         if self.metrics is not None:
             self.metrics.fail_open.labels(team=team, reason=reason).inc()
 
+    def _count_all(self, tokenizer: Tokenizer, parts: Sequence[Part], team: str) -> list[int]:
+        # Through the token memo, per team: the audit's cache model reuses the ids it keeps.
+        return self.tokens.counts(team, tokenizer, [part.text for part in parts])
+
     async def _select(
         self, policy: Policy, parts: Sequence[Part], counts: Sequence[int], tokenizer: Tokenizer, scope: str
     ) -> _Outcome:
         outcome = _Outcome(namespace=scope)
         texts = [part.text for part in parts]
-        if sum(len(t) for t in texts) < INLINE_COUNT_CHARS:
+        if sum(len(t) for t in texts) < _INLINE_COUNT_CHARS:
             digests = [text_digest(t) for t in texts]
         else:  # hashing a huge body (its encoding step holds the GIL) off the loop
             digests = await asyncio.to_thread(lambda: [text_digest(t) for t in texts])
@@ -282,11 +392,7 @@ class PolicyRewriter:
             too_large = len(part.text) > self.max_part_chars and _all_model(rule)
             # The kept spans of a part depend on its own text only; the query on the whole request.
             compress = rule.action == "compress" and not too_large
-            keep = (
-                self._planner.plan(policy, self._planner.planning([part]), part, rule).keep
-                if compress
-                else ()
-            )
+            keep = self._plan(policy, self._planning([part]), part, rule).keep if compress else ()
             keys = form_keys(rule, tokenizer.encoding, part, digests[i], turns[i], keep)
             chosen = _Selected(part, rule, tokens, keys)
             if rule.action == "drop":
@@ -308,14 +414,14 @@ class PolicyRewriter:
     ) -> None:
         """Compress the new parts in the worker processes; whatever is not back by ``deadline``
         is forwarded as it came (a job still running then is abandoned, see policy.compressor_pool)."""
-        planning = self._planner.planning(parts)
+        planning = self._planning(parts)
         jobs: dict[tuple[str, str, QueryPlan], Job] = {}
         wanted: dict[int, tuple[str, str, QueryPlan]] = {}
         for i, chosen in enumerate(outcome.selected):
             if chosen.form is not None:
                 continue
             rule = chosen.rule
-            plan = self._planner.plan(policy, planning, chosen.part, rule)
+            plan = self._plan(policy, planning, chosen.part, rule)
             key = wanted[i] = (rule.identity, chosen.part.text, plan)  # one job per distinct input
             if key not in jobs:
                 jobs[key] = Job(
@@ -351,6 +457,32 @@ class PolicyRewriter:
                 results[key] = Form(result.text, result.tokens_after, result.ms, result.note), result.steps
         for i, key in wanted.items():
             outcome.selected[i].made, outcome.selected[i].steps = results.get(key, (None, ()))
+
+    def _planning(self, parts: Sequence[Part]) -> list[Part]:
+        """What query planning reads: only the tail of a part above ``max_part_chars`` (its
+        question is there), since planning runs on the event loop."""
+        return [p if len(p.text) <= self.max_part_chars else _tail(p, _scan_chars(p)) for p in parts]
+
+    def _plan(self, policy: Policy, planning: Sequence[Part], part: Part, rule: Rule) -> QueryPlan:
+        """The query plan of ``part``, its kept spans in the offsets of its whole text."""
+        clipped = len(part.text) > self.max_part_chars
+        shaped = any(step.compressor_name in SHAPED for step in rule.steps)
+        plan = plan_query(
+            policy.query,
+            planning,
+            _tail(part) if clipped else part,
+            shaped=shaped,
+            pointers=self._pointers_of,
+        )
+        return plan.shifted(max(0, len(part.text) - _QUERY_TAIL_CHARS) if clipped else 0)
+
+    def _pointers_of(self, text: str) -> tuple[str, ...]:
+        key = text_digest(text)
+        found = self._pointers.get(key)
+        if found is None:
+            found = pointers_of(text)
+            found = self._pointers.setdefault(key, found, size=200 + sum(len(line) for line in found))
+        return found
 
     async def _reference(self, team: str, outcome: _Outcome) -> None:
         """Retrieve policies: each new part's id (its markers carry it as ``hash=``)."""
@@ -592,3 +724,38 @@ def _detail(part: Part, chosen: _Selected | None, before: int, after: int, stubb
 def _all_model(rule: Rule) -> bool:
     """Every step of ``rule`` runs a model (none may run on a part above ``max_part_chars``)."""
     return all(step.compressor.cost_class == "model" for step in rule.steps)
+
+
+def _tail(part: Part, chars: int = _QUERY_TAIL_CHARS) -> Part:
+    return dataclasses.replace(part, text=part.text[-chars:])
+
+
+def _scan_chars(part: Part) -> int:
+    """What planning reads of a big part: a tool output's failures may sit mid-way (``pytest -v``
+    without a summary), and scanning its lines for them is cheap; a question is at the end."""
+    return POINTER_SCAN_CHARS if part.role in TOOL_ROLES else _QUERY_TAIL_CHARS
+
+
+def _count_once(model: str) -> None:
+    tokenizer_for(model).count("warm-up")
+
+
+def _worker_rules(policies: PolicySet) -> list[tuple[str, tuple[Step, ...]]]:
+    """What the compression workers warm: each distinct rule identity once."""
+    rules = {
+        rule.identity: (rule.identity, rule.steps)
+        for policy in policies.policies.values()
+        for rule in policy.rules
+        if rule.steps
+    }
+    return list(rules.values())
+
+
+def _labels(policies: PolicySet) -> dict[str, str]:
+    """Rule identity -> ``policy/rule (compressor)``, as /readyz and the log name them."""
+    labels: dict[str, str] = {}
+    for policy in policies.policies.values():
+        for rule in policy.rules:
+            if rule.steps:
+                labels.setdefault(rule.identity, f"{policy.name}/{rule.name} ({rule.compressor_name})")
+    return labels
