@@ -602,7 +602,9 @@ class PolicyRewriter:
                 retrieval=_ScopedOriginals(self.originals, self.originals.scope(exchange.team))
                 if policy.retrieve and self.originals is not None
                 else None,
-                offered=_offers(
+                # read only with retrieval on: the scan runs on the event loop, over whole parts
+                offered=bool(policy.retrieve and self.originals is not None)
+                and _offers(
                     parts, {c.part.path: c.form.text for c in outcome.selected if c.form and c.form.text}
                 ),
             )
