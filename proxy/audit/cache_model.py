@@ -119,6 +119,11 @@ def _prompt(dialect: Dialect, blocks: Sequence[Block]) -> list[_Cached]:
     return out
 
 
+def _chars(blocks: Sequence[Block]) -> int:
+    """The characters of the blocks' texts: what rendering them costs, without rendering."""
+    return sum(len(text) for block in blocks for _, text in block.texts)
+
+
 def _surely_shorter(blocks: Sequence[_Cached], tokens: int) -> bool:
     """Whether the blocks have fewer than ``tokens`` tokens: a token is at least one UTF-8 byte."""
     chars = sum(len(b.text) for b in blocks)
@@ -198,13 +203,17 @@ class CacheModel:
         if cache_key is not None:
             scope += ":" + hashlib.sha256(cache_key.encode()).hexdigest()[:16]
         plan = self._anthropic if breakpoints else self._openai
-        blocks = _prompt(dialect, dialect.walk(original) if walked is None else walked)
-        after_blocks = blocks if forwarded is None else _prompt(dialect, dialect.walk(forwarded))
+        walked = dialect.walk(original) if walked is None else walked
+        walked_after = walked if forwarded is None else dialect.walk(forwarded)
 
         def build() -> list[_Plan]:
+            # Rendering joins every text of the prompt (megabytes for a big tool output): in the
+            # thread too when large, with the tokenizing and digesting.
+            blocks = _prompt(dialect, walked)
+            after_blocks = blocks if forwarded is None else _prompt(dialect, walked_after)
             return [plan("b", team, model, blocks), plan("a", team, model, after_blocks)]
 
-        large = sum(len(b.text) for b in blocks) + sum(len(b.text) for b in after_blocks) > _OFFLOAD_CHARS
+        large = _chars(walked) + (0 if forwarded is None else _chars(walked_after)) > _OFFLOAD_CHARS
         plans = await asyncio.to_thread(build) if large else build()
         try:
             before, after = await self._run(scope, plans)

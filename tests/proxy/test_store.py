@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -72,6 +73,29 @@ async def test_large_batches_are_one_call(store: SharedStore) -> None:
     assert await store.put_if_absent("memo:a", items) == [v for _, v in items]
     got = await store.get_many("memo:a", [k for k, _ in items])
     assert got == [v for _, v in items]
+
+
+async def test_the_memory_store_lets_other_requests_run_during_a_huge_batch() -> None:
+    # The cache model of a 6 MB prompt reads and writes ~24,000 keys on the event loop: in
+    # slices, so another request's task runs before the batch is done (each call keeps its result).
+    store = MemoryStore()
+    items = [(f"k{i}", f"v{i}".encode()) for i in range(24_000)]
+    progress: list[str] = []
+
+    async def other() -> None:
+        progress.append("other")
+
+    async def batch(call: Callable[[], Any]) -> None:
+        task = asyncio.create_task(other())
+        await call()
+        progress.append("batch")
+        await task
+
+    await batch(lambda: store.put("memo:a", items[:12_000]))
+    await batch(lambda: store.put_if_absent("memo:a", items))
+    await batch(lambda: store.get_many("memo:a", [k for k, _ in items]))
+    assert progress == ["other", "batch"] * 3
+    assert await store.put_if_absent("memo:a", [(k, b"late") for k, _ in items]) == [v for _, v in items]
 
 
 async def test_sqlite_is_bounded_by_size(tmp_path: Path) -> None:
