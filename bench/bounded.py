@@ -12,7 +12,11 @@ no audit.
   character support ticket; 0% or 20% of them unique (never seen, so compressed), the rest drawn
   from 20 fixed texts (compressed once, then memo hits). Requests per second.
 
-    python bench/bounded.py [--duration 8] [--big-timeout 30] [--only after]
+    python bench/bounded.py [--duration 8] [--big-timeout 30] [--only after] [--before REV]
+                            [--audit] [--sizes 2,30]
+
+``--audit`` turns the audit on in both proxies (its cache model reads and writes a digest per 128
+tokens of a parsed prompt: ~24,000 for 6 MB); ``--before`` names the commit of the ``before`` tree.
 
 Prints a table and writes it, with the command, to bench/results/bounded.md.
 """
@@ -70,17 +74,19 @@ def ticket(chars: int, seed: int) -> str:
     return samples.ticket(chars, seed, end=" ")
 
 
-def tree_for(name: str, folder: Path) -> Path:
+def tree_for(name: str, folder: Path, before: str) -> Path:
     if name == "after":
         return ROOT
     target = folder / "before"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE], capture_output=True, check=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", before], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
-def start_proxy(tree: Path, folder: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_proxy(
+    tree: Path, folder: Path, upstream: str, *, audit: bool
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     (folder / "policies").mkdir(parents=True)
     shutil.copy(ROOT / "policies" / "support.yaml", folder / "policies" / "support.yaml")
@@ -92,6 +98,8 @@ def start_proxy(tree: Path, folder: Path, upstream: str) -> tuple[subprocess.Pop
         "teams": {"default": {"policy": "support"}},
         "log_level": "warning",
     }
+    if audit:
+        config["audit"] = {"path": "audit.jsonl"}
     (folder / "config.yaml").write_bytes(orjson.dumps(config))  # JSON is YAML
     env = {**os.environ, "PYTHONPATH": str(tree)}
     log = (folder / "proxy.log").open("wb")
@@ -136,6 +144,7 @@ def big_prompt(url: str, megabytes: int, timeout: float) -> tuple[float, float, 
     except httpx.HTTPError:
         finished = False
     took = time.monotonic() - started
+    time.sleep(0.5)  # the audit's commit (and its cache model) runs after the response is sent
     out, _ = probe.communicate("stop\n", timeout=60)
     latencies = [float(x) for x in out.split()]
     return statistics.quantiles(latencies, n=100, method="inclusive")[98], max(latencies), took, finished
@@ -193,7 +202,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--big-timeout", type=float, default=30.0)
     parser.add_argument("--only", choices=("before", "after"))
+    parser.add_argument("--before", default=BEFORE, help="the before tree's commit")
+    parser.add_argument("--audit", action="store_true", help="the audit on in both proxies")
+    parser.add_argument("--sizes", default="2,30", help="megabytes of the large prompts, comma-separated")
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
     targets = [args.only] if args.only else ["before", "after"]
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tersegate-bounded-") as tmp:
@@ -207,17 +220,17 @@ def main() -> None:
         time.sleep(2)
         try:
             for name in targets:
-                tree = tree_for(name, folder)
+                tree = tree_for(name, folder, args.before)
                 cells: list[str] = []
-                proc, url = start_proxy(tree, folder / f"{name}-mixed", upstream)
+                proc, url = start_proxy(tree, folder / f"{name}-mixed", upstream, audit=args.audit)
                 try:
                     for pct in (0, 20):
                         rps, errors = mixed(url, lua(folder, pct), args.duration)
                         cells.append(f"{rps:,.0f}" + (f" ({errors} errors)" if errors else ""))
                 finally:
                     stop(proc)
-                for megabytes in (2, 30):
-                    proc, url = start_proxy(tree, folder / f"{name}-{megabytes}", upstream)
+                for megabytes in sizes:
+                    proc, url = start_proxy(tree, folder / f"{name}-{megabytes}", upstream, audit=args.audit)
                     try:
                         p99, worst, took, done = big_prompt(url, megabytes, args.big_timeout)
                     finally:
@@ -230,14 +243,17 @@ def main() -> None:
             fake.send_signal(signal.SIGINT)
             fake.wait(10)
     header = (
-        "| tree | mixed req/s, 0% unique | mixed req/s, 20% unique | /healthz p99 / max, 2 MB prompt "
-        "in flight | /healthz p99 / max, 30 MB prompt in flight |\n|---|---|---|---|---|"
+        "| tree | mixed req/s, 0% unique | mixed req/s, 20% unique | "
+        + " | ".join(f"/healthz p99 / max, {size} MB prompt in flight" for size in sizes)
+        + " |\n|"
+        + "---|" * (3 + len(sizes))
     )
     load = os.getloadavg()
     text = (
         "# Bounded work: large prompts and mixed load\n\n"
-        f"Command: `python bench/bounded.py {' '.join(sys.argv[1:])}`; before = main at {BEFORE}; "
-        f"load average at the end {load[0]:.1f} (2 cores, shared).\n\n{header}\n" + "\n".join(rows) + "\n"
+        f"Command: `python bench/bounded.py {' '.join(sys.argv[1:])}`; before = main at {args.before}; "
+        f"audit {'on' if args.audit else 'off'}; load average at the end {load[0]:.1f} (2 cores, shared).\n\n"
+        f"{header}\n" + "\n".join(rows) + "\n"
     )
     RESULTS.write_text(text, encoding="utf-8")
     print(text)
