@@ -7,13 +7,18 @@ process: uvicorn closes the listening socket and waits for connections up to its
 timeout (``shutdown_grace_s``), then cancels what is left; the app answers each cancelled request
 (an SSE error event, or a 503) and writes its audit record, and its lifespan shutdown waits for that
 before the audit is closed (see ``ProxyApp``). A second Ctrl-C forces an immediate exit, as in uvicorn.
+
+Once started, the serving process's start-up objects are frozen out of the cyclic collector (see
+:meth:`DrainingServer.startup`): ``tersegate serve`` only, not an app embedded in another process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -29,6 +34,14 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class DrainingServer(uvicorn.Server):
     """``uvicorn.Server`` whose SIGTERM/SIGINT start a drain and do not end the process by signal."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # After the lifespan's start-up: what it built (the cost map, policies, modules) lives as
+        # long as the process. Frozen, a full collection walks only what requests made since; it
+        # had held the event loop 30-45 ms during a 6 MB request, walking ~65,000 objects.
+        gc.collect()
+        gc.freeze()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

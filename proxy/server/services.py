@@ -8,7 +8,6 @@ one code path. ``Services.config`` is swapped as a whole on hot reload.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,11 +104,6 @@ class Services:
         if isinstance(self.audit, JsonlAuditSink):
             await asyncio.to_thread(self.audit.warm)  # the cost map, off the loop
         self.rewriter.start()
-        # What start-up built (the cost map, policies, modules) lives as long as the process: out of
-        # the cyclic collector's reach, a full collection walks only what requests made since (it
-        # held the event loop 30-45 ms during a 6 MB request, walking ~65,000 objects).
-        gc.collect()
-        gc.freeze()
         if self.seat is not None and isinstance(self.audit, JsonlAuditSink):
             self.background.append(asyncio.create_task(self._publish_when_priced(self.audit)))
 
