@@ -33,7 +33,7 @@ from proxy.policy.compaction import (
     decide,
     precheck,
 )
-from proxy.policy.compaction_log import CompactionLog
+from proxy.policy.compaction_log import Batch, CompactionLog
 
 __all__ = [
     "CLEARED_PLACEHOLDERS",
@@ -192,6 +192,26 @@ def _reach(
     if dialect.caching == "breakpoints":
         return _breakpoint_reach(blocks, parts, marked[0] if marked else None)
     return lambda first: first
+
+
+async def _take(
+    won: Batch,
+    decision: Decision,
+    parts: Sequence[Part],
+    keys: Sequence[str],
+    texts: dict[Path, tuple[str, int]],
+    retrieval: Retrieval | None,
+) -> None:
+    """The stored batch (``won``: ours, or a replica's that came first) into the forwarded texts;
+    with retrieval on, the originals its stubs' ``hash=`` point at are kept."""
+    for p, k in zip(parts, keys, strict=True):
+        if k in won:
+            texts[p.path] = won[k]
+    if retrieval is not None:
+        originals = {k: p.text for p, k in zip(parts, keys, strict=True)}
+        await retrieval.keep_referenced(
+            [(ref, originals[k], won[k][0]) for k, ref in decision.refs.items() if k in won]
+        )
 
 
 def _log_batch(index: int, conversation: str, reason: str, decision: Decision) -> None:
@@ -387,15 +407,10 @@ class Compactor:
             if decision.stubs:
                 batch = {**decision.stubs, **await _caught_up(catch_up, parts, keys, decision.stubs, known)}
                 won = await self.batches.append(namespace, conversation, len(record.batches), batch)
-                for p, k in zip(parts, keys, strict=True):
-                    if won is not None and k in won:
-                        texts[p.path] = won[k]
-                reason = reason if won is not None else "store unreachable"
-                if won is not None and retrieval is not None:  # the originals the stubs' hash= point at
-                    originals = {k: p.text for p, k in zip(parts, keys, strict=True)}
-                    await retrieval.keep_referenced(
-                        [(ref, originals[k], won[k][0]) for k, ref in decision.refs.items() if k in won]
-                    )
+                if won is None:
+                    reason = "store unreachable"
+                else:
+                    await _take(won, decision, parts, keys, texts, retrieval)
                 _log_batch(len(record.batches), conversation, reason, decision)
         await self.batches.seen(namespace, conversation, now)
         stubbed = {k for p, k in zip(parts, keys, strict=True) if p.path in texts}
