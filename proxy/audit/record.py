@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.apis import dialect_for
 from proxy.audit.cache_model import CacheEstimate
-from proxy.audit.pricing import PriceBook, PricingError, costs_for
+from proxy.audit.pricing import Costs, PriceBook, PricingError, costs_for
 from proxy.exchange import Exchange
 
 __all__ = ["build_record", "prompt_removed", "token_scale"]
@@ -74,16 +74,7 @@ def build_record(
     tokens = (rw.tokens_before, rw.tokens_after)
     if rw.unparsed and prompt is not None:  # not counted by the proxy, forwarded as sent
         tokens = (prompt, prompt)
-    try:
-        price = prices.price_for(exchange.model)
-        costs = costs_for(
-            price, usage, prompt_delta=delta, cached_before=cached_before, written_before=written_before
-        )
-        source: str | None = prices.source
-    except PricingError as exc:
-        log.error("audit: %s", exc)
-        costs = costs_for(None, usage, prompt_delta=delta)
-        source = None
+    costs, source = _priced(prices, exchange.model, usage, delta, cached_before, written_before)
     record: dict[str, Any] = {
         "ts": _rfc3339(exchange.started),
         "request_id": exchange.request_id,
@@ -119,6 +110,33 @@ def build_record(
         record["cache_write_tokens_before_est"] = (
             None if written_before is None else sum(written_before.values())
         )
+    _add_outcome(record, exchange, include_text=include_text)
+    return record
+
+
+def _priced(
+    prices: PriceBook,
+    model: str | None,
+    usage: dict[str, int | None] | None,
+    delta: int,
+    cached_before: int | None,
+    written_before: dict[str, int] | None,
+) -> tuple[Costs, str | None]:
+    """The request's costs and the price map they come from; a model without a price is logged
+    and its costs are None (``price_missing``), never a failed record."""
+    try:
+        price = prices.price_for(model)
+        costs = costs_for(
+            price, usage, prompt_delta=delta, cached_before=cached_before, written_before=written_before
+        )
+        return costs, prices.source
+    except PricingError as exc:
+        log.error("audit: %s", exc)
+        return costs_for(None, usage, prompt_delta=delta), None
+
+
+def _add_outcome(record: dict[str, Any], exchange: Exchange, *, include_text: bool) -> None:
+    """The fields only some records have: an error, a client that left, a partial answer, the texts."""
     if exchange.error is not None:
         record["error"] = exchange.error
     if exchange.client_disconnected:
@@ -126,8 +144,7 @@ def build_record(
     if exchange.partial:
         record["partial"] = True
     if include_text:
-        record["text"] = {"request": exchange.request_body, "forwarded": rw.body}
-    return record
+        record["text"] = {"request": exchange.request_body, "forwarded": exchange.rewrite.body}
 
 
 def _add_expansions(record: dict[str, Any], exchange: Exchange, prices: PriceBook) -> None:
