@@ -22,7 +22,7 @@ import redis
 from redis_server import RedisServer, redis_server
 
 from proxy.config.model import ConfigErrors, MemoConfig, load_config
-from proxy.store.base import SharedStore, StoreUnavailable
+from proxy.store.base import SLICE_KEYS, SharedStore, StoreUnavailable
 from proxy.store.factory import open_store
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
@@ -73,6 +73,20 @@ async def test_large_batches_are_one_call(store: SharedStore) -> None:
     assert await store.put_if_absent("memo:a", items) == [v for _, v in items]
     got = await store.get_many("memo:a", [k for k, _ in items])
     assert got == [v for _, v in items]
+
+
+async def test_batches_larger_than_a_slice_keep_order_and_first_writer_wins(store: SharedStore) -> None:
+    # 5,000 keys cross two slice boundaries (SLICE_KEYS): each slice is its own call or script.
+    assert SLICE_KEYS < 5000
+    items = [(f"k{i}", f"v{i}".encode()) for i in range(5000)]
+    assert await store.put_if_absent("memo:a", items[:2500]) == [v for _, v in items[:2500]]
+    later = [(k, b"late") for k, _ in items]
+    won = await store.put_if_absent("memo:a", later, ttl_s=60)
+    assert won == [v for _, v in items[:2500]] + [b"late"] * 2500
+    await store.put("memo:a", [(k, b"new") for k, _ in items[1000:3000]], ttl_s=60)
+    got = await store.get_many("memo:a", [k for k, _ in items] + ["absent"])
+    expected = [v for _, v in items[:1000]] + [b"new"] * 2000 + [b"late"] * 2000 + [None]
+    assert got == expected
 
 
 async def test_the_memory_store_lets_other_requests_run_during_a_huge_batch() -> None:
