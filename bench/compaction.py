@@ -11,8 +11,9 @@ to Anthropic (claude-sonnet-4-5: breakpoints 1 h on the system prompt, 5 min on 
 
 Reported per team and model: input tokens, cached share, invoice vs none (priced from the usage
 the upstream reported), audit before vs the passthrough invoice and audit after vs the invoice,
-batch turns, and facts kept: of the names each assistant reply pointed at in the output before it,
-how many the last turn still forwards.
+batch turns, fail-open turns (audit records with a ``fail_open`` reason; the policies run with a 60 s
+latency budget, to show what they save rather than how busy the machine is), and facts kept: of the
+names each assistant reply pointed at in the output before it, how many the last turn still forwards.
 
     PYTHONPATH=. python bench/compaction.py [--steps 45] [--package starlette] [--sessions FILE.json ...]
 
@@ -168,7 +169,7 @@ def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
         key, model, _ = scope.split("|")
         team = key.removeprefix("Bearer sk-").rsplit("-", 1)[0]
         dollars, prompt, cached = billed(usage, prices.price_for(model))
-        row = acc.setdefault((team, model), [0.0, 0, 0, 0.0, 0.0, 0, 0, 0.0])
+        row = acc.setdefault((team, model), [0.0, 0, 0, 0.0, 0.0, 0, 0, 0.0, 0])
         row[0] += dollars
         row[1] += prompt
         row[2] += cached
@@ -184,20 +185,21 @@ def tables(upstream: PrefixCacheUpstream, audit: Path) -> None:
         row[5] += shrank
         row[6] += shrank and r["saved_usd"] < 0
         row[7] += r["saved_usd"] if shrank else 0.0
+        row[8] += r["fail_open"] is not None
     print(
         "| team | model (cached discount) | input tokens | cached share | invoice $ | invoice vs none | "
         "audit before vs none invoice | audit after vs invoice | batch turns | of them saved_usd < 0 | "
-        "saved_usd on batch turns |"
+        "saved_usd on batch turns | fail-open turns |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, discount in MODELS.items():
         base = acc[("none", model)][0]
         for team in TEAMS:
-            d, p, c, before, after, batches, losses, saved = acc[(team, model)]
+            d, p, c, before, after, batches, losses, saved, failed = acc[(team, model)]
             print(
                 f"| {team} | {model} ({discount}) | {int(p):,} | {100 * c / p:.1f}% | {d:.4f} | {100 * (d / base - 1):+.1f}% | "
                 f"{100 * (before / base - 1):+.2f}% | {100 * (after / d - 1):+.3f}% | {int(batches)} | {int(losses)} | "
-                f"{saved:+.4f} |"
+                f"{saved:+.4f} | {int(failed)} |"
             )
 
 
