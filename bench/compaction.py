@@ -14,6 +14,8 @@ the upstream reported), audit before vs the passthrough invoice and audit after 
 batch turns, fail-open turns (audit records with a ``fail_open`` reason; the policies run with a 60 s
 latency budget, to show what they save rather than how busy the machine is), and facts kept: of the
 names each assistant reply pointed at in the output before it, how many the last turn still forwards.
+Figures move by ~0.1 point between runs: each run is a new deployment whose random retrieval secret
+gives other ``hash=`` ids, and 24 hex characters do not always tokenize to the same length.
 
     PYTHONPATH=. python bench/compaction.py [--steps 45] [--package starlette] [--sessions FILE.json ...]
 
