@@ -92,7 +92,7 @@ class RedisStore:
         won: list[bytes] = []
         for names, values, ttl in self._slices(namespace, items, ttl_s):
             replies = await self._call(self._put_if_absent, names, [ttl, *values])
-            # A key evicted between the SET and the GET (maxmemory) leaves the caller's own value.
+            # The script reads back what won; a None (not expected: the script is atomic) keeps the caller's value.
             won.extend(
                 (w.encode() if isinstance(w, str) else w) if w is not None else value
                 for w, value in zip(replies, values, strict=True)
