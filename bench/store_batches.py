@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +27,8 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+sys.path.insert(0, str(ROOT / "tests"))
+from redis_server import REDIS_SERVER, RedisServer  # noqa: E402
 
 
 async def _measure(backend: str, keys: int, folder: Path, redis_url: str) -> dict[str, float]:
@@ -113,25 +106,18 @@ def main() -> None:
     if args.child:
         _child(args)
         return
-    server = shutil.which("redis-server")
-    if server is None:
+    if REDIS_SERVER is None:
         sys.exit("redis-server not found (apt-get install redis-server)")
-    port = _free_port()
-    redis = subprocess.Popen(
-        [server, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
-    url = f"redis://127.0.0.1:{port}/0"
     trees = {"this tree": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
-    try:
-        time.sleep(0.5)
-        with tempfile.TemporaryDirectory(prefix="tersegate-store-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tersegate-store-") as tmp:
+        redis = RedisServer(Path(tmp)).start()  # the tests' own launcher (tests/redis_server.py)
+        try:
             results = {
-                name: _run_tree(tree, args.keys, Path(tmp) / name.replace(" ", "-"), url)
+                name: _run_tree(tree, args.keys, Path(tmp) / name.replace(" ", "-"), redis.url)
                 for name, tree in trees.items()
             }
-    finally:
-        redis.terminate()
-        redis.wait(10)
+        finally:
+            redis.stop()
     print("| backend | keys | tree | get_many ms | put ms | longest event-loop gap ms |")
     print("|---|---:|---|---:|---:|---:|")
     for cell in results["this tree"]:
